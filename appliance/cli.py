@@ -1,0 +1,156 @@
+"""The ``appliance`` command: ``appliance run`` starts the appliance.
+
+``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
+Exit status: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable, data
+directory unusable), 2 for a bad config or command line.
+"""
+
+import argparse
+import contextlib
+import logging
+import queue
+import signal
+import sys
+import time
+from pathlib import Path
+
+import schedule
+from gpiozero.exc import GPIOZeroError
+
+from appliance import config as config_module
+from appliance.cleanup import Cleanup
+from appliance.exc import ApplianceError, ConfigError
+from appliance.loop import MainLoop, guarded
+from appliance.store import CaptureStore, IndexReader
+from appliance.web import WebServer, make_app
+from hw.camera import Picamera2Camera, SimulatedCamera
+from hw.clock import clock_synced
+from hw.exc import HardwareError
+from hw.triggers import SimulatedTriggerSource, Triggers, make_pin_factory
+
+log = logging.getLogger("appliance")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the appliance until stopped (SIGTERM, SIGINT)")
+    run.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+    run.add_argument("--data-dir", help="override data_dir")
+    run.add_argument(
+        "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
+    )
+    run.add_argument("--replay", metavar="DIR", help="in simulation, replay the JPEGs in DIR")
+    run.add_argument(
+        "--trigger-interval-s", type=float, metavar="S", help="in simulation, seconds between triggers"
+    )
+    run.add_argument("--duration-s", type=float, metavar="S", help="stop cleanly after S seconds")
+    run.add_argument("--host", help="override web_host")
+    run.add_argument("--port", type=int, help="override web_port")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def _load_config(args) -> config_module.Config:
+    overrides = {
+        "data_dir": args.data_dir,
+        "simulate": args.simulate,
+        "simulate_replay_dir": args.replay,
+        "simulate_trigger_interval_s": args.trigger_interval_s,
+        "web_host": args.host,
+        "web_port": args.port,
+    }
+    return config_module.load(
+        args.config, **{key: value for key, value in overrides.items() if value is not None}
+    )
+
+
+def _make_camera(config: config_module.Config):
+    size = config.camera_size_px if any(config.camera_size_px) else None
+    if config.simulate:
+        return SimulatedCamera(
+            replay_dir=Path(config.simulate_replay_dir) if config.simulate_replay_dir else None,
+            size_px=size or (1280, 960),
+            lores_size_px=config.camera_lores_size_px,
+            jpeg_quality=config.jpeg_quality,
+        )
+    return Picamera2Camera(
+        size_px=size, lores_size_px=config.camera_lores_size_px, jpeg_quality=config.jpeg_quality
+    )
+
+
+def run(config: config_module.Config, duration_s: float | None = None) -> int:
+    """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.  Returns 0."""
+    started = time.monotonic()
+    data_dir = Path(config.data_dir)
+    events = queue.Queue()
+    with contextlib.ExitStack() as stack:
+        store = CaptureStore(data_dir, clock_synced=clock_synced)
+        stack.callback(store.close)
+
+        app = make_app(
+            IndexReader(data_dir),
+            mode="simulation" if config.simulate else "hardware",
+            started_monotonic=started,
+        )
+        server = WebServer(app, config.web_host, config.web_port)
+        stack.callback(server.stop)
+
+        triggers = Triggers(
+            events,
+            button_pin=config.button_pin or None,
+            motion_pin=config.motion_pin or None,
+            bounce_time_s=config.button_bounce_time_s or None,
+            pin_factory=make_pin_factory(config.simulate),
+        )
+        stack.callback(triggers.close)
+
+        camera = _make_camera(config)
+        stack.callback(camera.close)
+
+        scheduler = schedule.Scheduler()
+        cleanup = Cleanup(
+            store,
+            start_free_percent=config.cleanup_start_free_percent,
+            stop_free_percent=config.cleanup_stop_free_percent,
+        )
+        scheduler.every(config.cleanup_interval_s).seconds.do(guarded("cleanup", cleanup.run))
+
+        loop = MainLoop(
+            events=events,
+            camera=camera,
+            store=store,
+            scheduler=scheduler,
+            capture_timeout_s=config.capture_timeout_s,
+            thumbnail_max_px=config.thumbnail_max_px,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
+
+        if config.simulate:
+            source = SimulatedTriggerSource(triggers, config.simulate_trigger_interval_s)
+            source.start()
+            stack.callback(source.stop)
+
+        guarded("cleanup", cleanup.run)()  # before the first capture, not after a minute
+        mode = "simulation" if config.simulate else "hardware"
+        print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
+        loop.run(duration_s)
+    log.info("stopped cleanly")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``appliance`` command.  Returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = _load_config(args)
+    except ConfigError as exc:
+        print(f"appliance: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(config, duration_s=args.duration_s)
+    except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
+        log.error("start-up failed: %s", exc)
+        return 1

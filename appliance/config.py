@@ -1,0 +1,182 @@
+"""The configuration: one TOML file, every key optional, documented here and in the README.
+
+:func:`load` reads a file (stdlib ``tomllib``), rejects unknown keys and values of the wrong type or
+out of range with :class:`~appliance.exc.ConfigError` naming the file and the key, and returns a
+frozen :class:`Config`.  The defaults run the appliance in simulation with no file at all.
+"""
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.exc import ConfigError
+
+_BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
+
+
+def _setting(default, doc: str, check=None, *, kind=None):
+    """A config field: ``doc`` is the one-line description shown in the README and by tests;
+    ``check(value)`` returns an error string or None; ``kind`` is the TOML type when the default's
+    type is not enough (float settings accept integers)."""
+    return field(
+        default=default,
+        metadata={"doc": doc, "check": check, "kind": kind or type(default)},
+    )
+
+
+def _positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def _percent(value):
+    return None if 0 <= value <= 100 else "must be between 0 and 100"
+
+
+def _pin(value):
+    if value == "" or _BCM_PIN.fullmatch(value):
+        return None
+    return 'must be a BCM pin name from "GPIO0" to "GPIO27", or "" when not fitted'
+
+
+def _size(value):
+    if len(value) == 2 and all(isinstance(v, int) and v >= 0 for v in value):
+        return None
+    return "must be [width, height] in pixels, two integers >= 0"
+
+
+def _between(low, high):
+    def check(value):
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the appliance.  Units are in the names."""
+
+    data_dir: str = _setting(
+        "appliance-data",
+        "Folder holding captures.db, media/ and thumbnails/ (relative paths are taken from the "
+        "working directory).",
+    )
+    simulate: bool = _setting(False, "Run without a Pi: gpiozero MockFactory pins and a simulated camera.")
+    simulate_replay_dir: str = _setting(
+        "",
+        "In simulation, replay the JPEGs in this folder (in name order, looping) instead of "
+        "rendering a synthetic scene.",
+    )
+    simulate_trigger_interval_s: float = _setting(
+        5.0,
+        "In simulation, seconds between simulated triggers (button and PIR in turn).",
+        _positive,
+        kind=float,
+    )
+    button_pin: str = _setting("GPIO17", 'BCM pin of the push button (to ground), "" when not fitted.', _pin)
+    motion_pin: str = _setting("GPIO4", 'BCM pin of the PIR motion sensor output, "" when not fitted.', _pin)
+    button_bounce_time_s: float = _setting(
+        0.05,
+        "gpiozero bounce_time of the button, in seconds.",
+        _between(0, 5),
+        kind=float,
+    )
+    camera_size_px: tuple[int, int] = _setting(
+        (0, 0),
+        "Photo size [width, height] in pixels; [0, 0] is the sensor's full resolution.",
+        _size,
+        kind=list,
+    )
+    camera_lores_size_px: tuple[int, int] = _setting(
+        (640, 480),
+        "Size [width, height] of the camera's low-resolution stream; thumbnails are made from a "
+        "frame of half this size.",
+        _size,
+        kind=list,
+    )
+    jpeg_quality: int = _setting(90, "JPEG quality of photos, 1 to 95.", _between(1, 95))
+    capture_timeout_s: float = _setting(
+        5.0, "Seconds to wait for a frame before a capture fails.", _positive, kind=float
+    )
+    thumbnail_max_px: int = _setting(320, "Longest edge of WebP thumbnails, in pixels.", _between(16, 4096))
+    cleanup_start_free_percent: float = _setting(
+        10.0,
+        "Start deleting the oldest unprotected captures when free space on the data filesystem "
+        "falls below this percentage.",
+        _percent,
+        kind=float,
+    )
+    cleanup_stop_free_percent: float = _setting(
+        20.0,
+        "Stop deleting once free space is back above this percentage.",
+        _percent,
+        kind=float,
+    )
+    cleanup_interval_s: float = _setting(60.0, "Seconds between disk-space checks.", _positive, kind=float)
+    web_host: str = _setting("0.0.0.0", "Address the status page listens on (0.0.0.0: every interface).")
+    web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
+
+    def __post_init__(self):
+        if self.cleanup_stop_free_percent < self.cleanup_start_free_percent:
+            raise ConfigError(
+                "cleanup_stop_free_percent: must be at least cleanup_start_free_percent "
+                f"({self.cleanup_stop_free_percent} < {self.cleanup_start_free_percent})"
+            )
+
+
+def settings() -> list[dataclasses.Field]:
+    """The fields of :class:`Config`, in documentation order."""
+    return list(dataclasses.fields(Config))
+
+
+def check_value(key: str, value):
+    """Return ``value`` converted to the type of setting ``key``.
+
+    Raises :class:`ConfigError` (message without the file name) for an unknown key, a wrong type
+    or a value out of range.
+    """
+    fields = {f.name: f for f in settings()}
+    if key not in fields:
+        raise ConfigError(f"{key}: unknown key")
+    kind = fields[key].metadata["kind"]
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    check = fields[key].metadata["check"]
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"{key}: {value!r} {problem}")
+    return tuple(value) if kind is list else value
+
+
+def load(path: Path | None = None, **overrides) -> Config:
+    """Read the TOML file at ``path`` (None: defaults only), then apply ``overrides``.
+
+    Raises :class:`ConfigError` naming the file and the key for an unreadable file, invalid TOML,
+    an unknown key, a value of the wrong type or out of range.  Overrides (from the command line)
+    are checked the same way and named as such.
+    """
+    values = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for key, value in document.items():
+            try:
+                values[key] = check_value(key, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+    for key, value in overrides.items():
+        try:
+            values[key] = check_value(key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"command line: {exc}") from None
+    try:
+        return Config(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'command line'}: {exc}") from None

@@ -1,0 +1,13 @@
+"""The appliance's exceptions: one root, each subclass also inheriting the matching builtin."""
+
+
+class ApplianceError(Exception):
+    """Base class for every error raised by :mod:`appliance`."""
+
+
+class ConfigError(ApplianceError, ValueError):
+    """A config file or command-line value is invalid.  The message names the file and the key."""
+
+
+class StoreError(ApplianceError, OSError):
+    """The capture store could not write or read a capture."""

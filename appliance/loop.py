@@ -1,0 +1,137 @@
+"""The main loop: one thread that turns trigger events into stored captures and runs scheduled jobs.
+
+Everything that writes (camera, store, cleanup) happens here, in order, so nothing needs a lock.
+The loop waits on the trigger queue with a timeout taken from its private ``schedule.Scheduler``;
+a stop request (a signal, or the end of ``duration_s``) lets the capture in flight finish first.
+"""
+
+import datetime
+import logging
+import queue
+import time
+from collections.abc import Callable
+
+import schedule
+
+from appliance import thumbnails
+from appliance.exc import StoreError
+from appliance.store import CaptureStore
+from hw.camera import Camera
+from hw.exc import CameraError
+from hw.triggers import TriggerEvent
+
+log = logging.getLogger(__name__)
+
+# Longest wait on the queue: bounds how long a stop request waits when nothing happens.
+MAX_WAIT_S = 0.5
+# A wall clock that moves this much more or less than the monotonic clock between two iterations
+# has jumped (NTP's first sync on a Pi without a real-time clock, or a manual change).
+CLOCK_JUMP_S = 60.0
+
+
+def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
+    """Wrap a scheduled job so that its failure is logged and cannot stop the other jobs."""
+
+    def run() -> None:
+        try:
+            job()
+        except Exception:
+            log.exception("scheduled job %s failed; it will run again at its next time", name)
+
+    return run
+
+
+class MainLoop:
+    """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events`` and runs ``scheduler``.
+
+    ``camera``: a :class:`~hw.camera.Camera`; ``store``: the writer of the capture store;
+    ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge.
+    """
+
+    def __init__(
+        self,
+        *,
+        events: "queue.Queue[TriggerEvent]",
+        camera: Camera,
+        store: CaptureStore,
+        scheduler: schedule.Scheduler,
+        capture_timeout_s: float,
+        thumbnail_max_px: int,
+    ):
+        self._events = events
+        self._camera = camera
+        self._store = store
+        self._scheduler = scheduler
+        self._capture_timeout_s = capture_timeout_s
+        self._thumbnail_max_px = thumbnail_max_px
+        self._stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop after the capture in flight.  Safe to call from a signal handler:
+        it only sets an attribute, which the loop reads at least every :data:`MAX_WAIT_S` s."""
+        self._stop_reason = reason
+
+    def run(self, duration_s: float | None = None) -> None:
+        """Run until :meth:`request_stop` or, when given, ``duration_s`` seconds have passed."""
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        last_wall, last_mono = time.time(), time.monotonic()
+        while self._stop_reason is None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._stop_reason = f"--duration-s {duration_s} elapsed"
+                break
+            wait = MAX_WAIT_S
+            if self._scheduler.idle_seconds is not None:
+                wait = min(wait, max(0.0, self._scheduler.idle_seconds))
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            try:
+                event = self._events.get(timeout=wait)
+            except queue.Empty:
+                pass
+            else:
+                self.capture(event)
+            wall, mono = time.time(), time.monotonic()
+            if abs((wall - last_wall) - (mono - last_mono)) > CLOCK_JUMP_S:
+                self._clock_jumped(wall - last_wall - (mono - last_mono))
+            last_wall, last_mono = wall, mono
+            self._scheduler.run_pending()
+        log.info("stopping: %s", self._stop_reason)
+
+    def _clock_jumped(self, jump_s: float) -> None:
+        # schedule keeps next-run times on the wall clock: after a jump back by a year its jobs
+        # would wait a year.  Make them due now; running them sets fresh next-run times.
+        log.warning("wall clock jumped by %+.0f s; rescheduling jobs", jump_s)
+        for job in self._scheduler.get_jobs():
+            job.next_run = datetime.datetime.now()
+
+    def capture(self, event: TriggerEvent) -> dict | None:
+        """Capture, make the thumbnail and store, for one trigger event.
+
+        Returns the stored index row, or None when the capture failed (the reason is logged and
+        the loop goes on).
+        """
+        try:
+            shot = self._camera.capture(self._capture_timeout_s)
+        except CameraError as exc:
+            log.error("capture for %s trigger failed: %s", event.source, exc)
+            return None
+        try:
+            thumbnail = thumbnails.make(shot.jpeg, shot.frame, self._thumbnail_max_px)
+        except (OSError, ValueError) as exc:
+            log.warning("capture for %s trigger has no thumbnail: %s", event.source, exc)
+            thumbnail = None
+        try:
+            row = self._store.add(shot.jpeg, thumbnail, trigger=event.source, metadata=shot.metadata)
+        except StoreError as exc:
+            log.error("capture for %s trigger lost: %s", event.source, exc)
+            return None
+        log.info(
+            "capture %d (%s, %s, %d bytes) stored %.0f ms after the trigger",
+            row["seq"],
+            row["id"],
+            event.source,
+            row["bytes"],
+            (time.monotonic() - event.monotonic_s) * 1000,
+        )
+        return row

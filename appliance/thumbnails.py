@@ -1,0 +1,49 @@
+"""WebP thumbnails, made from the camera's small frame, or from the JPEG at reduced size.
+
+A 12 MP JPEG is never fully decoded for a thumbnail: :func:`from_jpeg` asks libjpeg for a DCT-scaled
+decode (``Image.draft``: 1/2, 1/4 or 1/8 of full size, the smallest still at least the target), which
+is several times faster and smaller in memory than a full decode.  EXIF orientation is honoured.
+"""
+
+import io
+
+from PIL import Image, ImageOps
+
+WEBP_QUALITY = 80
+# libwebp's effort 0..6; Pillow's default is 4.  At 320 px the visual difference is nil, and 0 costs a
+# fraction of the time on a Pi's CPU.
+WEBP_METHOD = 0
+
+
+def _encode(image: Image.Image, max_px: int) -> bytes:
+    image.thumbnail((max_px, max_px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    image.save(out, "WEBP", quality=WEBP_QUALITY, method=WEBP_METHOD)
+    return out.getvalue()
+
+
+def from_frame(frame: Image.Image, max_px: int) -> bytes:
+    """Encode an upright camera frame (any Pillow mode) as a WebP no larger than ``max_px`` on its
+    longest edge.  Never upscales.  Returns the WebP bytes."""
+    return _encode(frame.convert("RGB"), max_px)
+
+
+def from_jpeg(jpeg: bytes, max_px: int) -> bytes:
+    """Encode the JPEG ``jpeg`` as an upright WebP no larger than ``max_px`` on its longest edge.
+
+    Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` included) or ``ValueError`` when the
+    bytes are not a decodable image.
+    """
+    with Image.open(io.BytesIO(jpeg)) as image:
+        # Draft to the square box so a photo rotated by its EXIF orientation is still large enough.
+        image.draft("RGB", (max_px, max_px))
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    return _encode(upright, max_px)
+
+
+def make(jpeg: bytes, frame: Image.Image | None, max_px: int) -> bytes:
+    """The thumbnail of a capture: from ``frame`` when it is large enough for ``max_px``, else from
+    ``jpeg``.  Errors as :func:`from_jpeg`."""
+    if frame is not None and max(frame.size) >= max_px:
+        return from_frame(frame, max_px)
+    return from_jpeg(jpeg, max_px)

@@ -1,0 +1,132 @@
+"""The status page and JSON API, a Bottle app served by cheroot from its own threads.
+
+The web side never writes: it reads the index through :class:`~appliance.store.IndexReader`
+(read-only connections) and serves files looked up by id in the index, never a path from the
+request.
+
+Routes: ``GET /`` (HTML status page), ``GET /api/status`` (the same as JSON),
+``GET /thumbnails/<id>.webp`` and ``GET /media/<id>.jpg``.  A malformed id is a 400, an unknown
+one a 404.
+"""
+
+import datetime
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import bottle
+from cheroot import wsgi
+
+from appliance import __version__
+from appliance.cleanup import free_percent
+from appliance.store import IndexReader
+
+log = logging.getLogger(__name__)
+
+VIEWS = Path(__file__).with_name("views")
+LATEST_COUNT = 24
+REFRESH_S = 15
+_FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
+
+
+def make_app(
+    reader: IndexReader,
+    *,
+    mode: str,
+    started_monotonic: float,
+    disk_usage: Callable[[Path], object] = shutil.disk_usage,
+) -> bottle.Bottle:
+    """Build the web app.
+
+    ``reader``: the index; ``mode``: ``"simulation"`` or ``"hardware"``; ``started_monotonic``:
+    :func:`time.monotonic` at start-up (for the uptime); ``disk_usage(path)``: as
+    :func:`shutil.disk_usage`, for the data directory's filesystem.
+    """
+    app = bottle.Bottle()
+
+    def status() -> dict:
+        usage = disk_usage(reader.data_dir)
+        latest = reader.latest(LATEST_COUNT)
+        return {
+            "version": __version__,
+            "mode": mode,
+            "uptime_s": round(time.monotonic() - started_monotonic, 1),
+            "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
+            "disk": {
+                "total_bytes": usage.total,
+                "free_bytes": usage.free,
+                "free_percent": round(free_percent(usage), 1),
+            },
+            "latest": [
+                {
+                    "id": row["id"],
+                    "seq": row["seq"],
+                    "captured_at": row["captured_at"],
+                    "clock_synced": bool(row["clock_synced"]),
+                    "trigger": row["trigger"],
+                    "bytes": row["bytes"],
+                    "width": row["width"],
+                    "height": row["height"],
+                    "protected": bool(row["protected"]),
+                    "media_url": f"/media/{row['id']}.jpg",
+                    "thumbnail_url": (f"/thumbnails/{row['id']}.webp" if row["thumbnail_path"] else None),
+                }
+                for row in latest
+            ],
+        }
+
+    @app.get("/")
+    def index():
+        return bottle.template("status", template_lookup=[str(VIEWS)], refresh_s=REFRESH_S, **status())
+
+    @app.get("/api/status")
+    def api_status():
+        return status()
+
+    def serve(name: str, column: str, extension: str, mimetype: str):
+        match = _FILE_NAME.fullmatch(name)
+        if not match or match[2] != extension:
+            raise bottle.HTTPError(400, f"expected /<32 hex characters>.{extension}")
+        row = reader.get(match[1])
+        if row is None or row[column] is None:
+            raise bottle.HTTPError(404, "no such capture")
+        return bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
+
+    @app.get("/thumbnails/<name>")
+    def thumbnail(name):
+        return serve(name, "thumbnail_path", "webp", "image/webp")
+
+    @app.get("/media/<name>")
+    def media(name):
+        return serve(name, "media_path", "jpg", "image/jpeg")
+
+    return app
+
+
+class WebServer:
+    """Serves ``app`` with cheroot (a multi-threaded WSGI server) on ``host``:``port`` from a
+    background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.
+
+    Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
+    """
+
+    def __init__(self, app, host: str, port: int, threads: int = 4):
+        self._server = wsgi.Server((host, port), app, numthreads=threads)
+        self._server.prepare()  # binds now, so a busy port fails at start-up
+        self.host, self.port = self._server.bind_addr[:2]
+        self._thread = threading.Thread(target=self._server.serve, name="web", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """The URL to open on this machine."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/"
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._thread.join()

@@ -18,6 +18,7 @@ One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page
 :class:`IndexReader`, which opens its own read-only connection for each query.
 """
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -207,8 +208,11 @@ class CaptureStore:
             with self.db.atomic():
                 self.db["captures"].insert(row)
         except (OSError, sqlite3.Error) as exc:
-            media.unlink(missing_ok=True)
-            thumb.unlink(missing_ok=True)
+            for path in (media, thumb):
+                # Best effort: a file that cannot be removed now is unindexed and start-up
+                # reconciliation removes it; the error that matters is the one raised below.
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise StoreError(f"capture not stored: {exc}") from exc
         self._next_seq += 1
         return row
@@ -226,7 +230,7 @@ class CaptureStore:
         in one transaction, then their files (a file already gone is fine).  Returns bytes freed.
         """
         with self.db.atomic():
-            self.db.executemany("DELETE FROM captures WHERE id = ?", [(r["id"],) for r in rows])
+            self.db.conn.executemany("DELETE FROM captures WHERE id = ?", [(r["id"],) for r in rows])
         freed = 0
         for row in rows:
             for rel in (row["media_path"], row["thumbnail_path"]):

@@ -124,7 +124,11 @@ class SimulatedTriggerSource:
         pin.drive_high()
 
     def _pulse(self) -> None:
-        pin = self._triggers.motion.pin
+        motion = self._triggers.motion
+        # MotionSensor only fires on an edge it has sampled: its first sample sets the initial state
+        # silently, and a pulse that starts before it has sampled the previous low is no edge.
+        motion.wait_for_no_motion(timeout=1)
+        pin = motion.pin
         pin.drive_high()
         self._stopping.wait(SIMULATED_PIR_PULSE_S)
         pin.drive_low()

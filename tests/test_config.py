@@ -1,0 +1,82 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+from appliance.cli import main
+from appliance.exc import ConfigError
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file():
+    cfg = config.load(None)
+    assert cfg.thumbnail_max_px == 320
+    assert (cfg.cleanup_start_free_percent, cfg.cleanup_stop_free_percent) == (10, 20)
+    assert cfg.button_pin == "GPIO17"
+
+
+def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
+    path = write(tmp_path, 'button_pin = "GPIO27"\ncapture_timeout_s = 3\ncamera_size_px = [2028, 1520]\n')
+    cfg = config.load(path)
+    assert cfg.button_pin == "GPIO27"
+    assert cfg.capture_timeout_s == 3.0 and isinstance(cfg.capture_timeout_s, float)
+    assert cfg.camera_size_px == (2028, 1520)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("thumbnail_px = 10", "thumbnail_px", "unknown key"),
+        ('thumbnail_max_px = "big"', "thumbnail_max_px", "expected int, got str"),
+        ("simulate = 1", "simulate", "expected bool"),
+        ("thumbnail_max_px = true", "thumbnail_max_px", "expected int, got bool"),
+        ('button_pin = "17"', "button_pin", "BCM pin name"),
+        ('motion_pin = "GPIO40"', "motion_pin", "BCM pin name"),
+        ("cleanup_start_free_percent = 120", "cleanup_start_free_percent", "between 0 and 100"),
+        ("cleanup_stop_free_percent = 5", "cleanup_stop_free_percent", "at least"),
+        ("camera_size_px = [1, 2, 3]", "camera_size_px", "two integers"),
+        ("capture_timeout_s = 0", "capture_timeout_s", "greater than 0"),
+        ("thumbnail_max_px = ", "", "Invalid value"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path, text, key, reason):
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}")
+    assert reason in message
+
+
+def test_bad_config_exits_2_with_one_line_naming_file_and_key(tmp_path, capsys):
+    path = write(tmp_path, "jpeg_quality = 200\n")
+    assert main(["run", "--config", str(path), "--simulate", "--duration-s", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert str(path) in err and "jpeg_quality" in err
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_command_line_overrides_are_checked():
+    with pytest.raises(ConfigError, match="command line: web_port"):
+        config.load(None, web_port=70000)
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = README.read_text()
+    documented = set(re.findall(r"`([a-z0-9_]+)`", readme))
+    missing = [f.name for f in config.settings() if f.name not in documented]
+    assert not missing, f"settings missing from README.md: {missing}"
+    assert all(f.metadata["doc"] for f in config.settings())

@@ -1,0 +1,142 @@
+"""The real command in a subprocess: simulated triggers through gpiozero MockFactory pins, replayed
+real photos, real HTTP on 127.0.0.1, real signals, and the index read back from disk."""
+
+import hashlib
+import io
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from appliance.store import IndexReader
+
+
+def start(data_dir, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def status_url(process) -> str:
+    line = process.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+    assert match, f"no status page URL on stdout: {line!r} {process.stderr.read()}"
+    return match[1]
+
+
+def wait_for_captures(url, count, timeout_s=20):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = requests.get(url + "api/status", timeout=5).json()
+        if status["captures"]["total"] >= count:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} captures after {timeout_s} s: {status}")
+
+
+def assert_index_matches_disk(data_dir, replayed: set[str]):
+    db = sqlite3.connect(data_dir / "captures.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    rows = IndexReader(data_dir).latest(10_000)
+    assert rows, "no captures"
+    assert [r["seq"] for r in rows] == list(range(len(rows), 0, -1))
+    for row in rows:
+        jpeg = (data_dir / row["media_path"]).read_bytes()
+        assert hashlib.sha256(jpeg).hexdigest() == row["sha256"]
+        assert row["sha256"] in replayed
+        with Image.open(data_dir / row["thumbnail_path"]) as thumb:
+            assert thumb.format == "WEBP" and max(thumb.size) <= 320
+    on_disk = {p.relative_to(data_dir).as_posix() for p in (data_dir / "media").rglob("*.jpg")}
+    assert on_disk == {r["media_path"] for r in rows}
+    assert not list(data_dir.rglob(".*.tmp"))
+    return rows
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, signum):
+    replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
+    data_dir = tmp_path / "data"
+    process = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    try:
+        url = status_url(process)
+        status = wait_for_captures(url, 3)
+        assert status["mode"] == "simulation"
+        assert {c["trigger"] for c in status["latest"]} == {"button", "motion"}
+        page = requests.get(url, timeout=5).text
+        latest = status["latest"][0]
+        assert latest["thumbnail_url"] in page
+        thumb = requests.get(url + latest["thumbnail_url"][1:], timeout=5)
+        assert max(Image.open(io.BytesIO(thumb.content)).size) <= 320
+        media = requests.get(url + latest["media_url"][1:], timeout=5)
+        assert hashlib.sha256(media.content).hexdigest() in replayed
+    finally:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert "stopped cleanly" in stderr
+    assert_index_matches_disk(data_dir, replayed)
+
+
+def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir):
+    replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(burst_dir),
+         "--trigger-interval-s", "0.5", "--duration-s", "3", "--data-dir", str(tmp_path / "d"),
+         "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = assert_index_matches_disk(tmp_path / "d", replayed)
+    assert 4 <= len(rows) <= 7
+
+
+def test_bad_replay_file_is_skipped_and_named(tmp_path, photo):
+    (tmp_path / "replay").mkdir()
+    (tmp_path / "replay" / "broken.jpg").write_bytes(photo[:1000])
+    (tmp_path / "replay" / "good.jpg").write_bytes(photo)
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(tmp_path / "replay"),
+         "--trigger-interval-s", "0.2", "--duration-s", "1.5", "--data-dir", str(tmp_path / "d"),
+         "--host", "127.0.0.1", "--port", "0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr
+    assert_index_matches_disk(tmp_path / "d", {hashlib.sha256(photo).hexdigest()})
+
+
+def test_bad_config_exits_2_naming_file_and_key(tmp_path):
+    config = tmp_path / "appliance.toml"
+    config.write_text('motion_pin = "GPIO99"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"appliance: config error: {config}: motion_pin: 'GPIO99' must be a BCM pin name from "
+        '"GPIO0" to "GPIO27", or "" when not fitted'
+    )
+
+
+def test_hardware_mode_without_a_pi_fails_start_up_with_a_reason(tmp_path):
+    env = os.environ | {"GPIOZERO_PIN_FACTORY": "mock"}  # GPIO is there, the camera is not
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--data-dir", str(tmp_path), "--port", "0",
+         "--host", "127.0.0.1", "--duration-s", "1"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "picamera2 is not installed" in result.stderr

@@ -1,0 +1,101 @@
+import hashlib
+import io
+import shutil
+import socket
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from appliance import thumbnails
+from appliance.store import IndexReader
+from appliance.web import WebServer, make_app
+
+
+@pytest.fixture
+def server(store, photo):
+    rows = [store.add(photo, thumbnails.from_jpeg(photo, 320), trigger=t) for t in ("button", "motion")]
+    store.add(photo, None, trigger="manual")  # a capture whose thumbnail could not be made
+    disk = shutil._ntuple_diskusage(1000, 600, 400)
+    app = make_app(
+        IndexReader(store.data_dir), mode="simulation", started_monotonic=time.monotonic() - 3725,
+        disk_usage=lambda path: disk,
+    )  # fmt: skip
+    server = WebServer(app, "127.0.0.1", 0)
+    server.rows = rows
+    yield server
+    server.stop()
+
+
+def get(server, path, **kwargs):
+    return requests.get(f"{server.url.rstrip('/')}{path}", timeout=5, **kwargs)
+
+
+def test_api_status_reports_counts_disk_uptime_mode_and_latest(server):
+    status = get(server, "/api/status").json()
+    assert status["mode"] == "simulation"
+    assert status["captures"] == {"total": 3, "last_24h": 3}
+    assert status["disk"] == {"total_bytes": 1000, "free_bytes": 400, "free_percent": 40.0}
+    assert 3725 <= status["uptime_s"] < 3735
+    assert [c["seq"] for c in status["latest"]] == [3, 2, 1]
+    assert status["latest"][0]["thumbnail_url"] is None
+    assert status["latest"][1]["thumbnail_url"] == f"/thumbnails/{server.rows[1]['id']}.webp"
+
+
+def test_status_page_shows_thumbnails_counts_and_mode(server):
+    response = get(server, "/")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    page = response.text
+    for row in server.rows:
+        assert f'src="/thumbnails/{row["id"]}.webp"' in page
+    assert "3 in all, 3 in the last 24 h" in page
+    assert "1 h 02 min" in page and "simulation" in page and "40.0 %" in page
+
+
+def test_thumbnail_and_media_are_served_from_the_index(server, photo):
+    row = server.rows[0]
+    thumb = get(server, f"/thumbnails/{row['id']}.webp")
+    assert thumb.headers["Content-Type"] == "image/webp"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 320
+    media = get(server, f"/media/{row['id']}.jpg")
+    assert media.headers["Content-Type"] == "image/jpeg"
+    assert hashlib.sha256(media.content).hexdigest() == hashlib.sha256(photo).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/media/" + "0" * 32 + ".jpg", 404),
+        ("/media/" + "A" * 32 + ".jpg", 400),
+        ("/media/abc.jpg", 400),
+        ("/media/%2e%2e%2f%2e%2e%2fcaptures.db", 400),
+        ("/thumbnails/..%2fcaptures.db", 400),
+        ("/nothing", 404),
+    ],
+)
+def test_unknown_is_404_and_malformed_is_400_never_500(server, path, status):
+    assert get(server, path).status_code == status
+
+
+def test_extension_must_match_the_route(server):
+    row_id = server.rows[0]["id"]
+    assert get(server, f"/thumbnails/{row_id}.jpg").status_code == 400
+    assert get(server, f"/media/{row_id}.webp").status_code == 400
+
+
+def test_capture_without_thumbnail_is_404_for_its_thumbnail(server):
+    manual = get(server, "/api/status").json()["latest"][0]
+    assert get(server, f"/thumbnails/{manual['id']}.webp").status_code == 404
+
+
+def test_malformed_http_request_gets_400_and_the_server_keeps_serving(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+    assert get(server, "/api/status").status_code == 200
+
+
+def test_busy_port_fails_at_start_up(server):
+    with pytest.raises(OSError):
+        WebServer(make_app(None, mode="simulation", started_monotonic=0), "127.0.0.1", server.port)

@@ -15,7 +15,6 @@ import concurrent.futures
 import os
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from PIL import Image
 
 from hw.camera import yuv420_frame
 
-SAMPLE_PHOTO = Path("/work/shared/samples/camtrap-dp-burst/20210531082538-RCNX0031.JPG")
 # The lores stream: 640x480 YUV420 with padded rows, as the ISP delivers it.
 WIDTH, HEIGHT, STRIDE = 640, 480, 704
 
@@ -213,10 +211,8 @@ def yuv420_buffer(image: Image.Image, stride: int) -> np.ndarray:
     return flat.reshape(height * 3 // 2, stride)
 
 
-def test_yuv420_frame_of_a_photo(wheel_converters):
-    if not SAMPLE_PHOTO.is_file():
-        pytest.skip(f"sample photo {SAMPLE_PHOTO} is missing")
-    with Image.open(SAMPLE_PHOTO) as photo:
+def test_yuv420_frame_of_a_photo(wheel_converters, samples):
+    with Image.open(samples / "camera-traps" / "megadetector_pheasant_web.jpg") as photo:
         image = photo.convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
 
     frame = yuv420_frame(yuv420_buffer(image, STRIDE), WIDTH, HEIGHT)

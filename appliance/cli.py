@@ -23,6 +23,7 @@ from appliance.exc import ApplianceError, ConfigError
 from appliance.loop import MainLoop, guarded
 from appliance.store import CaptureStore, IndexReader
 from appliance.web import WebServer, make_app
+from boot.preflight import FATAL, preflight
 from hw.camera import Picamera2Camera, SimulatedCamera
 from hw.clock import clock_synced
 from hw.exc import HardwareError
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
     )
-    run.add_argument("--replay", metavar="DIR", help="in simulation, replay the JPEGs in DIR")
+    run.add_argument("--replay", metavar="DIR", help="simulate, replaying the JPEGs in DIR")
     run.add_argument(
         "--trigger-interval-s", type=float, metavar="S", help="in simulation, seconds between triggers"
     )
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load_config(args) -> config_module.Config:
     overrides = {
         "data_dir": args.data_dir,
-        "simulate": args.simulate,
+        "simulate": True if args.replay else args.simulate,
         "simulate_replay_dir": args.replay,
         "simulate_trigger_interval_s": args.trigger_interval_s,
         "web_host": args.host,
@@ -80,9 +81,23 @@ def _make_camera(config: config_module.Config):
 
 
 def run(config: config_module.Config, duration_s: float | None = None) -> int:
-    """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.  Returns 0."""
+    """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
+
+    Returns 0 after a clean stop, 1 when a preflight check is fatal.  Start-up failures of the
+    parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``).
+    """
     started = time.monotonic()
     data_dir = Path(config.data_dir)
+    checks = preflight(data_dir)
+    for check in checks:
+        log.log(
+            logging.ERROR if check.level == FATAL else logging.INFO,
+            "preflight %s: %s",
+            check.name,
+            check.reason,
+        )
+    if any(check.level == FATAL for check in checks):
+        return 1
     events = queue.Queue()
     with contextlib.ExitStack() as stack:
         store = CaptureStore(data_dir, clock_synced=clock_synced)
@@ -142,7 +157,10 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``appliance`` command.  Returns the exit status."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage and the reason
+        return exc.code
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = _load_config(args)
@@ -152,5 +170,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(config, duration_s=args.duration_s)
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
-        log.error("start-up failed: %s", exc)
+        log.error("stopped on error: %s", exc)
         return 1

@@ -1,0 +1,1 @@
+"""What runs at start-up, before the first capture: preflight checks (and, later, systemd notification)."""

@@ -2,7 +2,7 @@
 
 :func:`load` reads a file (stdlib ``tomllib``), rejects unknown keys and values of the wrong type or
 out of range with :class:`~appliance.exc.ConfigError` naming the file and the key, and returns a
-frozen :class:`Config`.  The defaults run the appliance in simulation with no file at all.
+frozen :class:`Config`.  No file is needed: the defaults suit a Pi, and ``--simulate`` runs anywhere.
 """
 
 import dataclasses
@@ -41,9 +41,17 @@ def _pin(value):
 
 
 def _size(value):
-    if len(value) == 2 and all(isinstance(v, int) and v >= 0 for v in value):
+    if len(value) == 2 and all(type(v) is int and v > 0 for v in value):
         return None
-    return "must be [width, height] in pixels, two integers >= 0"
+    return "must be [width, height] in pixels, two integers > 0"
+
+
+def _size_or_full(value):
+    return None if list(value) == [0, 0] else _size(value)
+
+
+def _folder_or_empty(value):
+    return None if value == "" or Path(value).is_dir() else "is not a folder"
 
 
 def _between(low, high):
@@ -67,6 +75,7 @@ class Config:
         "",
         "In simulation, replay the JPEGs in this folder (in name order, looping) instead of "
         "rendering a synthetic scene.",
+        _folder_or_empty,
     )
     simulate_trigger_interval_s: float = _setting(
         5.0,
@@ -85,7 +94,7 @@ class Config:
     camera_size_px: tuple[int, int] = _setting(
         (0, 0),
         "Photo size [width, height] in pixels; [0, 0] is the sensor's full resolution.",
-        _size,
+        _size_or_full,
         kind=list,
     )
     camera_lores_size_px: tuple[int, int] = _setting(
@@ -118,6 +127,8 @@ class Config:
     web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
 
     def __post_init__(self):
+        if self.simulate_replay_dir and not self.simulate:
+            raise ConfigError("simulate_replay_dir: only used in simulation (simulate = true)")
         if self.cleanup_stop_free_percent < self.cleanup_start_free_percent:
             raise ConfigError(
                 "cleanup_stop_free_percent: must be at least cleanup_start_free_percent "

@@ -62,7 +62,7 @@ def m001_captures(db: sqlite_utils.Database) -> None:
             "metadata": str,
         },
         pk="id",
-        not_null={"seq", "captured_at", "clock_synced", "trigger", "media_path", "bytes"},
+        not_null={"seq", "captured_at", "clock_synced", "trigger", "media_path", "bytes", "protected"},
         defaults={"protected": 0},
     )
     db["captures"].create_index(["seq"], unique=True)
@@ -70,6 +70,8 @@ def m001_captures(db: sqlite_utils.Database) -> None:
     db["captures"].create_index(["protected", "seq"])
     # "Captures in the last 24 h" on the status page.
     db["captures"].create_index(["captured_at"])
+    # The highest seq ever given: seq must never repeat, even after cleanup has emptied captures.
+    db["counters"].insert({"name": "last_seq", "value": 0}, pk="name")
 
 
 def shard_of(capture_id: str) -> str:
@@ -149,7 +151,7 @@ class CaptureStore:
             migrations.apply(self.db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
-        self._next_seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM captures").fetchone()[0] + 1
+        self._next_seq = self.db["counters"].get("last_seq")["value"] + 1
         self._shards_made: set[Path] = set()
 
     def close(self) -> None:
@@ -207,10 +209,11 @@ class CaptureStore:
                 publish(thumb, thumbnail)
             with self.db.atomic():
                 self.db["captures"].insert(row)
+                self.db["counters"].update("last_seq", {"value": row["seq"]})
         except (OSError, sqlite3.Error) as exc:
             for path in (media, thumb):
-                # Best effort: a file that cannot be removed now is unindexed and start-up
-                # reconciliation removes it; the error that matters is the one raised below.
+                # Best effort: a file that cannot be removed now is only an unindexed file, never a
+                # row without its file; the error that matters is the one raised below.
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
             raise StoreError(f"capture not stored: {exc}") from exc

@@ -43,6 +43,10 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ("cleanup_start_free_percent = 120", "cleanup_start_free_percent", "between 0 and 100"),
         ("cleanup_stop_free_percent = 5", "cleanup_stop_free_percent", "at least"),
         ("camera_size_px = [1, 2, 3]", "camera_size_px", "two integers"),
+        ("camera_size_px = [0, 480]", "camera_size_px", "two integers > 0"),
+        ("camera_lores_size_px = [true, 2]", "camera_lores_size_px", "two integers > 0"),
+        ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "is not a folder"),
+        ('simulate_replay_dir = "."', "simulate_replay_dir", "only used in simulation"),
         ("capture_timeout_s = 0", "capture_timeout_s", "greater than 0"),
         ("thumbnail_max_px = ", "", "Invalid value"),
     ],
@@ -62,6 +66,16 @@ def test_bad_config_exits_2_with_one_line_naming_file_and_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert str(path) in err and "jpeg_quality" in err
+
+
+def test_replay_implies_simulation(tmp_path, capsys):
+    assert main(["run", "--replay", str(tmp_path / "missing"), "--duration-s", "0"]) == 2
+    assert "simulate_replay_dir" in capsys.readouterr().err
+
+
+def test_command_line_usage_error_returns_2(capsys):
+    assert main(["run", "--port", "eighty"]) == 2
+    assert "invalid int value" in capsys.readouterr().err
 
 
 def test_missing_file_is_a_config_error(tmp_path):

@@ -144,3 +144,13 @@ def test_ids_are_unique_hex_and_shard_is_their_prefix(items):
     for capture_id in ids:
         assert len(capture_id) == 32 and int(capture_id, 16) >= 0
         assert shard_of(capture_id) == capture_id[:2]
+
+
+def test_seq_never_repeats_even_after_every_capture_was_deleted(tmp_path, photo):
+    store = CaptureStore(tmp_path, clock_synced=lambda: True)
+    rows = [store.add(photo, None, trigger="motion") for _ in range(3)]
+    store.delete(store.oldest_unprotected(10))
+    store.close()
+    reopened = CaptureStore(tmp_path, clock_synced=lambda: True)
+    assert reopened.add(photo, None, trigger="motion")["seq"] == rows[-1]["seq"] + 1
+    reopened.close()

@@ -78,7 +78,7 @@ class Config:
         _folder_or_empty,
     )
     simulate_trigger_interval_s: float = _setting(
-        5.0,
+        3.0,
         "In simulation, seconds between simulated triggers (button and PIR in turn).",
         _positive,
         kind=float,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from hw.exc import CameraError, CameraTimeout
 
@@ -212,10 +212,13 @@ class SimulatedCamera:
         image = Image.new("RGB", self._size, (96, 140, 190))
         draw = ImageDraw.Draw(image)
         draw.rectangle((0, height * 2 // 3, width, height), fill=(70, 110, 50))
-        x = (self._count * width // 12) % width
+        x = (self._count * width // 5) % width
         y = height * 2 // 3
         draw.ellipse((x, y - height // 8, x + width // 6, y + height // 16), fill=(120, 80, 40))
-        draw.text((10, 10), f"simulated capture {self._count + 1}", fill=(255, 255, 255))
+        font = ImageFont.load_default(size=max(10, height // 10))
+        draw.text(
+            (width // 40, height // 40), f"simulated #{self._count + 1}", fill=(255, 255, 255), font=font
+        )
         jpeg = io.BytesIO()
         image.save(jpeg, "JPEG", quality=self._quality)
         frame = image.resize(self._frame_size, Image.Resampling.BILINEAR)

@@ -87,6 +87,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
     parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``).
     """
     started = time.monotonic()
+    mode = "simulation" if config.simulate else "hardware"
     data_dir = Path(config.data_dir)
     checks = preflight(data_dir)
     for check in checks:
@@ -103,11 +104,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         store = CaptureStore(data_dir, clock_synced=clock_synced)
         stack.callback(store.close)
 
-        app = make_app(
-            IndexReader(data_dir),
-            mode="simulation" if config.simulate else "hardware",
-            started_monotonic=started,
-        )
+        app = make_app(IndexReader(data_dir), mode=mode, started_monotonic=started)
         server = WebServer(app, config.web_host, config.web_port)
         stack.callback(server.stop)
 
@@ -129,7 +126,8 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             start_free_percent=config.cleanup_start_free_percent,
             stop_free_percent=config.cleanup_stop_free_percent,
         )
-        scheduler.every(config.cleanup_interval_s).seconds.do(guarded("cleanup", cleanup.run))
+        cleanup_job = guarded("cleanup", cleanup.run)
+        scheduler.every(config.cleanup_interval_s).seconds.do(cleanup_job)
 
         loop = MainLoop(
             events=events,
@@ -147,8 +145,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             source.start()
             stack.callback(source.stop)
 
-        guarded("cleanup", cleanup.run)()  # before the first capture, not after a minute
-        mode = "simulation" if config.simulate else "hardware"
+        cleanup_job()  # before the first capture, not one interval later
         print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
         loop.run(duration_s)
     log.info("stopped cleanly")

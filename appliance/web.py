@@ -10,7 +10,6 @@ one a 404.
 """
 
 import datetime
-import logging
 import re
 import shutil
 import threading
@@ -24,8 +23,6 @@ from cheroot import wsgi
 from appliance import __version__
 from appliance.cleanup import free_percent
 from appliance.store import IndexReader
-
-log = logging.getLogger(__name__)
 
 VIEWS = Path(__file__).with_name("views")
 LATEST_COUNT = 24

@@ -52,7 +52,7 @@ def test_camera_failure_is_logged_and_the_loop_goes_on(store, caplog):
     assert len(IndexReader(store.data_dir).latest(10)) == 1
 
 
-def test_full_disk_loses_the_capture_but_not_the_loop(tiny_fs, photo, burst_dir, caplog):
+def test_full_disk_loses_the_capture_but_not_the_loop(tiny_fs, burst_dir, caplog):
     store = CaptureStore(tiny_fs, clock_synced=lambda: True)
     loop, events = make_loop(store, SimulatedCamera(replay_dir=burst_dir))
     for _ in range(12):  # 12 x 290 kB do not fit in 2 MiB

@@ -1,8 +1,10 @@
-"""The ``appliance`` command: ``appliance run`` starts the appliance.
+"""The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
+and repairs the data directory.
 
 ``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
-Exit status: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable, data
-directory unusable), 2 for a bad config or command line.
+Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
+data directory unusable), 2 for a bad config or command line.  Of ``check``: 0 when every check is
+ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.
 """
 
 import argparse
@@ -20,12 +22,13 @@ from gpiozero.exc import GPIOZeroError
 from appliance import config as config_module
 from appliance.cleanup import Cleanup
 from appliance.exc import ApplianceError, ConfigError
-from appliance.loop import MainLoop, guarded
-from appliance.store import CaptureStore, IndexReader
+from appliance.exif import Identity
+from appliance.loop import Health, MainLoop, guarded
+from appliance.reconcile import open_store
+from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
 from appliance.web import WebServer, make_app
-from boot.preflight import FATAL, preflight
+from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from hw.camera import Picamera2Camera, SimulatedCamera
-from hw.clock import clock_synced
 from hw.exc import HardwareError
 from hw.triggers import SimulatedTriggerSource, Triggers, make_pin_factory
 
@@ -36,8 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the appliance until stopped (SIGTERM, SIGINT)")
-    run.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
-    run.add_argument("--data-dir", help="override data_dir")
+    check = commands.add_parser(
+        "check", help="check the data directory and repair the index (stop the appliance first)"
+    )
+    for command in (run, check):
+        command.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+        command.add_argument("--data-dir", help="override data_dir")
+        command.add_argument("--log-level", default="WARNING" if command is check else "INFO",
+                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
     run.add_argument(
         "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
     )
@@ -48,19 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--duration-s", type=float, metavar="S", help="stop cleanly after S seconds")
     run.add_argument("--host", help="override web_host")
     run.add_argument("--port", type=int, help="override web_port")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 def _load_config(args) -> config_module.Config:
-    overrides = {
-        "data_dir": args.data_dir,
-        "simulate": True if args.replay else args.simulate,
-        "simulate_replay_dir": args.replay,
-        "simulate_trigger_interval_s": args.trigger_interval_s,
-        "web_host": args.host,
-        "web_port": args.port,
-    }
+    overrides = {"data_dir": args.data_dir}
+    if args.command == "run":
+        overrides |= {
+            "simulate": True if args.replay else args.simulate,
+            "simulate_replay_dir": args.replay,
+            "simulate_trigger_interval_s": args.trigger_interval_s,
+            "web_host": args.host,
+            "web_port": args.port,
+        }
     return config_module.load(
         args.config, **{key: value for key, value in overrides.items() if value is not None}
     )
@@ -101,10 +110,22 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         return 1
     events = queue.Queue()
     with contextlib.ExitStack() as stack:
-        store = CaptureStore(data_dir, clock_synced=clock_synced)
+        store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
         stack.callback(store.close)
+        log.log(
+            logging.WARNING if reconciliation.repairs else logging.INFO,
+            "capture store: %s",
+            reconciliation.summary(),
+        )
 
-        app = make_app(IndexReader(data_dir), mode=mode, started_monotonic=started)
+        health = Health()
+        app = make_app(
+            IndexReader(data_dir),
+            mode=mode,
+            started_monotonic=started,
+            health=health,
+            reconciliation=reconciliation.as_dict(),
+        )
         server = WebServer(app, config.web_host, config.web_port)
         stack.callback(server.stop)
 
@@ -128,6 +149,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         )
         cleanup_job = guarded("cleanup", cleanup.run)
         scheduler.every(config.cleanup_interval_s).seconds.do(cleanup_job)
+        scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
 
         loop = MainLoop(
             events=events,
@@ -136,6 +158,8 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             scheduler=scheduler,
             capture_timeout_s=config.capture_timeout_s,
             thumbnail_max_px=config.thumbnail_max_px,
+            identity=Identity(config.camera_make, config.camera_model or camera.model, config.camera_id),
+            health=health,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
@@ -152,6 +176,45 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
     return 0
 
 
+def check(config: config_module.Config) -> int:
+    """``appliance check``: the preflight checks, then a full reconciliation of the capture store.
+
+    Prints one line per check (level, name, reason) and returns 0 when all are ok, 1 when any
+    warns, 2 when any is fatal.  Never run it beside a running appliance: the store's lock refuses.
+    """
+    data_dir = Path(config.data_dir)
+    checks = preflight(data_dir)
+    if not any(c.level == FATAL for c in checks):
+        checks.append(_check_store(data_dir, config.thumbnail_max_px))
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{c.level:<8} {c.name:<{width}}  {c.reason}")
+    levels = {c.level for c in checks}
+    return 2 if FATAL in levels else 1 if WARNING in levels else 0
+
+
+def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(done: int, total: int) -> None:
+            end = "\n" if done == total else ""
+            print(f"\rchecking the photos: {done * 100 // total:3d} %", end=end, file=sys.stderr, flush=True)
+
+    try:
+        store, report = open_store(data_dir, thumbnail_max_px=thumbnail_max_px, full=True, progress=progress)
+    except (ApplianceError, OSError) as exc:
+        return Check("capture store", FATAL, str(exc))
+    try:
+        total = store.db["captures"].count
+    finally:
+        store.close()
+    reason = f"{total} captures; {report.summary()}"
+    if report.stray:
+        reason += f" (unknown: {', '.join(report.stray[:3])}{' ...' if len(report.stray) > 3 else ''})"
+    return Check("capture store", WARNING if report.repairs or report.stray else OK, reason)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``appliance`` command.  Returns the exit status."""
     try:
@@ -164,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"appliance: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "check":
+        return check(config)
     try:
         return run(config, duration_s=args.duration_s)
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:

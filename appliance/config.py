@@ -105,6 +105,15 @@ class Config:
         kind=list,
     )
     jpeg_quality: int = _setting(90, "JPEG quality of photos, 1 to 95.", _between(1, 95))
+    camera_make: str = _setting("Raspberry Pi", "EXIF Make written into each photo the camera takes.")
+    camera_model: str = _setting(
+        "",
+        'EXIF Model written into each photo; "" takes the camera\'s own (the sensor, e.g. imx708, or '
+        '"simulated").',
+    )
+    camera_id: str = _setting(
+        "", 'Camera identifier (e.g. its serial number), written as EXIF BodySerialNumber; "": none.'
+    )
     capture_timeout_s: float = _setting(
         5.0, "Seconds to wait for a frame before a capture fails.", _positive, kind=float
     )

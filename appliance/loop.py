@@ -8,15 +8,17 @@ a stop request (a signal, or the end of ``duration_s``) lets the capture in flig
 import datetime
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 
 import schedule
 
-from appliance import thumbnails
+from appliance import exif, thumbnails
 from appliance.exc import StoreError
 from appliance.store import CaptureStore
 from hw.camera import Camera
+from hw.clock import SystemClock
 from hw.exc import CameraError
 from hw.triggers import TriggerEvent
 
@@ -41,11 +43,37 @@ def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
     return run
 
 
+class Health:
+    """The problems the appliance has right now, ``{area: one-line reason}``, for the status page.
+
+    Written by the main loop, read by the web threads; every method is thread-safe.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._problems: dict[str, str] = {}
+
+    def set(self, area: str, reason: str) -> None:
+        with self._lock:
+            self._problems[area] = reason
+
+    def clear(self, area: str) -> None:
+        with self._lock:
+            self._problems.pop(area, None)
+
+    def problems(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._problems)
+
+
 class MainLoop:
     """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events`` and runs ``scheduler``.
 
     ``camera``: a :class:`~hw.camera.Camera`; ``store``: the writer of the capture store;
-    ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge.
+    ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge;
+    ``identity``: the EXIF make and model written into photos the camera takes (replayed photos are
+    stored as they are); ``clock``: where timestamps come from; ``health``: where failures are
+    reported for the status page.
     """
 
     def __init__(
@@ -57,6 +85,9 @@ class MainLoop:
         scheduler: schedule.Scheduler,
         capture_timeout_s: float,
         thumbnail_max_px: int,
+        identity: exif.Identity,
+        clock: SystemClock | None = None,
+        health: Health | None = None,
     ):
         self._events = events
         self._camera = camera
@@ -64,6 +95,9 @@ class MainLoop:
         self._scheduler = scheduler
         self._capture_timeout_s = capture_timeout_s
         self._thumbnail_max_px = thumbnail_max_px
+        self._identity = identity
+        self._clock = clock or SystemClock()
+        self.health = health or Health()
         self._stop_reason: str | None = None
 
     def request_stop(self, reason: str) -> None:
@@ -106,26 +140,39 @@ class MainLoop:
             job.next_run = datetime.datetime.now()
 
     def capture(self, event: TriggerEvent) -> dict | None:
-        """Capture, make the thumbnail and store, for one trigger event.
+        """Capture, tag, make the thumbnail and store, for one trigger event.
 
         Returns the stored index row, or None when the capture failed (the reason is logged and
-        the loop goes on).
+        reported to :attr:`health`, and the loop goes on).
         """
         try:
             shot = self._camera.capture(self._capture_timeout_s)
         except CameraError as exc:
             log.error("capture for %s trigger failed: %s", event.source, exc)
             return None
+        timestamp = self._clock.now()
+        jpeg, metadata = shot.jpeg, dict(shot.metadata)
+        if shot.replayed_from is None:
+            fields = exif.describe(timestamp.wall, self._identity, shot.metadata)
+            try:
+                jpeg = exif.embed(jpeg, fields)
+                metadata["exif"] = fields
+            except ValueError as exc:
+                log.warning("capture for %s trigger stored without EXIF: %s", event.source, exc)
         try:
-            thumbnail = thumbnails.make(shot.jpeg, shot.frame, self._thumbnail_max_px)
+            thumbnail = thumbnails.make(jpeg, shot.frame, self._thumbnail_max_px)
         except (OSError, ValueError) as exc:
             log.warning("capture for %s trigger has no thumbnail: %s", event.source, exc)
             thumbnail = None
         try:
-            row = self._store.add(shot.jpeg, thumbnail, trigger=event.source, metadata=shot.metadata)
+            row = self._store.add(
+                jpeg, thumbnail, timestamp=timestamp, trigger=event.source, metadata=metadata
+            )
         except StoreError as exc:
             log.error("capture for %s trigger lost: %s", event.source, exc)
+            self.health.set("storage", f"the last capture could not be stored: {exc}")
             return None
+        self.health.clear("storage")
         log.info(
             "capture %d (%s, %s, %d bytes) stored %.0f ms after the trigger",
             row["seq"],

@@ -3,23 +3,35 @@
 Layout under the data directory::
 
     captures.db                      the index (SQLite, WAL), table ``captures``
-    media/<shard>/<id>.jpg           the photo, byte for byte as the camera gave it
+    media/<shard>/<id>.jpg           the photo
     thumbnails/<shard>/<id>.webp     its WebP thumbnail
+    damaged/                         files and databases found damaged, set aside (never deleted)
+    clean-shutdown                   present only while no writer is open, after a clean close
+    .lock                            held (``flock``) by the one writer
 
 ``<id>`` is 32 random hex characters (a UUID4, never derived from the clock) and ``<shard>`` its
-first two characters, so no folder holds more than 1/256 of the captures.
+first two characters, so no folder holds more than 1/256 of the captures.  Captures are ordered by
+``seq``, a counter that never repeats, never by ``captured_at``: the wall clock of a Pi without a
+real-time clock can jump by years.
 
-Write protocol (the order is what makes a crash safe): each file is written to a temporary name in
-its final folder, fsynced, renamed into place and the folder fsynced; only then is the index row
-committed.  A crash before the commit leaves at worst an unindexed file, never a row without its
-file.  A capture is acknowledged (logged, counted, shown) only after the commit.
+Write protocol, in this order, which is what makes a crash or a power cut safe:
+
+1. the JPEG and then the thumbnail are each written to a temporary name (``.<id>.jpg.tmp``) in
+   their final folder, fsynced, renamed into place, and the folder fsynced;
+2. only then is the index row committed (WAL, ``synchronous=FULL``: the commit is on the card when
+   it returns).
+
+A capture is acknowledged (logged, counted, shown) only after step 2.  A crash before it leaves at
+worst a temporary file or an unindexed file, never a row without its file and never a torn file
+under a final name; start-up reconciliation (:mod:`appliance.reconcile`) removes or indexes those.
+The WAL is checkpointed with ``TRUNCATE`` periodically and on close, so it stays small.
 
 One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page) use
 :class:`IndexReader`, which opens its own read-only connection for each query.
 """
 
-import contextlib
 import datetime
+import fcntl
 import hashlib
 import io
 import json
@@ -27,18 +39,27 @@ import logging
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
 from PIL import Image
 
+from appliance import __version__
 from appliance.exc import StoreError
+from hw.clock import Timestamp
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "captures.db"
-TRIGGERS = ("button", "motion", "timelapse", "manual")
+CLEAN_MARKER = "clean-shutdown"
+LOCK_NAME = ".lock"
+DAMAGED_DIR = "damaged"
+# "unknown": a photo found on disk without its row (a crash between its rename and its commit).
+TRIGGERS = ("button", "motion", "timelapse", "manual", "unknown")
+# Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
+CHECKPOINT_INTERVAL_S = 600
+# Primary SQLite result codes that mean the file itself is damaged (https://sqlite.org/rescode.html).
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 migrations = sqlite_utils.Migrations("appliance")
 
@@ -74,6 +95,29 @@ def m001_captures(db: sqlite_utils.Database) -> None:
     db["counters"].insert({"name": "last_seq", "value": 0}, pk="name")
 
 
+@migrations()
+def m002_time_honesty_and_recovery(db: sqlite_utils.Database) -> None:
+    # Time since boot orders captures within one boot whatever the wall clock did; the boot id says
+    # which boot.  Both are NULL for captures recovered from disk, which are marked recovered.
+    db["captures"].add_column("boot_id", str)
+    db["captures"].add_column("since_boot_s", float)
+    db["captures"].add_column("recovered", int, not_null_default=0)
+
+
+class NewerDatabaseError(StoreError):
+    """The index was written by a newer version of the appliance (it has migrations we do not know)."""
+
+
+class CorruptDatabaseError(StoreError):
+    """SQLite says the index file is damaged (``SQLITE_CORRUPT``, ``SQLITE_NOTADB`` or a failed
+    ``quick_check``)."""
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """True when ``exc`` means the database file is damaged, not merely unusable right now."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
 def shard_of(capture_id: str) -> str:
     """The shard folder name of ``capture_id``: its first two hex characters (256 shards)."""
     return capture_id[:2]
@@ -84,12 +128,23 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def utc_now() -> datetime.datetime:
-    """The wall clock in UTC.  Data, never a timer: it may jump when NTP first syncs."""
-    return datetime.datetime.now(datetime.UTC)
+def media_path(capture_id: str) -> str:
+    """The photo's path relative to the data directory: ``media/<shard>/<id>.jpg``."""
+    return f"media/{shard_of(capture_id)}/{capture_id}.jpg"
 
 
-def _fsync_dir(path: Path) -> None:
+def thumbnail_path(capture_id: str) -> str:
+    """The thumbnail's path relative to the data directory: ``thumbnails/<shard>/<id>.webp``."""
+    return f"thumbnails/{shard_of(capture_id)}/{capture_id}.webp"
+
+
+def iso_utc(moment: datetime.datetime) -> str:
+    """``moment`` (aware) as stored in ``captured_at``: ISO 8601 in UTC to the millisecond, so
+    that values sort and compare as text."""
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -113,7 +168,33 @@ def publish(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+
+
+def set_aside(paths: list[Path], data_dir: Path) -> list[Path]:
+    """Move the damaged files ``paths`` into ``data_dir/damaged/`` and return where they went.
+
+    Names are kept, with ``.N`` inserted after the stem when taken; one N for the whole group, so a
+    database set aside stays beside its WAL.  Nothing is ever deleted: the user may still rescue it.
+    """
+    damaged = data_dir / DAMAGED_DIR
+    damaged.mkdir(exist_ok=True)
+
+    def target(path: Path, n: int) -> Path:
+        stem, dot, rest = path.name.partition(".")
+        return damaged / (path.name if n == 1 else f"{stem}.{n}{dot}{rest}")
+
+    n = 1
+    while any(target(path, n).exists() for path in paths):
+        n += 1
+    moved = []
+    for path in paths:
+        os.replace(path, target(path, n))
+        moved.append(target(path, n))
+    fsync_dir(damaged)
+    for folder in {path.parent for path in paths}:
+        fsync_dir(folder)
+    return moved
 
 
 def _open_db(path: Path) -> sqlite_utils.Database:
@@ -128,41 +209,127 @@ def _open_db(path: Path) -> sqlite_utils.Database:
 class CaptureStore:
     """The single writer of the capture store rooted at ``data_dir`` (created if missing).
 
-    ``clock_synced()`` says whether the wall clock can be trusted; it is recorded with each capture.
-    ``now()`` returns an aware datetime (default: the wall clock); ``captured_at`` is stored in UTC
-    so that it sorts and compares as text.  Raises :class:`StoreError`
-    when the folder or the database cannot be opened.
+    Opening takes an exclusive lock on ``data_dir/.lock``, applies pending migrations, and consumes
+    the clean-shutdown marker: :attr:`shutdown_was_clean` tells whether the last writer closed
+    cleanly with the index matching the disk (if not, run :func:`appliance.reconcile.reconcile`).
+    :meth:`close` checkpoints the WAL and writes the marker again.
+
+    Raises :class:`NewerDatabaseError` for an index from a newer version, :class:`CorruptDatabaseError`
+    when SQLite finds the file damaged, and :class:`StoreError` when the folder or the database
+    cannot be opened or another process holds the lock.
     """
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        clock_synced: Callable[[], bool],
-        now: Callable[[], datetime.datetime] = utc_now,
-    ):
+    def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
-        self._clock_synced = clock_synced
-        self._now = now
+        self.db_path = self.data_dir / DB_NAME
+        self._lock = self._take_lock()
         try:
+            marker_seq = self._consume_clean_marker()
             for sub in ("media", "thumbnails"):
-                (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
-            self.db = _open_db(self.data_dir / DB_NAME)
-            migrations.apply(self.db)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
-        self._next_seq = self.db["counters"].get("last_seq")["value"] + 1
+                (self.data_dir / sub).mkdir(exist_ok=True)
+            self.db = _open_db(self.db_path)
+            self._migrate()
+            self.last_seq = self.db["counters"].get("last_seq")["value"]
+        except BaseException as exc:
+            if hasattr(self, "db"):
+                self.db.close()
+            self._lock.close()
+            if isinstance(exc, sqlite3.Error) and is_corruption(exc):
+                raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
+            if isinstance(exc, OSError | sqlite3.Error) and not isinstance(exc, StoreError):
+                raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
+            raise
+        # The marker records the last seq at close: a different one means someone wrote since.
+        self.shutdown_was_clean = marker_seq is not None and marker_seq == self.last_seq
+        self._consistent = True
         self._shards_made: set[Path] = set()
 
-    def close(self) -> None:
-        self.db.close()
+    def _take_lock(self):
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.data_dir / LOCK_NAME, "a+")  # noqa: SIM115 -- held until close()
+        except OSError as exc:
+            raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise StoreError(
+                f"{self.data_dir} is in use by process {holder}: stop it first (one writer at a time)"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        return lock
+
+    def _consume_clean_marker(self) -> int | None:
+        """Remove the marker durably (so a crash from now on is seen as one) and return the
+        last seq it recorded, or None when there was no marker."""
+        marker = self.data_dir / CLEAN_MARKER
+        try:
+            last_seq = json.loads(marker.read_text())["last_seq"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            last_seq = None  # a marker we cannot read proves nothing
+        marker.unlink()
+        fsync_dir(self.data_dir)
+        return last_seq
+
+    def _migrate(self) -> None:
+        known = {migration.name for migration in migrations._migrations}
+        unknown = [m.name for m in migrations.applied(self.db) if m.name not in known]
+        if unknown:
+            raise NewerDatabaseError(
+                f"{self.db_path} was written by a newer version of the appliance (migrations "
+                f"{', '.join(unknown)} are unknown to version {__version__}); refusing to open it. "
+                "Install that version again, or move the data directory aside."
+            )
+        migrations.apply(self.db)
+
+    def quick_check(self) -> None:
+        """Run ``PRAGMA quick_check`` (reads every page: O(database size)).  Raises
+        :class:`CorruptDatabaseError` with SQLite's first complaint when it is not ``ok``."""
+        try:
+            result = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            result = [str(exc)]
+        if result != ["ok"]:
+            raise CorruptDatabaseError(f"{self.db_path} fails quick_check: {result[0]}")
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Copy the WAL into the database and truncate it (``PRAGMA wal_checkpoint(TRUNCATE)``).
+
+        Returns SQLite's ``(busy, wal_frames, checkpointed_frames)``; busy is 1 when a reader kept
+        it from finishing, which is harmless: the next checkpoint catches up.
+        """
+        return tuple(self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+
+    def close(self, *, clean: bool = True) -> None:
+        """Checkpoint, close the database, and write the clean-shutdown marker, unless ``clean`` is
+        False or something went wrong that could leave a file without its row.  Releases the
+        lock.  Never raises: a failure is logged and the next start-up reconciles in full."""
+        if self._lock.closed:
+            return
+        self._consistent = self._consistent and clean
+        try:
+            if self._consistent:
+                self.checkpoint()
+            self.db.close()
+            if self._consistent:
+                publish(self.data_dir / CLEAN_MARKER, json.dumps({"last_seq": self.last_seq}).encode())
+        except (OSError, sqlite3.Error) as exc:
+            log.error("capture store not closed cleanly, the next start will check it in full: %s", exc)
+        finally:
+            self._lock.close()
 
     def _shard_dir(self, kind: str, capture_id: str) -> Path:
         path = self.data_dir / kind / shard_of(capture_id)
         if path not in self._shards_made:
-            if not path.is_dir():
-                path.mkdir()
-                _fsync_dir(path.parent)
+            path.mkdir(exist_ok=True)
+            fsync_dir(path.parent)  # once per shard and process: the folder's entry is durable
             self._shards_made.add(path)
         return path
 
@@ -171,54 +338,71 @@ class CaptureStore:
         jpeg: bytes,
         thumbnail: bytes | None,
         *,
+        timestamp: Timestamp,
         trigger: str,
         metadata: dict | None = None,
     ) -> dict:
         """Store one capture and return its index row (a dict of the ``captures`` columns).
 
-        ``jpeg``: the photo; ``thumbnail``: its WebP thumbnail, or None when none could be made;
-        ``trigger``: one of :data:`TRIGGERS`; ``metadata``: JSON-serialisable camera metadata.
+        ``jpeg``: the photo, stored byte for byte; ``thumbnail``: its WebP thumbnail, or None when
+        none could be made; ``timestamp``: when it was taken; ``trigger``: one of :data:`TRIGGERS`;
+        ``metadata``: JSON-serialisable camera metadata.
 
         Raises ``ValueError`` for an unknown trigger and :class:`StoreError` when the capture
-        could not be stored (full disk, I/O error): then nothing of it is left behind.
+        could not be stored (full disk, I/O error): then nothing of it is left behind, neither a
+        file under its final name nor a row.
         """
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r}; expected one of {TRIGGERS}")
-        width, height = _jpeg_size(jpeg)
+        width, height = jpeg_size(jpeg)
         capture_id = new_id()
-        media = self._shard_dir("media", capture_id) / f"{capture_id}.jpg"
-        thumb = self._shard_dir("thumbnails", capture_id) / f"{capture_id}.webp"
+        media = self.data_dir / media_path(capture_id)
+        thumb = self.data_dir / thumbnail_path(capture_id)
         row = {
             "id": capture_id,
-            "seq": self._next_seq,
-            "captured_at": self._now().astimezone(datetime.UTC).isoformat(timespec="milliseconds"),
-            "clock_synced": int(self._clock_synced()),
+            "seq": self.last_seq + 1,
+            "captured_at": iso_utc(timestamp.wall),
+            "clock_synced": int(timestamp.clock_synced),
+            "boot_id": timestamp.boot_id or None,
+            "since_boot_s": timestamp.since_boot_s,
             "trigger": trigger,
-            "media_path": media.relative_to(self.data_dir).as_posix(),
-            "thumbnail_path": thumb.relative_to(self.data_dir).as_posix() if thumbnail else None,
+            "media_path": media_path(capture_id),
+            "thumbnail_path": thumbnail_path(capture_id) if thumbnail else None,
             "bytes": len(jpeg),
             "width": width,
             "height": height,
             "sha256": hashlib.sha256(jpeg).hexdigest(),
             "protected": 0,
+            "recovered": 0,
             "metadata": json.dumps(metadata or {}, default=str),
         }
         try:
+            self._shard_dir("media", capture_id)
+            self._shard_dir("thumbnails", capture_id)
             publish(media, jpeg)
             if thumbnail:
                 publish(thumb, thumbnail)
-            with self.db.atomic():
-                self.db["captures"].insert(row)
-                self.db["counters"].update("last_seq", {"value": row["seq"]})
+            self.insert([row])
         except (OSError, sqlite3.Error) as exc:
             for path in (media, thumb):
-                # Best effort: a file that cannot be removed now is only an unindexed file, never a
-                # row without its file; the error that matters is the one raised below.
-                with contextlib.suppress(OSError):
+                try:
                     path.unlink(missing_ok=True)
+                except OSError:
+                    # An unindexed file is harmless, but the next start must look for it.
+                    self._consistent = False
             raise StoreError(f"capture not stored: {exc}") from exc
-        self._next_seq += 1
         return row
+
+    def insert(self, rows: list[dict]) -> None:
+        """Commit complete index ``rows`` (their files already published) in one transaction, and
+        raise the seq counter to the highest seq among them.  For :meth:`add` and reconciliation."""
+        if not rows:
+            return
+        last_seq = max(self.last_seq, *(row["seq"] for row in rows))
+        with self.db.atomic():
+            self.db["captures"].insert_all(rows)
+            self.db["counters"].update("last_seq", {"value": last_seq})
+        self.last_seq = last_seq
 
     def oldest_unprotected(self, limit: int) -> list[dict]:
         """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first."""
@@ -245,6 +429,9 @@ class CaptureStore:
                     path.unlink()
                 except FileNotFoundError:
                     pass
+                except OSError:
+                    self._consistent = False  # a file without its row: the next start removes it
+                    raise
         return freed
 
     def set_protected(self, capture_id: str, protected: bool) -> None:
@@ -258,8 +445,9 @@ class CaptureStore:
             raise KeyError(capture_id)
 
 
-def _jpeg_size(jpeg: bytes) -> tuple[int, int]:
-    # Image.open reads the header only; the pixels are not decoded.
+def jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels from the header (the pixels are not decoded); ``(0, 0)`` when
+    the header cannot be read."""
     try:
         with Image.open(io.BytesIO(jpeg)) as image:
             return image.size

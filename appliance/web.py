@@ -22,6 +22,7 @@ from cheroot import wsgi
 
 from appliance import __version__
 from appliance.cleanup import free_percent
+from appliance.loop import Health
 from appliance.store import IndexReader
 
 VIEWS = Path(__file__).with_name("views")
@@ -35,15 +36,20 @@ def make_app(
     *,
     mode: str,
     started_monotonic: float,
+    health: Health | None = None,
+    reconciliation: dict | None = None,
     disk_usage: Callable[[Path], object] = shutil.disk_usage,
 ) -> bottle.Bottle:
     """Build the web app.
 
     ``reader``: the index; ``mode``: ``"simulation"`` or ``"hardware"``; ``started_monotonic``:
-    :func:`time.monotonic` at start-up (for the uptime); ``disk_usage(path)``: as
+    :func:`time.monotonic` at start-up (for the uptime); ``health``: the main loop's current
+    problems; ``reconciliation``: what the start-up check of the store did
+    (:meth:`~appliance.reconcile.Reconciliation.as_dict`); ``disk_usage(path)``: as
     :func:`shutil.disk_usage`, for the data directory's filesystem.
     """
     app = bottle.Bottle()
+    health = health or Health()
 
     def status() -> dict:
         usage = disk_usage(reader.data_dir)
@@ -51,6 +57,8 @@ def make_app(
         return {
             "version": __version__,
             "mode": mode,
+            "problems": health.problems(),
+            "startup_check": reconciliation,
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
             "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
             "disk": {
@@ -64,6 +72,7 @@ def make_app(
                     "seq": row["seq"],
                     "captured_at": row["captured_at"],
                     "clock_synced": bool(row["clock_synced"]),
+                    "recovered": bool(row["recovered"]),
                     "trigger": row["trigger"],
                     "bytes": row["bytes"],
                     "width": row["width"],

@@ -34,15 +34,20 @@ class Shot:
     longest edge), or None when the camera has none.
     ``metadata``: camera metadata, JSON-serialisable (picamera2's names, e.g. ``ExposureTime`` in
     µs, ``SensorTimestamp`` in ns); empty when there is none.
+    ``replayed_from``: the file a simulated camera replayed, whose bytes must be kept as they are
+    (no EXIF of ours); None for a photo this camera took.
     """
 
     jpeg: bytes
     frame: Image.Image | None = None
     metadata: dict = field(default_factory=dict)
+    replayed_from: str | None = None
 
 
 class Camera(Protocol):
-    """What the main loop needs from a camera."""
+    """What the main loop needs from a camera.  ``model``: the camera's model name (for EXIF)."""
+
+    model: str
 
     def capture(self, timeout_s: float) -> Shot:
         """Take one photo whose exposure starts after the call.
@@ -110,6 +115,7 @@ class Picamera2Camera:
         self._picam2.configure(config)
         self._picam2.options["quality"] = jpeg_quality
         self._lores_size = config["lores"]["size"]
+        self.model = self._picam2.camera_properties.get("Model", "unknown")  # the sensor, e.g. imx708
         self._picam2.start()
 
     def capture(self, timeout_s: float) -> Shot:
@@ -142,7 +148,7 @@ class SimulatedCamera:
     capture renders a ``size_px`` scene (sky, ground and a moving "animal") with Pillow.
 
     ``capture_time_s`` adds a delay like a real exposure.  :meth:`inject_failure` makes the next
-    capture raise, to exercise error handling.
+    capture raise, to exercise error handling.  :attr:`model` is ``"simulated"``.
 
     Raises :class:`~hw.exc.CameraError` at construction when ``replay_dir`` is not a folder, and at
     capture when no file in it is a usable JPEG.
@@ -157,6 +163,7 @@ class SimulatedCamera:
         jpeg_quality: int = 90,
         capture_time_s: float = 0.0,
     ):
+        self.model = "simulated"
         self._size = tuple(size_px)
         self._frame_size = (lores_size_px[0] // 2, lores_size_px[1] // 2)
         self._quality = jpeg_quality
@@ -204,7 +211,7 @@ class SimulatedCamera:
                 self._count += 1
                 continue
             frame.thumbnail(self._frame_size)
-            return Shot(jpeg, frame, {"ReplayedFile": path.name})
+            return Shot(jpeg, frame, {"ReplayedFile": path.name}, replayed_from=str(path))
         raise CameraError(f"no usable JPEG among {len(self._replay)} files to replay")
 
     def _render(self) -> Shot:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from appliance.store import CaptureStore
+from hw.clock import ManualClock
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
@@ -28,8 +29,13 @@ def photo(burst_dir) -> bytes:
 
 
 @pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
 def store(tmp_path):
-    store = CaptureStore(tmp_path / "data", clock_synced=lambda: True)
+    store = CaptureStore(tmp_path / "data")
     yield store
     store.close()
 

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from appliance.cleanup import Cleanup
 from appliance.store import CaptureStore, IndexReader
+from hw.clock import ManualClock
 
 
 class FakeDisk:
@@ -16,14 +17,16 @@ class FakeDisk:
         self.store, self.total, self.base_free = store, total, base_free
 
     def __call__(self, path):
-        used_by_store = sum(p.stat().st_size for p in self.store.data_dir.rglob("*.*") if p.is_file())
-        used_by_store -= sum(p.stat().st_size for p in self.store.data_dir.glob("captures.db*"))
+        data = self.store.data_dir
+        files = [*(data / "media").rglob("*.*"), *(data / "thumbnails").rglob("*.*")]
+        used_by_store = sum(p.stat().st_size for p in files)
         free = self.base_free - used_by_store
         return shutil._ntuple_diskusage(self.total, self.total - free, free)
 
 
 def fill(store, photo, n):
-    return [store.add(photo, None, trigger="motion") for _ in range(n)]
+    clock = ManualClock()
+    return [store.add(photo, None, timestamp=clock.now(), trigger="motion") for _ in range(n)]
 
 
 def test_nothing_is_deleted_above_the_start_threshold(store, photo):
@@ -71,7 +74,7 @@ def test_protected_captures_are_never_deleted(store, photo, caplog):
 def test_cleanup_choice_properties(tmp_path_factory, photo, n, protected, base_free):
     """Whatever the state: protected captures survive, deletion is oldest-first by seq, and cleanup
     stops as soon as the stop threshold is met or nothing unprotected is left."""
-    store = CaptureStore(tmp_path_factory.mktemp("data"), clock_synced=lambda: True)
+    store = CaptureStore(tmp_path_factory.mktemp("data"))
     rows = fill(store, photo, n)
     for i in protected & set(range(n)):
         store.set_protected(rows[i]["id"], True)

@@ -7,6 +7,7 @@ import time
 import pytest
 import schedule
 
+from appliance.exif import Identity
 from appliance.loop import MainLoop, guarded
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
@@ -14,7 +15,7 @@ from hw.exc import CameraTimeout
 from hw.triggers import TriggerEvent
 
 
-def make_loop(store, camera=None, scheduler=None):
+def make_loop(store, camera=None, scheduler=None, clock=None):
     events = queue.Queue()
     loop = MainLoop(
         events=events,
@@ -23,6 +24,8 @@ def make_loop(store, camera=None, scheduler=None):
         scheduler=scheduler or schedule.Scheduler(),
         capture_timeout_s=1.0,
         thumbnail_max_px=320,
+        identity=Identity("Raspberry Pi", "simulated", "trap-07"),
+        clock=clock,
     )
     return loop, events
 
@@ -53,7 +56,7 @@ def test_camera_failure_is_logged_and_the_loop_goes_on(store, caplog):
 
 
 def test_full_disk_loses_the_capture_but_not_the_loop(tiny_fs, burst_dir, caplog):
-    store = CaptureStore(tiny_fs, clock_synced=lambda: True)
+    store = CaptureStore(tiny_fs)
     loop, events = make_loop(store, SimulatedCamera(replay_dir=burst_dir))
     for _ in range(12):  # 12 x 290 kB do not fit in 2 MiB
         events.put(trigger())

@@ -241,3 +241,11 @@ def test_yuv420_frame_keeps_primary_colours(wheel_converters, colour, channel):
     others = [c for c in range(3) if c != channel]
     assert (pixels[..., channel] > 200).all()
     assert (pixels[..., others] < 60).all()
+
+
+def test_camera_properties_is_a_dict_property_keyed_by_libcamera_names(wheel):
+    """We read ``camera_properties.get("Model")`` (the sensor, e.g. imx708) for EXIF Model."""
+    func = method(parse(wheel, "picamera2"), "Picamera2", "camera_properties")
+    assert any(ast.unparse(d) == "property" for d in func.decorator_list)
+    source = wheel.read("picamera2/picamera2.py").decode()
+    assert "self.camera_properties_[k.name] =" in source  # libcamera's property names: Model, ...

@@ -1,17 +1,41 @@
 import datetime
+import errno
 import hashlib
+import itertools
+import os
 import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
+import sqlite_utils
 from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.exc import StoreError
-from appliance.store import DB_NAME, CaptureStore, IndexReader, new_id, publish, shard_of
+from appliance.store import (
+    CLEAN_MARKER,
+    DB_NAME,
+    CaptureStore,
+    IndexReader,
+    NewerDatabaseError,
+    media_path,
+    migrations,
+    new_id,
+    publish,
+    shard_of,
+    thumbnail_path,
+)
+from hw.clock import ManualClock
+
+YEAR = datetime.timedelta(days=365)
 
 
-def test_add_writes_photo_thumbnail_and_row(store, photo):
-    row = store.add(photo, b"RIFFwebp", trigger="button", metadata={"ExposureTime": 1000})
+def test_add_writes_photo_thumbnail_and_row(store, photo, clock):
+    stamp = clock.now()
+    row = store.add(photo, b"RIFFwebp", timestamp=stamp, trigger="button", metadata={"ExposureTime": 1000})
 
     media = store.data_dir / row["media_path"]
     assert row["media_path"] == f"media/{row['id'][:2]}/{row['id']}.jpg"
@@ -22,65 +46,214 @@ def test_add_writes_photo_thumbnail_and_row(store, photo):
     assert stored["sha256"] == hashlib.sha256(photo).hexdigest()
     assert (stored["width"], stored["height"], stored["bytes"]) == (2048, 1440, len(photo))
     assert stored["trigger"] == "button" and stored["clock_synced"] == 1 and stored["protected"] == 0
+    assert stored["recovered"] == 0
+    assert datetime.datetime.fromisoformat(stored["captured_at"]) == stamp.wall
     assert datetime.datetime.fromisoformat(stored["captured_at"]).utcoffset() == datetime.timedelta(0)
+    assert (stored["boot_id"], stored["since_boot_s"]) == (stamp.boot_id, stamp.since_boot_s)
 
 
-def test_seq_increases_and_survives_reopening(tmp_path, photo):
-    first = CaptureStore(tmp_path, clock_synced=lambda: False)
-    seqs = [first.add(photo, None, trigger="motion")["seq"] for _ in range(3)]
+def test_seq_increases_and_survives_reopening(tmp_path, photo, clock):
+    first = CaptureStore(tmp_path)
+    seqs = [first.add(photo, None, timestamp=clock.now(), trigger="motion")["seq"] for _ in range(3)]
     first.close()
-    second = CaptureStore(tmp_path, clock_synced=lambda: False)
-    seqs.append(second.add(photo, None, trigger="motion")["seq"])
+    second = CaptureStore(tmp_path)
+    seqs.append(second.add(photo, None, timestamp=clock.now(), trigger="motion")["seq"])
     second.close()
     assert seqs == [1, 2, 3, 4]
 
 
-def test_seq_orders_captures_even_when_the_clock_jumps_back(tmp_path, photo):
-    times = iter(
-        [
-            datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC),
-            datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC),  # RTC-less Pi before NTP
-        ]
-    )
-    store = CaptureStore(tmp_path, clock_synced=lambda: False, now=lambda: next(times))
-    a = store.add(photo, None, trigger="button")
-    b = store.add(photo, None, trigger="button")
+def test_clock_jumps_of_ten_years_keep_order_ids_and_names_apart(tmp_path, photo):
+    """The wall clock of a Pi without a real-time clock: off by years, then set by NTP, then
+    set back by hand.  seq keeps capture order; ids and file names never collide."""
+    clock = ManualClock(clock_synced=False, step_s=0)  # every capture at the same instant, too
+    store = CaptureStore(tmp_path)
+    rows = []
+    for jump in (0 * YEAR, -10 * YEAR, 0 * YEAR, +20 * YEAR, 0 * YEAR, -10 * YEAR):
+        clock.wall += jump
+        clock.clock_synced = jump > datetime.timedelta(0)
+        rows.append(store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button"))
     store.close()
-    latest = IndexReader(tmp_path).latest(10)
-    assert [r["id"] for r in latest] == [b["id"], a["id"]]
-    assert a["media_path"] != b["media_path"]
+    latest = IndexReader(tmp_path).latest(10)[::-1]
+    assert [r["id"] for r in latest] == [r["id"] for r in rows]
+    assert [r["seq"] for r in latest] == [1, 2, 3, 4, 5, 6]
+    assert len({r["id"] for r in rows}) == len({r["media_path"] for r in rows}) == 6
+    years = [datetime.datetime.fromisoformat(r["captured_at"]).year for r in latest]
+    assert years == [2026, 2016, 2016, 2036, 2036, 2026]  # stored as the clock said, flagged
+    assert [r["clock_synced"] for r in latest] == [0, 0, 0, 1, 0, 0]
+    assert len(list((tmp_path / "media").rglob("*.jpg"))) == 6
 
 
 def test_schema_is_created_by_migrations(store):
-    applied = store.db.execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert ("m001_captures",) in applied
+    applied = [row[0] for row in store.db.execute("SELECT name FROM _sqlite_migrations")]
+    assert applied == ["m001_captures", "m002_time_honesty_and_recovery"]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     columns = set(store.db["captures"].columns_dict)
     assert {
-        "id", "seq", "captured_at", "clock_synced", "trigger", "media_path", "thumbnail_path",
-        "bytes", "width", "height", "sha256", "protected",
-    } <= columns  # fmt: skip
+        "id", "seq", "captured_at", "clock_synced", "boot_id", "since_boot_s", "trigger",
+        "media_path", "thumbnail_path", "bytes", "width", "height", "sha256", "protected",
+        "recovered", "metadata",
+    } == columns  # fmt: skip
 
 
-def test_unknown_trigger_is_rejected(store, photo):
+def test_an_older_database_is_upgraded_in_place(tmp_path):
+    db = sqlite_utils.Database(tmp_path / DB_NAME)
+    migrations.apply(db, stop_before="m002_time_honesty_and_recovery")
+    db["captures"].insert(
+        {"id": "ab" * 16, "seq": 1, "captured_at": "2026-01-01T00:00:00.000+00:00", "clock_synced": 1,
+         "trigger": "button", "media_path": media_path("ab" * 16), "bytes": 10, "protected": 1}
+    )  # fmt: skip
+    db["counters"].update("last_seq", {"value": 1})
+    db.close()
+
+    store = CaptureStore(tmp_path)
+    store.close()
+    [row] = IndexReader(tmp_path).latest(10)
+    assert (row["seq"], row["protected"], row["recovered"], row["boot_id"]) == (1, 1, 0, None)
+
+
+def test_a_newer_database_is_refused_and_left_untouched(store, photo, clock):
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    store.db["_sqlite_migrations"].insert(
+        {"migration_set": "appliance", "name": "m099_from_the_future", "applied_at": "2027-01-01"}
+    )
+    store.close()
+    db_file = store.data_dir / DB_NAME
+    before = hashlib.sha256(db_file.read_bytes()).hexdigest()
+    with pytest.raises(NewerDatabaseError, match="m099_from_the_future are unknown to version"):
+        CaptureStore(store.data_dir)
+    assert hashlib.sha256(db_file.read_bytes()).hexdigest() == before
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(store):
+    with pytest.raises(StoreError, match=f"in use by process {os.getpid()}"):
+        CaptureStore(store.data_dir)
+    # Another process too: the lock is an flock, held across processes.
+    probe = "from appliance.store import CaptureStore; import sys; CaptureStore(sys.argv[1])"
+    other = subprocess.run([sys.executable, "-c", probe, str(store.data_dir)], capture_output=True, text=True)
+    assert other.returncode != 0 and f"in use by process {os.getpid()}" in other.stderr
+
+
+def test_close_leaves_a_clean_marker_that_the_next_open_consumes(tmp_path, photo, clock):
+    store = CaptureStore(tmp_path)
+    assert not store.shutdown_was_clean  # new: nothing says it was clean
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    store.close()
+    assert (tmp_path / CLEAN_MARKER).exists()
+
+    reopened = CaptureStore(tmp_path)
+    assert reopened.shutdown_was_clean
+    assert not (tmp_path / CLEAN_MARKER).exists()  # a crash from now on is seen as one
+    reopened.close(clean=False)
+    assert not CaptureStore(tmp_path).shutdown_was_clean
+
+
+def test_a_marker_from_before_later_writes_does_not_count_as_clean(tmp_path, photo, clock):
+    store = CaptureStore(tmp_path)
+    store.close()
+    marker = (tmp_path / CLEAN_MARKER).read_bytes()
+    store = CaptureStore(tmp_path)
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    store.close(clean=False)
+    (tmp_path / CLEAN_MARKER).write_bytes(marker)  # e.g. restored from a backup
+    assert not CaptureStore(tmp_path).shutdown_was_clean
+
+
+def test_checkpoint_truncates_the_wal(store, photo, clock):
+    for _ in range(5):
+        store.add(photo, None, timestamp=clock.now(), trigger="button")
+    wal = store.data_dir / (DB_NAME + "-wal")
+    assert wal.stat().st_size > 0
+    busy, _, _ = store.checkpoint()
+    assert busy == 0 and wal.stat().st_size == 0
+    assert IndexReader(store.data_dir).counts(clock.wall)["total"] == 5
+
+
+def test_unknown_trigger_is_rejected(store, photo, clock):
     with pytest.raises(ValueError, match="unknown trigger"):
-        store.add(photo, None, trigger="laser")
+        store.add(photo, None, timestamp=clock.now(), trigger="laser")
 
 
-def test_full_disk_raises_store_error_and_leaves_nothing_behind(tiny_fs, photo):
-    store = CaptureStore(tiny_fs, clock_synced=lambda: True)
+def assert_index_matches_disk(data_dir):
+    on_disk = sorted(p.relative_to(data_dir).as_posix() for p in (data_dir / "media").rglob("*.jpg"))
+    indexed = sorted(row["media_path"] for row in IndexReader(data_dir).latest(1000))
+    assert on_disk == indexed
+    thumbs = sorted(p.relative_to(data_dir).as_posix() for p in (data_dir / "thumbnails").rglob("*.webp"))
+    assert thumbs == sorted(r["thumbnail_path"] for r in IndexReader(data_dir).latest(1000))
+    assert not list(data_dir.rglob(".*.tmp"))
+    return indexed
+
+
+class DiskFull:
+    """Makes the ``fail_at``-th file-system step of the store (open, write, fsync, rename, folder
+    open) fail with ENOSPC, as a full card does; ``fail_at`` 0 never fails and just counts."""
+
+    def __init__(self, monkeypatch, fail_at=0):
+        self.fail_at, self.steps = fail_at, []
+        real_open, real_fsync, real_replace, real_os_open = open, os.fsync, os.replace, os.open
+        step = self.step
+
+        class File:
+            def __init__(self, *args, **kwargs):
+                step("open")
+                self._file = real_open(*args, **kwargs)
+
+            def write(self, data):
+                step("write")
+                return self._file.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._file, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._file.close()
+
+        monkeypatch.setattr("appliance.store.open", File, raising=False)
+        monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync"), real_fsync(fd))[1])
+        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename"), real_replace(a, b))[1])
+        monkeypatch.setattr(os, "open", lambda *a, **k: (step("open folder"), real_os_open(*a, **k))[1])
+
+    def step(self, name):
+        self.steps.append(name)
+        if len(self.steps) == self.fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+
+
+def test_enospc_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, monkeypatch):
+    store = CaptureStore(tmp_path)
+    failed_steps = []
+    for fail_at in itertools.count(1):
+        with monkeypatch.context() as patch:
+            disk = DiskFull(patch, fail_at)
+            try:
+                row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
+            except StoreError as exc:
+                assert "No space left on device" in str(exc)
+                failed_steps.append(disk.steps[-1])
+            else:
+                break  # every step has failed once; this time space was back
+        assert assert_index_matches_disk(tmp_path) == [], disk.steps
+    assert set(failed_steps) == {"open", "write", "fsync", "rename", "open folder"}
+    assert len(failed_steps) >= 12  # each step of two files, and the shard folders' first use
+    assert row["seq"] == 1
+    store.close()
+    assert assert_index_matches_disk(tmp_path) == [row["media_path"]]
+
+
+def test_full_disk_raises_store_error_and_leaves_nothing_behind(tiny_fs, photo, clock):
+    store = CaptureStore(tiny_fs)
     stored = 0
     with pytest.raises(StoreError, match="capture not stored"):
         for _ in range(100):
-            store.add(photo, b"webp", trigger="button")
+            store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
             stored += 1
     store.close()
     assert 0 < stored < 100
     # Every photo on disk is indexed and every row has its photo: the failed one left nothing.
-    on_disk = sorted(p.relative_to(tiny_fs).as_posix() for p in (tiny_fs / "media").rglob("*.jpg"))
-    indexed = sorted(row["media_path"] for row in IndexReader(tiny_fs).latest(100))
-    assert on_disk == indexed and len(indexed) == stored
-    assert not list(tiny_fs.rglob(".*.tmp"))
+    assert len(assert_index_matches_disk(tiny_fs)) == stored
 
 
 def test_publish_replaces_atomically_and_leaves_no_temporary(tmp_path):
@@ -91,8 +264,8 @@ def test_publish_replaces_atomically_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.jpg"]
 
 
-def test_delete_removes_rows_then_files_and_tolerates_missing_files(store, photo):
-    rows = [store.add(photo, b"webp", trigger="button") for _ in range(3)]
+def test_delete_removes_rows_then_files_and_tolerates_missing_files(store, photo, clock):
+    rows = [store.add(photo, b"webp", timestamp=clock.now(), trigger="button") for _ in range(3)]
     (store.data_dir / rows[0]["media_path"]).unlink()
     store.set_protected(rows[2]["id"], True)
 
@@ -110,8 +283,8 @@ def test_set_protected_unknown_id_raises_key_error(store):
         store.set_protected("0" * 32, True)
 
 
-def test_reader_is_read_only(store, photo):
-    store.add(photo, None, trigger="button")
+def test_reader_is_read_only(store, photo, clock):
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
     reader = IndexReader(store.data_dir)
     with reader._db() as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
         db.execute("DELETE FROM captures")
@@ -119,10 +292,10 @@ def test_reader_is_read_only(store, photo):
 
 def test_counts_last_24h_uses_captured_at(tmp_path, photo):
     now = datetime.datetime(2026, 11, 22, 12, tzinfo=datetime.UTC)
-    times = iter([now - datetime.timedelta(hours=30), now - datetime.timedelta(hours=1)])
-    store = CaptureStore(tmp_path, clock_synced=lambda: True, now=lambda: next(times))
-    store.add(photo, None, trigger="button")
-    store.add(photo, None, trigger="button")
+    clock = ManualClock(now - datetime.timedelta(hours=30), step_s=29 * 3600)
+    store = CaptureStore(tmp_path)
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
     store.close()
     assert IndexReader(tmp_path).counts(now) == {"total": 2, "last_24h": 1}
 
@@ -130,7 +303,7 @@ def test_counts_last_24h_uses_captured_at(tmp_path, photo):
 def test_unopenable_data_dir_raises_store_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StoreError, match="cannot open"):
-        CaptureStore(tmp_path / "file", clock_synced=lambda: True)
+        CaptureStore(tmp_path / "file")
 
 
 def test_database_lives_in_data_dir(store):
@@ -142,15 +315,36 @@ def test_ids_are_unique_hex_and_shard_is_their_prefix(items):
     ids = [new_id() for _ in items]
     assert len(set(ids)) == len(ids)
     for capture_id in ids:
-        assert len(capture_id) == 32 and int(capture_id, 16) >= 0
+        assert len(capture_id) == 32 and int(capture_id, 16) >= 0 and capture_id == capture_id.lower()
         assert shard_of(capture_id) == capture_id[:2]
 
 
-def test_seq_never_repeats_even_after_every_capture_was_deleted(tmp_path, photo):
-    store = CaptureStore(tmp_path, clock_synced=lambda: True)
-    rows = [store.add(photo, None, trigger="motion") for _ in range(3)]
+def test_ids_spread_uniformly_over_the_256_shards():
+    counts = Counter(shard_of(new_id()) for _ in range(256 * 100))
+    assert len(counts) == 256
+    # Pearson's chi-squared, 255 degrees of freedom: above 400 has a probability below 1e-8 for
+    # uniform ids, so this fails only for a real bias.
+    chi2 = sum((n - 100) ** 2 / 100 for n in counts.values())
+    assert chi2 < 400
+
+
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16))
+def test_paths_stay_in_their_shard_folder_and_differ_for_different_ids(a, b):
+    root = Path("/data")
+    for raw in (a, b):
+        capture_id = raw.hex()
+        for rel, kind in ((media_path(capture_id), "media"), (thumbnail_path(capture_id), "thumbnails")):
+            path = (root / rel).resolve()
+            assert path.parent == root / kind / capture_id[:2]
+            assert path.stem == capture_id
+    assert (media_path(a.hex()) == media_path(b.hex())) == (a == b)
+
+
+def test_seq_never_repeats_even_after_every_capture_was_deleted(tmp_path, photo, clock):
+    store = CaptureStore(tmp_path)
+    rows = [store.add(photo, None, timestamp=clock.now(), trigger="motion") for _ in range(3)]
     store.delete(store.oldest_unprotected(10))
     store.close()
-    reopened = CaptureStore(tmp_path, clock_synced=lambda: True)
-    assert reopened.add(photo, None, trigger="motion")["seq"] == rows[-1]["seq"] + 1
+    reopened = CaptureStore(tmp_path)
+    assert reopened.add(photo, None, timestamp=clock.now(), trigger="motion")["seq"] == rows[-1]["seq"] + 1
     reopened.close()

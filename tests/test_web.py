@@ -1,3 +1,4 @@
+import datetime
 import hashlib
 import io
 import shutil
@@ -11,12 +12,15 @@ from PIL import Image
 from appliance import thumbnails
 from appliance.store import IndexReader
 from appliance.web import WebServer, make_app
+from hw.clock import ManualClock
 
 
 @pytest.fixture
 def server(store, photo):
-    rows = [store.add(photo, thumbnails.from_jpeg(photo, 320), trigger=t) for t in ("button", "motion")]
-    store.add(photo, None, trigger="manual")  # a capture whose thumbnail could not be made
+    clock = ManualClock(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5))
+    thumbnail = thumbnails.from_jpeg(photo, 320)
+    rows = [store.add(photo, thumbnail, timestamp=clock.now(), trigger=t) for t in ("button", "motion")]
+    store.add(photo, None, timestamp=clock.now(), trigger="manual")  # its thumbnail could not be made
     disk = shutil._ntuple_diskusage(1000, 600, 400)
     app = make_app(
         IndexReader(store.data_dir), mode="simulation", started_monotonic=time.monotonic() - 3725,

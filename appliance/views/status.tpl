@@ -16,16 +16,23 @@ dd { margin: 0; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 0.4rem; }
 figure { margin: 0; font-size: 0.8rem; }
 figure img { width: 100%; height: auto; display: block; background: #eee; }
+.problem { background: #fdd; border-left: 0.3rem solid #c22; padding: 0.3rem 0.5rem; margin: 0.3rem 0; }
 </style>
 </head>
 <body>
 <h1>Camera trap ({{mode}})</h1>
+% for area, reason in problems.items():
+<p class="problem"><strong>{{area}}:</strong> {{reason}}</p>
+% end
 <dl>
 <dt>Captures</dt><dd>{{captures["total"]}} in all, {{captures["last_24h"]}} in the last 24 h</dd>
 <dt>Free disk</dt><dd>{{"%.1f" % (disk["free_bytes"] / 1e9)}} GB of {{"%.1f" % (disk["total_bytes"] / 1e9)}} GB ({{disk["free_percent"]}} %)
 <div class="bar"><span style="width: {{100 - disk["free_percent"]}}%"></span></div></dd>
 <dt>Uptime</dt><dd>{{"%d h %02d min" % (uptime_s // 3600, uptime_s % 3600 // 60)}}</dd>
 <dt>Version</dt><dd>{{version}}</dd>
+% if startup_check and startup_check["repairs"]:
+<dt>Start-up check</dt><dd>{{startup_check["repairs"]}} repairs after an unclean shutdown (see the log)</dd>
+% end
 </dl>
 <h2>Latest captures</h2>
 % if not latest:

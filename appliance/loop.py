@@ -106,13 +106,17 @@ class MainLoop:
         self._stop_reason = reason
 
     def run(self, duration_s: float | None = None) -> None:
-        """Run until :meth:`request_stop` or, when given, ``duration_s`` seconds have passed."""
+        """Run until :meth:`request_stop` or, when given, ``duration_s`` seconds have passed.
+        Returns at once if a stop was requested before; may be called again after a timed run."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         last_wall, last_mono = time.time(), time.monotonic()
-        while self._stop_reason is None:
+        while True:
             now = time.monotonic()
+            if self._stop_reason is not None:
+                reason = self._stop_reason
+                break
             if deadline is not None and now >= deadline:
-                self._stop_reason = f"--duration-s {duration_s} elapsed"
+                reason = f"--duration-s {duration_s} elapsed"
                 break
             wait = MAX_WAIT_S
             if self._scheduler.idle_seconds is not None:
@@ -130,7 +134,7 @@ class MainLoop:
                 self._clock_jumped(wall - last_wall - (mono - last_mono))
             last_wall, last_mono = wall, mono
             self._scheduler.run_pending()
-        log.info("stopping: %s", self._stop_reason)
+        log.info("stopping: %s", reason)
 
     def _clock_jumped(self, jump_s: float) -> None:
         # schedule keeps next-run times on the wall clock: after a jump back by a year its jobs

@@ -384,6 +384,8 @@ class CaptureStore:
                 publish(thumb, thumbnail)
             self.insert([row])
         except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error) and is_corruption(exc):
+                self._consistent = False  # the next start checks and rebuilds the index
             for path in (media, thumb):
                 try:
                     path.unlink(missing_ok=True)

@@ -1,4 +1,6 @@
+import contextlib
 import datetime
+import json
 import logging
 import queue
 import threading
@@ -6,13 +8,17 @@ import time
 
 import pytest
 import schedule
+from PIL import ExifTags, Image
 
 from appliance.exif import Identity
 from appliance.loop import MainLoop, guarded
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
+from hw.clock import ManualClock
 from hw.exc import CameraTimeout
 from hw.triggers import TriggerEvent
+
+DAY = datetime.timedelta(days=1)
 
 
 def make_loop(store, camera=None, scheduler=None, clock=None):
@@ -115,3 +121,59 @@ def test_duration_bounds_the_run(store, duration_s):
     started = time.monotonic()
     loop.run(duration_s=duration_s)
     assert duration_s <= time.monotonic() - started < duration_s + 1.0
+
+
+def test_photos_taken_carry_exif_and_replayed_photos_keep_their_bytes(store, burst_dir):
+    loop, events = make_loop(store)
+    events.put(trigger())
+    loop.run(duration_s=0.3)
+    replay, replay_events = make_loop(store, SimulatedCamera(replay_dir=burst_dir))
+    replay_events.put(trigger())
+    replay.run(duration_s=0.3)
+
+    replayed, taken = IndexReader(store.data_dir).latest(2)
+    with Image.open(store.data_dir / taken["media_path"]) as image:
+        tags = image.getexif()
+        sub = tags.get_ifd(ExifTags.IFD.Exif)
+    assert (tags[ExifTags.Base.Make], tags[ExifTags.Base.Model]) == ("Raspberry Pi", "simulated")
+    assert sub[ExifTags.Base.BodySerialNumber] == "trap-07"
+    assert json.loads(taken["metadata"])["exif"]["DateTimeOriginal"] == sub[ExifTags.Base.DateTimeOriginal]
+    first = sorted(burst_dir.iterdir())[0].read_bytes()
+    assert (store.data_dir / replayed["media_path"]).read_bytes() == first
+
+
+def test_a_full_disk_is_reported_and_capturing_resumes_when_space_returns(tiny_fs, caplog):
+    store = CaptureStore(tiny_fs)
+    loop, events = make_loop(store)
+    filler = tiny_fs / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):  # take the card's space
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    events.put(trigger())
+    loop.run(duration_s=0.3)
+    assert "No space left on device" in loop.health.problems()["storage"]
+    assert IndexReader(tiny_fs).latest(10) == []
+
+    filler.unlink()
+    events.put(trigger())
+    loop.run(duration_s=0.3)
+    assert loop.health.problems() == {}
+    assert len(IndexReader(tiny_fs).latest(10)) == 1
+    store.close()
+    assert not list(tiny_fs.rglob(".*.tmp"))
+
+
+def test_ten_year_clock_jumps_during_a_run_keep_seq_order_and_time_since_boot(store):
+    clock = ManualClock(clock_synced=False)
+    loop, events = make_loop(store, clock=clock)
+    for jump in (datetime.timedelta(0), -3650 * DAY, 7300 * DAY, -3650 * DAY):
+        clock.wall += jump
+        events.put(trigger())
+        loop.run(duration_s=0.2)
+    rows = IndexReader(store.data_dir).latest(10)[::-1]
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4]
+    assert [datetime.datetime.fromisoformat(r["captured_at"]).year for r in rows] == [2026, 2016, 2036, 2026]
+    since_boot = [r["since_boot_s"] for r in rows]
+    assert since_boot == sorted(since_boot) and len(set(since_boot)) == 4
+    assert len({r["media_path"] for r in rows}) == 4

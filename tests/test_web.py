@@ -10,6 +10,7 @@ import requests
 from PIL import Image
 
 from appliance import thumbnails
+from appliance.loop import Health
 from appliance.store import IndexReader
 from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
@@ -103,3 +104,18 @@ def test_malformed_http_request_gets_400_and_the_server_keeps_serving(server):
 def test_busy_port_fails_at_start_up(server):
     with pytest.raises(OSError):
         WebServer(make_app(None, mode="simulation", started_monotonic=0), "127.0.0.1", server.port)
+
+
+def test_problems_of_the_main_loop_show_as_a_banner_and_in_the_api(store):
+    health = Health()
+    app = make_app(IndexReader(store.data_dir), mode="hardware", started_monotonic=0, health=health)
+    server = WebServer(app, "127.0.0.1", 0)
+    try:
+        assert 'class="problem"' not in get(server, "/").text
+        health.set("storage", "the last capture could not be stored: No space left on device")
+        assert get(server, "/api/status").json()["problems"] == {
+            "storage": "the last capture could not be stored: No space left on device"
+        }
+        assert "<strong>storage:</strong> the last capture could not be stored" in get(server, "/").text
+    finally:
+        server.stop()

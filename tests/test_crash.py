@@ -1,0 +1,123 @@
+"""The crash test: the real ``appliance run`` killed with SIGKILL at random moments, over and over.
+
+Each cycle starts the appliance in simulation with fast button presses, kills it at a random moment
+(during imports, start-up reconciliation, a capture, a thumbnail, a commit), and checks what the next
+start-up will find.  Every other cycle the reconciliation runs at once, as ``appliance check`` does,
+and the data directory is checked in full; otherwise the next ``appliance run`` reconciles it itself
+before capturing.  CRASH_TEST_KILLS sets the number of kills (default 100); CRASH_TEST_SEED replays a
+run.
+"""
+
+import hashlib
+import os
+import random
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+
+from appliance.reconcile import open_store
+from appliance.store import DB_NAME
+
+KILLS = int(os.environ.get("CRASH_TEST_KILLS", "100"))
+# Start-up (imports, reconciliation) takes about 0.6 s here: kill over it and a second of captures.
+KILL_AFTER_S = (0.2, 1.6)
+ACKNOWLEDGED = re.compile(r"capture \d+ \(([0-9a-f]{32}), ")
+STARTUP_REPAIRS = re.compile(r"capture store: full check in [\d.]+ s: (?!index matches the disk)")
+CONFIG = """\
+simulate = true
+simulate_trigger_interval_s = 0.02
+motion_pin = ""
+button_bounce_time_s = 0
+camera_size_px = [640, 480]
+thumbnail_max_px = 160
+# Never let cleanup delete anything, whatever the free space of the machine running the test.
+cleanup_start_free_percent = 0
+cleanup_stop_free_percent = 0
+"""
+
+
+def rows_of(data_dir) -> dict[str, sqlite3.Row]:
+    """The index as the next start-up will find it; integrity checked first."""
+    with sqlite3.connect(data_dir / DB_NAME) as db:
+        db.row_factory = sqlite3.Row
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = {row["id"]: row for row in db.execute("SELECT * FROM captures")}
+    db.close()
+    assert len({row["seq"] for row in rows.values()}) == len(rows)
+    return rows
+
+
+def assert_rows_have_their_photos(data_dir, rows):
+    for row in rows.values():
+        photo = (data_dir / row["media_path"]).read_bytes()
+        assert hashlib.sha256(photo).hexdigest() == row["sha256"], row["id"]
+
+
+def assert_disk_matches_index(data_dir, rows):
+    photos = {p.relative_to(data_dir).as_posix() for p in (data_dir / "media").rglob("*.jpg")}
+    assert photos == {row["media_path"] for row in rows.values()}
+    thumbs = {p.relative_to(data_dir).as_posix() for p in (data_dir / "thumbnails").rglob("*.webp")}
+    assert thumbs == {row["thumbnail_path"] for row in rows.values()}
+    assert not list(data_dir.rglob(".*.tmp"))
+
+
+def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path, capsys):
+    seed = int(os.environ.get("CRASH_TEST_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    config = tmp_path / "appliance.toml"
+    config.write_text(CONFIG + f'data_dir = "{data_dir}"\n')
+    acknowledged: set[str] = set()
+    counts = {"kills": 0, "kills before the first capture": 0, "start-ups that repaired": 0}
+    counts |= {"full checks": 0, "repairs": 0}
+    repairs = {"temp_removed": 0, "recovered": 0, "rows_dropped": 0, "thumbnails_remade": 0}
+
+    for cycle in range(KILLS):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "run", "--config", str(config),
+             "--host", "127.0.0.1", "--port", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(rng.uniform(*KILL_AFTER_S))
+        process.kill()
+        log = process.communicate()[1]
+        assert process.returncode == -9, f"seed {seed}, cycle {cycle}: exited by itself:\n{log}"
+        counts["kills"] += 1
+        stored = set(ACKNOWLEDGED.findall(log))
+        counts["kills before the first capture"] += not stored
+        counts["start-ups that repaired"] += bool(STARTUP_REPAIRS.search(log))
+        acknowledged |= stored
+        if not (data_dir / DB_NAME).exists():
+            assert not acknowledged
+            continue
+
+        rows = rows_of(data_dir)
+        context = f"seed {seed}, cycle {cycle}"
+        assert acknowledged <= rows.keys(), f"{context}: acknowledged captures lost"
+        assert_rows_have_their_photos(data_dir, rows)
+        if cycle % 2:
+            store, report = open_store(data_dir, thumbnail_max_px=160, full=True)
+            store.close()
+            counts["full checks"] += 1
+            counts["repairs"] += report.repairs
+            for key in repairs:
+                repairs[key] += getattr(report, key)
+            assert report.damaged == 0 and report.database_set_aside is None, f"{context}: {report}"
+            assert report.rows_dropped == 0, f"{context}: a row without its photo: {report}"
+            rows = rows_of(data_dir)
+            assert acknowledged <= rows.keys()
+            assert_rows_have_their_photos(data_dir, rows)
+            assert_disk_matches_index(data_dir, rows)
+
+    store, report = open_store(data_dir, thumbnail_max_px=160, full=True)
+    store.close()
+    rows = rows_of(data_dir)
+    assert acknowledged <= rows.keys()
+    assert_rows_have_their_photos(data_dir, rows)
+    assert_disk_matches_index(data_dir, rows)
+    assert len(acknowledged) > KILLS, "too few captures between kills for the test to mean much"
+    with capsys.disabled():
+        figures = counts | repairs | {"acknowledged captures": len(acknowledged), "rows": len(rows)}
+        print(f"\ncrash test (seed {seed}): " + ", ".join(f"{k} {v}" for k, v in figures.items()))

@@ -23,7 +23,10 @@ Write protocol, in this order, which is what makes a crash or a power cut safe:
 
 A capture is acknowledged (logged, counted, shown) only after step 2.  A crash before it leaves at
 worst a temporary file or an unindexed file, never a row without its file and never a torn file
-under a final name; start-up reconciliation (:mod:`appliance.reconcile`) removes or indexes those.
+under a final name.  The id of each capture is reserved in the table ``in_flight`` by the commit
+before it (and a deletion batch's ids by the commit that deletes their rows), so start-up
+reconciliation (:mod:`appliance.reconcile`) finds what a crash left in O(1), without walking the
+photos.
 The WAL is checkpointed with ``TRUNCATE`` periodically and on close, so it stays small.
 
 One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page) use
@@ -102,6 +105,17 @@ def m002_time_honesty_and_recovery(db: sqlite_utils.Database) -> None:
     db["captures"].add_column("boot_id", str)
     db["captures"].add_column("since_boot_s", float)
     db["captures"].add_column("recovered", int, not_null_default=0)
+
+
+@migrations()
+def m003_in_flight(db: sqlite_utils.Database) -> None:
+    # Ids whose files may disagree with the index if the process dies now: the id reserved for the
+    # next capture ("capture"), and the captures of a deletion batch whose files are being removed
+    # ("delete").  Written in the same commits as the rows, so after a crash the start-up check
+    # knows exactly where to look without walking the photos.
+    db["in_flight"].create({"id": str, "reason": str}, pk="id", not_null={"reason"})
+    # 1 while a full check runs: one that was interrupted is done again at the next start.
+    db["counters"].insert({"name": "full_check_pending", "value": 0})
 
 
 class NewerDatabaseError(StoreError):
@@ -243,6 +257,7 @@ class CaptureStore:
         self.shutdown_was_clean = marker_seq is not None and marker_seq == self.last_seq
         self._consistent = True
         self._shards_made: set[Path] = set()
+        self._next_id: str | None = None
 
     def _take_lock(self):
         try:
@@ -299,6 +314,25 @@ class CaptureStore:
         if result != ["ok"]:
             raise CorruptDatabaseError(f"{self.db_path} fails quick_check: {result[0]}")
 
+    def in_flight(self) -> dict[str, str]:
+        """``{capture id: "capture" or "delete"}``: the writes a crash may have interrupted."""
+        return dict(self.db.execute("SELECT id, reason FROM in_flight").fetchall())
+
+    def forget_in_flight(self, capture_ids: list[str]) -> None:
+        """Drop ``capture_ids`` from :meth:`in_flight` once their files and rows agree again."""
+        with self.db.atomic():
+            self.db.conn.executemany("DELETE FROM in_flight WHERE id = ?", [(i,) for i in capture_ids])
+
+    @property
+    def full_check_pending(self) -> bool:
+        """True while a full check is under way, or after one was interrupted."""
+        return bool(self.db["counters"].get("full_check_pending")["value"])
+
+    @full_check_pending.setter
+    def full_check_pending(self, pending: bool) -> None:
+        with self.db.atomic():
+            self.db["counters"].update("full_check_pending", {"value": int(pending)})
+
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy the WAL into the database and truncate it (``PRAGMA wal_checkpoint(TRUNCATE)``).
 
@@ -316,6 +350,8 @@ class CaptureStore:
         self._consistent = self._consistent and clean
         try:
             if self._consistent:
+                if self._next_id is not None:  # reserved, never used: it has no files
+                    self.forget_in_flight([self._next_id])
                 self.checkpoint()
             self.db.close()
             if self._consistent:
@@ -355,7 +391,12 @@ class CaptureStore:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r}; expected one of {TRIGGERS}")
         width, height = jpeg_size(jpeg)
-        capture_id = new_id()
+        try:
+            if self._next_id is None:
+                self._next_id = self._reserve_id()
+        except sqlite3.Error as exc:
+            raise StoreError(f"capture not stored: {exc}") from exc
+        capture_id = self._next_id
         media = self.data_dir / media_path(capture_id)
         thumb = self.data_dir / thumbnail_path(capture_id)
         row = {
@@ -382,7 +423,9 @@ class CaptureStore:
             publish(media, jpeg)
             if thumbnail:
                 publish(thumb, thumbnail)
-            self.insert([row])
+            next_id = new_id()
+            self.insert([row], in_flight={capture_id: None, next_id: "capture"})
+            self._next_id = next_id
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, sqlite3.Error) and is_corruption(exc):
                 self._consistent = False  # the next start checks and rebuilds the index
@@ -395,15 +438,28 @@ class CaptureStore:
             raise StoreError(f"capture not stored: {exc}") from exc
         return row
 
-    def insert(self, rows: list[dict]) -> None:
+    def _reserve_id(self) -> str:
+        capture_id = new_id()
+        with self.db.atomic():
+            self.db["in_flight"].insert({"id": capture_id, "reason": "capture"})
+        return capture_id
+
+    def insert(self, rows: list[dict], in_flight: dict[str, str | None] | None = None) -> None:
         """Commit complete index ``rows`` (their files already published) in one transaction, and
-        raise the seq counter to the highest seq among them.  For :meth:`add` and reconciliation."""
-        if not rows:
-            return
-        last_seq = max(self.last_seq, *(row["seq"] for row in rows))
+        raise the seq counter to the highest seq among them.  For :meth:`add` and reconciliation.
+
+        ``in_flight``: changes to :meth:`in_flight` in the same commit, ``{id: reason}`` to add
+        and ``{id: None}`` to remove.
+        """
+        last_seq = max(self.last_seq, *(row["seq"] for row in rows)) if rows else self.last_seq
         with self.db.atomic():
             self.db["captures"].insert_all(rows)
             self.db["counters"].update("last_seq", {"value": last_seq})
+            for capture_id, reason in (in_flight or {}).items():
+                if reason is None:
+                    self.db.execute("DELETE FROM in_flight WHERE id = ?", [capture_id])
+                else:
+                    self.db["in_flight"].insert({"id": capture_id, "reason": reason})
         self.last_seq = last_seq
 
     def oldest_unprotected(self, limit: int) -> list[dict]:
@@ -418,8 +474,10 @@ class CaptureStore:
         """Delete the captures ``rows`` (as returned by :meth:`oldest_unprotected`): their index rows
         in one transaction, then their files (a file already gone is fine).  Returns bytes freed.
         """
+        ids = [(row["id"],) for row in rows]
         with self.db.atomic():
-            self.db.conn.executemany("DELETE FROM captures WHERE id = ?", [(r["id"],) for r in rows])
+            self.db.conn.executemany("DELETE FROM captures WHERE id = ?", ids)
+            self.db.conn.executemany("INSERT INTO in_flight (id, reason) VALUES (?, 'delete')", ids)
         freed = 0
         for row in rows:
             for rel in (row["media_path"], row["thumbnail_path"]):
@@ -434,6 +492,7 @@ class CaptureStore:
                 except OSError:
                     self._consistent = False  # a file without its row: the next start removes it
                     raise
+        self.forget_in_flight([row["id"] for row in rows])
         return freed
 
     def set_protected(self, capture_id: str, protected: bool) -> None:

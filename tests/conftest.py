@@ -1,3 +1,6 @@
+import contextlib
+import errno
+import os
 import subprocess
 from pathlib import Path
 
@@ -52,3 +55,61 @@ def tiny_fs(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def disk_full(step: str) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), step)
+
+
+class FaultyDisk:
+    """Makes the ``fail_at``-th file-system step of the store (open, write, fsync, rename, folder
+    open, unlink), or the first step of that name, raise ``error(step)``; ``fail_at`` 0 never
+    fails and only records the steps."""
+
+    def __init__(self, monkeypatch, fail_at, error):
+        self.fail_at, self.error, self.steps = fail_at, error, []
+        real_open, real_fsync, real_replace, real_os_open, real_unlink = (
+            open, os.fsync, os.replace, os.open, os.unlink
+        )  # fmt: skip
+        step = self.step
+
+        class File:
+            def __init__(self, *args, **kwargs):
+                step("open")
+                self._file = real_open(*args, **kwargs)
+
+            def write(self, data):
+                step("write")
+                return self._file.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self._file, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._file.close()
+
+        monkeypatch.setattr("appliance.store.open", File, raising=False)
+        monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync"), real_fsync(fd))[1])
+        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename"), real_replace(a, b))[1])
+        monkeypatch.setattr(os, "open", lambda *a, **k: (step("open folder"), real_os_open(*a, **k))[1])
+        monkeypatch.setattr(os, "unlink", lambda *a, **k: (step("unlink"), real_unlink(*a, **k))[1])
+
+    def step(self, name):
+        self.steps.append(name)
+        if len(self.steps) == self.fail_at or (name == self.fail_at and self.steps.count(name) == 1):
+            raise self.error(name)
+
+
+@pytest.fixture
+def faulty_disk(monkeypatch):
+    """``faulty_disk(fail_at, error=disk_full)``: a context manager installing a :class:`FaultyDisk`."""
+
+    @contextlib.contextmanager
+    def install(fail_at=0, error=disk_full):
+        with monkeypatch.context() as patch:
+            yield FaultyDisk(patch, fail_at, error)
+
+    return install

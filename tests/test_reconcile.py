@@ -73,18 +73,19 @@ def test_after_a_clean_shutdown_nothing_is_walked(tmp_path):
 
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     store.close()
-    assert not report.full and report.summary() == "last shutdown was clean; nothing to check"
+    assert report.scope == "none" and report.summary() == "last shutdown was clean; nothing to check"
     assert IndexReader(tmp_path).get("ab" * 16) is None
 
     store, report = open_store(tmp_path, thumbnail_max_px=160, full=True)
     store.close()
-    assert report.full and report.recovered == 1
+    assert report.scope == "full" and report.recovered == 1
     assert len(assert_index_matches_disk(tmp_path)) == 4
 
 
-def test_crash_leftovers_are_repaired_and_nothing_acknowledged_is_lost(tmp_path):
+def test_a_full_check_repairs_every_disagreement_and_loses_nothing_indexed(tmp_path):
+    """What a failing card, files copied by hand and crashes of older versions can leave."""
     store, rows = populate(tmp_path, 6)
-    store.close(clean=False)  # as a crash leaves it: no clean-shutdown marker
+    store.close()
     d = tmp_path
     shard = d / "media" / rows[0]["id"][:2]
     (shard / f".{rows[0]['id']}.jpg.tmp").write_bytes(b"half a photo")
@@ -105,10 +106,10 @@ def test_crash_leftovers_are_repaired_and_nothing_acknowledged_is_lost(tmp_path)
     (d / media_path("d0" * 16)).unlink()  # a thumbnail of nothing
     (shard / "notes.txt").write_text("the user's own file")
 
-    store, report = open_store(d, thumbnail_max_px=160)
+    store, report = open_store(d, thumbnail_max_px=160, full=True)
     store.close()
 
-    assert report.full
+    assert report.scope == "full"
     assert (report.temp_removed, report.recovered, report.rows_dropped, report.damaged) == (2, 2, 1, 1)
     # Re-made: the deleted and the zeroed one, and the recovered photo's that had none.  Removed: the
     # one of no photo, and those of the two dropped rows.
@@ -128,7 +129,7 @@ def test_crash_leftovers_are_repaired_and_nothing_acknowledged_is_lost(tmp_path)
 
     store, report = open_store(d, thumbnail_max_px=160)  # closed cleanly this time
     store.close()
-    assert not report.full
+    assert report.scope == "none"
 
 
 def test_a_database_that_is_not_a_database_is_set_aside_and_rebuilt_from_the_photos(tmp_path):
@@ -212,7 +213,7 @@ def test_a_marker_we_cannot_read_means_a_full_check(tmp_path):
     (tmp_path / CLEAN_MARKER).write_text("{not json")
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     store.close()
-    assert report.full
+    assert report.scope == "interrupted"
     assert json.loads((tmp_path / CLEAN_MARKER).read_text()) == {"last_seq": 1}
 
 
@@ -225,3 +226,62 @@ def test_open_store_refuses_a_newer_database(tmp_path):
     with pytest.raises(Exception, match="newer version"):
         open_store(tmp_path, thumbnail_max_px=160)
     assert not (tmp_path / "damaged").exists()  # newer is not damaged: nothing moved
+
+
+class PowerCut(BaseException):
+    """Raised at a write step, it unwinds like the process dying there: no handler of ours runs."""
+
+
+def test_a_crash_at_any_step_of_a_capture_is_repaired_without_walking_the_photos(tmp_path, faulty_disk):
+    clock = ManualClock(TAKEN)
+    store, rows = populate(tmp_path, 2, clock)
+    jpeg = own_photo(TAKEN)
+    thumbnail = thumbnails.from_jpeg(jpeg, 160)
+    with faulty_disk() as disk:
+        store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="button")
+    steps = len(disk.steps)
+    store.close()
+    for crash_at in range(1, steps + 1):
+        store = CaptureStore(tmp_path)
+        with faulty_disk(crash_at, PowerCut), pytest.raises(PowerCut):
+            store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="button")
+        store.close(clean=False)  # what the crash leaves: no clean-shutdown marker
+
+        store, report = open_store(tmp_path, thumbnail_max_px=160)
+        store.close()
+        assert report.scope == "interrupted"
+        assert report.stray == [] and report.damaged == report.rows_dropped == 0
+        rows_now = assert_index_matches_disk(tmp_path)
+        assert {r["id"] for r in rows} <= {r["id"] for r in rows_now}
+    # Every crash after the photo's rename left a photo that is now indexed as recovered.
+    recovered = [r for r in IndexReader(tmp_path).latest(100) if r["recovered"]]
+    assert 0 < len(recovered) < steps
+
+
+@pytest.mark.parametrize(("crash_at", "unfinished"), [(1, 2), (2, 2), (3, 1), (4, 1)])
+def test_a_crash_at_any_step_of_a_deletion_batch_is_finished_at_start_up(
+    tmp_path, faulty_disk, crash_at, unfinished
+):
+    store, rows = populate(tmp_path, 4)
+    with faulty_disk(crash_at, PowerCut) as disk, pytest.raises(PowerCut):
+        store.delete(store.oldest_unprotected(2))  # unlinks: photo, thumbnail, photo, thumbnail
+    assert disk.steps == ["unlink"] * crash_at
+    store.close(clean=False)
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    assert report.scope == "interrupted"
+    assert (report.deletions_finished, report.recovered) == (unfinished, 0)
+    assert [r["id"] for r in assert_index_matches_disk(tmp_path)] == [rows[3]["id"], rows[2]["id"]]
+
+
+def test_an_interrupted_full_check_is_done_again_at_the_next_start(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 3)
+    store.close()
+    (tmp_path / rows[0]["thumbnail_path"]).unlink()
+    with faulty_disk("rename", PowerCut), pytest.raises(PowerCut):  # publishing that thumbnail
+        open_store(tmp_path, thumbnail_max_px=160, full=True)
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    assert report.scope == "full" and report.thumbnails_remade == 1
+    assert_index_matches_disk(tmp_path)

@@ -1,5 +1,4 @@
 import datetime
-import errno
 import hashlib
 import itertools
 import os
@@ -85,7 +84,7 @@ def test_clock_jumps_of_ten_years_keep_order_ids_and_names_apart(tmp_path, photo
 
 def test_schema_is_created_by_migrations(store):
     applied = [row[0] for row in store.db.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_captures", "m002_time_honesty_and_recovery"]
+    assert applied == ["m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight"]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     columns = set(store.db["captures"].columns_dict)
@@ -184,55 +183,16 @@ def assert_index_matches_disk(data_dir):
     return indexed
 
 
-class DiskFull:
-    """Makes the ``fail_at``-th file-system step of the store (open, write, fsync, rename, folder
-    open) fail with ENOSPC, as a full card does; ``fail_at`` 0 never fails and just counts."""
-
-    def __init__(self, monkeypatch, fail_at=0):
-        self.fail_at, self.steps = fail_at, []
-        real_open, real_fsync, real_replace, real_os_open = open, os.fsync, os.replace, os.open
-        step = self.step
-
-        class File:
-            def __init__(self, *args, **kwargs):
-                step("open")
-                self._file = real_open(*args, **kwargs)
-
-            def write(self, data):
-                step("write")
-                return self._file.write(data)
-
-            def __getattr__(self, name):
-                return getattr(self._file, name)
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                self._file.close()
-
-        monkeypatch.setattr("appliance.store.open", File, raising=False)
-        monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync"), real_fsync(fd))[1])
-        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename"), real_replace(a, b))[1])
-        monkeypatch.setattr(os, "open", lambda *a, **k: (step("open folder"), real_os_open(*a, **k))[1])
-
-    def step(self, name):
-        self.steps.append(name)
-        if len(self.steps) == self.fail_at:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
-
-
-def test_enospc_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, monkeypatch):
+def test_enospc_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, faulty_disk):
     store = CaptureStore(tmp_path)
     failed_steps = []
     for fail_at in itertools.count(1):
-        with monkeypatch.context() as patch:
-            disk = DiskFull(patch, fail_at)
+        with faulty_disk(fail_at) as disk:
             try:
                 row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
             except StoreError as exc:
                 assert "No space left on device" in str(exc)
-                failed_steps.append(disk.steps[-1])
+                failed_steps.append(disk.steps[fail_at - 1])
             else:
                 break  # every step has failed once; this time space was back
         assert assert_index_matches_disk(tmp_path) == [], disk.steps

@@ -24,7 +24,7 @@ from appliance.cleanup import Cleanup
 from appliance.exc import ApplianceError, ConfigError
 from appliance.exif import Identity
 from appliance.loop import Health, MainLoop, guarded
-from appliance.reconcile import open_store
+from appliance.reconcile import FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
 from appliance.web import WebServer, make_app
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
@@ -33,6 +33,9 @@ from hw.exc import HardwareError
 from hw.triggers import SimulatedTriggerSource, Triggers, make_pin_factory
 
 log = logging.getLogger("appliance")
+
+# Seconds between two steps (of at most 0.1 s each) of a full check run beside capturing.
+FULL_CHECK_STEP_INTERVAL_S = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +127,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             mode=mode,
             started_monotonic=started,
             health=health,
-            reconciliation=reconciliation.as_dict(),
+            reconciliation=reconciliation,
         )
         server = WebServer(app, config.web_host, config.web_port)
         stack.callback(server.stop)
@@ -150,6 +153,10 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         cleanup_job = guarded("cleanup", cleanup.run)
         scheduler.every(config.cleanup_interval_s).seconds.do(cleanup_job)
         scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
+        if reconciliation.full_check_due:
+            # In short steps between captures: capturing starts now, the check ends a little later.
+            full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
+            scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
 
         loop = MainLoop(
             events=events,

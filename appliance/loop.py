@@ -31,14 +31,16 @@ MAX_WAIT_S = 0.5
 CLOCK_JUMP_S = 60.0
 
 
-def guarded(name: str, job: Callable[[], object]) -> Callable[[], None]:
-    """Wrap a scheduled job so that its failure is logged and cannot stop the other jobs."""
+def guarded(name: str, job: Callable[[], object]) -> Callable[[], object]:
+    """Wrap a scheduled job so that its failure is logged and cannot stop the other jobs.  What
+    the job returns is passed on (``schedule.CancelJob`` ends a job)."""
 
-    def run() -> None:
+    def run() -> object:
         try:
-            job()
+            return job()
         except Exception:
             log.exception("scheduled job %s failed; it will run again at its next time", name)
+            return None
 
     return run
 

@@ -10,9 +10,11 @@ scopes (:attr:`Reconciliation.scope`):
     crash can have interrupted, which the store lists in its ``in_flight`` table (the id reserved
     for the next capture, and a deletion batch).  Its file work does not grow with the number of
     captures; quick_check reads the database once (about 0.6 s for 1,000,000 captures on a laptop).
+    A :class:`FullCheck` is then due (:attr:`Reconciliation.full_check_due`): ``appliance run``
+    does it a shard at a time between captures, so that capturing starts at once.
 ``"full"``
-    ``appliance check`` (``full=True``), a full check that was interrupted, or a damaged index:
-    every shard folder is listed and every capture checked as below.
+    ``appliance check`` (``full=True``) or a damaged index: every shard folder is listed and every
+    capture checked as below, before the store is returned.
 
 For each capture checked:
 
@@ -46,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import schedule
 from PIL import ExifTags, Image
 
 from appliance import thumbnails
@@ -65,10 +68,17 @@ from appliance.store import (
 log = logging.getLogger(__name__)
 
 SHARDS = [f"{n:02x}" for n in range(256)]
+# The columns of a recovered photo's row: every column of ``captures`` but seq, boot_id, since_boot_s.
+_RECOVERED_COLUMNS = (
+    "id", "captured_at", "clock_synced", "trigger", "media_path", "thumbnail_path", "bytes", "width",
+    "height", "sha256", "protected", "recovered", "metadata",
+)  # fmt: skip
 _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
 _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
 _TEMP_NAME = re.compile(r"\..+\.tmp")
+# Seconds a full check beside capturing may take per step: a trigger waits at most this long.
+STEP_BUDGET_S = 0.1
 
 
 @dataclass
@@ -76,6 +86,8 @@ class Reconciliation:
     """What a reconciliation found and did.  Counts are numbers of files or rows."""
 
     scope: str = "none"  # "none", "interrupted" or "full": see the module docstring
+    full_check_due: bool = False  # a full check should follow (see FullCheck)
+    full_check_progress: float | None = None  # 0 to 1 while a full check runs, 1 when done
     database_set_aside: str | None = None  # where a damaged index was moved
     rows_salvaged: int = 0  # rows read back from that damaged index
     temp_removed: int = 0
@@ -126,8 +138,10 @@ class Reconciliation:
                 f"damaged index moved to {self.database_set_aside}, {self.rows_salvaged} rows salvaged",
             )
         done = "; ".join(parts) if parts else "index matches the disk"
-        what = "full check" if self.scope == "full" else "check after an unclean shutdown"
-        return f"{what} in {self.duration_s:.1f} s: {done}"
+        full = self.scope == "full" or self.full_check_progress == 1
+        what = "full check" if full else "check after an unclean shutdown"
+        due = "; a full check follows, beside capturing" if self.full_check_due and not full else ""
+        return f"{what} in {self.duration_s:.1f} s: {done}{due}"
 
     def as_dict(self) -> dict:
         return asdict(self) | {"repairs": self.repairs}
@@ -153,10 +167,11 @@ def open_store(
     store = None
     try:
         store = CaptureStore(data_dir)
-        if full or store.full_check_pending:
+        if full:
             report.scope = "full"
         elif not store.shutdown_was_clean:
             report.scope = "interrupted"
+        report.full_check_due = report.scope == "interrupted" or store.full_check_pending
         if report.scope != "none":
             store.quick_check()
     except CorruptDatabaseError as exc:
@@ -170,13 +185,14 @@ def open_store(
         report.scope = "full"
     try:
         if report.scope != "none":
-            _reconcile(store, report, thumbnail_max_px, progress)
+            _finish_interrupted_writes(store, report, thumbnail_max_px)
+        if report.scope == "full":
+            FullCheck(store, report, thumbnail_max_px).run(progress)
+            report.full_check_due = False
     except BaseException:
         store.close(clean=False)  # half reconciled: the next start must do it again
         raise
     report.duration_s = time.monotonic() - started
-    if report.repairs:
-        log.warning("reconciliation: %s", report.summary())
     return store, report
 
 
@@ -213,41 +229,80 @@ def _set_aside_and_salvage(data_dir: Path, report: Reconciliation) -> list[dict]
     return usable
 
 
-def _reconcile(
-    store: CaptureStore,
-    report: Reconciliation,
-    max_px: int,
-    progress: Callable[[int, int], None] | None,
-) -> None:
+def _finish_interrupted_writes(store: CaptureStore, report: Reconciliation, max_px: int) -> None:
+    """Make the captures in the store's ``in_flight`` table agree with their files."""
     in_flight = store.in_flight()
     repair = _Repair(store, report, max_px)
-    # Interrupted deletions first, so that a full check does not take their photos for lost ones.
     for capture_id, reason in in_flight.items():
-        repair.capture(capture_id, *_stat(store.data_dir, capture_id), deleting=reason == "delete")
+        sizes = _stat(store.data_dir, capture_id, report)
+        repair.capture(capture_id, *sizes, deleting=reason == "delete")
     repair.commit()
-    store.forget_in_flight(list(in_flight))
-    if report.scope == "full":
-        store.full_check_pending = True
-        data_dir = store.data_dir
-        for kind in ("media", "thumbnails"):
-            for entry in os.scandir(data_dir / kind):
-                if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
-                    _remove_temp_or_note_stray(Path(entry.path), data_dir, report)
-        for done, shard in enumerate(SHARDS, 1):
-            photos = _list(data_dir / "media" / shard, _MEDIA_NAME, data_dir, report)
-            thumbs = _list(data_dir / "thumbnails" / shard, _THUMBNAIL_NAME, data_dir, report)
-            rows = repair.rows_of_shard(shard)
-            for capture_id in rows.keys() | photos.keys() | thumbs.keys():
-                repair.capture(capture_id, photos.get(capture_id), thumbs.get(capture_id), rows)
-            repair.commit()
-            if progress:
-                progress(done, len(SHARDS))
     repair.commit_recovered()
-    if report.scope == "full":
-        store.full_check_pending = False
+    store.forget_in_flight(list(in_flight))
 
 
-def _stat(data_dir: Path, capture_id: str) -> tuple[int | None, int | None]:
+class FullCheck:
+    """A full check of every capture, one shard folder (1/256 of the captures) at a time, so that
+    ``appliance run`` can do it between captures (:meth:`step`) and ``appliance check`` at once
+    (:meth:`run`).  Call it only from the store's own thread, after :func:`open_store`.
+
+    Progress and findings go to ``report``.  The store's ``full_check_pending`` flag is set while it
+    runs, so one that is interrupted (by a crash or a stop) is due again at the next start.
+    Photos found without a row are indexed at the end, in the order they were taken.
+    """
+
+    def __init__(self, store: CaptureStore, report: Reconciliation, max_px: int):
+        self._store, self._report = store, report
+        self._repair = _Repair(store, report, max_px)
+        self._next = 0
+        report.full_check_progress = 0.0
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Check every shard now.  ``progress(done, total)`` is called after each."""
+        while self._next < len(SHARDS):
+            self._check_next_shard()
+            if progress:
+                progress(self._next, len(SHARDS))
+
+    def step(self, budget_s: float = STEP_BUDGET_S):
+        """Check shards for about ``budget_s`` seconds (at least one shard, however long it
+        takes).  Returns ``schedule.CancelJob`` once all are done (so that a scheduled step stops
+        itself), else None."""
+        started = time.monotonic()
+        self._check_next_shard()
+        while self._next < len(SHARDS) and time.monotonic() < started + budget_s:
+            self._check_next_shard()
+        self._report.duration_s += time.monotonic() - started
+        if self._next < len(SHARDS):
+            return None
+        level = logging.WARNING if self._report.repairs else logging.INFO
+        log.log(level, "capture store: %s", self._report.summary())
+        return schedule.CancelJob
+
+    def _check_next_shard(self) -> None:
+        store, report, data_dir = self._store, self._report, self._store.data_dir
+        if self._next == 0:
+            store.full_check_pending = True
+            for kind in ("media", "thumbnails"):
+                for entry in os.scandir(data_dir / kind):
+                    if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
+                        _remove_temp_or_note_stray(Path(entry.path), data_dir, report)
+        shard = SHARDS[self._next]
+        photos = _list(data_dir / "media" / shard, _MEDIA_NAME, data_dir, report)
+        thumbs = _list(data_dir / "thumbnails" / shard, _THUMBNAIL_NAME, data_dir, report)
+        rows = self._repair.rows_of_shard(shard)
+        reserved = store.in_flight()  # the next capture's id: no files yet, nothing to do
+        for capture_id in (rows.keys() | photos.keys() | thumbs.keys()) - reserved.keys():
+            self._repair.capture(capture_id, photos.get(capture_id), thumbs.get(capture_id), rows)
+        self._repair.commit()
+        self._next += 1
+        report.full_check_progress = self._next / len(SHARDS)
+        if self._next == len(SHARDS):
+            self._repair.commit_recovered()
+            store.full_check_pending = False
+
+
+def _stat(data_dir: Path, capture_id: str, report: Reconciliation) -> tuple[int | None, int | None]:
     """Sizes of a capture's photo and thumbnail (None: missing), after removing its temporary files."""
     sizes = []
     for rel in (media_path(capture_id), thumbnail_path(capture_id)):
@@ -256,6 +311,7 @@ def _stat(data_dir: Path, capture_id: str) -> tuple[int | None, int | None]:
         if temp.exists():
             temp.unlink()
             fsync_dir(temp.parent)
+            report.temp_removed += 1
         try:
             sizes.append(path.stat().st_size)
         except FileNotFoundError:
@@ -303,7 +359,11 @@ class _Repair:
         self.data_dir = store.data_dir
         self.dropped: list[str] = []
         self.thumbnails_set: dict[str, str | None] = {}
-        self.recovered: list[dict] = []
+        # Rows of recovered photos wait in a temporary table (on disk, not in memory: a rebuilt
+        # index may recover every photo) until they get their seq in the order they were taken.
+        store.db.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS recovered ({', '.join(_RECOVERED_COLUMNS)}, PRIMARY KEY (id))"
+        )
 
     def rows_of_shard(self, shard: str) -> dict[str, dict]:
         # Ids are hex, so a shard's ids are those from "ab" up to (not including) "ab" + 1 in ASCII.
@@ -336,7 +396,7 @@ class _Repair:
         elif row is None and photo_size is not None:
             recovered = self._recover(capture_id, thumb_size)
             if recovered is not None:
-                self.recovered.append(recovered)
+                self.store.db["recovered"].insert(recovered)
         elif row is None:
             if thumb_size is not None:  # a thumbnail of nothing
                 (self.data_dir / thumbnail_path(capture_id)).unlink()
@@ -370,12 +430,20 @@ class _Repair:
 
     def commit_recovered(self) -> None:
         """Index the recovered photos after every indexed capture, in the order they were taken."""
-        self.recovered.sort(key=lambda row: (row["captured_at"], row["id"]))
-        for seq, row in enumerate(self.recovered, self.store.last_seq + 1):
-            row["seq"] = seq
-        self.store.insert(self.recovered)
-        self.report.recovered += len(self.recovered)
-        self.recovered = []
+        store, columns = self.store, ", ".join(_RECOVERED_COLUMNS)
+        count = store.db.execute("SELECT COUNT(*) FROM temp.recovered").fetchone()[0]
+        if not count:
+            return
+        with store.db.atomic():
+            store.db.execute(
+                f"INSERT INTO captures (seq, {columns}) SELECT ? + ROW_NUMBER() OVER "
+                f"(ORDER BY captured_at, id), {columns} FROM temp.recovered",
+                [store.last_seq],
+            )
+            store.db.execute("DELETE FROM temp.recovered")
+            store.db["counters"].update("last_seq", {"value": store.last_seq + count})
+        store.last_seq += count
+        self.report.recovered += count
 
     def _remake_thumbnail(self, capture_id: str, jpeg: bytes) -> str | None:
         """Write a new thumbnail of ``jpeg``; its relative path, or None if the photo does not decode."""

@@ -23,6 +23,7 @@ from cheroot import wsgi
 from appliance import __version__
 from appliance.cleanup import free_percent
 from appliance.loop import Health
+from appliance.reconcile import Reconciliation
 from appliance.store import IndexReader
 
 VIEWS = Path(__file__).with_name("views")
@@ -37,15 +38,15 @@ def make_app(
     mode: str,
     started_monotonic: float,
     health: Health | None = None,
-    reconciliation: dict | None = None,
+    reconciliation: Reconciliation | None = None,
     disk_usage: Callable[[Path], object] = shutil.disk_usage,
 ) -> bottle.Bottle:
     """Build the web app.
 
     ``reader``: the index; ``mode``: ``"simulation"`` or ``"hardware"``; ``started_monotonic``:
     :func:`time.monotonic` at start-up (for the uptime); ``health``: the main loop's current
-    problems; ``reconciliation``: what the start-up check of the store did
-    (:meth:`~appliance.reconcile.Reconciliation.as_dict`); ``disk_usage(path)``: as
+    problems; ``reconciliation``: what the start-up check of the store did, updated by a full check
+    running beside capturing; ``disk_usage(path)``: as
     :func:`shutil.disk_usage`, for the data directory's filesystem.
     """
     app = bottle.Bottle()
@@ -58,7 +59,7 @@ def make_app(
             "version": __version__,
             "mode": mode,
             "problems": health.problems(),
-            "startup_check": reconciliation,
+            "startup_check": reconciliation.as_dict() if reconciliation else None,
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
             "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
             "disk": {

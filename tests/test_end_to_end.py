@@ -140,3 +140,30 @@ def test_hardware_mode_without_a_pi_fails_start_up_with_a_reason(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "picamera2 is not installed" in result.stderr
+
+
+def test_after_sigkill_the_next_run_captures_at_once_and_checks_in_full_beside(tmp_path, burst_dir):
+    replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
+    data_dir = tmp_path / "data"
+    first = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    wait_for_captures(status_url(first), 2)
+    first.kill()
+    first.communicate(timeout=15)
+
+    second = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    try:
+        url = status_url(second)
+        check = requests.get(url + "api/status", timeout=5).json()["startup_check"]
+        assert check["scope"] == "interrupted" and check["full_check_due"]
+        deadline = time.monotonic() + 10
+        while check["full_check_progress"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            check = requests.get(url + "api/status", timeout=5).json()["startup_check"]
+        assert check["full_check_progress"] == 1
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=15)
+    assert second.returncode == 0, stderr
+    assert "capture store: check after an unclean shutdown in" in stderr
+    assert "capture store: full check in" in stderr
+    assert_index_matches_disk(data_dir, replayed)

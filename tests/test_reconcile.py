@@ -8,12 +8,13 @@ import json
 import sqlite3
 
 import pytest
+import schedule
 from PIL import Image
 
 from appliance import exif, thumbnails
 from appliance.cli import main
 from appliance.exif import Identity
-from appliance.reconcile import open_store
+from appliance.reconcile import FullCheck, open_store
 from appliance.store import CLEAN_MARKER, DB_NAME, CaptureStore, IndexReader, media_path, thumbnail_path
 from hw.clock import ManualClock
 
@@ -275,13 +276,45 @@ def test_a_crash_at_any_step_of_a_deletion_batch_is_finished_at_start_up(
     assert [r["id"] for r in assert_index_matches_disk(tmp_path)] == [rows[3]["id"], rows[2]["id"]]
 
 
-def test_an_interrupted_full_check_is_done_again_at_the_next_start(tmp_path, faulty_disk):
+def test_an_interrupted_full_check_is_due_again_at_the_next_start(tmp_path, faulty_disk):
     store, rows = populate(tmp_path, 3)
     store.close()
     (tmp_path / rows[0]["thumbnail_path"]).unlink()
     with faulty_disk("rename", PowerCut), pytest.raises(PowerCut):  # publishing that thumbnail
         open_store(tmp_path, thumbnail_max_px=160, full=True)
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    assert report.scope == "interrupted" and report.full_check_due
+    FullCheck(store, report, 160).run()
+    store.close()
+    assert report.thumbnails_remade == 1 and report.full_check_progress == 1
+    assert_index_matches_disk(tmp_path)
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     store.close()
-    assert report.scope == "full" and report.thumbnails_remade == 1
-    assert_index_matches_disk(tmp_path)
+    assert report.scope == "none" and not report.full_check_due
+
+
+def test_a_full_check_in_steps_between_captures_repairs_without_disturbing_them(tmp_path):
+    clock = ManualClock(TAKEN)
+    store, rows = populate(tmp_path, 20, clock)
+    store.close(clean=False)
+    for row in rows[:3]:  # what a failing card can do to captures taken long before the crash
+        (tmp_path / row["thumbnail_path"]).unlink()
+    (tmp_path / rows[3]["media_path"]).unlink()
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    assert report.scope == "interrupted" and report.full_check_due
+    check, steps, added = FullCheck(store, report, 160), 0, []
+    while check.step(budget_s=0) is not schedule.CancelJob:  # one shard per step
+        steps += 1
+        if steps % 16 == 0:  # captures go on meanwhile, into shards checked or not yet
+            jpeg = own_photo(TAKEN)
+            added.append(
+                store.add(jpeg, thumbnails.from_jpeg(jpeg, 160), timestamp=clock.now(), trigger="motion")
+            )
+    store.close()
+
+    assert steps == 255 and report.full_check_progress == 1
+    assert (report.thumbnails_remade, report.rows_dropped, report.recovered) == (3, 1, 0)
+    indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
+    assert indexed == {r["id"] for r in rows[:3] + rows[4:] + added}

@@ -30,6 +30,9 @@ figure img { width: 100%; height: auto; display: block; background: #eee; }
 <div class="bar"><span style="width: {{100 - disk["free_percent"]}}%"></span></div></dd>
 <dt>Uptime</dt><dd>{{"%d h %02d min" % (uptime_s // 3600, uptime_s % 3600 // 60)}}</dd>
 <dt>Version</dt><dd>{{version}}</dd>
+% if startup_check and startup_check["full_check_progress"] is not None and startup_check["full_check_progress"] < 1:
+<dt>Checking photos</dt><dd>{{"%d" % (startup_check["full_check_progress"] * 100)}} % (after an unclean shutdown; capturing goes on)</dd>
+% end
 % if startup_check and startup_check["repairs"]:
 <dt>Start-up check</dt><dd>{{startup_check["repairs"]}} repairs after an unclean shutdown (see the log)</dd>
 % end

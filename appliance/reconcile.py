@@ -167,9 +167,9 @@ def open_store(
     store = None
     try:
         store = CaptureStore(data_dir)
-        if full:
-            report.scope = "full"
-        elif not store.shutdown_was_clean:
+        if full or (store.created and any((store.data_dir / "media").iterdir())):
+            report.scope = "full"  # asked for, or photos without an index: index them first
+        elif not store.shutdown_was_clean and not store.created:
             report.scope = "interrupted"
         report.full_check_due = report.scope == "interrupted" or store.full_check_pending
         if report.scope != "none":

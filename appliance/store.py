@@ -225,7 +225,8 @@ class CaptureStore:
 
     Opening takes an exclusive lock on ``data_dir/.lock``, applies pending migrations, and consumes
     the clean-shutdown marker: :attr:`shutdown_was_clean` tells whether the last writer closed
-    cleanly with the index matching the disk (if not, run :func:`appliance.reconcile.reconcile`).
+    cleanly with the index matching the disk (if not, see :func:`appliance.reconcile.open_store`);
+    :attr:`created` whether the index did not exist before.
     :meth:`close` checkpoints the WAL and writes the marker again.
 
     Raises :class:`NewerDatabaseError` for an index from a newer version, :class:`CorruptDatabaseError`
@@ -241,6 +242,7 @@ class CaptureStore:
             marker_seq = self._consume_clean_marker()
             for sub in ("media", "thumbnails"):
                 (self.data_dir / sub).mkdir(exist_ok=True)
+            self.created = not self.db_path.exists()
             self.db = _open_db(self.db_path)
             self._migrate()
             self.last_seq = self.db["counters"].get("last_seq")["value"]

@@ -318,3 +318,18 @@ def test_a_full_check_in_steps_between_captures_repairs_without_disturbing_them(
     assert (report.thumbnails_remade, report.rows_dropped, report.recovered) == (3, 1, 0)
     indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
     assert indexed == {r["id"] for r in rows[:3] + rows[4:] + added}
+
+
+def test_a_new_data_dir_needs_no_check_but_photos_without_an_index_are_indexed_first(tmp_path):
+    store, report = open_store(tmp_path / "new", thumbnail_max_px=160)
+    store.close()
+    assert report.scope == "none" and not report.full_check_due
+
+    store, rows = populate(tmp_path / "lost", 3)
+    store.close()
+    for name in (DB_NAME, CLEAN_MARKER):
+        (tmp_path / "lost" / name).unlink()  # the index deleted by hand, the photos kept
+    store, report = open_store(tmp_path / "lost", thumbnail_max_px=160)
+    store.close()
+    assert report.scope == "full" and report.recovered == 3
+    assert {r["id"] for r in assert_index_matches_disk(tmp_path / "lost")} == {r["id"] for r in rows}

@@ -1,4 +1,5 @@
 import datetime
+import errno
 import hashlib
 import itertools
 import os
@@ -183,15 +184,16 @@ def assert_index_matches_disk(data_dir):
     return indexed
 
 
-def test_enospc_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, faulty_disk):
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_a_failure_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, faulty_disk, error):
     store = CaptureStore(tmp_path)
     failed_steps = []
     for fail_at in itertools.count(1):
-        with faulty_disk(fail_at) as disk:
+        with faulty_disk(fail_at, lambda step: OSError(error, os.strerror(error), step)) as disk:
             try:
                 row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
             except StoreError as exc:
-                assert "No space left on device" in str(exc)
+                assert os.strerror(error) in str(exc)
                 failed_steps.append(disk.steps[fail_at - 1])
             else:
                 break  # every step has failed once; this time space was back

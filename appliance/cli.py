@@ -96,7 +96,9 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
     """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
 
     Returns 0 after a clean stop, 1 when a preflight check is fatal.  Start-up failures of the
-    parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``).
+    parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``), and
+    so does a damaged index found while running (:class:`~appliance.store.CorruptDatabaseError`,
+    after the loop has stopped), so that systemd restarts the appliance and it rebuilds the index.
     """
     started = time.monotonic()
     mode = "simulation" if config.simulate else "hardware"
@@ -179,6 +181,8 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         cleanup_job()  # before the first capture, not one interval later
         print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
         loop.run(duration_s)
+        if loop.fatal is not None:
+            raise loop.fatal
     log.info("stopped cleanly")
     return 0
 

@@ -75,9 +75,10 @@ def embed(jpeg: bytes, fields: dict) -> bytes:
     """Return ``jpeg`` with an APP1 Exif segment holding ``fields`` (from :func:`describe`).
 
     The compressed image data are copied unchanged.  Any Exif segment already there (picamera2
-    writes its own) is replaced; the new one follows SOI and a JFIF APP0 segment when there is one
-    (JFIF 1.02 wants APP0 first; Exif readers accept APP1 after it).  Raises ``ValueError`` when
-    ``jpeg`` does not start with a JPEG SOI marker or its header segments are truncated.
+    writes its own) is replaced; the new one goes right after SOI, or after a JFIF APP0 segment
+    that comes first (JFIF 1.02 wants APP0 first; Exif readers accept APP1 after it).  Raises
+    ``ValueError`` when ``jpeg`` does not start with a JPEG SOI marker or its header segments are
+    truncated.
     """
     if not jpeg.startswith(_SOI):
         raise ValueError("not a JPEG: no SOI marker")

@@ -16,7 +16,7 @@ import schedule
 
 from appliance import exif, thumbnails
 from appliance.exc import StoreError
-from appliance.store import CaptureStore
+from appliance.store import CaptureStore, CorruptDatabaseError
 from hw.camera import Camera
 from hw.clock import SystemClock
 from hw.exc import CameraError
@@ -100,6 +100,7 @@ class MainLoop:
         self._identity = identity
         self._clock = clock or SystemClock()
         self.health = health or Health()
+        self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
 
     def request_stop(self, reason: str) -> None:
@@ -174,6 +175,13 @@ class MainLoop:
             row = self._store.add(
                 jpeg, thumbnail, timestamp=timestamp, trigger=event.source, metadata=metadata
             )
+        except CorruptDatabaseError as exc:
+            # Every capture would fail the same way: stop, so that the restart rebuilds the index.
+            log.error("capture for %s trigger kept on disk but not indexed: %s", event.source, exc)
+            self.health.set("storage", str(exc))
+            self.fatal = exc
+            self.request_stop("the index is damaged; a restart rebuilds it")
+            return None
         except StoreError as exc:
             log.error("capture for %s trigger lost: %s", event.source, exc)
             self.health.set("storage", f"the last capture could not be stored: {exc}")

@@ -35,7 +35,6 @@ and ``seq`` survive) and the index is rebuilt from them and a full check.  Files
 not recognise are left alone and listed.
 """
 
-import contextlib
 import datetime
 import hashlib
 import io
@@ -52,10 +51,9 @@ import schedule
 from PIL import ExifTags, Image
 
 from appliance import thumbnails
+from appliance.exc import StoreError
 from appliance.store import (
-    DB_NAME,
     CaptureStore,
-    CorruptDatabaseError,
     fsync_dir,
     iso_utc,
     jpeg_size,
@@ -77,8 +75,10 @@ _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
 _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
 _TEMP_NAME = re.compile(r"\..+\.tmp")
-# Seconds a full check beside capturing may take per step: a trigger waits at most this long.
+# Seconds a full check beside capturing goes on per step (at least one shard folder, however long).
 STEP_BUDGET_S = 0.1
+# Tries of a shard folder that fails (an I/O error) before a full check leaves it for the next start.
+MAX_SHARD_FAILURES = 3
 
 
 @dataclass
@@ -98,6 +98,7 @@ class Reconciliation:
     thumbnails_remade: int = 0
     thumbnails_removed: int = 0  # thumbnails of no capture
     stray: list[str] = field(default_factory=list)  # unknown files, left alone
+    unreadable: list[str] = field(default_factory=list)  # captures an I/O error kept from checking
     duration_s: float = 0.0
 
     @property
@@ -116,7 +117,8 @@ class Reconciliation:
 
     def summary(self) -> str:
         """One line for the log and ``appliance check``."""
-        if self.scope == "none":
+        full = self.scope == "full" or self.full_check_progress == 1
+        if self.scope == "none" and not full:
             return "last shutdown was clean; nothing to check"
         parts = [
             f"{value} {label}"
@@ -129,6 +131,7 @@ class Reconciliation:
                 (self.thumbnails_remade, "thumbnails re-created"),
                 (self.thumbnails_removed, "orphan thumbnails removed"),
                 (len(self.stray), "unknown files left alone"),
+                (len(self.unreadable), "captures unreadable for now (I/O errors), left as they are"),
             )
             if value
         ]
@@ -138,7 +141,6 @@ class Reconciliation:
                 f"damaged index moved to {self.database_set_aside}, {self.rows_salvaged} rows salvaged",
             )
         done = "; ".join(parts) if parts else "index matches the disk"
-        full = self.scope == "full" or self.full_check_progress == 1
         what = "full check" if full else "check after an unclean shutdown"
         due = "; a full check follows, beside capturing" if self.full_check_due and not full else ""
         return f"{what} in {self.duration_s:.1f} s: {done}{due}"
@@ -164,81 +166,43 @@ def open_store(
     """
     started = time.monotonic()
     report = Reconciliation()
-    store = None
-    try:
-        store = CaptureStore(data_dir)
-        if full or (store.created and any((store.data_dir / "media").iterdir())):
-            report.scope = "full"  # asked for, or photos without an index: index them first
-        elif not store.shutdown_was_clean and not store.created:
-            report.scope = "interrupted"
-        report.full_check_due = report.scope == "interrupted" or store.full_check_pending
-        if report.scope != "none":
-            store.quick_check()
-    except CorruptDatabaseError as exc:
-        if store is not None:
-            store.close(clean=False)
-        log.error("%s; rebuilding the index from the photos", exc)
-        salvaged = _set_aside_and_salvage(Path(data_dir), report)
-        store = CaptureStore(data_dir)
-        columns = set(store.db["captures"].columns_dict)
-        store.insert([{k: v for k, v in row.items() if k in columns} for row in salvaged])
+    store = CaptureStore(data_dir, check=True if full else None)
+    if store.rebuilt:
+        report.database_set_aside = store.rebuilt["set_aside"]
+        report.rows_salvaged = store.rebuilt["rows_salvaged"]
         report.scope = "full"
+    elif full or (store.created and any((store.data_dir / "media").iterdir())):
+        report.scope = "full"  # asked for, or photos without an index: index them first
+    elif not store.shutdown_was_clean and not store.created:
+        report.scope = "interrupted"
+    report.full_check_due = report.scope == "interrupted" or store.full_check_pending
     try:
         if report.scope != "none":
             _finish_interrupted_writes(store, report, thumbnail_max_px)
         if report.scope == "full":
             FullCheck(store, report, thumbnail_max_px).run(progress)
-            report.full_check_due = False
-    except BaseException:
+            report.full_check_due = store.full_check_pending
+    except BaseException as exc:
         store.close(clean=False)  # half reconciled: the next start must do it again
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"cannot check the capture store in {store.data_dir}: {exc}") from exc
         raise
     report.duration_s = time.monotonic() - started
     return store, report
-
-
-def _set_aside_and_salvage(data_dir: Path, report: Reconciliation) -> list[dict]:
-    """Move the damaged index (and its WAL) to damaged/ and read back what rows SQLite still can."""
-    # The WAL goes too: left beside a new, empty database it would be replayed into it.
-    paths = [data_dir / name for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm")]
-    paths = [path for path in paths if path.exists()]
-    if not paths or paths[0].name != DB_NAME:
-        return []
-    aside = set_aside(paths, data_dir)[0]
-    report.database_set_aside = str(aside)
-    rows = []
-    # Read-only: the copy set aside stays as it was found.  Stop at the first unreadable page.
-    with (
-        contextlib.suppress(sqlite3.Error),
-        contextlib.closing(sqlite3.connect(f"{aside.resolve().as_uri()}?mode=ro", uri=True)) as old,
-    ):
-        old.row_factory = sqlite3.Row
-        for row in old.execute("SELECT * FROM captures"):
-            rows.append(dict(row))
-    # Keep only what is consistent with itself: unique ids and seqs, a photo of the right size.
-    seen_ids, seen_seqs, usable = set(), set(), []
-    for row in rows:
-        if row.get("id") in seen_ids or row.get("seq") in seen_seqs:
-            continue
-        path = data_dir / media_path(row["id"])
-        if not path.is_file() or path.stat().st_size != row.get("bytes"):
-            continue
-        seen_ids.add(row["id"])
-        seen_seqs.add(row["seq"])
-        usable.append(row)
-    report.rows_salvaged = len(usable)
-    return usable
 
 
 def _finish_interrupted_writes(store: CaptureStore, report: Reconciliation, max_px: int) -> None:
     """Make the captures in the store's ``in_flight`` table agree with their files."""
     in_flight = store.in_flight()
     repair = _Repair(store, report, max_px)
-    for capture_id, reason in in_flight.items():
-        sizes = _stat(store.data_dir, capture_id, report)
-        repair.capture(capture_id, *sizes, deleting=reason == "delete")
+    done = [
+        capture_id
+        for capture_id, reason in in_flight.items()
+        if repair.capture(capture_id, deleting=reason == "delete")
+    ]
     repair.commit()
     repair.commit_recovered()
-    store.forget_in_flight(list(in_flight))
+    store.forget_in_flight(done)  # one that could not be read is tried again at the next start
 
 
 class FullCheck:
@@ -255,6 +219,8 @@ class FullCheck:
         self._store, self._report = store, report
         self._repair = _Repair(store, report, max_px)
         self._next = 0
+        self._failures = 0
+        self._skipped: list[str] = []
         report.full_check_progress = 0.0
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
@@ -269,10 +235,20 @@ class FullCheck:
         takes).  Returns ``schedule.CancelJob`` once all are done (so that a scheduled step stops
         itself), else None."""
         started = time.monotonic()
-        self._check_next_shard()
-        while self._next < len(SHARDS) and time.monotonic() < started + budget_s:
+        try:
             self._check_next_shard()
-        self._report.duration_s += time.monotonic() - started
+            while self._next < len(SHARDS) and time.monotonic() < started + budget_s:
+                self._check_next_shard()
+        except (OSError, sqlite3.Error):
+            # Tried again at the next step; a shard that keeps failing is left for the next start.
+            self._failures += 1
+            if self._failures < MAX_SHARD_FAILURES:
+                raise
+            log.exception("full check: giving up on shard %s for now", SHARDS[self._next])
+            self._skipped.append(SHARDS[self._next])
+            self._advance()
+        finally:
+            self._report.duration_s += time.monotonic() - started
         if self._next < len(SHARDS):
             return None
         level = logging.WARNING if self._report.repairs else logging.INFO
@@ -295,28 +271,15 @@ class FullCheck:
         for capture_id in (rows.keys() | photos.keys() | thumbs.keys()) - reserved.keys():
             self._repair.capture(capture_id, photos.get(capture_id), thumbs.get(capture_id), rows)
         self._repair.commit()
+        self._advance()
+
+    def _advance(self) -> None:
         self._next += 1
-        report.full_check_progress = self._next / len(SHARDS)
+        self._failures = 0
+        self._report.full_check_progress = self._next / len(SHARDS)
         if self._next == len(SHARDS):
             self._repair.commit_recovered()
-            store.full_check_pending = False
-
-
-def _stat(data_dir: Path, capture_id: str, report: Reconciliation) -> tuple[int | None, int | None]:
-    """Sizes of a capture's photo and thumbnail (None: missing), after removing its temporary files."""
-    sizes = []
-    for rel in (media_path(capture_id), thumbnail_path(capture_id)):
-        path = data_dir / rel
-        temp = path.with_name(f".{path.name}.tmp")
-        if temp.exists():
-            temp.unlink()
-            fsync_dir(temp.parent)
-            report.temp_removed += 1
-        try:
-            sizes.append(path.stat().st_size)
-        except FileNotFoundError:
-            sizes.append(None)
-    return tuple(sizes)
+            self._store.full_check_pending = bool(self._skipped)
 
 
 def _remove_temp_or_note_stray(path: Path, data_dir: Path, report: Reconciliation) -> bool:
@@ -336,7 +299,7 @@ def _list(folder: Path, pattern: re.Pattern, data_dir: Path, report: Reconciliat
     found = {}
     try:
         entries = list(os.scandir(folder))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a file in its place is listed as stray
         return found
     removed = False
     for entry in entries:
@@ -359,6 +322,7 @@ class _Repair:
         self.data_dir = store.data_dir
         self.dropped: list[str] = []
         self.thumbnails_set: dict[str, str | None] = {}
+        self.touched: set[Path] = set()  # folders with files removed, to fsync before committing
         # Rows of recovered photos wait in a temporary table (on disk, not in memory: a rebuilt
         # index may recover every photo) until they get their seq in the order they were taken.
         store.db.execute(
@@ -374,32 +338,48 @@ class _Repair:
     def capture(
         self,
         capture_id: str,
-        photo_size: int | None,
-        thumb_size: int | None,
+        photo_size: int | None = None,
+        thumb_size: int | None = None,
         rows: dict[str, dict] | None = None,
         *,
         deleting: bool = False,
-    ) -> None:
-        """Make one capture consistent, given the sizes of its photo and thumbnail (None: missing)
-        and its row (looked up when ``rows`` is not given)."""
-        if rows is None:
-            rows = {r["id"]: r for r in self.store.db.query(
-                "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
-            )}  # fmt: skip
-        row = rows.get(capture_id)
+    ) -> bool:
+        """Make one capture consistent.  ``photo_size``, ``thumb_size``: sizes of its files from
+        a folder listing (None: missing), and ``rows`` the rows of its shard; without ``rows``
+        both are looked up here, and its temporary files removed.  ``deleting``: its deletion was
+        interrupted.  Returns False when a file could not be read or removed (an I/O error,
+        logged): the capture is left as it is, for a later check."""
+        try:
+            if rows is None:
+                photo_size, thumb_size = self._stat(capture_id)
+                rows = {r["id"]: r for r in self.store.db.query(
+                    "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
+                )}  # fmt: skip
+            self._capture(capture_id, photo_size, thumb_size, rows.get(capture_id), deleting)
+        except OSError as exc:
+            log.error("reconciliation: capture %s left as it is for now: %s", capture_id, exc)
+            self.report.unreadable.append(capture_id)
+            return False
+        return True
+
+    def _capture(self, capture_id, photo_size, thumb_size, row, deleting) -> None:
         report = self.report
         if deleting and row is None:
             for rel, size in ((media_path(capture_id), photo_size), (thumbnail_path(capture_id), thumb_size)):
                 if size is not None:
-                    (self.data_dir / rel).unlink()
+                    self._unlink(rel)
             report.deletions_finished += photo_size is not None or thumb_size is not None
         elif row is None and photo_size is not None:
             recovered = self._recover(capture_id, thumb_size)
             if recovered is not None:
-                self.store.db["recovered"].insert(recovered)
+                self.store.db.execute(
+                    f"INSERT OR REPLACE INTO temp.recovered ({', '.join(recovered)}) "
+                    f"VALUES ({', '.join('?' * len(recovered))})",
+                    list(recovered.values()),
+                )
         elif row is None:
             if thumb_size is not None:  # a thumbnail of nothing
-                (self.data_dir / thumbnail_path(capture_id)).unlink()
+                self._unlink(thumbnail_path(capture_id))
                 report.thumbnails_removed += 1
         elif photo_size is None or photo_size != row["bytes"]:
             if photo_size is None:
@@ -409,15 +389,39 @@ class _Repair:
                 self._set_aside_photo(capture_id, f"{photo_size} bytes instead of {row['bytes']}")
             self.dropped.append(capture_id)
             if thumb_size is not None:
-                (self.data_dir / thumbnail_path(capture_id)).unlink()
+                self._unlink(thumbnail_path(capture_id))
                 report.thumbnails_removed += 1
         elif thumb_size is None or not _thumbnail_intact(self.data_dir, capture_id, thumb_size):
             jpeg = (self.data_dir / media_path(capture_id)).read_bytes()
             self.thumbnails_set[capture_id] = self._remake_thumbnail(capture_id, jpeg)
             report.thumbnails_remade += self.thumbnails_set[capture_id] is not None
+        elif row["thumbnail_path"] is None:  # made, but its row was not updated before a crash
+            self.thumbnails_set[capture_id] = thumbnail_path(capture_id)
+
+    def _stat(self, capture_id: str) -> tuple[int | None, int | None]:
+        """Sizes of the photo and thumbnail (None: missing), after removing their temporary files."""
+        sizes = []
+        for rel in (media_path(capture_id), thumbnail_path(capture_id)):
+            path = self.data_dir / rel
+            temp = path.with_name(f".{path.name}.tmp")
+            if temp.exists():
+                self._unlink(temp.relative_to(self.data_dir))
+                self.report.temp_removed += 1
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:
+                sizes.append(None)
+        return tuple(sizes)
+
+    def _unlink(self, rel) -> None:
+        path = self.data_dir / rel
+        path.unlink()
+        self.touched.add(path.parent)
 
     def commit(self) -> None:
-        """Commit the dropped rows and new thumbnail paths collected so far."""
+        """Make the removals durable, then commit the dropped rows and new thumbnail paths."""
+        for folder in self.touched:
+            fsync_dir(folder)
         if self.dropped or self.thumbnails_set:
             with self.store.db.atomic():
                 db = self.store.db.conn
@@ -426,7 +430,7 @@ class _Repair:
                     "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
                     [(path, i) for i, path in self.thumbnails_set.items()],
                 )
-        self.dropped, self.thumbnails_set = [], {}
+        self.dropped, self.thumbnails_set, self.touched = [], {}, set()
 
     def commit_recovered(self) -> None:
         """Index the recovered photos after every indexed capture, in the order they were taken."""

@@ -33,6 +33,7 @@ One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page
 :class:`IndexReader`, which opens its own read-only connection for each query.
 """
 
+import contextlib
 import datetime
 import fcntl
 import hashlib
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "captures.db"
 CLEAN_MARKER = "clean-shutdown"
+REBUILD_SUFFIX = ".new"  # captures.db.new: an index being rebuilt
 LOCK_NAME = ".lock"
 DAMAGED_DIR = "damaged"
 # "unknown": a photo found on disk without its row (a crash between its rename and its commit).
@@ -179,7 +181,7 @@ def publish(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except Exception:  # an error, not a signal: a dying process leaves the temp to reconciliation
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
@@ -211,13 +213,43 @@ def set_aside(paths: list[Path], data_dir: Path) -> list[Path]:
     return moved
 
 
-def _open_db(path: Path) -> sqlite_utils.Database:
-    db = sqlite_utils.Database(path)
-    db.enable_wal()
-    # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a commit is
-    # our acknowledgement that a capture is kept.  The cost is one WAL fsync per capture.
-    db.execute("PRAGMA synchronous=FULL")
-    return db
+def _salvage(db_path: Path) -> tuple[list[dict], int, dict[str, str]]:
+    """What SQLite can still read from the damaged index at ``db_path`` (opened read-only, so it
+    stays as it was found): the ``captures`` rows, ``last_seq`` and the ``in_flight`` ids.
+
+    Rows are read by ranges of rowid, halving a range that fails, so that a damaged page costs
+    only the rows on it.  Every rowid is at most ``last_seq`` (each row ever inserted has its own
+    seq), which bounds the search.
+    """
+    try:
+        old = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return [], 0, {}
+    old.row_factory = sqlite3.Row
+
+    def read(sql: str, args=()) -> list | None:
+        try:
+            return old.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError:
+            return None
+
+    def rows_between(first: int, last: int) -> list:
+        rows = read("SELECT * FROM captures WHERE rowid BETWEEN ? AND ?", [first, last])
+        if rows is not None or first == last:
+            return rows or []
+        middle = (first + last) // 2
+        return rows_between(first, middle) + rows_between(middle + 1, last)
+
+    with contextlib.closing(old):
+        last_seq = (read("SELECT value FROM counters WHERE name = 'last_seq'") or [[0]])[0][0] or 0
+        in_flight = {row[0]: row[1] for row in read("SELECT id, reason FROM in_flight") or []}
+        top = max(last_seq, (read("SELECT max(rowid) FROM captures") or [[0]])[0][0] or 0)
+        rows = []
+        for first in range(1, top + 1, 256):
+            rows += rows_between(first, min(first + 255, top))
+        if not top:
+            rows = read("SELECT * FROM captures") or []
+    return [dict(row) for row in rows], last_seq, in_flight
 
 
 class CaptureStore:
@@ -226,40 +258,120 @@ class CaptureStore:
     Opening takes an exclusive lock on ``data_dir/.lock``, applies pending migrations, and consumes
     the clean-shutdown marker: :attr:`shutdown_was_clean` tells whether the last writer closed
     cleanly with the index matching the disk (if not, see :func:`appliance.reconcile.open_store`);
-    :attr:`created` whether the index did not exist before.
+    :attr:`created` whether the index did not exist before.  ``check``: run ``quick_check``
+    (True), never (False), or only when the last shutdown was not clean (None).  A damaged index is
+    set aside and rebuilt from what SQLite can still read of it; :attr:`rebuilt` then says where it
+    went and how many rows were salvaged, and the photos must be checked in full.
     :meth:`close` checkpoints the WAL and writes the marker again.
 
-    Raises :class:`NewerDatabaseError` for an index from a newer version, :class:`CorruptDatabaseError`
-    when SQLite finds the file damaged, and :class:`StoreError` when the folder or the database
-    cannot be opened or another process holds the lock.
+    Raises :class:`NewerDatabaseError` for an index from a newer version, and :class:`StoreError`
+    when the folder or the database cannot be opened or another process holds the lock.
     """
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *, check: bool | None = None):
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / DB_NAME
+        self.db = None
+        self.rebuilt: dict | None = None
         self._lock = self._take_lock()
         try:
-            marker_seq = self._consume_clean_marker()
+            self._finish_interrupted_rebuild()
             for sub in ("media", "thumbnails"):
                 (self.data_dir / sub).mkdir(exist_ok=True)
             self.created = not self.db_path.exists()
-            self.db = _open_db(self.db_path)
-            self._migrate()
-            self.last_seq = self.db["counters"].get("last_seq")["value"]
+            try:
+                self._open_index()
+                marker_seq = self._consume_clean_marker()
+                # The marker records the last seq at close: a different one means someone wrote since.
+                self.shutdown_was_clean = marker_seq is not None and marker_seq == self.last_seq
+                if check or (check is None and not (self.shutdown_was_clean or self.created)):
+                    self.quick_check()
+            except CorruptDatabaseError as exc:
+                log.error("%s; rebuilding the index from what SQLite can still read and the photos", exc)
+                self.rebuilt = self._rebuild_index()
+                self.shutdown_was_clean = False
         except BaseException as exc:
-            if hasattr(self, "db"):
+            if self.db is not None:
                 self.db.close()
             self._lock.close()
-            if isinstance(exc, sqlite3.Error) and is_corruption(exc):
-                raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
             if isinstance(exc, OSError | sqlite3.Error) and not isinstance(exc, StoreError):
                 raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
             raise
-        # The marker records the last seq at close: a different one means someone wrote since.
-        self.shutdown_was_clean = marker_seq is not None and marker_seq == self.last_seq
         self._consistent = True
         self._shards_made: set[Path] = set()
         self._next_id: str | None = None
+
+    def _open_index(self) -> None:
+        self.db = sqlite_utils.Database(self.db_path)
+        try:
+            # Refuse a newer index before writing anything to it (not even the journal mode).
+            known = {migration.name for migration in migrations._migrations}
+            unknown = [m.name for m in migrations.applied(self.db) if m.name not in known]
+            if unknown:
+                raise NewerDatabaseError(
+                    f"{self.db_path} was written by a newer version of the appliance (migrations "
+                    f"{', '.join(unknown)} are unknown to version {__version__}); refusing to open it. "
+                    "Install that version again, or move the data directory aside."
+                )
+            self.db.enable_wal()
+            # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a
+            # commit is our acknowledgement that a capture is kept.  It costs one WAL fsync per capture.
+            self.db.execute("PRAGMA synchronous=FULL")
+            migrations.apply(self.db)
+            self.last_seq = self.db["counters"].get("last_seq")["value"]
+        except sqlite3.Error as exc:
+            if is_corruption(exc):
+                raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
+            raise
+
+    def _rebuild_index(self) -> dict:
+        """Replace the damaged index by one holding what can be salvaged from it, keeping the
+        damaged files in ``damaged/``.  Crash-safe: the new index is complete under a temporary
+        name before the damaged one is moved away, and :meth:`_finish_interrupted_rebuild` puts it
+        in place if a crash comes between the two.  Returns ``{"set_aside", "rows_salvaged"}``."""
+        self.db.close()
+        self.db = None
+        new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
+        new.unlink(missing_ok=True)
+        rows, last_seq, in_flight = _salvage(self.db_path)
+        db = sqlite_utils.Database(new)  # a rollback journal: one self-contained file once closed
+        migrations.apply(db)
+        columns = set(db["captures"].columns_dict)
+        usable, ids, seqs = [], set(), set()
+        for row in rows:
+            if row.get("id") not in ids and row.get("seq") not in seqs:
+                ids.add(row.get("id"))
+                seqs.add(row.get("seq"))
+                usable.append({k: v for k, v in row.items() if k in columns})
+        with db.atomic():
+            db["captures"].insert_all(usable)
+            last_seq = max([last_seq, *(row["seq"] for row in usable)])
+            db["counters"].update("last_seq", {"value": last_seq})
+            db["counters"].update("full_check_pending", {"value": 1})
+            db["in_flight"].insert_all([{"id": i, "reason": r} for i, r in in_flight.items()])
+        db.close()
+        fsync_dir(self.data_dir)
+        # The WAL first: left beside the new index, SQLite would replay it into it.
+        damaged = [self.db_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm", "")]
+        aside = set_aside([path for path in damaged if path.exists()], self.data_dir)[-1]
+        os.replace(new, self.db_path)
+        fsync_dir(self.data_dir)
+        self._consume_clean_marker()
+        self._open_index()
+        return {"set_aside": str(aside), "rows_salvaged": len(usable)}
+
+    def _finish_interrupted_rebuild(self) -> None:
+        new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
+        if not new.exists():
+            return
+        if self.db_path.exists():
+            new.unlink()  # the crash came while it was being written: rebuild again
+            return
+        leftovers = [self.db_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm")]
+        if any(path.exists() for path in leftovers):
+            set_aside([path for path in leftovers if path.exists()], self.data_dir)
+        os.replace(new, self.db_path)
+        fsync_dir(self.data_dir)
 
     def _take_lock(self):
         try:
@@ -295,23 +407,14 @@ class CaptureStore:
         fsync_dir(self.data_dir)
         return last_seq
 
-    def _migrate(self) -> None:
-        known = {migration.name for migration in migrations._migrations}
-        unknown = [m.name for m in migrations.applied(self.db) if m.name not in known]
-        if unknown:
-            raise NewerDatabaseError(
-                f"{self.db_path} was written by a newer version of the appliance (migrations "
-                f"{', '.join(unknown)} are unknown to version {__version__}); refusing to open it. "
-                "Install that version again, or move the data directory aside."
-            )
-        migrations.apply(self.db)
-
     def quick_check(self) -> None:
         """Run ``PRAGMA quick_check`` (reads every page: O(database size)).  Raises
         :class:`CorruptDatabaseError` with SQLite's first complaint when it is not ``ok``."""
         try:
             result = [row[0] for row in self.db.execute("PRAGMA quick_check").fetchall()]
         except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):  # busy, I/O error, interrupted: not a verdict on the file
+                raise StoreError(f"{self.db_path}: quick_check could not run: {exc}") from exc
             result = [str(exc)]
         if result != ["ok"]:
             raise CorruptDatabaseError(f"{self.db_path} fails quick_check: {result[0]}")
@@ -388,7 +491,8 @@ class CaptureStore:
 
         Raises ``ValueError`` for an unknown trigger and :class:`StoreError` when the capture
         could not be stored (full disk, I/O error): then nothing of it is left behind, neither a
-        file under its final name nor a row.
+        file under its final name nor a row.  Raises :class:`CorruptDatabaseError` when the index
+        turns out to be damaged: the files stay, for the rebuild at the next start to index.
         """
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown trigger {trigger!r}; expected one of {TRIGGERS}")
@@ -428,17 +532,26 @@ class CaptureStore:
             next_id = new_id()
             self.insert([row], in_flight={capture_id: None, next_id: "capture"})
             self._next_id = next_id
-        except (OSError, sqlite3.Error) as exc:
-            if isinstance(exc, sqlite3.Error) and is_corruption(exc):
-                self._consistent = False  # the next start checks and rebuilds the index
-            for path in (media, thumb):
-                try:
-                    path.unlink(missing_ok=True)
-                except OSError:
-                    # An unindexed file is harmless, but the next start must look for it.
-                    self._consistent = False
+        except sqlite3.Error as exc:
+            if not is_corruption(exc):
+                self._remove_unindexed(media, thumb)
+                raise StoreError(f"capture not stored: {exc}") from exc
+            # The index is damaged: keep the files for the rebuild to index, never reuse the id.
+            self._consistent = False
+            self._next_id = None
+            raise CorruptDatabaseError(f"capture not indexed, {self.db_path} is damaged: {exc}") from exc
+        except OSError as exc:
+            self._remove_unindexed(media, thumb)
             raise StoreError(f"capture not stored: {exc}") from exc
         return row
+
+    def _remove_unindexed(self, *paths: Path) -> None:
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                # An unindexed file is harmless, but the next start must look for it.
+                self._consistent = False
 
     def _reserve_id(self) -> str:
         capture_id = new_id()
@@ -480,7 +593,7 @@ class CaptureStore:
         with self.db.atomic():
             self.db.conn.executemany("DELETE FROM captures WHERE id = ?", ids)
             self.db.conn.executemany("INSERT INTO in_flight (id, reason) VALUES (?, 'delete')", ids)
-        freed = 0
+        freed, folders = 0, set()
         for row in rows:
             for rel in (row["media_path"], row["thumbnail_path"]):
                 if rel is None:
@@ -489,11 +602,16 @@ class CaptureStore:
                 try:
                     freed += path.stat().st_size
                     path.unlink()
+                    folders.add(path.parent)
                 except FileNotFoundError:
                     pass
                 except OSError:
                     self._consistent = False  # a file without its row: the next start removes it
                     raise
+        # The unlinks must be on the card before the ids leave in_flight, or a power cut could
+        # bring the files back with nothing left to say they were being deleted.
+        for folder in folders:
+            fsync_dir(folder)
         self.forget_in_flight([row["id"] for row in rows])
         return freed
 

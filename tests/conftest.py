@@ -62,9 +62,9 @@ def disk_full(step: str) -> OSError:
 
 
 class FaultyDisk:
-    """Makes the ``fail_at``-th file-system step of the store (open, write, fsync, rename, folder
-    open, unlink), or the first step of that name, raise ``error(step)``; ``fail_at`` 0 never
-    fails and only records the steps."""
+    """Makes a file-system step of the store (open, write, fsync, rename, folder open, unlink)
+    raise ``error(step)``: the ``fail_at``-th step, the first of that name, or with
+    ``(name, n)`` the n-th of that name.  ``fail_at`` 0 never fails and only records the steps."""
 
     def __init__(self, monkeypatch, fail_at, error):
         self.fail_at, self.error, self.steps = fail_at, error, []
@@ -99,7 +99,8 @@ class FaultyDisk:
 
     def step(self, name):
         self.steps.append(name)
-        if len(self.steps) == self.fail_at or (name == self.fail_at and self.steps.count(name) == 1):
+        wanted, n = self.fail_at if isinstance(self.fail_at, tuple) else (self.fail_at, 1)
+        if len(self.steps) == wanted or (name == wanted and self.steps.count(name) == n):
             raise self.error(name)
 
 

@@ -9,6 +9,7 @@ by itself before capturing.  At the end a full check must find nothing left to r
 CRASH_TEST_KILLS sets the number of kills (default 100); CRASH_TEST_SEED replays a run.
 """
 
+import contextlib
 import hashlib
 import os
 import random
@@ -40,12 +41,13 @@ cleanup_stop_free_percent = 0
 
 
 def rows_of(data_dir) -> dict[str, sqlite3.Row]:
-    """The index as the next start-up will find it; integrity checked first."""
-    with sqlite3.connect(data_dir / DB_NAME) as db:
+    """The index as the next start-up will find it (read-only, so that the WAL a kill left stays
+    for the appliance to recover); integrity checked first."""
+    db = sqlite3.connect(f"{(data_dir / DB_NAME).as_uri()}?mode=ro", uri=True)
+    with contextlib.closing(db):
         db.row_factory = sqlite3.Row
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = {row["id"]: row for row in db.execute("SELECT * FROM captures")}
-    db.close()
     assert len({row["seq"] for row in rows.values()}) == len(rows)
     return rows
 
@@ -125,3 +127,68 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path,
     with capsys.disabled():
         figures = counts | repairs | {"acknowledged captures": len(acknowledged), "rows": len(rows)}
         print(f"\ncrash test (seed {seed}): " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+
+
+WRITER = """\
+import io, sys
+from PIL import Image
+from appliance import thumbnails
+from appliance.reconcile import open_store
+from hw.clock import ManualClock
+
+store, _ = open_store(sys.argv[1], thumbnail_max_px=64)
+out = io.BytesIO()
+Image.new("RGB", (128, 96), (90, 140, 60)).save(out, "JPEG")
+jpeg = out.getvalue()
+thumbnail = thumbnails.from_jpeg(jpeg, 64)
+clock = ManualClock()
+while True:
+    for _ in range(3):
+        row = store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="motion")
+        print("stored", row["id"], flush=True)
+    batch = store.oldest_unprotected(2)
+    print("deleting", *[row["id"] for row in batch], flush=True)
+    store.delete(batch)
+    print("deleted", flush=True)
+"""
+
+
+def test_sigkill_while_deleting_never_revives_a_deleted_capture(tmp_path, capsys):
+    """Captures and deletions as fast as the store goes, killed at random: a deleted capture never
+    comes back (not even as "recovered"), and every stored one not deleted is there."""
+    seed = int(os.environ.get("CRASH_TEST_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    data_dir, script = tmp_path / "data", tmp_path / "writer.py"
+    script.write_text(WRITER)
+    stored, deleted, deleting = set(), set(), set()
+    kills, kills_mid_deletion = max(1, KILLS // 2), 0
+    for cycle in range(kills):
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(data_dir)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(rng.uniform(0.3, 0.8))
+        process.kill()
+        for line in process.communicate()[0].splitlines():
+            word, *ids = line.split()
+            if word == "stored":
+                stored.update(ids)
+            elif word == "deleting":
+                deleting = set(ids)
+            elif word == "deleted":
+                deleted |= deleting
+                deleting = set()
+        kills_mid_deletion += bool(deleting)
+        store, report = open_store(data_dir, thumbnail_max_px=64)
+        store.close()
+        rows = rows_of(data_dir)
+        context = f"seed {seed}, cycle {cycle}"
+        assert not deleted & rows.keys(), f"{context}: deleted captures came back"
+        assert stored - deleted - deleting <= rows.keys(), f"{context}: stored captures lost"
+        assert not any(rows[i]["recovered"] for i in deleting & rows.keys()), context
+        assert_rows_have_their_photos(data_dir, rows)
+        assert_disk_matches_index(data_dir, rows)
+        deleted |= deleting - rows.keys()  # a batch whose commit made it before the kill
+        deleting = set()
+    with capsys.disabled():
+        figures = f"kills {kills} ({kills_mid_deletion} during a deletion), stored {len(stored)}"
+        print(f"\ndeletion crash test (seed {seed}): {figures}, deleted {len(deleted)}")

@@ -4,6 +4,7 @@ import json
 import logging
 import queue
 import re
+import sqlite3
 import threading
 import time
 
@@ -13,7 +14,7 @@ from PIL import ExifTags, Image
 
 from appliance.exif import Identity
 from appliance.loop import MainLoop, guarded
-from appliance.store import CaptureStore, IndexReader
+from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
 from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraTimeout
@@ -179,3 +180,20 @@ def test_ten_year_clock_jumps_during_a_run_keep_seq_order_and_time_since_boot(st
     since_boot = [r["since_boot_s"] for r in rows]
     assert since_boot == sorted(since_boot) and len(set(since_boot)) == 4
     assert len({r["media_path"] for r in rows}) == 4
+
+
+def test_a_damaged_index_keeps_the_photo_and_stops_the_loop_for_a_rebuild(store, monkeypatch):
+    def damaged(rows, in_flight=None):
+        error = sqlite3.DatabaseError("database disk image is malformed")
+        error.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite reports it
+        raise error
+
+    monkeypatch.setattr(store, "insert", damaged)
+    loop, events = make_loop(store)
+    events.put(trigger())
+    events.put(trigger())
+    loop.run(duration_s=2)
+    assert isinstance(loop.fatal, CorruptDatabaseError)
+    assert "is damaged" in loop.health.problems()["storage"]
+    assert len(list((store.data_dir / "media").rglob("*.jpg"))) == 1  # kept, for the rebuild
+    assert events.qsize() == 1  # the loop stopped after the first

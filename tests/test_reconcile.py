@@ -5,17 +5,29 @@ import datetime
 import hashlib
 import io
 import json
+import shutil
 import sqlite3
 
 import pytest
 import schedule
+import sqlite_utils
 from PIL import Image
 
 from appliance import exif, thumbnails
 from appliance.cli import main
+from appliance.exc import StoreError
 from appliance.exif import Identity
 from appliance.reconcile import FullCheck, open_store
-from appliance.store import CLEAN_MARKER, DB_NAME, CaptureStore, IndexReader, media_path, thumbnail_path
+from appliance.store import (
+    CLEAN_MARKER,
+    DB_NAME,
+    CaptureStore,
+    CorruptDatabaseError,
+    IndexReader,
+    NewerDatabaseError,
+    media_path,
+    thumbnail_path,
+)
 from hw.clock import ManualClock
 
 TAKEN = datetime.datetime(2026, 6, 1, 21, 0, 5, 250000, tzinfo=datetime.UTC)
@@ -208,7 +220,7 @@ class CaptureStoreOpen:
         self.store.close()
 
 
-def test_a_marker_we_cannot_read_means_a_full_check(tmp_path):
+def test_a_marker_we_cannot_read_counts_as_an_unclean_shutdown(tmp_path):
     store, _ = populate(tmp_path, 1)
     store.close()
     (tmp_path / CLEAN_MARKER).write_text("{not json")
@@ -224,13 +236,15 @@ def test_open_store_refuses_a_newer_database(tmp_path):
         {"migration_set": "appliance", "name": "m099_from_the_future", "applied_at": "2027-01-01"}
     )
     store.close(clean=False)
-    with pytest.raises(Exception, match="newer version"):
+    with pytest.raises(NewerDatabaseError, match="newer version"):
         open_store(tmp_path, thumbnail_max_px=160)
     assert not (tmp_path / "damaged").exists()  # newer is not damaged: nothing moved
 
 
 class PowerCut(BaseException):
-    """Raised at a write step, it unwinds like the process dying there: no handler of ours runs."""
+    """Raised at a file-system step, it unwinds like the process dying there: no handler of ours
+    runs (they catch ``Exception``), so temporary files stay.  Unlike a real power cut, nothing
+    already written is lost: that is SQLite's and the fsyncs' part, and the crash test's."""
 
 
 def test_a_crash_at_any_step_of_a_capture_is_repaired_without_walking_the_photos(tmp_path, faulty_disk):
@@ -288,6 +302,7 @@ def test_an_interrupted_full_check_is_due_again_at_the_next_start(tmp_path, faul
     FullCheck(store, report, 160).run()
     store.close()
     assert report.thumbnails_remade == 1 and report.full_check_progress == 1
+    assert report.summary().startswith("full check in")
     assert_index_matches_disk(tmp_path)
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     store.close()
@@ -333,3 +348,122 @@ def test_a_new_data_dir_needs_no_check_but_photos_without_an_index_are_indexed_f
     store.close()
     assert report.scope == "full" and report.recovered == 3
     assert {r["id"] for r in assert_index_matches_disk(tmp_path / "lost")} == {r["id"] for r in rows}
+
+
+def test_an_unreadable_photo_of_an_interrupted_capture_does_not_block_start_up(tmp_path):
+    store, _ = populate(tmp_path, 1)
+    [reserved] = [i for i, reason in store.in_flight().items() if reason == "capture"]
+    store.close(clean=False)
+    (tmp_path / media_path(reserved)).mkdir(parents=True)  # reading it fails with an OSError
+
+    for _ in range(2):  # and again at the next start: it stays in in_flight until it can be read
+        store, report = open_store(tmp_path, thumbnail_max_px=160)
+        assert report.unreadable == [reserved] and reserved in store.in_flight()
+        store.close(clean=False)
+
+
+def test_deletions_are_made_durable_before_their_ids_leave_in_flight(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 2)
+    with faulty_disk() as disk:
+        store.delete(store.oldest_unprotected(2))
+    folders = {(tmp_path / r[k]).parent for r in rows for k in ("media_path", "thumbnail_path")}
+    assert disk.steps == ["unlink"] * 4 + ["open folder", "fsync"] * len(folders)
+    assert store.in_flight().keys() == {i for i, reason in store.in_flight().items() if reason == "capture"}
+    store.close()
+
+
+def damage_page(data_dir, needle: bytes, unless: bytes = b"\0no such bytes\0") -> None:
+    """Overwrite with 0xff the first database page holding ``needle`` but not ``unless``, as a
+    card's bad block would."""
+    db_file = data_dir / DB_NAME
+    with sqlite3.connect(db_file) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    data = bytearray(db_file.read_bytes())
+    pages = (data[i : i + page_size] for i in range(0, len(data), page_size))
+    start = next(i for i, page in enumerate(pages) if needle in page and unless not in page) * page_size
+    data[start : start + page_size] = b"\xff" * page_size
+    db_file.write_bytes(bytes(data))
+
+
+def test_salvage_reads_around_a_damaged_table_page_and_keeps_seq_and_protection(tmp_path):
+    store, rows = populate(tmp_path, 60)
+    for row in rows[::7]:
+        store.set_protected(row["id"], True)
+    store.close(clean=False)  # a crash: the next start runs quick_check
+    damage_page(tmp_path, media_path(rows[30]["id"]).encode())  # a leaf of the captures table
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    assert report.database_set_aside and report.scope == "full"
+    assert 40 <= report.rows_salvaged < 60  # all but the rows on that one page
+    assert report.recovered == 60 - report.rows_salvaged
+    indexed = {r["id"]: r for r in assert_index_matches_disk(tmp_path)}
+    salvaged = [r for r in rows if not indexed[r["id"]]["recovered"]]
+    assert all(indexed[r["id"]]["seq"] == r["seq"] for r in salvaged)
+    assert all(indexed[r["id"]]["protected"] == (i % 7 == 0) for i, r in enumerate(rows) if r in salvaged)
+    assert min(r["seq"] for r in indexed.values() if r["recovered"]) > 60  # after every salvaged one
+
+
+def test_a_rebuilt_index_never_gives_a_seq_again_nor_revives_a_deletion(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 5)
+    store.delete(store.oldest_unprotected(2))
+    with faulty_disk(1, PowerCut), pytest.raises(PowerCut):  # the deletion of the third: interrupted
+        store.delete(store.oldest_unprotected(1))
+    store.close(clean=False)
+    damage_page(tmp_path, media_path(rows[4]["id"]).encode())  # the leaf with the last rows
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    assert report.database_set_aside and report.deletions_finished == 1
+    jpeg = own_photo(TAKEN)
+    stored = store.add(jpeg, thumbnails.from_jpeg(jpeg, 160), timestamp=ManualClock().now(), trigger="motion")
+    store.close()
+    indexed = assert_index_matches_disk(tmp_path)
+    assert rows[2]["id"] not in {r["id"] for r in indexed}
+    assert {r["id"] for r in indexed} == {rows[3]["id"], rows[4]["id"], stored["id"]}
+    assert min(r["seq"] for r in indexed) > 5  # the recovered ones too: nothing below last_seq
+
+
+def test_a_crash_during_a_rebuild_leaves_the_rebuilt_index_to_be_put_in_place(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 3)
+    store.set_protected(rows[1]["id"], True)
+    store.close(clean=False)
+    # A page of the index on captured_at: quick_check fails, every row can still be read.
+    damage_page(tmp_path, rows[0]["captured_at"].encode(), unless=b"media/")
+    # A rehearsal on a copy counts the renames: the last one puts the new index in place.
+    shutil.copytree(tmp_path, tmp_path.with_name("rehearsal"))
+    with faulty_disk() as disk:
+        rehearsal, _ = open_store(tmp_path.with_name("rehearsal"), thumbnail_max_px=160)
+    rehearsal.close()
+    with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
+        open_store(tmp_path, thumbnail_max_px=160)
+    assert not (tmp_path / DB_NAME).exists() and (tmp_path / (DB_NAME + ".new")).exists()
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    indexed = {r["id"]: r for r in assert_index_matches_disk(tmp_path)}
+    assert [indexed[r["id"]]["protected"] for r in rows] == [0, 1, 0]
+    assert not any(r["recovered"] for r in indexed.values())
+
+
+def test_quick_check_that_cannot_run_is_not_taken_for_damage(tmp_path):
+    store, _ = populate(tmp_path, 1)
+    store.db.conn.set_progress_handler(lambda: 1, 1)  # every statement is interrupted
+    with pytest.raises(StoreError, match="quick_check could not run") as raised:
+        store.quick_check()
+    assert not isinstance(raised.value, CorruptDatabaseError)
+    store.db.conn.set_progress_handler(None, 1)
+    store.close()
+    assert not (tmp_path / "damaged").exists()
+
+
+def test_a_thumbnail_made_before_a_crash_is_linked_to_its_row(tmp_path):
+    store, rows = populate(tmp_path, 1)
+    store.db.execute("UPDATE captures SET thumbnail_path = NULL")
+    store.db.conn.commit()
+    store.close()
+    store, report = open_store(tmp_path, thumbnail_max_px=160, full=True)
+    store.close()
+    assert report.thumbnails_remade == 0
+    assert IndexReader(tmp_path).get(rows[0]["id"])["thumbnail_path"] == rows[0]["thumbnail_path"]
+    assert "recovered" not in sqlite_utils.Database(tmp_path / DB_NAME).table_names()

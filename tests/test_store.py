@@ -123,6 +123,7 @@ def test_a_newer_database_is_refused_and_left_untouched(store, photo, clock):
     with pytest.raises(NewerDatabaseError, match="m099_from_the_future are unknown to version"):
         CaptureStore(store.data_dir)
     assert hashlib.sha256(db_file.read_bytes()).hexdigest() == before
+    assert (store.data_dir / CLEAN_MARKER).exists()  # nothing consumed either
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(store):

@@ -34,7 +34,7 @@ figure img { width: 100%; height: auto; display: block; background: #eee; }
 <dt>Checking photos</dt><dd>{{"%d" % (startup_check["full_check_progress"] * 100)}} % (after an unclean shutdown; capturing goes on)</dd>
 % end
 % if startup_check and startup_check["repairs"]:
-<dt>Start-up check</dt><dd>{{startup_check["repairs"]}} repairs after an unclean shutdown (see the log)</dd>
+<dt>Start-up check</dt><dd>{{startup_check["repairs"]}} repairs to the capture store (see the log)</dd>
 % end
 </dl>
 <h2>Latest captures</h2>

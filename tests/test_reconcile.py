@@ -316,6 +316,8 @@ def test_a_full_check_in_steps_between_captures_repairs_without_disturbing_them(
     for row in rows[:3]:  # what a failing card can do to captures taken long before the crash
         (tmp_path / row["thumbnail_path"]).unlink()
     (tmp_path / rows[3]["media_path"]).unlink()
+    truncated = tmp_path / rows[4]["media_path"]
+    truncated.write_bytes(truncated.read_bytes()[:300])
 
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     assert report.scope == "interrupted" and report.full_check_due
@@ -330,9 +332,10 @@ def test_a_full_check_in_steps_between_captures_repairs_without_disturbing_them(
     store.close()
 
     assert steps == 255 and report.full_check_progress == 1
-    assert (report.thumbnails_remade, report.rows_dropped, report.recovered) == (3, 1, 0)
+    assert (report.thumbnails_remade, report.rows_dropped, report.damaged, report.recovered) == (3, 1, 1, 0)
     indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
-    assert indexed == {r["id"] for r in rows[:3] + rows[4:] + added}
+    assert indexed == {r["id"] for r in rows[:3] + rows[5:] + added}
+    assert (tmp_path / "damaged" / f"{rows[4]['id']}.jpg").stat().st_size == 300
 
 
 def test_a_new_data_dir_needs_no_check_but_photos_without_an_index_are_indexed_first(tmp_path):

@@ -118,7 +118,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
         stack.callback(store.close)
         log.log(
-            logging.WARNING if reconciliation.repairs else logging.INFO,
+            logging.WARNING if reconciliation.needs_attention else logging.INFO,
             "capture store: %s",
             reconciliation.summary(),
         )
@@ -223,7 +223,7 @@ def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
     reason = f"{total} captures; {report.summary()}"
     if report.stray:
         reason += f" (unknown: {', '.join(report.stray[:3])}{' ...' if len(report.stray) > 3 else ''})"
-    return Check("capture store", WARNING if report.repairs or report.stray else OK, reason)
+    return Check("capture store", WARNING if report.needs_attention else OK, reason)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,8 @@ def guarded(name: str, job: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
         try:
             return job()
+        except CorruptDatabaseError:
+            raise  # not the job's failure: the index is damaged, the loop stops for a rebuild
         except Exception:
             log.exception("scheduled job %s failed; it will run again at its next time", name)
             return None
@@ -136,8 +138,17 @@ class MainLoop:
             if abs((wall - last_wall) - (mono - last_mono)) > CLOCK_JUMP_S:
                 self._clock_jumped(wall - last_wall - (mono - last_mono))
             last_wall, last_mono = wall, mono
-            self._scheduler.run_pending()
+            try:
+                self._scheduler.run_pending()
+            except CorruptDatabaseError as exc:
+                self._stop_for_rebuild(exc)
         log.info("stopping: %s", reason)
+
+    def _stop_for_rebuild(self, exc: CorruptDatabaseError) -> None:
+        # Every capture would fail the same way: stop, so that the restart rebuilds the index.
+        self.health.set("storage", str(exc))
+        self.fatal = exc
+        self.request_stop("the index is damaged; a restart rebuilds it")
 
     def _clock_jumped(self, jump_s: float) -> None:
         # schedule keeps next-run times on the wall clock: after a jump back by a year its jobs
@@ -176,11 +187,8 @@ class MainLoop:
                 jpeg, thumbnail, timestamp=timestamp, trigger=event.source, metadata=metadata
             )
         except CorruptDatabaseError as exc:
-            # Every capture would fail the same way: stop, so that the restart rebuilds the index.
-            log.error("capture for %s trigger kept on disk but not indexed: %s", event.source, exc)
-            self.health.set("storage", str(exc))
-            self.fatal = exc
-            self.request_stop("the index is damaged; a restart rebuilds it")
+            log.error("capture for %s trigger: %s", event.source, exc)
+            self._stop_for_rebuild(exc)
             return None
         except StoreError as exc:
             log.error("capture for %s trigger lost: %s", event.source, exc)

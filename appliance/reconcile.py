@@ -54,6 +54,7 @@ from appliance import thumbnails
 from appliance.exc import StoreError
 from appliance.store import (
     CaptureStore,
+    CorruptDatabaseError,
     fsync_dir,
     iso_utc,
     jpeg_size,
@@ -99,7 +100,13 @@ class Reconciliation:
     thumbnails_removed: int = 0  # thumbnails of no capture
     stray: list[str] = field(default_factory=list)  # unknown files, left alone
     unreadable: list[str] = field(default_factory=list)  # captures an I/O error kept from checking
+    shards_skipped: list[str] = field(default_factory=list)  # shard folders a full check gave up on
     duration_s: float = 0.0
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether anything was repaired, unknown or left unchecked."""
+        return bool(self.repairs or self.stray or self.unreadable or self.shards_skipped)
 
     @property
     def repairs(self) -> int:
@@ -132,6 +139,7 @@ class Reconciliation:
                 (self.thumbnails_removed, "orphan thumbnails removed"),
                 (len(self.stray), "unknown files left alone"),
                 (len(self.unreadable), "captures unreadable for now (I/O errors), left as they are"),
+                (len(self.shards_skipped), "shard folders unreadable for now, left for the next start"),
             )
             if value
         ]
@@ -142,6 +150,7 @@ class Reconciliation:
             )
         done = "; ".join(parts) if parts else "index matches the disk"
         what = "full check" if full else "check after an unclean shutdown"
+        what = f"incomplete {what}" if self.shards_skipped else what
         due = "; a full check follows, beside capturing" if self.full_check_due and not full else ""
         return f"{what} in {self.duration_s:.1f} s: {done}{due}"
 
@@ -167,21 +176,24 @@ def open_store(
     started = time.monotonic()
     report = Reconciliation()
     store = CaptureStore(data_dir, check=True if full else None)
-    if store.rebuilt:
-        report.database_set_aside = store.rebuilt["set_aside"]
-        report.rows_salvaged = store.rebuilt["rows_salvaged"]
-        report.scope = "full"
-    elif full or (store.created and any((store.data_dir / "media").iterdir())):
-        report.scope = "full"  # asked for, or photos without an index: index them first
-    elif not store.shutdown_was_clean and not store.created:
-        report.scope = "interrupted"
-    report.full_check_due = report.scope == "interrupted" or store.full_check_pending
     try:
-        if report.scope != "none":
-            _finish_interrupted_writes(store, report, thumbnail_max_px)
-        if report.scope == "full":
-            FullCheck(store, report, thumbnail_max_px).run(progress)
-            report.full_check_due = store.full_check_pending
+        with store.guard():
+            if store.rebuilt:
+                report.database_set_aside = store.rebuilt["set_aside"]
+                report.rows_salvaged = store.rebuilt["rows_salvaged"]
+                report.scope = "full"
+            elif full or (store.created and any((store.data_dir / "media").iterdir())):
+                report.scope = "full"  # asked for, or photos without an index: index them first
+            elif not store.shutdown_was_clean and not store.created:
+                report.scope = "interrupted"
+            report.full_check_due = report.scope == "interrupted" or store.full_check_pending
+            if report.scope != "none":
+                _finish_interrupted_writes(store, report, thumbnail_max_px)
+            if report.scope == "full":
+                FullCheck(store, report, thumbnail_max_px).run(progress)
+                report.full_check_due = store.full_check_pending
+        if report.unreadable:
+            store.mark_unclean()  # so that the next start tries them again
     except BaseException as exc:
         store.close(clean=False)  # half reconciled: the next start must do it again
         if isinstance(exc, sqlite3.Error):
@@ -212,21 +224,24 @@ class FullCheck:
 
     Progress and findings go to ``report``.  The store's ``full_check_pending`` flag is set while it
     runs, so one that is interrupted (by a crash or a stop) is due again at the next start.
-    Photos found without a row are indexed at the end, in the order they were taken.
+    Photos found without a row are indexed at the end, in the order they were taken.  A shard that
+    fails (an I/O error) is tried again, and after :data:`MAX_SHARD_FAILURES` tries left for the
+    next start (``report.shards_skipped``).  Damage to the index raises
+    :class:`~appliance.store.CorruptDatabaseError`.
     """
 
     def __init__(self, store: CaptureStore, report: Reconciliation, max_px: int):
         self._store, self._report = store, report
         self._repair = _Repair(store, report, max_px)
-        self._next = 0
+        self._next = 0  # the shard to check next; len(SHARDS): the finish is next
         self._failures = 0
-        self._skipped: list[str] = []
+        self.done = False
         report.full_check_progress = 0.0
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Check every shard now.  ``progress(done, total)`` is called after each."""
-        while self._next < len(SHARDS):
-            self._check_next_shard()
+        while not self.done:
+            self._work()
             if progress:
                 progress(self._next, len(SHARDS))
 
@@ -236,26 +251,59 @@ class FullCheck:
         itself), else None."""
         started = time.monotonic()
         try:
-            self._check_next_shard()
-            while self._next < len(SHARDS) and time.monotonic() < started + budget_s:
-                self._check_next_shard()
-        except (OSError, sqlite3.Error):
-            # Tried again at the next step; a shard that keeps failing is left for the next start.
-            self._failures += 1
-            if self._failures < MAX_SHARD_FAILURES:
-                raise
-            log.exception("full check: giving up on shard %s for now", SHARDS[self._next])
-            self._skipped.append(SHARDS[self._next])
-            self._advance()
+            self._work()
+            while not self.done and time.monotonic() < started + budget_s:
+                self._work()
         finally:
             self._report.duration_s += time.monotonic() - started
-        if self._next < len(SHARDS):
+        if not self.done:
             return None
-        level = logging.WARNING if self._report.repairs else logging.INFO
+        level = logging.WARNING if self._report.repairs or self._report.shards_skipped else logging.INFO
         log.log(level, "capture store: %s", self._report.summary())
         return schedule.CancelJob
 
-    def _check_next_shard(self) -> None:
+    def _work(self) -> None:
+        """Check the next shard, or finish; on an I/O error, undo what it counted and try again
+        next time, until it has failed too often."""
+        before = {key: value if isinstance(value, int) else len(value)
+                  for key, value in vars(self._report).items() if isinstance(value, int | list)}  # fmt: skip
+        try:
+            with self._store.guard():
+                if self._next < len(SHARDS):
+                    self._check_shard(SHARDS[self._next])
+                else:
+                    self._repair.commit_recovered()
+                    self._store.full_check_pending = bool(self._report.shards_skipped)
+                    self.done = True
+        except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, CorruptDatabaseError):
+                raise
+            self._repair.reset()
+            for key, value in before.items():
+                if isinstance(getattr(self._report, key), list):
+                    del getattr(self._report, key)[value:]
+                else:
+                    setattr(self._report, key, value)
+            self._failures += 1
+            what = f"shard {SHARDS[self._next]}" if self._next < len(SHARDS) else "the finish"
+            if self._failures < MAX_SHARD_FAILURES:
+                log.warning("full check: %s failed (%s); trying again", what, exc)
+                raise
+            log.error(
+                "full check: %s failed %d times (%s); left for the next start", what, self._failures, exc
+            )
+            if self._next == len(SHARDS):
+                self.done = True
+            else:
+                self._report.shards_skipped.append(SHARDS[self._next])
+        else:
+            if self.done:
+                return
+        self._next += 1
+        self._failures = 0
+        self._report.full_check_progress = min(1.0, self._next / len(SHARDS))
+
+    def _check_shard(self, shard: str) -> None:
         store, report, data_dir = self._store, self._report, self._store.data_dir
         if self._next == 0:
             store.full_check_pending = True
@@ -263,7 +311,6 @@ class FullCheck:
                 for entry in os.scandir(data_dir / kind):
                     if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
                         _remove_temp_or_note_stray(Path(entry.path), data_dir, report)
-        shard = SHARDS[self._next]
         photos = _list(data_dir / "media" / shard, _MEDIA_NAME, data_dir, report)
         thumbs = _list(data_dir / "thumbnails" / shard, _THUMBNAIL_NAME, data_dir, report)
         rows = self._repair.rows_of_shard(shard)
@@ -271,15 +318,6 @@ class FullCheck:
         for capture_id in (rows.keys() | photos.keys() | thumbs.keys()) - reserved.keys():
             self._repair.capture(capture_id, photos.get(capture_id), thumbs.get(capture_id), rows)
         self._repair.commit()
-        self._advance()
-
-    def _advance(self) -> None:
-        self._next += 1
-        self._failures = 0
-        self._report.full_check_progress = self._next / len(SHARDS)
-        if self._next == len(SHARDS):
-            self._repair.commit_recovered()
-            self._store.full_check_pending = bool(self._skipped)
 
 
 def _remove_temp_or_note_stray(path: Path, data_dir: Path, report: Reconciliation) -> bool:
@@ -368,6 +406,9 @@ class _Repair:
             for rel, size in ((media_path(capture_id), photo_size), (thumbnail_path(capture_id), thumb_size)):
                 if size is not None:
                     self._unlink(rel)
+                # Even with nothing left to remove, an earlier removal may not be durable yet.
+                if (self.data_dir / rel).parent.is_dir():
+                    self.touched.add((self.data_dir / rel).parent)
             report.deletions_finished += photo_size is not None or thumb_size is not None
         elif row is None and photo_size is not None:
             recovered = self._recover(capture_id, thumb_size)
@@ -430,6 +471,10 @@ class _Repair:
                     "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
                     [(path, i) for i, path in self.thumbnails_set.items()],
                 )
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the changes collected and not committed (after a failure)."""
         self.dropped, self.thumbnails_set, self.touched = [], {}, set()
 
     def commit_recovered(self) -> None:
@@ -483,7 +528,7 @@ class _Repair:
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             self._set_aside_photo(capture_id, str(exc))
             if thumb_size is not None:
-                (self.data_dir / thumbnail_path(capture_id)).unlink()
+                self._unlink(thumbnail_path(capture_id))
                 self.report.thumbnails_removed += 1
             return None
         if thumb_size is not None and _thumbnail_intact(self.data_dir, capture_id, thumb_size):

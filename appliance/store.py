@@ -36,11 +36,13 @@ One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import sqlite3
 import uuid
 from pathlib import Path
@@ -214,24 +216,29 @@ def set_aside(paths: list[Path], data_dir: Path) -> list[Path]:
 
 
 def _salvage(db_path: Path) -> tuple[list[dict], int, dict[str, str]]:
-    """What SQLite can still read from the damaged index at ``db_path`` (opened read-only, so it
-    stays as it was found): the ``captures`` rows, ``last_seq`` and the ``in_flight`` ids.
+    """What SQLite can still read from the damaged index at ``db_path`` (opened read-only): the
+    ``captures`` rows, the highest seq given (``last_seq``, or the highest ``seq`` if higher) and
+    the ``in_flight`` ids.
 
     Rows are read by ranges of rowid, halving a range that fails, so that a damaged page costs
-    only the rows on it.  Every rowid is at most ``last_seq`` (each row ever inserted has its own
-    seq), which bounds the search.
+    only the rows on it.  Every rowid is at most the highest seq (each row ever inserted had a seq
+    above all before it), which bounds the search when ``max(rowid)`` cannot be read.  Only damage
+    counts as unreadable: any other error (I/O, busy) raises :class:`StoreError`, so that nothing
+    is moved and the next start tries again.
     """
-    try:
-        old = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return [], 0, {}
-    old.row_factory = sqlite3.Row
 
     def read(sql: str, args=()) -> list | None:
         try:
             return old.execute(sql, args).fetchall()
-        except sqlite3.DatabaseError:
-            return None
+        except sqlite3.Error as exc:
+            if is_corruption(exc):
+                return None
+            raise StoreError(f"cannot read the damaged index {db_path}: {exc}") from exc
+
+    def first_value(sql: str) -> int:
+        rows = read(sql)
+        value = rows[0][0] if rows else None
+        return value if isinstance(value, int) and value > 0 else 0
 
     def rows_between(first: int, last: int) -> list:
         rows = read("SELECT * FROM captures WHERE rowid BETWEEN ? AND ?", [first, last])
@@ -240,16 +247,57 @@ def _salvage(db_path: Path) -> tuple[list[dict], int, dict[str, str]]:
         middle = (first + last) // 2
         return rows_between(first, middle) + rows_between(middle + 1, last)
 
+    try:
+        old = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        if is_corruption(exc):
+            return [], 0, {}
+        raise StoreError(f"cannot read the damaged index {db_path}: {exc}") from exc
+    old.row_factory = sqlite3.Row
     with contextlib.closing(old):
-        last_seq = (read("SELECT value FROM counters WHERE name = 'last_seq'") or [[0]])[0][0] or 0
+        max_seq = first_value("SELECT max(seq) FROM captures")
+        last_seq = max(first_value("SELECT value FROM counters WHERE name = 'last_seq'"), max_seq)
         in_flight = {row[0]: row[1] for row in read("SELECT id, reason FROM in_flight") or []}
-        top = max(last_seq, (read("SELECT max(rowid) FROM captures") or [[0]])[0][0] or 0)
+        top = first_value("SELECT max(rowid) FROM captures") or max_seq or last_seq
         rows = []
         for first in range(1, top + 1, 256):
             rows += rows_between(first, min(first + 255, top))
-        if not top:
-            rows = read("SELECT * FROM captures") or []
     return [dict(row) for row in rows], last_seq, in_flight
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _plausible(row: dict) -> bool:
+    """Whether a salvaged row is whole enough to index again (a damaged page can yield rows with
+    NULLs or garbage); the photos of rows left out are indexed as recovered instead."""
+    capture_id = row.get("id")
+    return (
+        isinstance(capture_id, str)
+        and _ID.fullmatch(capture_id) is not None
+        and row.get("media_path") == media_path(capture_id)
+        and row.get("thumbnail_path") in (None, thumbnail_path(capture_id))
+        and isinstance(row.get("seq"), int)
+        and row["seq"] > 0
+        and isinstance(row.get("bytes"), int)
+        and row["bytes"] >= 0
+        and isinstance(row.get("captured_at"), str)
+        and row.get("clock_synced") in (0, 1)
+        and row.get("protected") in (0, 1)
+        and row.get("trigger") in TRIGGERS
+    )
+
+
+def _index_operation(method):
+    """Decorate a method using the index: damage found (``SQLITE_CORRUPT``, ``SQLITE_NOTADB``)
+    becomes :class:`CorruptDatabaseError`, and the store is marked for a check at the next start."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.guard():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class CaptureStore:
@@ -259,9 +307,11 @@ class CaptureStore:
     the clean-shutdown marker: :attr:`shutdown_was_clean` tells whether the last writer closed
     cleanly with the index matching the disk (if not, see :func:`appliance.reconcile.open_store`);
     :attr:`created` whether the index did not exist before.  ``check``: run ``quick_check``
-    (True), never (False), or only when the last shutdown was not clean (None).  A damaged index is
-    set aside and rebuilt from what SQLite can still read of it; :attr:`rebuilt` then says where it
-    went and how many rows were salvaged, and the photos must be checked in full.
+    (True), not (False), or only when the last shutdown was not clean (None).  An index found
+    damaged (by quick_check, or already on opening) is set aside and rebuilt from what SQLite can
+    still read of it; :attr:`rebuilt` then says where it went and how many rows were salvaged, and
+    the photos must be checked in full.  Damage found later, by any method, raises
+    :class:`CorruptDatabaseError` and makes the next start check and rebuild.
     :meth:`close` checkpoints the WAL and writes the marker again.
 
     Raises :class:`NewerDatabaseError` for an index from a newer version, and :class:`StoreError`
@@ -275,7 +325,8 @@ class CaptureStore:
         self.rebuilt: dict | None = None
         self._lock = self._take_lock()
         try:
-            self._finish_interrupted_rebuild()
+            if self._finish_interrupted_rebuild():
+                self.rebuilt = {"set_aside": str(self.data_dir / DAMAGED_DIR), "rows_salvaged": 0}
             for sub in ("media", "thumbnails"):
                 (self.data_dir / sub).mkdir(exist_ok=True)
             self.created = not self.db_path.exists()
@@ -284,6 +335,14 @@ class CaptureStore:
                 marker_seq = self._consume_clean_marker()
                 # The marker records the last seq at close: a different one means someone wrote since.
                 self.shutdown_was_clean = marker_seq is not None and marker_seq == self.last_seq
+                if marker_seq is not None and marker_seq > self.last_seq:
+                    # An index that lost commits (replaced, emptied): never give those seqs again.
+                    log.warning(
+                        "%s ends at seq %d, before %d: it lost rows", DB_NAME, self.last_seq, marker_seq
+                    )
+                    with self.db.atomic():
+                        self.db["counters"].update("last_seq", {"value": marker_seq})
+                    self.last_seq = marker_seq
                 if check or (check is None and not (self.shutdown_was_clean or self.created)):
                     self.quick_check()
             except CorruptDatabaseError as exc:
@@ -329,25 +388,30 @@ class CaptureStore:
         damaged files in ``damaged/``.  Crash-safe: the new index is complete under a temporary
         name before the damaged one is moved away, and :meth:`_finish_interrupted_rebuild` puts it
         in place if a crash comes between the two.  Returns ``{"set_aside", "rows_salvaged"}``."""
+        # Closing folds the WAL into the damaged file (SQLite does so on close): nothing is lost.
         self.db.close()
         self.db = None
+        self._consume_clean_marker()  # from here on, a crash must not look like a clean stop
         new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
         new.unlink(missing_ok=True)
         rows, last_seq, in_flight = _salvage(self.db_path)
         db = sqlite_utils.Database(new)  # a rollback journal: one self-contained file once closed
         migrations.apply(db)
         columns = set(db["captures"].columns_dict)
-        usable, ids, seqs = [], set(), set()
-        for row in rows:
-            if row.get("id") not in ids and row.get("seq") not in seqs:
-                ids.add(row.get("id"))
-                seqs.add(row.get("seq"))
-                usable.append({k: v for k, v in row.items() if k in columns})
+        salvaged = 0
         with db.atomic():
-            db["captures"].insert_all(usable)
-            last_seq = max([last_seq, *(row["seq"] for row in usable)])
+            for row in filter(_plausible, rows):
+                try:
+                    db["captures"].insert({k: v for k, v in row.items() if k in columns})
+                except sqlite3.IntegrityError:  # a duplicate id or seq: one copy is enough
+                    continue
+                salvaged += 1
+                last_seq = max(last_seq, row["seq"])
             db["counters"].update("last_seq", {"value": last_seq})
             db["counters"].update("full_check_pending", {"value": 1})
+            in_flight = {
+                i: r for i, r in in_flight.items() if isinstance(i, str) and r in ("capture", "delete")
+            }
             db["in_flight"].insert_all([{"id": i, "reason": r} for i, r in in_flight.items()])
         db.close()
         fsync_dir(self.data_dir)
@@ -356,22 +420,39 @@ class CaptureStore:
         aside = set_aside([path for path in damaged if path.exists()], self.data_dir)[-1]
         os.replace(new, self.db_path)
         fsync_dir(self.data_dir)
-        self._consume_clean_marker()
         self._open_index()
-        return {"set_aside": str(aside), "rows_salvaged": len(usable)}
+        return {"set_aside": str(aside), "rows_salvaged": salvaged}
 
-    def _finish_interrupted_rebuild(self) -> None:
+    def _finish_interrupted_rebuild(self) -> bool:
+        """Put in place an index rebuilt before a crash; True if there was one."""
         new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
         if not new.exists():
-            return
+            return False
         if self.db_path.exists():
             new.unlink()  # the crash came while it was being written: rebuild again
-            return
+            return False
         leftovers = [self.db_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm")]
         if any(path.exists() for path in leftovers):
             set_aside([path for path in leftovers if path.exists()], self.data_dir)
         os.replace(new, self.db_path)
         fsync_dir(self.data_dir)
+        return True
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Context for work on the index: damage found inside becomes
+        :class:`CorruptDatabaseError`, and the next start checks and rebuilds the index."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not is_corruption(exc):
+                raise
+            self._consistent = False
+            raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
+
+    def mark_unclean(self) -> None:
+        """Have the next start check what it would after a crash (no clean-shutdown marker)."""
+        self._consistent = False
 
     def _take_lock(self):
         try:
@@ -419,25 +500,30 @@ class CaptureStore:
         if result != ["ok"]:
             raise CorruptDatabaseError(f"{self.db_path} fails quick_check: {result[0]}")
 
+    @_index_operation
     def in_flight(self) -> dict[str, str]:
         """``{capture id: "capture" or "delete"}``: the writes a crash may have interrupted."""
         return dict(self.db.execute("SELECT id, reason FROM in_flight").fetchall())
 
+    @_index_operation
     def forget_in_flight(self, capture_ids: list[str]) -> None:
         """Drop ``capture_ids`` from :meth:`in_flight` once their files and rows agree again."""
         with self.db.atomic():
             self.db.conn.executemany("DELETE FROM in_flight WHERE id = ?", [(i,) for i in capture_ids])
 
     @property
+    @_index_operation
     def full_check_pending(self) -> bool:
         """True while a full check is under way, or after one was interrupted."""
         return bool(self.db["counters"].get("full_check_pending")["value"])
 
     @full_check_pending.setter
+    @_index_operation
     def full_check_pending(self, pending: bool) -> None:
         with self.db.atomic():
             self.db["counters"].update("full_check_pending", {"value": int(pending)})
 
+    @_index_operation
     def checkpoint(self) -> tuple[int, int, int]:
         """Copy the WAL into the database and truncate it (``PRAGMA wal_checkpoint(TRUNCATE)``).
 
@@ -500,7 +586,7 @@ class CaptureStore:
         try:
             if self._next_id is None:
                 self._next_id = self._reserve_id()
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # not damage: _reserve_id raises that as CorruptDatabaseError
             raise StoreError(f"capture not stored: {exc}") from exc
         capture_id = self._next_id
         media = self.data_dir / media_path(capture_id)
@@ -532,14 +618,13 @@ class CaptureStore:
             next_id = new_id()
             self.insert([row], in_flight={capture_id: None, next_id: "capture"})
             self._next_id = next_id
-        except sqlite3.Error as exc:
-            if not is_corruption(exc):
-                self._remove_unindexed(media, thumb)
-                raise StoreError(f"capture not stored: {exc}") from exc
-            # The index is damaged: keep the files for the rebuild to index, never reuse the id.
-            self._consistent = False
+        except CorruptDatabaseError as exc:
+            # Keep the files for the rebuild at the next start to index; never reuse the id.
             self._next_id = None
-            raise CorruptDatabaseError(f"capture not indexed, {self.db_path} is damaged: {exc}") from exc
+            raise CorruptDatabaseError(f"capture kept on disk but not indexed: {exc}") from exc
+        except sqlite3.Error as exc:
+            self._remove_unindexed(media, thumb)
+            raise StoreError(f"capture not stored: {exc}") from exc
         except OSError as exc:
             self._remove_unindexed(media, thumb)
             raise StoreError(f"capture not stored: {exc}") from exc
@@ -553,12 +638,14 @@ class CaptureStore:
                 # An unindexed file is harmless, but the next start must look for it.
                 self._consistent = False
 
+    @_index_operation
     def _reserve_id(self) -> str:
         capture_id = new_id()
         with self.db.atomic():
             self.db["in_flight"].insert({"id": capture_id, "reason": "capture"})
         return capture_id
 
+    @_index_operation
     def insert(self, rows: list[dict], in_flight: dict[str, str | None] | None = None) -> None:
         """Commit complete index ``rows`` (their files already published) in one transaction, and
         raise the seq counter to the highest seq among them.  For :meth:`add` and reconciliation.
@@ -577,6 +664,7 @@ class CaptureStore:
                     self.db["in_flight"].insert({"id": capture_id, "reason": reason})
         self.last_seq = last_seq
 
+    @_index_operation
     def oldest_unprotected(self, limit: int) -> list[dict]:
         """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first."""
         return list(
@@ -585,6 +673,7 @@ class CaptureStore:
             )
         )
 
+    @_index_operation
     def delete(self, rows: list[dict]) -> int:
         """Delete the captures ``rows`` (as returned by :meth:`oldest_unprotected`): their index rows
         in one transaction, then their files (a file already gone is fine).  Returns bytes freed.
@@ -615,6 +704,7 @@ class CaptureStore:
         self.forget_in_flight([row["id"] for row in rows])
         return freed
 
+    @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:
         """Mark a capture as kept by the user (never deleted by cleanup) or not.
         Raises ``KeyError`` for an unknown id."""

@@ -62,14 +62,15 @@ def disk_full(step: str) -> OSError:
 
 
 class FaultyDisk:
-    """Makes a file-system step of the store (open, write, fsync, rename, folder open, unlink)
-    raise ``error(step)``: the ``fail_at``-th step, the first of that name, or with
-    ``(name, n)`` the n-th of that name.  ``fail_at`` 0 never fails and only records the steps."""
+    """Makes a file-system step of the store (open, write, fsync, rename, folder open, unlink, list)
+    raise ``error(step)``: the ``fail_at``-th step, the first of that name, with ``(name, n)`` the
+    n-th of that name, or every step for which ``fail_at(name, path)`` is true.  ``fail_at`` 0
+    never fails and only records the steps."""
 
     def __init__(self, monkeypatch, fail_at, error):
         self.fail_at, self.error, self.steps = fail_at, error, []
-        real_open, real_fsync, real_replace, real_os_open, real_unlink = (
-            open, os.fsync, os.replace, os.open, os.unlink
+        real_open, real_fsync, real_replace, real_os_open, real_unlink, real_scandir = (
+            open, os.fsync, os.replace, os.open, os.unlink, os.scandir
         )  # fmt: skip
         step = self.step
 
@@ -93,12 +94,19 @@ class FaultyDisk:
 
         monkeypatch.setattr("appliance.store.open", File, raising=False)
         monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync"), real_fsync(fd))[1])
-        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename"), real_replace(a, b))[1])
-        monkeypatch.setattr(os, "open", lambda *a, **k: (step("open folder"), real_os_open(*a, **k))[1])
-        monkeypatch.setattr(os, "unlink", lambda *a, **k: (step("unlink"), real_unlink(*a, **k))[1])
+        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename", a), real_replace(a, b))[1])
+        monkeypatch.setattr(
+            os, "open", lambda p, *a, **k: (step("open folder", p), real_os_open(p, *a, **k))[1]
+        )
+        monkeypatch.setattr(os, "unlink", lambda p, *a, **k: (step("unlink", p), real_unlink(p, *a, **k))[1])
+        monkeypatch.setattr(os, "scandir", lambda p=".": (step("list", p), real_scandir(p))[1])
 
-    def step(self, name):
+    def step(self, name, path=None):
         self.steps.append(name)
+        if callable(self.fail_at):
+            if self.fail_at(name, path):
+                raise self.error(name)
+            return
         wanted, n = self.fail_at if isinstance(self.fail_at, tuple) else (self.fail_at, 1)
         if len(self.steps) == wanted or (name == wanted and self.steps.count(name) == n):
             raise self.error(name)

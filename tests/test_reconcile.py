@@ -2,9 +2,11 @@
 behind, and what ``open_store`` and ``appliance check`` make of it."""
 
 import datetime
+import errno
 import hashlib
 import io
 import json
+import os
 import shutil
 import sqlite3
 
@@ -17,7 +19,7 @@ from appliance import exif, thumbnails
 from appliance.cli import main
 from appliance.exc import StoreError
 from appliance.exif import Identity
-from appliance.reconcile import FullCheck, open_store
+from appliance.reconcile import FullCheck, Reconciliation, open_store
 from appliance.store import (
     CLEAN_MARKER,
     DB_NAME,
@@ -25,6 +27,7 @@ from appliance.store import (
     CorruptDatabaseError,
     IndexReader,
     NewerDatabaseError,
+    _plausible,
     media_path,
     thumbnail_path,
 )
@@ -331,7 +334,7 @@ def test_a_full_check_in_steps_between_captures_repairs_without_disturbing_them(
             )
     store.close()
 
-    assert steps == 255 and report.full_check_progress == 1
+    assert steps == 256 and report.full_check_progress == 1  # 256 shards, then the finish
     assert (report.thumbnails_remade, report.rows_dropped, report.damaged, report.recovered) == (3, 1, 1, 0)
     indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
     assert indexed == {r["id"] for r in rows[:3] + rows[5:] + added}
@@ -359,10 +362,12 @@ def test_an_unreadable_photo_of_an_interrupted_capture_does_not_block_start_up(t
     store.close(clean=False)
     (tmp_path / media_path(reserved)).mkdir(parents=True)  # reading it fails with an OSError
 
-    for _ in range(2):  # and again at the next start: it stays in in_flight until it can be read
+    for _ in range(2):  # and again at the next start, even after a clean stop, until it can be read
         store, report = open_store(tmp_path, thumbnail_max_px=160)
-        assert report.unreadable == [reserved] and reserved in store.in_flight()
-        store.close(clean=False)
+        assert report.scope == "interrupted" and report.unreadable == [reserved]
+        assert reserved in store.in_flight()
+        store.close()
+    assert main(["check", "--data-dir", str(tmp_path)]) == 1  # a warning: something is unreadable
 
 
 def test_deletions_are_made_durable_before_their_ids_leave_in_flight(tmp_path, faulty_disk):
@@ -434,9 +439,9 @@ def test_a_crash_during_a_rebuild_leaves_the_rebuilt_index_to_be_put_in_place(tm
     # A page of the index on captured_at: quick_check fails, every row can still be read.
     damage_page(tmp_path, rows[0]["captured_at"].encode(), unless=b"media/")
     # A rehearsal on a copy counts the renames: the last one puts the new index in place.
-    shutil.copytree(tmp_path, tmp_path.with_name("rehearsal"))
+    shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-rehearsal"))
     with faulty_disk() as disk:
-        rehearsal, _ = open_store(tmp_path.with_name("rehearsal"), thumbnail_max_px=160)
+        rehearsal, _ = open_store(tmp_path.with_name(tmp_path.name + "-rehearsal"), thumbnail_max_px=160)
     rehearsal.close()
     with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
         open_store(tmp_path, thumbnail_max_px=160)
@@ -470,3 +475,112 @@ def test_a_thumbnail_made_before_a_crash_is_linked_to_its_row(tmp_path):
     assert report.thumbnails_remade == 0
     assert IndexReader(tmp_path).get(rows[0]["id"])["thumbnail_path"] == rows[0]["thumbnail_path"]
     assert "recovered" not in sqlite_utils.Database(tmp_path / DB_NAME).table_names()
+
+
+def test_damage_found_by_any_write_stops_and_leads_to_a_rebuild(tmp_path):
+    store, rows = populate(tmp_path, 3)
+    store.close()
+    store = CaptureStore(tmp_path)  # a clean start: quick_check does not run
+    [root] = store.db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'in_flight'").fetchone()
+    page_size = store.db.execute("PRAGMA page_size").fetchone()[0]
+    store.db.execute("PRAGMA shrink_memory")
+    with open(store.db_path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+    with pytest.raises(CorruptDatabaseError):  # reserving the next capture's id finds it
+        store.add(own_photo(TAKEN), None, timestamp=ManualClock().now(), trigger="button")
+    store.close()
+    assert not (tmp_path / CLEAN_MARKER).exists()
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    assert report.database_set_aside and report.scope == "full"
+    assert {r["id"] for r in assert_index_matches_disk(tmp_path)} == {r["id"] for r in rows}
+
+
+def test_a_failing_finish_of_a_full_check_is_tried_again(tmp_path):
+    store, rows = populate(tmp_path, 2)
+    plant(tmp_path, "ab" * 16, own_photo(TAKEN))
+    check = FullCheck(store, report := Reconciliation(), 160)
+    while check._next < 256:
+        check.step(budget_s=1)
+    store.db.conn.set_progress_handler(lambda: 1, 1)  # the finish is interrupted once
+    with pytest.raises(sqlite3.OperationalError):
+        check.step()
+    store.db.conn.set_progress_handler(None, 1)
+    assert check.step() is schedule.CancelJob
+    assert report.recovered == 1 and not store.full_check_pending
+    store.close()
+    assert len(assert_index_matches_disk(tmp_path)) == 3
+
+
+def test_a_folder_that_keeps_failing_is_skipped_alone_and_left_for_the_next_start(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 12)
+    bad = rows[0]["id"][:2]
+    other = next(r for r in rows if r["id"][:2] != bad)
+    (tmp_path / other["thumbnail_path"]).unlink()
+    eio = lambda step: OSError(errno.EIO, os.strerror(errno.EIO), step)  # noqa: E731
+    fails = lambda name, path: name == "list" and str(path).endswith(f"media/{bad}")  # noqa: E731
+    report = Reconciliation()
+    with faulty_disk(fails, eio):
+        check, failed_steps = FullCheck(store, report, 160), 0
+        while not check.done:
+            try:
+                check.step(budget_s=0)
+            except OSError:  # as the scheduler's guard logs it; the next step tries again
+                failed_steps += 1
+    assert failed_steps == 2  # the third failure gives up on the shard
+    assert report.shards_skipped == [bad] and report.thumbnails_remade == 1  # the others went on
+    assert report.summary().startswith("incomplete full check")
+    assert store.full_check_pending
+    store.close()
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    assert report.full_check_due
+    FullCheck(store, report, 160).run()
+    store.close()
+    assert not report.shards_skipped
+    assert_index_matches_disk(tmp_path)
+
+
+def test_a_crash_during_a_rebuild_after_a_clean_stop_still_checks_in_full(tmp_path, faulty_disk):
+    store, rows = populate(tmp_path, 3)
+    store.close()
+    damage_page(tmp_path, b"SQLite format 3")  # the header: not a database any more
+    shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-rehearsal"))
+    with faulty_disk() as disk:
+        rehearsal, _ = open_store(tmp_path.with_name(tmp_path.name + "-rehearsal"), thumbnail_max_px=160)
+    rehearsal.close()
+    with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
+        open_store(tmp_path, thumbnail_max_px=160)
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    store.close()
+    assert report.scope == "full" and report.recovered == 3
+    assert {r["id"] for r in assert_index_matches_disk(tmp_path)} == {r["id"] for r in rows}
+
+
+def test_an_index_emptied_behind_our_back_never_gives_a_seq_again(tmp_path):
+    store, rows = populate(tmp_path, 3)
+    store.close()
+    (tmp_path / DB_NAME).write_bytes(b"")  # what some card failures and some tools leave
+
+    store, report = open_store(tmp_path, thumbnail_max_px=160)
+    assert report.full_check_due
+    FullCheck(store, report, 160).run()
+    new = store.add(own_photo(TAKEN), None, timestamp=ManualClock().now(), trigger="button")
+    store.close()
+    seqs = [r["seq"] for r in IndexReader(tmp_path).latest(10)]
+    assert min(seqs) > 3 and new["seq"] == 7 and len(set(seqs)) == 4
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"captured_at": None}, {"seq": "7"}, {"id": "../../etc"}, {"media_path": "media/00/x.jpg"},
+     {"trigger": None}, {"bytes": -1}, {"protected": 2}],
+)  # fmt: skip
+def test_salvaged_rows_that_are_not_whole_are_left_to_recovery(tmp_path, damage):
+    store, rows = populate(tmp_path, 1)
+    store.close()
+    row = IndexReader(tmp_path).latest(1)[0]
+    assert _plausible(row)
+    assert not _plausible(row | damage)

@@ -1,5 +1,6 @@
 """The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
-and repairs the data directory.
+and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now, and
+``appliance protect``/``unprotect`` keep captures from cleanup or not.
 
 ``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
 Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
@@ -20,7 +21,7 @@ import schedule
 from gpiozero.exc import GPIOZeroError
 
 from appliance import config as config_module
-from appliance.cleanup import Cleanup
+from appliance.cleanup import Cleanup, Policy
 from appliance.exc import ApplianceError, ConfigError
 from appliance.exif import Identity
 from appliance.loop import Health, MainLoop, guarded
@@ -45,10 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="check the data directory and repair the index (stop the appliance first)"
     )
-    for command in (run, check):
+    cleanup = commands.add_parser(
+        "cleanup", help="delete what the cleanup policy asks for now (stop the appliance first)"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    protect = commands.add_parser("protect", help="keep captures from automatic cleanup")
+    unprotect = commands.add_parser("unprotect", help="let cleanup delete captures again")
+    for command in (protect, unprotect):
+        command.add_argument("ids", nargs="+", metavar="ID", help="capture id (32 hex characters)")
+    for command in (run, check, cleanup, protect, unprotect):
         command.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
         command.add_argument("--data-dir", help="override data_dir")
-        command.add_argument("--log-level", default="WARNING" if command is check else "INFO",
+        command.add_argument("--log-level", default="INFO" if command is run else "WARNING",
                              choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
     run.add_argument(
         "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
@@ -124,12 +133,14 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         )
 
         health = Health()
+        cleanup = Cleanup(store, Policy.from_config(config), interval_s=config.cleanup_interval_s)
         app = make_app(
             IndexReader(data_dir),
             mode=mode,
             started_monotonic=started,
             health=health,
             reconciliation=reconciliation,
+            cleanup_status=cleanup.status,
         )
         server = WebServer(app, config.web_host, config.web_port)
         stack.callback(server.stop)
@@ -147,13 +158,10 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         stack.callback(camera.close)
 
         scheduler = schedule.Scheduler()
-        cleanup = Cleanup(
-            store,
-            start_free_percent=config.cleanup_start_free_percent,
-            stop_free_percent=config.cleanup_stop_free_percent,
-        )
-        cleanup_job = guarded("cleanup", cleanup.run)
-        scheduler.every(config.cleanup_interval_s).seconds.do(cleanup_job)
+        cleanup_job = guarded("cleanup", cleanup.tick)
+        # Every second: the tick itself keeps the interval on the monotonic clock, and goes on
+        # deleting in short slices while a run is under way.
+        scheduler.every(1).seconds.do(cleanup_job)
         scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
         if reconciliation.full_check_due:
             # In short steps between captures: capturing starts now, the check ends a little later.
@@ -169,6 +177,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             thumbnail_max_px=config.thumbnail_max_px,
             identity=Identity(config.camera_make, config.camera_model or camera.model, config.camera_id),
             health=health,
+            cleanup=cleanup,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
@@ -202,6 +211,52 @@ def check(config: config_module.Config) -> int:
         print(f"{c.level:<8} {c.name:<{width}}  {c.reason}")
     levels = {c.level for c in checks}
     return 2 if FATAL in levels else 1 if WARNING in levels else 0
+
+
+def cleanup(config: config_module.Config, *, dry_run: bool) -> int:
+    """``appliance cleanup``: print the policy's verdict now and what it deletes (or, with
+    ``dry_run``, would delete): count, bytes, oldest and newest capture.  Returns 0.  Raises
+    :class:`~appliance.exc.StoreError` while the appliance runs (the store's lock)."""
+    store, _ = open_store(Path(config.data_dir), thumbnail_max_px=config.thumbnail_max_px)
+    try:
+        work = Cleanup(store, Policy.from_config(config))
+        plan = work.plan()
+        decision = plan["decision"]
+        print(f"free space: {decision.reason or 'enough'} (cleaning starts below "
+              f"{decision.start_bytes} bytes, stops at {decision.stop_bytes} bytes)")  # fmt: skip
+        verb = "would delete" if dry_run else "deleting"
+        print(f"{verb} {plan['count']} captures, {plan['bytes']} bytes")
+        for which in ("oldest", "newest"):
+            if plan[which]:
+                print(
+                    f"  {which}: seq {plan[which]['seq']}, {plan[which]['captured_at']}, {plan[which]['id']}"
+                )
+        if not dry_run and plan["count"]:
+            for run in work.run_all():
+                print(
+                    f"deleted {run['deleted']} captures ({run['reason']}), freed {run['bytes_freed']} bytes"
+                )
+    finally:
+        store.close()
+    return 0
+
+
+def protect(config: config_module.Config, capture_ids: list[str], protected: bool) -> int:
+    """``appliance protect`` / ``unprotect``: mark captures as kept from automatic cleanup, or
+    not.  Returns 0, or 1 when an id is unknown (the others are still marked)."""
+    store, _ = open_store(Path(config.data_dir), thumbnail_max_px=config.thumbnail_max_px)
+    unknown = []
+    try:
+        for capture_id in capture_ids:
+            try:
+                store.set_protected(capture_id, protected)
+            except KeyError:
+                unknown.append(capture_id)
+    finally:
+        store.close()
+    for capture_id in unknown:
+        print(f"appliance: no capture {capture_id}", file=sys.stderr)
+    return 1 if unknown else 0
 
 
 def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
@@ -241,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return check(config)
     try:
+        if args.command == "cleanup":
+            return cleanup(config, dry_run=args.dry_run)
+        if args.command in ("protect", "unprotect"):
+            return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s)
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
         log.error("stopped on error: %s", exc)

@@ -54,6 +54,13 @@ def _folder_or_empty(value):
     return None if value == "" or Path(value).is_dir() else "is not a folder"
 
 
+def _at_least(low):
+    def check(value):
+        return None if value >= low else f"must be at least {low}"
+
+    return check
+
+
 def _between(low, high):
     def check(value):
         return None if low <= value <= high else f"must be between {low} and {high}"
@@ -121,17 +128,53 @@ class Config:
     cleanup_start_free_percent: float = _setting(
         10.0,
         "Start deleting the oldest unprotected captures when free space on the data filesystem "
-        "falls below this percentage.",
+        "falls below this percentage of it (or below cleanup_start_free_bytes).",
         _percent,
         kind=float,
+    )
+    cleanup_start_free_bytes: int = _setting(
+        1 << 30,
+        "Start deleting when free space falls below this many bytes (or below "
+        "cleanup_start_free_percent); 1 GiB by default.",
+        _at_least(0),
     )
     cleanup_stop_free_percent: float = _setting(
         20.0,
-        "Stop deleting once free space is back above this percentage.",
+        "Stop deleting once free space is back above this percentage (and above cleanup_stop_free_bytes).",
         _percent,
         kind=float,
     )
-    cleanup_interval_s: float = _setting(60.0, "Seconds between disk-space checks.", _positive, kind=float)
+    cleanup_stop_free_bytes: int = _setting(
+        2 << 30,
+        "Stop deleting once free space is back above this many bytes (and above "
+        "cleanup_stop_free_percent); 2 GiB by default.",
+        _at_least(0),
+    )
+    headroom_hours: float = _setting(
+        24.0,
+        "Also start deleting when free space would not hold this many hours of capturing at the "
+        "last hour's rate (bytes captured in the last hour times this); 0 turns it off.",
+        _between(0, 24 * 365),
+        kind=float,
+    )
+    max_capture_age_days: float = _setting(
+        0.0,
+        "Delete unprotected captures older than this many days (only those taken with a "
+        "synchronised clock, and only while the clock is synchronised); 0 keeps them whatever "
+        "their age.",
+        _between(0, 36500),
+        kind=float,
+    )
+    capture_min_free_bytes: int = _setting(
+        256 << 20,
+        "Pause capturing while a capture would leave less than this many bytes free (when only "
+        "protected captures are left to delete); 256 MiB by default.  Keep it below the start "
+        "thresholds.",
+        _at_least(0),
+    )
+    cleanup_interval_s: float = _setting(
+        60.0, "Seconds between disk-space checks (monotonic clock).", _positive, kind=float
+    )
     web_host: str = _setting("0.0.0.0", "Address the status page listens on (0.0.0.0: every interface).")
     web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
 
@@ -142,6 +185,11 @@ class Config:
             raise ConfigError(
                 "cleanup_stop_free_percent: must be at least cleanup_start_free_percent "
                 f"({self.cleanup_stop_free_percent} < {self.cleanup_start_free_percent})"
+            )
+        if self.cleanup_stop_free_bytes < self.cleanup_start_free_bytes:
+            raise ConfigError(
+                "cleanup_stop_free_bytes: must be at least cleanup_start_free_bytes "
+                f"({self.cleanup_stop_free_bytes} < {self.cleanup_start_free_bytes})"
             )
 
 

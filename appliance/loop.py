@@ -15,6 +15,7 @@ from collections.abc import Callable
 import schedule
 
 from appliance import exif, thumbnails
+from appliance.cleanup import Cleanup
 from appliance.exc import StoreError
 from appliance.store import CaptureStore, CorruptDatabaseError
 from hw.camera import Camera
@@ -77,7 +78,8 @@ class MainLoop:
     ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge;
     ``identity``: the EXIF make and model written into photos the camera takes (replayed photos are
     stored as they are); ``clock``: where timestamps come from; ``health``: where failures are
-    reported for the status page.
+    reported for the status page; ``cleanup``: the :class:`~appliance.cleanup.Cleanup` that may
+    pause capturing for space.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class MainLoop:
         identity: exif.Identity,
         clock: SystemClock | None = None,
         health: Health | None = None,
+        cleanup: Cleanup | None = None,
     ):
         self._events = events
         self._camera = camera
@@ -102,6 +105,7 @@ class MainLoop:
         self._identity = identity
         self._clock = clock or SystemClock()
         self.health = health or Health()
+        self._cleanup = cleanup
         self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
 
@@ -161,8 +165,15 @@ class MainLoop:
         """Capture, tag, make the thumbnail and store, for one trigger event.
 
         Returns the stored index row, or None when the capture failed (the reason is logged and
-        reported to :attr:`health`, and the loop goes on).
+        reported to :attr:`health`, and the loop goes on).  Nothing is captured while ``cleanup``
+        says capturing is paused for space.
         """
+        if self._cleanup is not None:
+            paused = self._cleanup.capture_pause()
+            if paused:
+                self.health.set("space", paused)
+                return None
+            self.health.clear("space")
         try:
             shot = self._camera.capture(self._capture_timeout_s)
         except CameraError as exc:
@@ -195,6 +206,8 @@ class MainLoop:
             self.health.set("storage", f"the last capture could not be stored: {exc}")
             return None
         self.health.clear("storage")
+        if self._cleanup is not None:
+            self._cleanup.captured()
         log.info(
             "capture %d (%s, %s, %d bytes) stored %.0f ms after the trigger",
             row["seq"],

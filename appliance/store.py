@@ -122,6 +122,29 @@ def m003_in_flight(db: sqlite_utils.Database) -> None:
     db["counters"].insert({"name": "full_check_pending", "value": 0})
 
 
+@migrations()
+def m004_cleanup(db: sqlite_utils.Database) -> None:
+    # The capture rate of the last hour, for cleanup's headroom: by time since boot, never the
+    # wall clock, which may jump.
+    db["captures"].create_index(["boot_id", "since_boot_s"])
+    # One row per cleanup run, for the status page and the record.
+    db["cleanup_runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "reason": str,
+            "deleted": int,
+            "bytes_freed": int,
+            "free_bytes_before": int,
+            "free_bytes_after": int,
+            "total_bytes": int,
+        },
+        pk="id",
+        not_null={"started_at", "reason", "deleted", "bytes_freed", "free_bytes_before", "total_bytes"},
+    )
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 
@@ -666,43 +689,94 @@ class CaptureStore:
 
     @_index_operation
     def oldest_unprotected(self, limit: int) -> list[dict]:
-        """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first."""
+        """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first.  Uses the index on
+        (``protected``, ``seq``): the cost does not grow with the number of captures."""
         return list(
             self.db["captures"].rows_where(
-                "protected = 0", order_by="seq", limit=limit, select="id, media_path, thumbnail_path, bytes"
+                "protected = 0",
+                order_by="seq",
+                limit=limit,
+                select="id, seq, captured_at, media_path, thumbnail_path, bytes",
             )
         )
 
     @_index_operation
-    def delete(self, rows: list[dict]) -> int:
+    def delete(self, rows: list[dict]) -> tuple[int, list[str]]:
         """Delete the captures ``rows`` (as returned by :meth:`oldest_unprotected`): their index rows
-        in one transaction, then their files (a file already gone is fine).  Returns bytes freed.
+        in one transaction, then their files (a file already gone is fine).
+
+        Returns ``(bytes freed, ids of captures a file of which could not be removed)``.  Those
+        (``EACCES``, ``EBUSY``, ``EIO``: logged) stay in :meth:`in_flight` for
+        :meth:`retry_deletions`; their rows are gone all the same, so they are never deleted twice
+        nor shown again.
         """
         ids = [(row["id"],) for row in rows]
         with self.db.atomic():
             self.db.conn.executemany("DELETE FROM captures WHERE id = ?", ids)
             self.db.conn.executemany("INSERT INTO in_flight (id, reason) VALUES (?, 'delete')", ids)
-        freed, folders = 0, set()
-        for row in rows:
-            for rel in (row["media_path"], row["thumbnail_path"]):
-                if rel is None:
-                    continue
+        return self._remove_files([row["id"] for row in rows])
+
+    @_index_operation
+    def retry_deletions(self) -> tuple[int, list[str]]:
+        """Try again to remove the files of captures whose deletion did not finish.  Returns as
+        :meth:`delete` does."""
+        ids = [capture_id for capture_id, reason in self.in_flight().items() if reason == "delete"]
+        return self._remove_files(ids) if ids else (0, [])
+
+    def _remove_files(self, capture_ids: list[str]) -> tuple[int, list[str]]:
+        freed, folders, failed = 0, set(), []
+        for capture_id in capture_ids:
+            for rel in (media_path(capture_id), thumbnail_path(capture_id)):
                 path = self.data_dir / rel
                 try:
-                    freed += path.stat().st_size
+                    size = path.stat().st_size
                     path.unlink()
-                    folders.add(path.parent)
                 except FileNotFoundError:
-                    pass
-                except OSError:
-                    self._consistent = False  # a file without its row: the next start removes it
-                    raise
+                    continue
+                except OSError as exc:
+                    log.warning("cannot delete %s now (%s); trying again later", path, exc.strerror or exc)
+                    failed.append(capture_id)
+                    continue
+                freed += size
+                folders.add(path.parent)
         # The unlinks must be on the card before the ids leave in_flight, or a power cut could
         # bring the files back with nothing left to say they were being deleted.
         for folder in folders:
             fsync_dir(folder)
-        self.forget_in_flight([row["id"] for row in rows])
-        return freed
+        self.forget_in_flight([i for i in capture_ids if i not in failed])
+        return freed, sorted(set(failed))
+
+    @_index_operation
+    def expired(self, captured_before: datetime.datetime, limit: int) -> list[dict]:
+        """Up to ``limit`` unprotected captures taken with a synchronised clock before
+        ``captured_before`` (aware), oldest (lowest ``seq``) first.  Captures with an
+        unsynchronised clock have no trustworthy age and are never among them."""
+        return list(
+            self.db["captures"].rows_where(
+                "protected = 0 AND clock_synced = 1 AND captured_at < ?",
+                [iso_utc(captured_before)],
+                order_by="seq",
+                limit=limit,
+                select="id, seq, captured_at, media_path, thumbnail_path, bytes",
+            )
+        )
+
+    @_index_operation
+    def recent_bytes(self, boot_id: str, since_boot_s: float) -> int:
+        """Bytes of the captures taken in boot ``boot_id`` at or after ``since_boot_s``."""
+        return self.db.execute(
+            "SELECT COALESCE(SUM(bytes), 0) FROM captures WHERE boot_id = ? AND since_boot_s >= ?",
+            [boot_id, since_boot_s],
+        ).fetchone()[0]
+
+    @_index_operation
+    def record_cleanup_run(self, run: dict) -> int:
+        """Insert or (with ``id``) update a row of ``cleanup_runs``; returns its id."""
+        with self.db.atomic():
+            if "id" in run:
+                self.db["cleanup_runs"].update(run["id"], run)
+                return run["id"]
+            return self.db["cleanup_runs"].insert(run).last_pk
 
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:
@@ -750,6 +824,12 @@ class IndexReader:
         """The capture with id ``capture_id``, or None."""
         with self._db() as db:
             rows = list(db["captures"].rows_where("id = ?", [capture_id]))
+        return rows[0] if rows else None
+
+    def last_cleanup_run(self) -> dict | None:
+        """The most recent row of ``cleanup_runs``, or None."""
+        with self._db() as db:
+            rows = list(db["cleanup_runs"].rows_where(order_by="id DESC", limit=1))
         return rows[0] if rows else None
 
     def counts(self, now: datetime.datetime) -> dict:

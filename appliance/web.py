@@ -39,6 +39,7 @@ def make_app(
     started_monotonic: float,
     health: Health | None = None,
     reconciliation: Reconciliation | None = None,
+    cleanup_status: Callable[[], dict] | None = None,
     disk_usage: Callable[[Path], object] = shutil.disk_usage,
 ) -> bottle.Bottle:
     """Build the web app.
@@ -46,7 +47,8 @@ def make_app(
     ``reader``: the index; ``mode``: ``"simulation"`` or ``"hardware"``; ``started_monotonic``:
     :func:`time.monotonic` at start-up (for the uptime); ``health``: the main loop's current
     problems; ``reconciliation``: what the start-up check of the store did, updated by a full check
-    running beside capturing; ``disk_usage(path)``: as
+    running beside capturing; ``cleanup_status()``: the cleanup's state
+    (:meth:`~appliance.cleanup.Cleanup.status`); ``disk_usage(path)``: as
     :func:`shutil.disk_usage`, for the data directory's filesystem.
     """
     app = bottle.Bottle()
@@ -60,6 +62,7 @@ def make_app(
             "mode": mode,
             "problems": health.problems(),
             "startup_check": reconciliation.as_dict() if reconciliation else None,
+            "cleanup": (cleanup_status() if cleanup_status else {}) | {"last_run": reader.last_cleanup_run()},
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
             "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
             "disk": {

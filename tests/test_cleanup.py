@@ -1,17 +1,33 @@
+import datetime
+import errno
+import logging
+import os
+import queue
 import shutil
+import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+import schedule
+from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.cleanup import Cleanup
+from appliance.cleanup import Cleanup, Policy, decide
+from appliance.cli import main
+from appliance.exif import Identity
+from appliance.loop import MainLoop
 from appliance.store import CaptureStore, IndexReader
+from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
+from hw.triggers import TriggerEvent
+
+GB = 10**9
+# Only what a test sets: no byte thresholds, no headroom, no floor.
+BARE = Policy(start_free_bytes=0, stop_free_bytes=0, headroom_hours=0, capture_min_free_bytes=0)
 
 
 class FakeDisk:
-    """A filesystem of ``total`` bytes whose free space is ``base_free`` plus what the store's
-    files do not use: deleting captures really frees space."""
+    """A filesystem of ``total`` bytes whose free space is ``base_free`` minus what the store's
+    photos and thumbnails use: deleting captures really frees space."""
 
     def __init__(self, store, total, base_free):
         self.store, self.total, self.base_free = store, total, base_free
@@ -19,82 +35,323 @@ class FakeDisk:
     def __call__(self, path):
         data = self.store.data_dir
         files = [*(data / "media").rglob("*.*"), *(data / "thumbnails").rglob("*.*")]
-        used_by_store = sum(p.stat().st_size for p in files)
-        free = self.base_free - used_by_store
+        free = self.base_free - sum(p.stat().st_size for p in files)
         return shutil._ntuple_diskusage(self.total, self.total - free, free)
 
 
-def fill(store, photo, n):
-    clock = ManualClock()
+class Ticker:
+    """A monotonic clock that moves on by ``step_s`` each time it is read."""
+
+    def __init__(self, step_s=0.0):
+        self.now, self.step_s = 1000.0, step_s
+
+    def __call__(self):
+        self.now += self.step_s
+        return self.now
+
+
+def fill(store, photo, n, clock=None):
+    clock = clock or ManualClock()
     return [store.add(photo, None, timestamp=clock.now(), trigger="motion") for _ in range(n)]
 
 
-def test_nothing_is_deleted_above_the_start_threshold(store, photo):
-    rows = fill(store, photo, 3)
-    disk = FakeDisk(store, total=100 * len(photo), base_free=20 * len(photo))  # 17 % free
-    result = Cleanup(store, start_free_percent=10, stop_free_percent=20, disk_usage=disk).run()
-    assert result.deleted == 0
-    assert len(IndexReader(store.data_dir).latest(10)) == len(rows)
+def remaining(store):
+    return [r["id"] for r in IndexReader(store.data_dir).latest(10_000)][::-1]
 
 
-def test_oldest_unprotected_go_first_until_the_stop_threshold(store, photo):
+# The decision: a pure function of usage, policy and rate.
+
+
+def test_cleaning_starts_below_the_percentage_or_the_bytes_and_stops_above_both():
+    policy = Policy(start_free_percent=10, start_free_bytes=2 * GB, stop_free_percent=20,
+                    stop_free_bytes=3 * GB, headroom_hours=0)  # fmt: skip
+    assert decide(100 * GB, 11 * GB, policy, 0, cleaning=False).bytes_to_free == 0
+    below_percent = decide(100 * GB, 9 * GB, policy, 0, cleaning=False)
+    assert (below_percent.bytes_to_free, below_percent.cause) == (11 * GB, "space")  # up to 20 %
+    small_card = decide(8 * GB, 1.5 * GB, policy, 0, cleaning=False)  # 18.75 % free, < 2 GB
+    assert small_card.bytes_to_free == 1.5 * GB  # up to 3 GB (20 % would be 1.6 GB)
+    assert "below 2.00 GB" in small_card.reason
+
+
+def test_hysteresis_goes_on_to_the_stop_threshold_but_does_not_start_above_the_start():
+    policy = Policy(start_free_percent=10, start_free_bytes=0, stop_free_percent=20, stop_free_bytes=0,
+                    headroom_hours=0)  # fmt: skip
+    assert decide(100 * GB, 15 * GB, policy, 0, cleaning=False).bytes_to_free == 0
+    assert decide(100 * GB, 15 * GB, policy, 0, cleaning=True).bytes_to_free == 5 * GB
+    assert decide(100 * GB, 20 * GB, policy, 0, cleaning=True).bytes_to_free == 0
+
+
+def test_headroom_starts_cleaning_early_enough_for_the_recent_rate():
+    policy = Policy(start_free_percent=10, start_free_bytes=0, stop_free_percent=20, stop_free_bytes=0,
+                    headroom_hours=24)  # fmt: skip
+    # 1 GB an hour for 24 h needs 24 GB free: more than the 10 % start of a 100 GB card.
+    decision = decide(100 * GB, 23 * GB, policy, 1 * GB, cleaning=False)
+    assert (decision.start_bytes, decision.stop_bytes, decision.cause) == (24 * GB, 34 * GB, "headroom")
+    assert decision.bytes_to_free == 11 * GB and "24 h of capturing" in decision.reason
+    assert decide(100 * GB, 25 * GB, policy, 1 * GB, cleaning=False).bytes_to_free == 0
+
+
+@given(
+    total=st.integers(1, 10**13),
+    free_fraction=st.floats(0, 1),
+    start=st.floats(0, 100),
+    gap=st.floats(0, 100),
+    start_bytes=st.integers(0, 10**12),
+    gap_bytes=st.integers(0, 10**12),
+    rate=st.floats(0, 10**11),
+    hours=st.floats(0, 1000),
+    cleaning=st.booleans(),
+)
+def test_decision_properties(total, free_fraction, start, gap, start_bytes, gap_bytes, rate, hours, cleaning):
+    policy = Policy(start_free_percent=start, start_free_bytes=start_bytes,
+                    stop_free_percent=min(100, start + gap), stop_free_bytes=start_bytes + gap_bytes,
+                    headroom_hours=hours)  # fmt: skip
+    free = int(total * free_fraction)
+    decision = decide(total, free, policy, rate, cleaning)
+    assert decision.stop_bytes >= decision.start_bytes >= 0
+    wanted = free < decision.start_bytes or (cleaning and free < decision.stop_bytes)
+    assert (decision.bytes_to_free > 0) == wanted
+    if wanted:
+        assert free + decision.bytes_to_free == decision.stop_bytes
+
+
+# The work: real store, real files, an injected disk.
+
+
+def test_oldest_unprotected_go_first_until_the_stop_threshold_and_the_run_is_recorded(store, photo):
     rows = fill(store, photo, 20)
     store.set_protected(rows[0]["id"], True)
     # A disk of 100 photos with 25 free before these 20 captures: 5 % free now.
     disk = FakeDisk(store, total=100 * len(photo), base_free=25 * len(photo))
-
-    result = Cleanup(store, start_free_percent=10, stop_free_percent=20, disk_usage=disk).run()
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 20})
+    cleanup = Cleanup(store, policy, disk_usage=disk)
+    cleanup.tick()
 
     # 15 photos must go to reach 20 % free: the oldest unprotected ones, in seq order.
-    assert result.deleted == 15
-    remaining = [r["id"] for r in IndexReader(store.data_dir).latest(20)][::-1]
-    assert remaining == [rows[0]["id"]] + [r["id"] for r in rows[16:]]
-    assert result.free_percent_before == pytest.approx(5)
-    assert result.free_percent_after == pytest.approx(20)
+    assert remaining(store) == [rows[0]["id"]] + [r["id"] for r in rows[16:]]
+    run = IndexReader(store.data_dir).last_cleanup_run()
+    assert (run["reason"], run["deleted"], run["total_bytes"]) == ("space", 15, disk.total)
+    assert run["bytes_freed"] == 15 * len(photo)
+    assert run["free_bytes_after"] >= 0.2 * disk.total > run["free_bytes_before"] and run["finished_at"]
+    assert cleanup.state == "ok"
 
 
-def test_protected_captures_are_never_deleted(store, photo, caplog):
+def test_a_large_backlog_is_cleaned_a_slice_per_tick(store, photo, monkeypatch):
+    monkeypatch.setattr("appliance.cleanup.BATCH_SIZE", 2)
+    rows = fill(store, photo, 12)
+    disk = FakeDisk(store, total=20 * len(photo), base_free=12 * len(photo))  # 0 % free
+    ticker = Ticker(step_s=0.15)  # each look at the clock costs 0.15 s: a slow card
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 50})
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker)
+    ticks = 0
+    while ticks == 0 or cleanup.state == "cleaning":
+        cleanup.tick()
+        ticks += 1
+        assert ticks < 20
+    assert ticks >= 3  # the 200 ms budget ended the first ticks early
+    assert len(remaining(store)) == 2 and IndexReader(store.data_dir).last_cleanup_run()["deleted"] == 10
+    assert [r for r in remaining(store)] == [r["id"] for r in rows[10:]]
+
+
+def test_only_protected_left_pauses_capture_and_warns_once_then_resumes(store, photo, caplog):
     rows = fill(store, photo, 4)
     for row in rows:
         store.set_protected(row["id"], True)
-    disk = FakeDisk(store, total=100 * len(photo), base_free=5 * len(photo))
-    result = Cleanup(store, start_free_percent=10, stop_free_percent=20, disk_usage=disk).run()
-    assert result.deleted == 0
-    assert len(IndexReader(store.data_dir).latest(10)) == 4
-    assert "only protected captures remain" in caplog.text
+    disk = FakeDisk(store, total=100 * len(photo), base_free=5 * len(photo))  # 1 photo free
+    ticker = Ticker()
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 20,
+                                    "capture_min_free_bytes": 2 * len(photo)})  # fmt: skip
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            cleanup.tick()
+            ticker.now += 61
+            assert cleanup.capture_pause() is not None
+        assert cleanup.state == "paused" and "capturing paused for space" in cleanup.status()["reason"]
+        assert caplog.text.count("only protected captures remain") == 1
+        assert caplog.text.count("capturing paused") == 1
+        assert IndexReader(store.data_dir).last_cleanup_run() is None  # no empty runs recorded
+        assert len(remaining(store)) == 4
+
+        disk.base_free += 10 * len(photo)  # the user made room
+        assert cleanup.capture_pause() is None
+        assert cleanup.state == "ok" and "capturing resumes" in caplog.text
 
 
-# The photo fixture is immutable bytes, so sharing it between examples is safe.
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    n=st.integers(1, 12),
-    protected=st.sets(st.integers(0, 11)),
-    base_free=st.integers(0, 30),
-)
-def test_cleanup_choice_properties(tmp_path_factory, photo, n, protected, base_free):
-    """Whatever the state: protected captures survive, deletion is oldest-first by seq, and cleanup
-    stops as soon as the stop threshold is met or nothing unprotected is left."""
-    store = CaptureStore(tmp_path_factory.mktemp("data"))
-    rows = fill(store, photo, n)
-    for i in protected & set(range(n)):
-        store.set_protected(rows[i]["id"], True)
-    disk = FakeDisk(store, total=100 * len(photo), base_free=base_free * len(photo))
-    result = Cleanup(store, start_free_percent=10, stop_free_percent=20, disk_usage=disk).run()
-    left = {r["id"] for r in IndexReader(store.data_dir).latest(100)}
+def test_a_disk_that_shrinks_suddenly_is_cleaned_at_the_next_check(store, photo):
+    fill(store, photo, 10)
+    disk = FakeDisk(store, total=100 * len(photo), base_free=60 * len(photo))
+    ticker = Ticker()
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 12})
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60)
+    cleanup.tick()
+    disk.base_free = 18 * len(photo)  # something else filled the card: 8 % free
+    cleanup.tick()
+    assert len(remaining(store)) == 10  # not before the interval
+    ticker.now += 60
+    cleanup.tick()
+    assert len(remaining(store)) == 6  # 4 deleted: 12 % free
+
+
+@pytest.mark.parametrize("error", [errno.EACCES, errno.EBUSY])
+def test_a_file_that_cannot_be_deleted_is_skipped_and_retried_at_the_next_check(store, photo, faulty_disk,
+                                                                                 error, caplog):  # fmt: skip
+    rows = fill(store, photo, 4)
+    stuck = store.data_dir / rows[0]["media_path"]
+    disk = FakeDisk(store, total=100 * len(photo), base_free=12 * len(photo))  # 8 % free
+    ticker = Ticker()
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 11})
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60)
+    attempts = []
+    refuse = lambda name, path: name == "unlink" and str(path) == str(stuck) and not attempts.append(1)  # noqa: E731
+    with faulty_disk(refuse, lambda step: OSError(error, os.strerror(error), step)):
+        cleanup.tick()
+        cleanup.tick()  # before the interval: no new attempt on it
+    assert len(attempts) == 1
+    assert f"cannot delete {stuck}" in caplog.text
+    assert rows[0]["id"] not in remaining(store) and stuck.exists()
+    assert rows[0]["id"] in store.in_flight()
+    ticker.now += 60
+    cleanup.tick()  # the next check tries it again, and now it goes
+    assert not stuck.exists() and rows[0]["id"] not in store.in_flight()
+
+
+def test_age_limit_deletes_only_captures_whose_time_is_known(store, photo):
+    now = datetime.datetime(2026, 11, 22, 12, tzinfo=datetime.UTC)
+    old = ManualClock(now - datetime.timedelta(days=40), step_s=60)
+    synced_old = fill(store, photo, 2, old)
+    old.clock_synced = False
+    unsynced_old = fill(store, photo, 1, old)
+    recent = fill(store, photo, 1, ManualClock(now - datetime.timedelta(days=1)))
+    store.set_protected(synced_old[1]["id"], True)
+    disk = FakeDisk(store, total=100 * len(photo), base_free=90 * len(photo))
+    policy = Policy(**vars(BARE) | {"max_capture_age_days": 30})
+    clock = ManualClock(now, clock_synced=False)
+    cleanup = Cleanup(store, policy, disk_usage=disk, clock=clock, monotonic=Ticker(), interval_s=0)
+    cleanup.tick()
+    assert len(remaining(store)) == 4  # the clock now is not synchronised: no age is known
+    clock.clock_synced = True
+    cleanup.tick()
+    assert remaining(store) == [synced_old[1]["id"], unsynced_old[0]["id"], recent[0]["id"]]
+    assert IndexReader(store.data_dir).last_cleanup_run()["reason"] == "age"
+
+
+def test_the_interval_is_monotonic_whatever_the_wall_clock_does(store, photo):
+    fill(store, photo, 3)
+    disk = FakeDisk(store, total=100 * len(photo), base_free=60 * len(photo))
+    clock, ticker = ManualClock(), Ticker()
+    checks = []
+    cleanup = Cleanup(store, BARE, disk_usage=disk, clock=clock, monotonic=ticker, interval_s=60)
+    cleanup._decide = lambda original=cleanup._decide: (checks.append(1), original())[1]
+    cleanup.tick()
+    for jump in (10 * 365, -20 * 365):  # years ahead, years back
+        clock.wall += datetime.timedelta(days=jump)
+        cleanup.tick()
+    assert len(checks) == 1
+    ticker.now += 60
+    cleanup.tick()
+    assert len(checks) == 2
+
+
+def test_orphan_temporary_files_older_than_an_hour_are_removed(store, photo):
+    (store.data_dir / "media" / "00").mkdir()
+    old = store.data_dir / "media" / "00" / f".{'00' * 16}.jpg.tmp"
+    new = store.data_dir / "media" / "00" / f".{'01' * 16}.jpg.tmp"
+    for path in (old, new):
+        path.write_bytes(b"half")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    disk = FakeDisk(store, total=100, base_free=90)
+    Cleanup(store, BARE, disk_usage=disk).tick()  # the first check looks at shard 00
+    assert not old.exists() and new.exists()
+
+
+def test_capture_pauses_on_a_real_full_card_and_cleanup_keeps_the_floor(tiny_fs, caplog):
+    """The simulated appliance's loop on a real 2 MiB filesystem: cleanup keeps free space above
+    the floor while capturing goes on; once only protected captures are left, capturing pauses,
+    and it resumes when space comes back."""
+    store = CaptureStore(tiny_fs)
+    policy = Policy(start_free_percent=0, start_free_bytes=700_000, stop_free_percent=0,
+                    stop_free_bytes=1_000_000, headroom_hours=0, capture_min_free_bytes=300_000)  # fmt: skip
+    cleanup = Cleanup(store, policy, interval_s=0)
+    loop = MainLoop(events=queue.Queue(), camera=SimulatedCamera(size_px=(640, 480)), store=store,
+                    scheduler=schedule.Scheduler(), capture_timeout_s=1, thumbnail_max_px=160,
+                    identity=Identity("Raspberry Pi", "simulated"), cleanup=cleanup)  # fmt: skip
+    free_after_each = []
+    stored = []
+    for _ in range(120):  # about 3 MB of photos through a 2 MiB card
+        row = loop.capture(TriggerEvent("motion", time.monotonic()))
+        stored += [row] if row else []
+        cleanup.tick()
+        free_after_each.append(shutil.disk_usage(tiny_fs).free)
+    assert min(free_after_each) >= policy.capture_min_free_bytes
+    assert IndexReader(tiny_fs).last_cleanup_run()["deleted"] > 0
+    assert len(stored) == 120  # capturing never stopped: cleanup made room in time
+
+    for row in IndexReader(tiny_fs).latest(1000):
+        store.set_protected(row["id"], True)
+    kept = {r["id"] for r in IndexReader(tiny_fs).latest(1000)}
+    paused_at = None
+    for i in range(60):  # the user keeps every new capture too
+        row = loop.capture(TriggerEvent("motion", time.monotonic()))
+        if row is None:
+            paused_at = i
+            break
+        store.set_protected(row["id"], True)
+        kept.add(row["id"])
+        cleanup.tick()
+    assert paused_at is not None and "space" in loop.health.problems()
+    assert shutil.disk_usage(tiny_fs).free >= policy.capture_min_free_bytes
+    assert kept <= {r["id"] for r in IndexReader(tiny_fs).latest(1000)}  # every protected one
+
+    for capture_id in sorted(kept)[: len(kept) // 2]:  # the user lets half of them go
+        store.set_protected(capture_id, False)
+    cleanup.tick()
+    assert loop.capture(TriggerEvent("motion", time.monotonic())) is not None
+    assert "space" not in loop.health.problems()
+    store.close()
+    on_disk = sorted(p.name for p in (tiny_fs / "media").rglob("*.jpg"))
+    assert on_disk == sorted(f"{r['id']}.jpg" for r in IndexReader(tiny_fs).latest(1000))
+
+
+# The commands.
+
+
+def test_cleanup_dry_run_prints_and_deletes_nothing_then_the_real_run_deletes(tmp_path, photo, capsys):
+    store = CaptureStore(tmp_path)
+    rows = fill(store, photo, 3)
+    store.close()
+    config = tmp_path / "appliance.toml"
+    # Any real disk has less than 100 % free: everything unprotected must go.
+    config.write_text("cleanup_start_free_percent = 100\ncleanup_stop_free_percent = 100\n")
+    args = ["cleanup", "--config", str(config), "--data-dir", str(tmp_path)]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would delete 3 captures, {3 * len(photo)} bytes" in out
+    assert f"oldest: seq 1, {rows[0]['captured_at']}, {rows[0]['id']}" in out
+    assert len(IndexReader(tmp_path).latest(10)) == 3
+    assert main(args) == 0
+    assert "deleted 3 captures (space)" in capsys.readouterr().out
+    assert IndexReader(tmp_path).latest(10) == []
+
+
+def test_protect_and_unprotect_by_id(tmp_path, photo, capsys):
+    store = CaptureStore(tmp_path)
+    rows = fill(store, photo, 2)
+    store.close()
+    assert main(["protect", rows[0]["id"], rows[1]["id"], "--data-dir", str(tmp_path)]) == 0
+    assert [r["protected"] for r in IndexReader(tmp_path).latest(2)] == [1, 1]
+    assert main(["unprotect", rows[1]["id"], "f" * 32, "--data-dir", str(tmp_path)]) == 1
+    assert f"no capture {'f' * 32}" in capsys.readouterr().err
+    assert IndexReader(tmp_path).get(rows[1]["id"])["protected"] == 0
+
+
+def test_commands_refuse_while_the_appliance_runs(tmp_path, photo):
+    store = CaptureStore(tmp_path)
+    assert main(["protect", "0" * 32, "--data-dir", str(tmp_path)]) == 1
     store.close()
 
-    deleted = [r for r in rows if r["id"] not in left]
-    assert all(rows.index(r) not in protected for r in deleted)
-    unprotected = [r for i, r in enumerate(rows) if i not in protected]
-    assert deleted == unprotected[: len(deleted)]  # a prefix in seq order
-    if result.free_percent_before >= 10:
-        assert deleted == []
-    elif len(deleted) < len(unprotected):
-        assert result.free_percent_after >= 20
-        # and not one capture more than needed
-        assert result.free_percent_after - 100 * len(photo) / disk.total < 20
 
-
-def test_stop_below_start_is_rejected(store):
-    with pytest.raises(ValueError):
-        Cleanup(store, start_free_percent=20, stop_free_percent=10)
+def test_stop_below_start_is_a_config_error(tmp_path):
+    config = tmp_path / "appliance.toml"
+    config.write_text("cleanup_start_free_bytes = 5\ncleanup_stop_free_bytes = 4\n")
+    assert main(["cleanup", "--dry-run", "--config", str(config), "--data-dir", str(tmp_path)]) == 2

@@ -36,7 +36,11 @@ camera_size_px = [640, 480]
 thumbnail_max_px = 160
 # Never let cleanup delete anything, whatever the free space of the machine running the test.
 cleanup_start_free_percent = 0
+cleanup_start_free_bytes = 0
 cleanup_stop_free_percent = 0
+cleanup_stop_free_bytes = 0
+headroom_hours = 0
+capture_min_free_bytes = 0
 """
 
 

@@ -17,11 +17,27 @@ from PIL import Image
 
 from appliance.store import IndexReader
 
+# Whatever the free space of the machine running the tests, cleanup deletes nothing.
+NO_CLEANUP = """\
+cleanup_start_free_percent = 0
+cleanup_start_free_bytes = 0
+cleanup_stop_free_percent = 0
+cleanup_stop_free_bytes = 0
+headroom_hours = 0
+capture_min_free_bytes = 0
+"""
+
+
+def config_beside(data_dir):
+    config = data_dir.parent / "no-cleanup.toml"
+    config.write_text(NO_CLEANUP)
+    return str(config)
+
 
 def start(data_dir, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data_dir), *args],
+         "--data-dir", str(data_dir), "--config", config_beside(data_dir), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -92,7 +108,7 @@ def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, bu
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(burst_dir),
          "--trigger-interval-s", "0.5", "--duration-s", "3", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0"],
+         "--host", "127.0.0.1", "--port", "0", "--config", config_beside(tmp_path / "d")],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -107,7 +123,7 @@ def test_bad_replay_file_is_skipped_and_named(tmp_path, photo):
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(tmp_path / "replay"),
          "--trigger-interval-s", "0.2", "--duration-s", "1.5", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0"],
+         "--host", "127.0.0.1", "--port", "0", "--config", config_beside(tmp_path / "d")],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -85,7 +85,7 @@ def test_clock_jumps_of_ten_years_keep_order_ids_and_names_apart(tmp_path, photo
 
 def test_schema_is_created_by_migrations(store):
     applied = [row[0] for row in store.db.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight"]
+    assert applied == ["m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup"]
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     columns = set(store.db["captures"].columns_dict)
@@ -234,9 +234,9 @@ def test_delete_removes_rows_then_files_and_tolerates_missing_files(store, photo
 
     oldest = store.oldest_unprotected(10)
     assert [r["id"] for r in oldest] == [rows[0]["id"], rows[1]["id"]]
-    freed = store.delete(oldest)
+    freed, failed = store.delete(oldest)
 
-    assert freed == len(photo) + 2 * len(b"webp")
+    assert (freed, failed) == (len(photo) + 2 * len(b"webp"), [])
     assert [r["id"] for r in IndexReader(store.data_dir).latest(10)] == [rows[2]["id"]]
     assert not (store.data_dir / rows[1]["media_path"]).exists()
 

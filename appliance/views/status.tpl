@@ -28,6 +28,15 @@ figure img { width: 100%; height: auto; display: block; background: #eee; }
 <dt>Captures</dt><dd>{{captures["total"]}} in all, {{captures["last_24h"]}} in the last 24 h</dd>
 <dt>Free disk</dt><dd>{{"%.1f" % (disk["free_bytes"] / 1e9)}} GB of {{"%.1f" % (disk["total_bytes"] / 1e9)}} GB ({{disk["free_percent"]}} %)
 <div class="bar"><span style="width: {{100 - disk["free_percent"]}}%"></span></div></dd>
+<dt>Cleanup</dt><dd>{{cleanup.get("state", "ok")}}{{(": " + cleanup["reason"]) if cleanup.get("reason") else ""}}
+% if cleanup.get("start_free_bytes") is not None:
+<br>starts below {{"%.2f" % (cleanup["start_free_bytes"] / 1e9)}} GB free, stops at {{"%.2f" % (cleanup["stop_free_bytes"] / 1e9)}} GB
+% end
+% run = cleanup.get("last_run")
+% if run:
+<br>last run {{run["started_at"]}} ({{run["reason"]}}): {{run["deleted"]}} deleted, {{"%.1f" % (run["bytes_freed"] / 1e6)}} MB freed{{"" if run["finished_at"] else ", under way"}}
+% end
+</dd>
 <dt>Uptime</dt><dd>{{"%d h %02d min" % (uptime_s // 3600, uptime_s % 3600 // 60)}}</dd>
 <dt>Version</dt><dd>{{version}}</dd>
 % if startup_check and startup_check["full_check_progress"] is not None and startup_check["full_check_progress"] < 1:

@@ -21,6 +21,7 @@ import schedule
 from gpiozero.exc import GPIOZeroError
 
 from appliance import config as config_module
+from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
 from appliance.exc import ApplianceError, ConfigError
 from appliance.exif import Identity
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     unprotect = commands.add_parser("unprotect", help="let cleanup delete captures again")
     for command in (protect, unprotect):
         command.add_argument("ids", nargs="+", metavar="ID", help="capture id (32 hex characters)")
+    bench = commands.add_parser("bench", help="measure the capture store against baselines")
+    bench.add_argument("--data-dir", help="where to measure (default: a temporary folder in /tmp)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     for command in (run, check, cleanup, protect, unprotect):
         command.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
         command.add_argument("--data-dir", help="override data_dir")
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the reason
         return exc.code
+    if args.command == "bench":
+        logging.basicConfig(level="WARNING")
+        return bench_main(args.data_dir, args.json)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = _load_config(args)

@@ -7,13 +7,15 @@ the disk usage, the policy and the recent capture rate) are separate from the wo
 - Cleaning **starts** when free space on the data filesystem falls below
   ``cleanup_start_free_percent`` of it OR below ``cleanup_start_free_bytes``, or below the
   **headroom**: the bytes captured in the last hour times ``headroom_hours``, so that cleanup
-  starts early enough to keep that many hours of capturing free at the recent rate.
+  starts early enough to keep that many hours of capturing free at the recent rate (capped at
+  :data:`MAX_HEADROOM_FRACTION` of the filesystem); and always before capturing would pause.
 - It **stops** once free space is back above both ``cleanup_stop_free_percent`` and
   ``cleanup_stop_free_bytes`` (raised by as much as the headroom raised the start): the gap between
   start and stop is the hysteresis that keeps cleanup from running after every capture.
 - It deletes the **oldest unprotected** captures first, by ``seq`` (the capture order, never the
-  wall clock), in batches of at most :data:`BATCH_SIZE`, for at most :data:`TICK_BUDGET_S` per
-  scheduler tick, so that triggers are served while a backlog is cleaned.  Protected captures are
+  wall clock), in batches sized to the card's speed (at most :data:`BATCH_SIZE`), for about
+  :data:`TICK_BUDGET_S` per scheduler tick, so that triggers are served while a backlog is
+  cleaned.  Protected captures are
   never deleted.  This follows Frigate's ``frigate/storage.py`` (oldest first, protected spared),
   with the root and the disk-usage function injected.
 - With ``max_capture_age_days``, captures older than that are deleted too, but only those taken
@@ -29,10 +31,12 @@ years neither skips cleanup nor runs it in a loop.  Each run is recorded in ``cl
 
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,11 +47,17 @@ from hw.clock import SystemClock
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500
-# Seconds of deleting per scheduler tick: a trigger waits at most about this long.
+BATCH_SIZE = 500  # at most, per transaction
+FIRST_BATCH_SIZE = 50  # before the time a deletion takes on this card is known
+# Seconds of deleting per scheduler tick: a trigger waits about this long at most.
 TICK_BUDGET_S = 0.2
-# The capture rate for the headroom is measured over this many seconds.
+# The capture rate for the headroom is measured over the last hour of this boot (at least these
+# many minutes of it, so that a few captures just after boot do not make a huge rate).
 RATE_WINDOW_S = 3600.0
+MIN_RATE_WINDOW_S = 600.0
+# One busy hour must not make cleanup empty the card: the headroom is at most this much of it.
+MAX_HEADROOM_FRACTION = 0.5
+_SQLITE_FULL = 13
 # Temporary files older than this are left over from a crash and removed.
 ORPHAN_TEMP_AGE_S = 3600.0
 _TEMP_NAME = re.compile(r"\..+\.tmp")
@@ -104,16 +114,30 @@ class Decision:
     reason: str
 
 
-def decide(total: int, free: int, policy: Policy, bytes_per_hour: float, cleaning: bool) -> Decision:
+def decide(
+    total: int,
+    free: int,
+    policy: Policy,
+    bytes_per_hour: float,
+    cleaning: bool,
+    capture_bytes: int = 0,
+) -> Decision:
     """Decide whether to delete, and how much, for a filesystem of ``total`` bytes with ``free``
-    free, captures arriving at ``bytes_per_hour``, and ``cleaning`` whether a run is under way
-    (hysteresis: it goes on until the stop threshold, where a new one would not start)."""
-    headroom = int(bytes_per_hour * policy.headroom_hours)
+    free, captures arriving at ``bytes_per_hour`` and taking about ``capture_bytes`` each, and
+    ``cleaning`` whether a run is under way (hysteresis: it goes on until the stop threshold,
+    where a new one would not start).
+
+    The headroom is capped at :data:`MAX_HEADROOM_FRACTION` of the filesystem (one busy hour must
+    not empty the card), and the start is never below ``capture_min_free_bytes`` plus one
+    capture, so that cleanup always runs before capturing would pause.
+    """
+    headroom = int(min(bytes_per_hour * policy.headroom_hours, total * MAX_HEADROOM_FRACTION))
     static_start = max(total * policy.start_free_percent / 100, policy.start_free_bytes)
     static_stop = max(total * policy.stop_free_percent / 100, policy.stop_free_bytes)
-    start = int(max(static_start, headroom))
+    floor = policy.capture_min_free_bytes + capture_bytes
+    start = int(max(static_start, headroom, floor))
     stop = int(start + max(0.0, static_stop - static_start))
-    cause = "headroom" if headroom > static_start else "space"
+    cause = "headroom" if headroom > max(static_start, floor) else "space"
     if free < start:
         reason = f"{_size(free)} free is below {_size(start)}"
         if cause == "headroom":
@@ -129,13 +153,26 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 class Cleanup:
     """Keeps free space on ``store``'s filesystem within ``policy`` (see the module docstring).
 
     :meth:`tick` is for the scheduler, every second or so: it checks every ``interval_s`` seconds
-    (monotonic), and while cleaning works for at most :data:`TICK_BUDGET_S` per call.
-    :meth:`capture_pause` tells the main loop whether a capture may go ahead.  :attr:`state` is
-    ``"ok"``, ``"cleaning"`` or ``"paused"`` (capturing paused for space).
+    (monotonic), and while a run is under way deletes for about :data:`TICK_BUDGET_S` per call, in
+    batches sized from the time the last ones took.  :meth:`capture_pause` tells the main loop
+    whether a capture may go ahead, and :meth:`captured` how much room the last one took.
+    :attr:`state` is ``"ok"``, ``"cleaning"`` or ``"paused"`` (capturing paused for space).
+
+    Files that cannot be deleted (``EACCES``, ``EBUSY``) are retried at each check and warned
+    about once; a batch that frees less than half of what it should ends the run, and while
+    none of them can be removed no new run starts, so a read-only card does not empty the index.
+    A card filled to the last byte by something else is handled by releasing the reserve file
+    (:data:`~appliance.store.RESERVE_BYTES`) the store keeps for this.
 
     Injected for tests: ``disk_usage(path)`` (as :func:`shutil.disk_usage`), ``clock`` (a
     :class:`~hw.clock.SystemClock`), ``monotonic`` (as :func:`time.monotonic`).
@@ -158,9 +195,12 @@ class Cleanup:
         self._clock = clock or SystemClock()
         self._monotonic = monotonic
         self._next_check = monotonic()  # the first tick checks at once
-        self._run: dict | None = None  # the cleanup_runs row of the run under way
+        self._runs: dict[str, dict | None] = {"space": None, "age": None}  # cleanup_runs rows under way
+        self._batch = FIRST_BATCH_SIZE
+        self._stuck: set[str] = set()  # captures whose files could not be removed, warned about
+        self._blocked = False  # no new run while stuck files are all that cleanup could delete
         self._paused_reason: str | None = None
-        self._warned_protected = False
+        self._only_protected = False
         self._capture_cost = 0  # free space the last capture took, in bytes
         self._free_before_capture: int | None = None
         self._next_shard = 0  # for the orphan temporary files, a shard per check
@@ -169,81 +209,85 @@ class Cleanup:
         self.last_run: dict | None = None  # the cleanup_runs row of the last finished run
 
     def tick(self) -> None:
-        """Check free space when due, and delete for at most :data:`TICK_BUDGET_S` if needed."""
+        """Check free space when due, and delete for about :data:`TICK_BUDGET_S` if needed."""
         now = self._monotonic()
-        if self._run is None and now < self._next_check:
+        if not any(self._runs.values()) and now < self._next_check:
             return
         if now >= self._next_check:
             self._next_check = now + self._interval_s
-            self._store.retry_deletions()
+            self._retry_stuck()
             self._remove_orphan_temps()
         deadline = now + TICK_BUDGET_S
-        self._delete_for_space(deadline)
-        if self._run is None:
+        if not self._blocked:
+            self._delete_for_space(deadline)
             self._delete_expired(deadline)
+        self._refresh_pause()
 
     def run_all(self) -> list[dict]:
         """Delete everything the policy asks for now, without a time budget (``appliance
         cleanup``).  Returns the ``cleanup_runs`` rows of what it did (none, one for space, one
         for age)."""
         runs = []
+        self._retry_stuck()
         for work in (self._delete_for_space, self._delete_expired):
             self.last_run = None
-            work(deadline=float("inf"))
+            if not self._blocked:
+                work(deadline=float("inf"))
             runs += [self.last_run] if self.last_run else []
         return runs
 
     def plan(self) -> dict:
         """What a cleanup would delete now, deleting nothing (``appliance cleanup --dry-run``):
         ``{"decision", "count", "bytes", "oldest", "newest"}`` with the first and last capture
-        (rows) that would go, oldest first, or None."""
+        (rows) that would go, oldest first, or None.  Reads the index with a cursor."""
         decision = self._decide()
-        chosen = []
+        count = freed = 0
+        oldest = newest = None
+        chosen: set[str] = set()
         if decision.bytes_to_free > 0:
-            freed = 0
-            for row in self._store.oldest_unprotected(1 << 62):  # a cursor: stops when enough
+            for row in self._store.iter_oldest_unprotected():
                 if freed >= decision.bytes_to_free:
                     break
-                chosen.append(row)
-                freed += row["bytes"]
-        if self.policy.max_capture_age_days and self._clock.now().clock_synced:
-            taken = {row["id"] for row in chosen}
-            cutoff = self._clock.now().wall - datetime.timedelta(days=self.policy.max_capture_age_days)
-            chosen += [row for row in self._store.expired(cutoff, 1 << 62) if row["id"] not in taken]
-            chosen.sort(key=lambda row: row["seq"])
-        return {
-            "decision": decision,
-            "count": len(chosen),
-            "bytes": sum(row["bytes"] for row in chosen),
-            "oldest": chosen[0] if chosen else None,
-            "newest": chosen[-1] if chosen else None,
-        }
+                oldest, newest = oldest or row, row
+                count, freed = count + 1, freed + row["bytes"]
+                chosen.add(row["id"])
+        stamp = self._clock.now()
+        if self.policy.max_capture_age_days and stamp.clock_synced:
+            cutoff = stamp.wall - datetime.timedelta(days=self.policy.max_capture_age_days)
+            for row in self._store.expired(cutoff, None):
+                if row["id"] not in chosen:
+                    count, freed = count + 1, freed + row["bytes"]
+                    oldest = row if oldest is None or row["seq"] < oldest["seq"] else oldest
+                    newest = row if newest is None or row["seq"] > newest["seq"] else newest
+        return {"decision": decision, "count": count, "bytes": freed, "oldest": oldest, "newest": newest}
 
     def capture_pause(self) -> str | None:
         """Why a capture must not be taken now (it would leave less than ``capture_min_free_bytes``
         free), or None.  A capture is expected to take what the last one took (see
-        :meth:`captured`) and half as much again.  Logs a warning when capturing pauses and a note
-        when it resumes, once each.  Costs one ``statvfs``."""
+        :meth:`captured`) and half as much again.  Pausing logs a warning once and brings the
+        next check forward.  Costs one ``statvfs``."""
         free = self._disk_usage(self._store.data_dir).free
         self._free_before_capture = free
-        expected_bytes = self._capture_cost * 3 // 2
-        floor = self.policy.capture_min_free_bytes
-        if free - expected_bytes >= floor:
+        if self._room_for_a_capture(free):
             if self._paused_reason is not None:
                 log.info("capturing resumes: %s free", _size(free))
                 self._paused_reason = None
-                self.state = "cleaning" if self._run else "ok"
+                self._refresh_pause()
             return None
         if self._paused_reason is None:
             log.warning(
                 "capturing paused: %s free, and a capture needs %s above the floor of %s "
-                "(capture_min_free_bytes); only protected captures are left, or the card is full "
-                "of other files",
+                "(capture_min_free_bytes)%s",
                 _size(free),
-                _size(expected_bytes),
-                _size(floor),
+                _size(self._expected_capture_bytes()),
+                _size(self.policy.capture_min_free_bytes),
+                "; only protected captures are left" if self._only_protected else "",
             )
-        self._paused_reason = f"capturing paused for space: {_size(free)} free, the floor is {_size(floor)}"
+            self._next_check = self._monotonic()  # clean now rather than at the next interval
+        self._paused_reason = (
+            f"capturing paused for space: {_size(free)} free, the floor is "
+            f"{_size(self.policy.capture_min_free_bytes)}"
+        )
         self.state = "paused"
         return self._paused_reason
 
@@ -260,84 +304,148 @@ class Cleanup:
         """The current state for the status page: ``state``, ``reason`` and the thresholds in
         bytes (a new dict each time, safe to hand to another thread)."""
         decision = self.last_decision
+        reason = self._paused_reason or (decision.reason if decision else "")
+        if self._only_protected:
+            reason += "; only protected captures remain"
+        if self._blocked:
+            reason += f"; {len(self._stuck)} captures' files cannot be deleted"
         return {
             "state": self.state,
-            "reason": self._paused_reason or (decision.reason if decision else ""),
+            "reason": reason.lstrip("; "),
             "start_free_bytes": decision.start_bytes if decision else None,
             "stop_free_bytes": decision.stop_bytes if decision else None,
             "headroom_bytes": decision.headroom_bytes if decision else None,
             "capture_min_free_bytes": self.policy.capture_min_free_bytes,
         }
 
+    def _expected_capture_bytes(self) -> int:
+        return self._capture_cost * 3 // 2
+
+    def _room_for_a_capture(self, free: int) -> bool:
+        return free - self._expected_capture_bytes() >= self.policy.capture_min_free_bytes
+
+    def _refresh_pause(self) -> None:
+        if self._paused_reason is not None:
+            free = self._disk_usage(self._store.data_dir).free
+            if self._room_for_a_capture(free):
+                log.info("capturing resumes: %s free", _size(free))
+                self._paused_reason = None
+        self.state = "paused" if self._paused_reason else "cleaning" if self._runs["space"] else "ok"
+
     def _decide(self) -> Decision:
         usage = self._disk_usage(self._store.data_dir)
         stamp = self._clock.now()
         window = min(RATE_WINDOW_S, stamp.since_boot_s)
         recent = self._store.recent_bytes(stamp.boot_id, stamp.since_boot_s - window) if stamp.boot_id else 0
-        bytes_per_hour = recent * 3600.0 / RATE_WINDOW_S
+        bytes_per_hour = recent * 3600.0 / max(window, MIN_RATE_WINDOW_S)
         decision = decide(
-            usage.total, usage.free, self.policy, bytes_per_hour, cleaning=self._run is not None
+            usage.total,
+            usage.free,
+            self.policy,
+            bytes_per_hour,
+            cleaning=self._runs["space"] is not None,
+            capture_bytes=self._expected_capture_bytes(),
         )
         self.last_decision = decision
         return decision
 
     def _delete_for_space(self, deadline: float) -> None:
         decision = self._decide()
-        if decision.bytes_to_free > 0 and self._run is None:
-            # The WAL may hold megabytes the index no longer needs: give them back first.
-            self._store.checkpoint()
+        if decision.bytes_to_free > 0 and self._runs["space"] is None:
+            # The WAL may hold megabytes the index no longer needs: give them back first.  Only a
+            # help: on a card too full for it, deleting goes on without it.
+            try:
+                self._while_full(self._store.checkpoint)
+            except (OSError, sqlite3.OperationalError) as exc:
+                log.warning("cleanup: WAL checkpoint failed (%s); deleting anyway", exc)
             decision = self._decide()
         while decision.bytes_to_free > 0:
-            rows = self._store.oldest_unprotected(BATCH_SIZE)
+            rows = self._store.oldest_unprotected(self._batch)
             if not rows:
-                if not self._warned_protected:  # once, not at every check
+                if not self._only_protected:  # once, until space is back above the stop
                     log.warning("cleanup: only protected captures remain; %s", decision.reason)
-                    self._warned_protected = True
+                    self._only_protected = True
                 break
-            self._warned_protected = False
-            if self._run is None:
-                self._start_run(decision.cause, self._disk_usage(self._store.data_dir))
-                log.info("cleanup: %s; deleting the oldest unprotected captures", decision.reason)
             batch, batch_bytes = [], 0
             for row in rows:  # just enough, oldest first: a small card is not over-cleaned
                 batch.append(row)
                 batch_bytes += row["bytes"]
                 if batch_bytes >= decision.bytes_to_free:
                     break
-            self._delete(batch)
+            if not self._delete("space" if decision.cause != "headroom" else "headroom", batch):
+                break  # the files would not go: the run ends, the next check tries again
             decision = self._decide()
             if decision.bytes_to_free > 0 and self._monotonic() >= deadline:
                 return  # the rest at the next tick: triggers come first
-        if self._run is not None:
-            self._finish_run()
+        if decision.bytes_to_free == 0:
+            self._only_protected = False
+            self._store.ensure_reserve()
+        self._finish_run("space")
 
     def _delete_expired(self, deadline: float) -> None:
         days = self.policy.max_capture_age_days
         stamp = self._clock.now()
         if not days or not stamp.clock_synced:
+            self._finish_run("age")
             return
         cutoff = stamp.wall - datetime.timedelta(days=days)
-        while rows := self._store.expired(cutoff, BATCH_SIZE):
-            if self._run is None:
-                self._start_run("age", self._disk_usage(self._store.data_dir))
-                log.info("cleanup: deleting captures older than %g days", days)
-            self._delete(rows)
+        while rows := self._store.expired(cutoff, self._batch):
+            if not self._delete("age", rows):
+                break
             if self._monotonic() >= deadline:
                 return
-        if self._run is not None:
-            self._finish_run()
+        self._finish_run("age")
 
-    def _delete(self, rows: list[dict]) -> None:
-        freed, failed = self._store.delete(rows)
-        self._run["deleted"] += len(rows)
-        self._run["bytes_freed"] += freed
-        self._store.record_cleanup_run(self._run)
-        if failed:
-            log.warning("cleanup: %d captures' files could not be removed yet; retried later", len(failed))
+    def _delete(self, reason: str, rows: list[dict]) -> bool:
+        """Delete ``rows`` within the run of ``reason``'s kind (started if needed).  Returns False
+        when less than half of their bytes could be freed (their files would not go)."""
+        kind = "age" if reason == "age" else "space"
+        if self._runs[kind] is None:
+            self._start_run(kind, reason)
+        started = self._monotonic()
+        freed, failed = self._while_full(lambda: self._store.delete(rows))
+        # Size the next batches to take about half the tick's budget each.
+        per_capture_s = max(self._monotonic() - started, 1e-6) / len(rows)
+        self._batch = max(1, min(BATCH_SIZE, int(TICK_BUDGET_S / 2 / per_capture_s)))
+        run = self._runs[kind]
+        run["deleted"] += len(rows)
+        run["bytes_freed"] += freed
+        self._store.record_cleanup_run(run)
+        self._note_stuck(failed)
+        return freed >= sum(row["bytes"] for row in rows) / 2
 
-    def _start_run(self, reason: str, usage) -> None:
-        self.state = "paused" if self._paused_reason else "cleaning"
-        self._run = {
+    def _retry_stuck(self) -> None:
+        freed, failed = self._while_full(self._store.retry_deletions)
+        if self._stuck and not failed:
+            log.info("cleanup: the files that could not be deleted are gone now")
+        self._blocked = bool(failed) and not freed
+        self._stuck = set(failed)
+
+    def _note_stuck(self, failed: list[str]) -> None:
+        new = set(failed) - self._stuck
+        if new:
+            log.warning(
+                "cleanup: the files of %d captures cannot be deleted now (permissions, busy, I/O "
+                "error); their rows are gone, and the files are tried again at each check",
+                len(new),
+            )
+        self._stuck |= new
+        self._blocked = self._blocked or bool(new)
+
+    def _while_full(self, work):
+        """Run ``work``; if the card is too full even for that (SQLite needs room to delete),
+        release the store's reserve file and run it again."""
+        try:
+            return work()
+        except (OSError, sqlite3.Error) as exc:
+            if not _disk_full(exc) or not self._store.release_reserve():
+                raise
+            log.warning("cleanup: the card is full; released the reserve file to make room")
+            return work()
+
+    def _start_run(self, kind: str, reason: str) -> None:
+        usage = self._disk_usage(self._store.data_dir)
+        run = {
             "started_at": iso_utc(self._clock.now().wall),
             "reason": reason,
             "deleted": 0,
@@ -345,10 +453,18 @@ class Cleanup:
             "free_bytes_before": usage.free,
             "total_bytes": usage.total,
         }
-        self._run["id"] = self._store.record_cleanup_run(self._run)
+        run["id"] = self._while_full(lambda: self._store.record_cleanup_run(run))
+        self._runs[kind] = run
+        if kind == "space":
+            log.info("cleanup: %s; deleting the oldest unprotected captures", self.last_decision.reason)
+        else:
+            log.info("cleanup: deleting captures older than %g days", self.policy.max_capture_age_days)
+        self._refresh_pause()
 
-    def _finish_run(self) -> None:
-        run = self._run
+    def _finish_run(self, kind: str) -> None:
+        run = self._runs[kind]
+        if run is None:
+            return
         run["finished_at"] = iso_utc(self._clock.now().wall)
         run["free_bytes_after"] = self._disk_usage(self._store.data_dir).free
         self._store.record_cleanup_run(run)
@@ -358,8 +474,7 @@ class Cleanup:
             _size(run["bytes_freed"]),
             _size(run["free_bytes_after"]),
         )
-        self._run, self.last_run = None, run
-        self.state = "paused" if self._paused_reason else "ok"
+        self._runs[kind], self.last_run = None, run
 
     def _remove_orphan_temps(self) -> None:
         """Remove temporary files older than an hour from the next shard (one per check)."""

@@ -167,9 +167,8 @@ class Config:
     )
     capture_min_free_bytes: int = _setting(
         256 << 20,
-        "Pause capturing while a capture would leave less than this many bytes free (when only "
-        "protected captures are left to delete); 256 MiB by default.  Keep it below the start "
-        "thresholds.",
+        "Pause capturing while a capture would leave less than this many bytes free; 256 MiB "
+        "by default.  Cleaning always starts above it.",
         _at_least(0),
     )
     cleanup_interval_s: float = _setting(

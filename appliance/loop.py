@@ -168,12 +168,8 @@ class MainLoop:
         reported to :attr:`health`, and the loop goes on).  Nothing is captured while ``cleanup``
         says capturing is paused for space.
         """
-        if self._cleanup is not None:
-            paused = self._cleanup.capture_pause()
-            if paused:
-                self.health.set("space", paused)
-                return None
-            self.health.clear("space")
+        if self._cleanup is not None and self._cleanup.capture_pause():
+            return None  # logged once by the cleanup, and shown on the status page
         try:
             shot = self._camera.capture(self._capture_timeout_s)
         except CameraError as exc:

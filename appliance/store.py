@@ -39,6 +39,7 @@ import fcntl
 import functools
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ log = logging.getLogger(__name__)
 DB_NAME = "captures.db"
 CLEAN_MARKER = "clean-shutdown"
 REBUILD_SUFFIX = ".new"  # captures.db.new: an index being rebuilt
+RESERVE_NAME = ".reserve"
+# Kept allocated for a card filled to the last byte by something else: released, it gives SQLite
+# room to delete captures.  Bytes.
+RESERVE_BYTES = 8 << 20
 LOCK_NAME = ".lock"
 DAMAGED_DIR = "damaged"
 # "unknown": a photo found on disk without its row (a crash between its rename and its commit).
@@ -127,6 +132,11 @@ def m004_cleanup(db: sqlite_utils.Database) -> None:
     # The capture rate of the last hour, for cleanup's headroom: by time since boot, never the
     # wall clock, which may jump.
     db["captures"].create_index(["boot_id", "since_boot_s"])
+    # Captures old enough for max_capture_age_days: only those whose time is known, so that the
+    # search never wades through captures stamped 1970 before the clock was set.
+    db.execute(
+        "CREATE INDEX idx_captures_expiry ON captures (captured_at) WHERE protected = 0 AND clock_synced = 1"
+    )
     # One row per cleanup run, for the status page and the record.
     db["cleanup_runs"].create(
         {
@@ -706,7 +716,7 @@ class CaptureStore:
         in one transaction, then their files (a file already gone is fine).
 
         Returns ``(bytes freed, ids of captures a file of which could not be removed)``.  Those
-        (``EACCES``, ``EBUSY``, ``EIO``: logged) stay in :meth:`in_flight` for
+        (``EACCES``, ``EBUSY``, ``EIO``) stay in :meth:`in_flight` for
         :meth:`retry_deletions`; their rows are gone all the same, so they are never deleted twice
         nor shown again.
         """
@@ -732,9 +742,12 @@ class CaptureStore:
                     size = path.stat().st_size
                     path.unlink()
                 except FileNotFoundError:
+                    # Gone already, but perhaps not durably (a retry after a failed fsync).
+                    if path.parent.is_dir():
+                        folders.add(path.parent)
                     continue
                 except OSError as exc:
-                    log.warning("cannot delete %s now (%s); trying again later", path, exc.strerror or exc)
+                    log.debug("cannot delete %s now: %s", path, exc)
                     failed.append(capture_id)
                     continue
                 freed += size
@@ -749,17 +762,55 @@ class CaptureStore:
     @_index_operation
     def expired(self, captured_before: datetime.datetime, limit: int) -> list[dict]:
         """Up to ``limit`` unprotected captures taken with a synchronised clock before
-        ``captured_before`` (aware), oldest (lowest ``seq``) first.  Captures with an
-        unsynchronised clock have no trustworthy age and are never among them."""
-        return list(
-            self.db["captures"].rows_where(
-                "protected = 0 AND clock_synced = 1 AND captured_at < ?",
-                [iso_utc(captured_before)],
-                order_by="seq",
-                limit=limit,
-                select="id, seq, captured_at, media_path, thumbnail_path, bytes",
-            )
+        ``captured_before`` (aware), oldest first.  Captures with an unsynchronised clock have no
+        trustworthy age and are never among them.  Uses a partial index: the cost does not grow
+        with the number of captures that are not expired."""
+        return list(itertools.islice(self.iter_expired(captured_before), limit))
+
+    def iter_expired(self, captured_before: datetime.datetime):
+        """:meth:`expired`, all of them, read lazily."""
+        # INDEXED BY: without statistics SQLite prefers the (protected, seq) index and scans.
+        return self.db.query(
+            "SELECT id, seq, captured_at, media_path, thumbnail_path, bytes "
+            "FROM captures INDEXED BY idx_captures_expiry "
+            "WHERE protected = 0 AND clock_synced = 1 AND captured_at < ? ORDER BY captured_at",
+            [iso_utc(captured_before)],
         )
+
+    def iter_oldest_unprotected(self):
+        """:meth:`oldest_unprotected`, all of them, read lazily (for ``cleanup --dry-run``)."""
+        return self.db["captures"].rows_where(
+            "protected = 0",
+            order_by="seq",
+            select="id, seq, captured_at, media_path, thumbnail_path, bytes",
+        )
+
+    def ensure_reserve(self) -> None:
+        """Keep :data:`RESERVE_BYTES` allocated in ``.reserve``, for :meth:`release_reserve` to
+        give back when the card is full to the last byte (SQLite needs room even to delete).
+        Best effort: without the room for it now, it is made at a later call."""
+        path = self.data_dir / RESERVE_NAME
+        if path.exists():
+            return
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def release_reserve(self) -> bool:
+        """Delete the reserve file; True if there was one to give back."""
+        try:
+            (self.data_dir / RESERVE_NAME).unlink()
+        except FileNotFoundError:
+            return False
+        fsync_dir(self.data_dir)
+        return True
 
     @_index_operation
     def recent_bytes(self, boot_id: str, since_boot_s: float) -> int:

@@ -57,12 +57,16 @@ def make_app(
     def status() -> dict:
         usage = disk_usage(reader.data_dir)
         latest = reader.latest(LATEST_COUNT)
+        cleanup = cleanup_status() if cleanup_status else {}
+        problems = health.problems()
+        if cleanup.get("state") == "paused":
+            problems["space"] = cleanup["reason"]
         return {
             "version": __version__,
             "mode": mode,
-            "problems": health.problems(),
+            "problems": problems,
             "startup_check": reconciliation.as_dict() if reconciliation else None,
-            "cleanup": (cleanup_status() if cleanup_status else {}) | {"last_run": reader.last_cleanup_run()},
+            "cleanup": cleanup | {"last_run": reader.last_cleanup_run()},
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
             "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
             "disk": {

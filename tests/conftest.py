@@ -31,6 +31,25 @@ def photo(burst_dir) -> bytes:
     return (burst_dir / "20210531082538-RCNX0031.JPG").read_bytes()
 
 
+# Whatever the free space of the machine running the tests, cleanup deletes nothing.
+NO_CLEANUP = """\
+cleanup_start_free_percent = 0
+cleanup_start_free_bytes = 0
+cleanup_stop_free_percent = 0
+cleanup_stop_free_bytes = 0
+headroom_hours = 0
+capture_min_free_bytes = 0
+"""
+
+
+@pytest.fixture
+def no_cleanup(tmp_path) -> Path:
+    """A config file that keeps cleanup from deleting anything, for runs of the real command."""
+    config = tmp_path / "no-cleanup.toml"
+    config.write_text(NO_CLEANUP)
+    return config
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()

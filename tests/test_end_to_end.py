@@ -17,27 +17,11 @@ from PIL import Image
 
 from appliance.store import IndexReader
 
-# Whatever the free space of the machine running the tests, cleanup deletes nothing.
-NO_CLEANUP = """\
-cleanup_start_free_percent = 0
-cleanup_start_free_bytes = 0
-cleanup_stop_free_percent = 0
-cleanup_stop_free_bytes = 0
-headroom_hours = 0
-capture_min_free_bytes = 0
-"""
 
-
-def config_beside(data_dir):
-    config = data_dir.parent / "no-cleanup.toml"
-    config.write_text(NO_CLEANUP)
-    return str(config)
-
-
-def start(data_dir, *args):
+def start(data_dir, config, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
-         "--data-dir", str(data_dir), "--config", config_beside(data_dir), *args],
+         "--data-dir", str(data_dir), "--config", str(config), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -79,10 +63,10 @@ def assert_index_matches_disk(data_dir, replayed: set[str]):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, signum):
+def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, signum, no_cleanup):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     data_dir = tmp_path / "data"
-    process = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    process = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     try:
         url = status_url(process)
         status = wait_for_captures(url, 3)
@@ -103,12 +87,12 @@ def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, sign
     assert_index_matches_disk(data_dir, replayed)
 
 
-def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir):
+def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir, no_cleanup):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(burst_dir),
          "--trigger-interval-s", "0.5", "--duration-s", "3", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0", "--config", config_beside(tmp_path / "d")],
+         "--host", "127.0.0.1", "--port", "0", "--config", str(no_cleanup)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -116,14 +100,14 @@ def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, bu
     assert 4 <= len(rows) <= 7
 
 
-def test_bad_replay_file_is_skipped_and_named(tmp_path, photo):
+def test_bad_replay_file_is_skipped_and_named(tmp_path, photo, no_cleanup):
     (tmp_path / "replay").mkdir()
     (tmp_path / "replay" / "broken.jpg").write_bytes(photo[:1000])
     (tmp_path / "replay" / "good.jpg").write_bytes(photo)
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(tmp_path / "replay"),
          "--trigger-interval-s", "0.2", "--duration-s", "1.5", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0", "--config", config_beside(tmp_path / "d")],
+         "--host", "127.0.0.1", "--port", "0", "--config", str(no_cleanup)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -158,15 +142,17 @@ def test_hardware_mode_without_a_pi_fails_start_up_with_a_reason(tmp_path):
     assert "picamera2 is not installed" in result.stderr
 
 
-def test_after_sigkill_the_next_run_captures_at_once_and_checks_in_full_beside(tmp_path, burst_dir):
+def test_after_sigkill_the_next_run_captures_at_once_and_checks_in_full_beside(
+    tmp_path, burst_dir, no_cleanup
+):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     data_dir = tmp_path / "data"
-    first = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    first = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     wait_for_captures(status_url(first), 2)
     first.kill()
     first.communicate(timeout=15)
 
-    second = start(data_dir, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    second = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     try:
         url = status_url(second)
         check = requests.get(url + "api/status", timeout=5).json()["startup_check"]

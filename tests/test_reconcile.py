@@ -432,19 +432,25 @@ def test_a_rebuilt_index_never_gives_a_seq_again_nor_revives_a_deletion(tmp_path
     assert min(r["seq"] for r in indexed) > 5  # the recovered ones too: nothing below last_seq
 
 
+def die_before_the_rebuilt_index_is_in_place(data_dir, faulty_disk):
+    """Start, find the index damaged, rebuild it, and die at the last rename, which would have put
+    the new index in place; a rehearsal on a copy counts the renames."""
+    rehearsal = data_dir.with_name(data_dir.name + "-rehearsal")
+    shutil.copytree(data_dir, rehearsal)
+    with faulty_disk() as disk:
+        store, _ = open_store(rehearsal, thumbnail_max_px=160)
+    store.close()  # outside: the clean-shutdown marker's rename is not part of the rebuild
+    with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
+        open_store(data_dir, thumbnail_max_px=160)
+
+
 def test_a_crash_during_a_rebuild_leaves_the_rebuilt_index_to_be_put_in_place(tmp_path, faulty_disk):
     store, rows = populate(tmp_path, 3)
     store.set_protected(rows[1]["id"], True)
     store.close(clean=False)
     # A page of the index on captured_at: quick_check fails, every row can still be read.
     damage_page(tmp_path, rows[0]["captured_at"].encode(), unless=b"media/")
-    # A rehearsal on a copy counts the renames: the last one puts the new index in place.
-    shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-rehearsal"))
-    with faulty_disk() as disk:
-        rehearsal, _ = open_store(tmp_path.with_name(tmp_path.name + "-rehearsal"), thumbnail_max_px=160)
-    rehearsal.close()
-    with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
-        open_store(tmp_path, thumbnail_max_px=160)
+    die_before_the_rebuilt_index_is_in_place(tmp_path, faulty_disk)
     assert not (tmp_path / DB_NAME).exists() and (tmp_path / (DB_NAME + ".new")).exists()
 
     store, report = open_store(tmp_path, thumbnail_max_px=160)
@@ -546,12 +552,7 @@ def test_a_crash_during_a_rebuild_after_a_clean_stop_still_checks_in_full(tmp_pa
     store, rows = populate(tmp_path, 3)
     store.close()
     damage_page(tmp_path, b"SQLite format 3")  # the header: not a database any more
-    shutil.copytree(tmp_path, tmp_path.with_name(tmp_path.name + "-rehearsal"))
-    with faulty_disk() as disk:
-        rehearsal, _ = open_store(tmp_path.with_name(tmp_path.name + "-rehearsal"), thumbnail_max_px=160)
-    rehearsal.close()
-    with faulty_disk(("rename", disk.steps.count("rename")), PowerCut), pytest.raises(PowerCut):
-        open_store(tmp_path, thumbnail_max_px=160)
+    die_before_the_rebuilt_index_is_in_place(tmp_path, faulty_disk)
 
     store, report = open_store(tmp_path, thumbnail_max_px=160)
     store.close()

@@ -198,7 +198,7 @@ class Cleanup:
         self._runs: dict[str, dict | None] = {"space": None, "age": None}  # cleanup_runs rows under way
         self._batch = FIRST_BATCH_SIZE
         self._stuck: set[str] = set()  # captures whose files could not be removed, warned about
-        self._blocked = False  # no new run while stuck files are all that cleanup could delete
+        self._blocked = False  # after a batch whose files would not go, until a retry frees some
         self._paused_reason: str | None = None
         self._only_protected = False
         self._capture_cost = 0  # free space the last capture took, in bytes
@@ -412,13 +412,17 @@ class Cleanup:
         run["bytes_freed"] += freed
         self._store.record_cleanup_run(run)
         self._note_stuck(failed)
-        return freed >= sum(row["bytes"] for row in rows) / 2
+        if freed >= sum(row["bytes"] for row in rows) / 2:
+            return True
+        self._blocked = True  # until a retry frees something: more row deletions would not help
+        return False
 
     def _retry_stuck(self) -> None:
         freed, failed = self._while_full(self._store.retry_deletions)
         if self._stuck and not failed:
             log.info("cleanup: the files that could not be deleted are gone now")
-        self._blocked = bool(failed) and not freed
+        if freed or not failed:
+            self._blocked = False
         self._stuck = set(failed)
 
     def _note_stuck(self, failed: list[str]) -> None:
@@ -430,7 +434,6 @@ class Cleanup:
                 len(new),
             )
         self._stuck |= new
-        self._blocked = self._blocked or bool(new)
 
     def _while_full(self, work):
         """Run ``work``; if the card is too full even for that (SQLite needs room to delete),

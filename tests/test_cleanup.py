@@ -488,3 +488,21 @@ def test_headroom_is_the_last_hour_of_this_boot_scaled_to_an_hour(store, photo, 
     cleanup.tick()
     # 10 photos in the window, scaled to an hour (a window of at least 10 minutes), times 2 h.
     assert cleanup.status()["headroom_bytes"] == int(10 * len(photo) / hours_of_data * 2)
+
+
+def test_one_busy_file_does_not_stop_cleanup(store, photo, faulty_disk):
+    rows = fill(store, photo, 20)
+    busy = store.data_dir / rows[0]["media_path"]
+    disk = FakeDisk(store, total=100 * len(photo), base_free=28 * len(photo))  # 8 % free
+    ticker = Ticker()
+    policy = Policy(**vars(BARE) | {"start_free_percent": 10, "stop_free_percent": 12})
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60)
+    ebusy = lambda step: OSError(errno.EBUSY, os.strerror(errno.EBUSY), step)  # noqa: E731
+    with faulty_disk(lambda name, path: name == "unlink" and str(path) == str(busy), ebusy):
+        cleanup.tick()
+        first = len(remaining(store))
+        disk.base_free -= 4 * len(photo)  # the card fills on
+        ticker.now += 60
+        cleanup.tick()
+    assert first < 20 and len(remaining(store)) < first  # the second check deleted more
+    assert busy.exists() and rows[0]["id"] in store.in_flight()

@@ -34,7 +34,6 @@ import datetime
 import errno
 import logging
 import os
-import re
 import shutil
 import sqlite3
 import time
@@ -42,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.store import CaptureStore, iso_utc
+from appliance.store import SHARDS, TEMP_NAME, CaptureStore, iso_utc
 from hw.clock import SystemClock
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,6 @@ MAX_HEADROOM_FRACTION = 0.5
 _SQLITE_FULL = 13
 # Temporary files older than this are left over from a crash and removed.
 ORPHAN_TEMP_AGE_S = 3600.0
-_TEMP_NAME = re.compile(r"\..+\.tmp")
-_SHARDS = [f"{n:02x}" for n in range(256)]
 
 
 def free_percent(usage) -> float:
@@ -254,7 +251,7 @@ class Cleanup:
         stamp = self._clock.now()
         if self.policy.max_capture_age_days and stamp.clock_synced:
             cutoff = stamp.wall - datetime.timedelta(days=self.policy.max_capture_age_days)
-            for row in self._store.expired(cutoff, None):
+            for row in self._store.iter_expired(cutoff):
                 if row["id"] not in chosen:
                     count, freed = count + 1, freed + row["bytes"]
                     oldest = row if oldest is None or row["seq"] < oldest["seq"] else oldest
@@ -481,8 +478,8 @@ class Cleanup:
 
     def _remove_orphan_temps(self) -> None:
         """Remove temporary files older than an hour from the next shard (one per check)."""
-        shard = _SHARDS[self._next_shard]
-        self._next_shard = (self._next_shard + 1) % len(_SHARDS)
+        shard = SHARDS[self._next_shard]
+        self._next_shard = (self._next_shard + 1) % len(SHARDS)
         cutoff = time.time() - ORPHAN_TEMP_AGE_S
         for kind in ("media", "thumbnails"):
             try:
@@ -491,7 +488,7 @@ class Cleanup:
                 continue
             for entry in entries:
                 try:
-                    if _TEMP_NAME.fullmatch(entry.name) and entry.stat().st_mtime < cutoff:
+                    if TEMP_NAME.fullmatch(entry.name) and entry.stat().st_mtime < cutoff:
                         os.unlink(entry.path)
                         log.info("cleanup: removed the orphan temporary file %s", entry.path)
                 except OSError as exc:

@@ -53,6 +53,8 @@ from PIL import ExifTags, Image
 from appliance import thumbnails
 from appliance.exc import StoreError
 from appliance.store import (
+    SHARDS,
+    TEMP_NAME,
     CaptureStore,
     CorruptDatabaseError,
     fsync_dir,
@@ -66,7 +68,6 @@ from appliance.store import (
 
 log = logging.getLogger(__name__)
 
-SHARDS = [f"{n:02x}" for n in range(256)]
 # The columns of a recovered photo's row: every column of ``captures`` but seq, boot_id, since_boot_s.
 _RECOVERED_COLUMNS = (
     "id", "captured_at", "clock_synced", "trigger", "media_path", "thumbnail_path", "bytes", "width",
@@ -75,7 +76,6 @@ _RECOVERED_COLUMNS = (
 _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
 _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
-_TEMP_NAME = re.compile(r"\..+\.tmp")
 # Seconds a full check beside capturing goes on per step (at least one shard folder, however long).
 STEP_BUDGET_S = 0.1
 # Tries of a shard folder that fails (an I/O error) before a full check leaves it for the next start.
@@ -322,7 +322,7 @@ class FullCheck:
 
 def _remove_temp_or_note_stray(path: Path, data_dir: Path, report: Reconciliation) -> bool:
     """Remove ``path`` if it is one of our temporary files (True), else note it as stray."""
-    if _TEMP_NAME.fullmatch(path.name) and path.is_file():
+    if TEMP_NAME.fullmatch(path.name) and path.is_file():
         path.unlink()
         report.temp_removed += 1
         return True

@@ -169,6 +169,12 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
+# Every shard folder name, in order: the first two hex characters of an id.
+SHARDS = [f"{n:02x}" for n in range(256)]
+# The name publish() gives a file while it is written: ".<final name>.tmp".
+TEMP_NAME = re.compile(r"\..+\.tmp")
+
+
 def shard_of(capture_id: str) -> str:
     """The shard folder name of ``capture_id``: its first two hex characters (256 shards)."""
     return capture_id[:2]

@@ -10,8 +10,10 @@ ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the c
 
 import argparse
 import contextlib
+import datetime
 import logging
 import queue
+import shutil
 import signal
 import sys
 import time
@@ -30,6 +32,7 @@ from appliance.reconcile import FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
 from appliance.web import WebServer, make_app
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
+from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, SimulatedCamera
 from hw.exc import HardwareError
 from hw.triggers import SimulatedTriggerSource, Triggers, make_pin_factory
@@ -38,6 +41,8 @@ log = logging.getLogger("appliance")
 
 # Seconds between two steps (of at most 0.1 s each) of a full check run beside capturing.
 FULL_CHECK_STEP_INTERVAL_S = 1.0
+# Seconds between two STATUS= lines to systemd (shown by systemctl status).
+STATUS_INTERVAL_S = 30
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +133,9 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         return 1
     events = queue.Queue()
     with contextlib.ExitStack() as stack:
+        notifier = Notifier()
+        stack.callback(notifier.close)
+        notifier.status("checking the capture store")
         store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
         stack.callback(store.close)
         log.log(
@@ -138,8 +146,18 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
 
         health = Health()
         cleanup = Cleanup(store, Policy.from_config(config), interval_s=config.cleanup_interval_s)
+        reader = IndexReader(data_dir)
+
+        def summary() -> str:
+            counts = reader.counts(datetime.datetime.now(datetime.UTC))
+            free = shutil.disk_usage(data_dir).free
+            return (
+                f"{counts['last_24h']} captures in the last 24 h, {counts['total']} in all; "
+                f"{free / 1e9:.1f} GB free; cleanup {cleanup.state}"
+            )
+
         app = make_app(
-            IndexReader(data_dir),
+            reader,
             mode=mode,
             started_monotonic=started,
             health=health,
@@ -167,6 +185,9 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         # deleting in short slices while a run is under way.
         scheduler.every(1).seconds.do(cleanup_job)
         scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
+        if notifier.enabled:
+            status_job = guarded("systemd status", lambda: notifier.status(summary()))
+            scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
         if reconciliation.full_check_due:
             # In short steps between captures: capturing starts now, the check ends a little later.
             full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
@@ -182,6 +203,7 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             identity=Identity(config.camera_make, config.camera_model or camera.model, config.camera_id),
             health=health,
             cleanup=cleanup,
+            notifier=notifier,
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
@@ -193,7 +215,11 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
 
         cleanup_job()  # before the first capture, not one interval later
         print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
-        loop.run(duration_s)
+        notifier.ready(summary())
+        try:
+            loop.run(duration_s)
+        finally:
+            notifier.stopping()
         if loop.fatal is not None:
             raise loop.fatal
     log.info("stopped cleanly")

@@ -18,6 +18,7 @@ from appliance import exif, thumbnails
 from appliance.cleanup import Cleanup
 from appliance.exc import StoreError
 from appliance.store import CaptureStore, CorruptDatabaseError
+from boot.systemd import Notifier
 from hw.camera import Camera
 from hw.clock import SystemClock
 from hw.exc import CameraError
@@ -79,7 +80,9 @@ class MainLoop:
     ``identity``: the EXIF make and model written into photos the camera takes (replayed photos are
     stored as they are); ``clock``: where timestamps come from; ``health``: where failures are
     reported for the status page; ``cleanup``: the :class:`~appliance.cleanup.Cleanup` that may
-    pause capturing for space.
+    pause capturing for space; ``notifier``: systemd, sent ``WATCHDOG=1`` from the loop itself at
+    its :attr:`~boot.systemd.Notifier.watchdog_interval_s`, so that a wedged capture (or job) stops
+    the keep-alives and systemd restarts the service.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class MainLoop:
         clock: SystemClock | None = None,
         health: Health | None = None,
         cleanup: Cleanup | None = None,
+        notifier: Notifier | None = None,
     ):
         self._events = events
         self._camera = camera
@@ -106,6 +110,7 @@ class MainLoop:
         self._clock = clock or SystemClock()
         self.health = health or Health()
         self._cleanup = cleanup
+        self._notifier = notifier
         self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
 
@@ -119,6 +124,8 @@ class MainLoop:
         Returns at once if a stop was requested before; may be called again after a timed run."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         last_wall, last_mono = time.time(), time.monotonic()
+        ping_every = self._notifier.watchdog_interval_s if self._notifier else None
+        next_ping = last_mono
         while True:
             now = time.monotonic()
             if self._stop_reason is not None:
@@ -132,6 +139,11 @@ class MainLoop:
                 wait = min(wait, max(0.0, self._scheduler.idle_seconds))
             if deadline is not None:
                 wait = min(wait, deadline - now)
+            if ping_every is not None:
+                if now >= next_ping:
+                    self._notifier.watchdog()
+                    next_ping = now + ping_every
+                wait = min(wait, max(0.0, next_ping - now))
             try:
                 event = self._events.get(timeout=wait)
             except queue.Empty:

@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 # The columns of a recovered photo's row: every column of ``captures`` but seq, boot_id, since_boot_s.
 _RECOVERED_COLUMNS = (
     "id", "captured_at", "clock_synced", "trigger", "media_path", "thumbnail_path", "bytes", "width",
-    "height", "sha256", "protected", "recovered", "metadata",
+    "height", "sha256", "protected", "recovered", "metadata", "capture_method", "event_id",
 )  # fmt: skip
 _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
@@ -554,6 +554,8 @@ class _Repair:
             "protected": 0,
             "recovered": 1,
             "metadata": "{}",
+            "capture_method": None,  # unknown: what triggered it was in the lost row
+            "event_id": capture_id,
         }
 
 

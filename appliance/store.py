@@ -68,6 +68,14 @@ LOCK_NAME = ".lock"
 DAMAGED_DIR = "damaged"
 # "unknown": a photo found on disk without its row (a crash between its rename and its commit).
 TRIGGERS = ("button", "motion", "timelapse", "manual", "unknown")
+# Camtrap DP 1.0 media.captureMethod of each trigger (none for a photo recovered from disk).
+CAPTURE_METHODS = {
+    "button": "activityDetection",
+    "motion": "activityDetection",
+    "manual": "activityDetection",
+    "timelapse": "timeLapse",
+    "unknown": None,
+}
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
 # Primary SQLite result codes that mean the file itself is damaged (https://sqlite.org/rescode.html).
@@ -152,6 +160,18 @@ def m004_cleanup(db: sqlite_utils.Database) -> None:
         },
         pk="id",
         not_null={"started_at", "reason", "deleted", "bytes_freed", "free_bytes_before", "total_bytes"},
+    )
+
+
+@migrations()
+def m005_capture_method_and_event(db: sqlite_utils.Database) -> None:
+    # Camtrap DP's captureMethod, recorded per capture; and the event (one trigger's burst) each
+    # capture belongs to, for Camtrap DP's eventID.  Older rows: each capture its own event.
+    db["captures"].add_column("capture_method", str)
+    db["captures"].add_column("event_id", str)
+    db.execute(
+        "UPDATE captures SET event_id = id, capture_method = CASE trigger "
+        "WHEN 'timelapse' THEN 'timeLapse' WHEN 'unknown' THEN NULL ELSE 'activityDetection' END"
     )
 
 
@@ -607,12 +627,15 @@ class CaptureStore:
         timestamp: Timestamp,
         trigger: str,
         metadata: dict | None = None,
+        event_id: str | None = None,
     ) -> dict:
         """Store one capture and return its index row (a dict of the ``captures`` columns).
 
         ``jpeg``: the photo, stored byte for byte; ``thumbnail``: its WebP thumbnail, or None when
-        none could be made; ``timestamp``: when it was taken; ``trigger``: one of :data:`TRIGGERS`;
-        ``metadata``: JSON-serialisable camera metadata.
+        none could be made; ``timestamp``: when it was taken; ``trigger``: one of :data:`TRIGGERS`
+        (which sets ``capture_method``, see :data:`CAPTURE_METHODS`); ``metadata``:
+        JSON-serialisable camera metadata; ``event_id``: the id shared by the captures of one
+        trigger's burst (default: the capture's own id).
 
         Raises ``ValueError`` for an unknown trigger and :class:`StoreError` when the capture
         could not be stored (full disk, I/O error): then nothing of it is left behind, neither a
@@ -647,6 +670,8 @@ class CaptureStore:
             "protected": 0,
             "recovered": 0,
             "metadata": json.dumps(metadata or {}, default=str),
+            "capture_method": CAPTURE_METHODS[trigger],
+            "event_id": event_id or capture_id,
         }
         try:
             self._shard_dir("media", capture_id)

@@ -85,14 +85,17 @@ def test_clock_jumps_of_ten_years_keep_order_ids_and_names_apart(tmp_path, photo
 
 def test_schema_is_created_by_migrations(store):
     applied = [row[0] for row in store.db.execute("SELECT name FROM _sqlite_migrations")]
-    assert applied == ["m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup"]
+    assert applied == [
+        "m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup",
+        "m005_capture_method_and_event",
+    ]  # fmt: skip
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     columns = set(store.db["captures"].columns_dict)
     assert {
         "id", "seq", "captured_at", "clock_synced", "boot_id", "since_boot_s", "trigger",
         "media_path", "thumbnail_path", "bytes", "width", "height", "sha256", "protected",
-        "recovered", "metadata",
+        "recovered", "metadata", "capture_method", "event_id",
     } == columns  # fmt: skip
 
 
@@ -110,6 +113,17 @@ def test_an_older_database_is_upgraded_in_place(tmp_path):
     store.close()
     [row] = IndexReader(tmp_path).latest(10)
     assert (row["seq"], row["protected"], row["recovered"], row["boot_id"]) == (1, 1, 0, None)
+    assert (row["capture_method"], row["event_id"]) == ("activityDetection", "ab" * 16)
+
+
+def test_capture_method_follows_the_trigger_and_a_burst_shares_its_event(store, photo, clock):
+    burst = [
+        store.add(photo, None, timestamp=clock.now(), trigger="motion", event_id="e" * 32) for _ in range(3)
+    ]
+    timelapse = store.add(photo, None, timestamp=clock.now(), trigger="timelapse")
+    assert {row["event_id"] for row in burst} == {"e" * 32}
+    assert {row["capture_method"] for row in burst} == {"activityDetection"}
+    assert (timelapse["capture_method"], timelapse["event_id"]) == ("timeLapse", timelapse["id"])
 
 
 def test_a_newer_database_is_refused_and_left_untouched(store, photo, clock):

@@ -33,9 +33,19 @@ from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
 from appliance.web import WebServer, make_app
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
-from hw.camera import Picamera2Camera, SimulatedCamera
+from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
 from hw.exc import HardwareError
-from hw.triggers import SimulatedTriggerSource, Triggers, make_pin_factory
+from hw.lights import Lights
+from hw.system import Probes
+from hw.triggers import (
+    ActiveWindows,
+    SimulatedTriggerSource,
+    Timelapse,
+    TriggerEvent,
+    TriggerGate,
+    Triggers,
+    make_pin_factory,
+)
 
 log = logging.getLogger("appliance")
 
@@ -106,7 +116,15 @@ def _make_camera(config: config_module.Config):
             jpeg_quality=config.jpeg_quality,
         )
     return Picamera2Camera(
-        size_px=size, lores_size_px=config.camera_lores_size_px, jpeg_quality=config.jpeg_quality
+        size_px=size,
+        lores_size_px=config.camera_lores_size_px,
+        jpeg_quality=config.jpeg_quality,
+        controls=camera_controls(
+            exposure_time_us=config.camera_exposure_time_us,
+            analogue_gain=config.camera_analogue_gain,
+            awb_mode=config.camera_awb_mode,
+        ),
+        autofocus=config.camera_autofocus,
     )
 
 
@@ -156,6 +174,35 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
                 f"{free / 1e9:.1f} GB free; cleanup {cleanup.state}"
             )
 
+        pin_factory = make_pin_factory(config.simulate)
+        gate = TriggerGate(
+            cooldown_s=config.trigger_cooldown_s,
+            max_captures_per_minute=config.max_captures_per_minute,
+            captures_per_event=config.burst_count,
+        )
+        windows = ActiveWindows(config.active_windows)
+        lights = Lights(
+            flash_pin=config.flash_pin or None,
+            uv_pin=config.uv_pin or None,
+            flash_active_high=config.flash_active_high,
+            uv_active_high=config.uv_active_high,
+            flash_pre_delay_s=config.flash_pre_delay_s,
+            pin_factory=pin_factory,
+        )
+        stack.callback(lights.close)  # off on every way out, a crash included
+
+        camera = RecoveringCamera(lambda: _make_camera(config), max_failures=config.camera_max_failures)
+        stack.callback(camera.close)
+        probes = Probes(data_dir)
+
+        def hardware_status() -> dict:
+            return {
+                "camera": camera.status(),
+                "triggers": gate.status(),
+                "system": probes.snapshot(),
+                "uv_light_on": lights.uv_on,
+            }
+
         app = make_app(
             reader,
             mode=mode,
@@ -163,36 +210,12 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             health=health,
             reconciliation=reconciliation,
             cleanup_status=cleanup.status,
+            hardware_status=hardware_status,
         )
         server = WebServer(app, config.web_host, config.web_port)
         stack.callback(server.stop)
 
-        triggers = Triggers(
-            events,
-            button_pin=config.button_pin or None,
-            motion_pin=config.motion_pin or None,
-            bounce_time_s=config.button_bounce_time_s or None,
-            pin_factory=make_pin_factory(config.simulate),
-        )
-        stack.callback(triggers.close)
-
-        camera = _make_camera(config)
-        stack.callback(camera.close)
-
         scheduler = schedule.Scheduler()
-        cleanup_job = guarded("cleanup", cleanup.tick)
-        # Every second: the tick itself keeps the interval on the monotonic clock, and goes on
-        # deleting in short slices while a run is under way.
-        scheduler.every(1).seconds.do(cleanup_job)
-        scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
-        if notifier.enabled:
-            status_job = guarded("systemd status", lambda: notifier.status(summary()))
-            scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
-        if reconciliation.full_check_due:
-            # In short steps between captures: capturing starts now, the check ends a little later.
-            full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
-            scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
-
         loop = MainLoop(
             events=events,
             camera=camera,
@@ -204,7 +227,50 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             health=health,
             cleanup=cleanup,
             notifier=notifier,
+            lights=lights,
+            burst_count=config.burst_count,
+            burst_interval_s=config.burst_interval_s,
         )
+        hold_actions = {
+            "none": None,
+            "test_shot": lambda: events.put(TriggerEvent("manual", time.monotonic())),
+            "shutdown": lambda: loop.request_stop("button held: safe shutdown; the power can be removed"),
+        }
+        triggers = Triggers(
+            events,
+            button_pin=config.button_pin or None,
+            motion_pin=config.motion_pin or None,
+            bounce_time_s=config.button_bounce_time_s or None,
+            gate=gate,
+            hold_time_s=config.button_hold_time_s,
+            when_held=hold_actions[config.button_hold_action],
+            pin_factory=pin_factory,
+        )
+        stack.callback(triggers.close)
+
+        cleanup_job = guarded("cleanup", cleanup.tick)
+        # Every second: the tick itself keeps the interval on the monotonic clock, and goes on
+        # deleting in short slices while a run is under way.
+        scheduler.every(1).seconds.do(cleanup_job)
+        scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
+        scheduler.every(1).seconds.do(guarded("camera recovery", camera.recover))
+        if config.uv_pin:
+            uv_job = guarded(
+                "UV light", lambda: lights.set_uv(windows.contains(datetime.datetime.now().time()))
+            )
+            uv_job()
+            scheduler.every(10).seconds.do(uv_job)
+        if config.timelapse_interval_s:
+            timelapse = Timelapse(events, interval_s=config.timelapse_interval_s, windows=windows, gate=gate)
+            scheduler.every(1).seconds.do(guarded("timelapse", timelapse.tick))
+        if notifier.enabled:
+            status_job = guarded("systemd status", lambda: notifier.status(summary()))
+            scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
+        if reconciliation.full_check_due:
+            # In short steps between captures: capturing starts now, the check ends a little later.
+            full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
+            scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
+
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
 

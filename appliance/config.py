@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.exc import ConfigError
+from hw.camera import AUTOFOCUS_MODES, AWB_MODES
+from hw.triggers import ActiveWindows
 
 _BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
 
@@ -52,6 +54,23 @@ def _size_or_full(value):
 
 def _folder_or_empty(value):
     return None if value == "" or Path(value).is_dir() else "is not a folder"
+
+
+def _one_of(choices):
+    def check(value):
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
+
+    return check
+
+
+def _windows(value):
+    if not all(isinstance(v, str) for v in value):
+        return 'must be a list of "HH:MM-HH:MM" strings'
+    try:
+        ActiveWindows(value)
+    except ValueError as exc:
+        return f"has {exc}"
+    return None
 
 
 def _at_least(low):
@@ -112,6 +131,27 @@ class Config:
         kind=list,
     )
     jpeg_quality: int = _setting(90, "JPEG quality of photos, 1 to 95.", _between(1, 95))
+    camera_exposure_time_us: int = _setting(
+        0, "Fixed exposure time in microseconds; 0 lets the camera choose.", _between(0, 10_000_000)
+    )
+    camera_analogue_gain: float = _setting(
+        0.0, "Fixed analogue gain (1.0 is none); 0 lets the camera choose.", _between(0, 64), kind=float
+    )
+    camera_awb_mode: str = _setting(
+        "auto", f"White balance: one of {', '.join(AWB_MODES)}.", _one_of(tuple(AWB_MODES))
+    )
+    camera_autofocus: str = _setting(
+        "off",
+        'Autofocus on cameras that have it (Camera Module 3): "off", "continuous", or "cycle" (one '
+        "focus cycle before each capture, up to about a second more per capture).",
+        _one_of(AUTOFOCUS_MODES),
+    )
+    camera_max_failures: int = _setting(
+        5,
+        "Failed captures or re-opens of the camera in a row after which the appliance exits (status "
+        "1) for systemd to restart it; between failures the camera is re-opened after 1, 2, 4 ... s.",
+        _between(1, 1000),
+    )
     camera_make: str = _setting("Raspberry Pi", "EXIF Make written into each photo the camera takes.")
     camera_model: str = _setting(
         "",
@@ -121,6 +161,60 @@ class Config:
     camera_id: str = _setting(
         "", 'Camera identifier (e.g. its serial number), written as EXIF BodySerialNumber; "": none.'
     )
+    trigger_cooldown_s: float = _setting(
+        2.0,
+        "Seconds after a capture from one source (button or motion) during which that source's "
+        "triggers are counted, not captured.",
+        _between(0, 3600),
+        kind=float,
+    )
+    max_captures_per_minute: int = _setting(
+        30,
+        "At most this many captures in any 60 s, whatever triggered them (bursts count whole); "
+        "triggers beyond it are counted, not captured; 0: no limit.",
+        _between(0, 10_000),
+    )
+    burst_count: int = _setting(1, "Photos taken for each trigger.", _between(1, 100))
+    burst_interval_s: float = _setting(
+        0.5, "Seconds from one photo of a burst to the next.", _between(0, 60), kind=float
+    )
+    button_hold_time_s: float = _setting(
+        3.0, "Seconds the button must be held for button_hold_action.", _between(0.5, 60), kind=float
+    )
+    button_hold_action: str = _setting(
+        "none",
+        'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
+        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, so the power '
+        "can be removed; systemd does not restart it).",
+        _one_of(("none", "test_shot", "shutdown")),
+    )
+    timelapse_interval_s: float = _setting(
+        0.0,
+        "Seconds between timelapse captures (trigger timelapse) within active_windows; 0: no timelapse.",
+        lambda v: None if v == 0 or v >= 1 else "must be 0 (off) or at least 1",
+        kind=float,
+    )
+    active_windows: tuple[str, ...] = _setting(
+        (),
+        'Local times of day when timelapse captures and the UV light are on, e.g. ["19:00-06:00"] '
+        "(a window may span midnight); [] means always.",
+        _windows,
+        kind=list,
+    )
+    flash_pin: str = _setting(
+        "", 'BCM pin switching the flash, on only while each photo is taken; "" when not fitted.', _pin
+    )
+    flash_active_high: bool = _setting(True, "The flash is on when its pin is high (false: when low).")
+    flash_pre_delay_s: float = _setting(
+        0.0,
+        "Seconds the flash is on before the exposure starts, for lights that need time to reach full output.",
+        _between(0, 5),
+        kind=float,
+    )
+    uv_pin: str = _setting(
+        "", 'BCM pin switching the attract (UV) light, on during active_windows; "" when not fitted.', _pin
+    )
+    uv_active_high: bool = _setting(True, "The UV light is on when its pin is high (false: when low).")
     capture_timeout_s: float = _setting(
         5.0, "Seconds to wait for a frame before a capture fails.", _positive, kind=float
     )
@@ -178,6 +272,17 @@ class Config:
     web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
 
     def __post_init__(self):
+        pins = {}
+        for key in ("button_pin", "motion_pin", "flash_pin", "uv_pin"):
+            pin = getattr(self, key)
+            if pin and pin in pins:
+                raise ConfigError(f"{key}: {pin} is already {pins[pin]}")
+            pins[pin] = key
+        if self.max_captures_per_minute and self.burst_count > self.max_captures_per_minute:
+            raise ConfigError(
+                f"burst_count: a burst of {self.burst_count} exceeds max_captures_per_minute "
+                f"({self.max_captures_per_minute})"
+            )
         if self.simulate_replay_dir and not self.simulate:
             raise ConfigError("simulate_replay_dir: only used in simulation (simulate = true)")
         if self.cleanup_stop_free_percent < self.cleanup_start_free_percent:

@@ -5,6 +5,7 @@ The loop waits on the trigger queue with a timeout taken from its private ``sche
 a stop request (a signal, or the end of ``duration_s``) lets the capture in flight finish first.
 """
 
+import contextlib
 import datetime
 import logging
 import queue
@@ -17,17 +18,21 @@ import schedule
 from appliance import exif, thumbnails
 from appliance.cleanup import Cleanup
 from appliance.exc import StoreError
-from appliance.store import CaptureStore, CorruptDatabaseError
+from appliance.store import CaptureStore, CorruptDatabaseError, new_id
 from boot.systemd import Notifier
 from hw.camera import Camera
 from hw.clock import SystemClock
-from hw.exc import CameraError
+from hw.exc import CameraError, CameraFailed
+from hw.lights import Lights
 from hw.triggers import TriggerEvent
 
 log = logging.getLogger(__name__)
 
 # Longest wait on the queue: bounds how long a stop request waits when nothing happens.
 MAX_WAIT_S = 0.5
+# Failures that no retry can mend: the loop stops and the process exits 1 for systemd to restart it
+# (a damaged index is rebuilt at the next start; a camera that failed too often is opened afresh).
+FATAL = (CorruptDatabaseError, CameraFailed)
 # A wall clock that moves this much more or less than the monotonic clock between two iterations
 # has jumped (NTP's first sync on a Pi without a real-time clock, or a manual change).
 CLOCK_JUMP_S = 60.0
@@ -40,8 +45,8 @@ def guarded(name: str, job: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
         try:
             return job()
-        except CorruptDatabaseError:
-            raise  # not the job's failure: the index is damaged, the loop stops for a rebuild
+        except FATAL:
+            raise  # not the job's failure: the loop stops and the process is restarted
         except Exception:
             log.exception("scheduled job %s failed; it will run again at its next time", name)
             return None
@@ -82,7 +87,9 @@ class MainLoop:
     reported for the status page; ``cleanup``: the :class:`~appliance.cleanup.Cleanup` that may
     pause capturing for space; ``notifier``: systemd, sent ``WATCHDOG=1`` from the loop itself at
     its :attr:`~boot.systemd.Notifier.watchdog_interval_s`, so that a wedged capture (or job) stops
-    the keep-alives and systemd restarts the service.
+    the keep-alives and systemd restarts the service; ``lights``: the flash, on during each
+    capture; ``burst_count``, ``burst_interval_s``: photos per trigger and seconds from the start
+    of one to the next (the photos of a burst share an ``event_id``).
     """
 
     def __init__(
@@ -99,6 +106,9 @@ class MainLoop:
         health: Health | None = None,
         cleanup: Cleanup | None = None,
         notifier: Notifier | None = None,
+        lights: Lights | None = None,
+        burst_count: int = 1,
+        burst_interval_s: float = 0.5,
     ):
         self._events = events
         self._camera = camera
@@ -111,6 +121,9 @@ class MainLoop:
         self.health = health or Health()
         self._cleanup = cleanup
         self._notifier = notifier
+        self._lights = lights
+        self._burst_count = burst_count
+        self._burst_interval_s = burst_interval_s
         self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
 
@@ -149,22 +162,45 @@ class MainLoop:
             except queue.Empty:
                 pass
             else:
-                self.capture(event)
+                self.burst(event)
             wall, mono = time.time(), time.monotonic()
             if abs((wall - last_wall) - (mono - last_mono)) > CLOCK_JUMP_S:
                 self._clock_jumped(wall - last_wall - (mono - last_mono))
             last_wall, last_mono = wall, mono
             try:
                 self._scheduler.run_pending()
-            except CorruptDatabaseError as exc:
-                self._stop_for_rebuild(exc)
+            except FATAL as exc:
+                self._stop_fatal(exc)
         log.info("stopping: %s", reason)
 
-    def _stop_for_rebuild(self, exc: CorruptDatabaseError) -> None:
-        # Every capture would fail the same way: stop, so that the restart rebuilds the index.
-        self.health.set("storage", str(exc))
+    def _stop_fatal(self, exc: Exception) -> None:
+        # Every capture would fail the same way: stop, so that the restart rebuilds the index or
+        # opens the camera afresh.
+        if isinstance(exc, CorruptDatabaseError):
+            self.health.set("storage", str(exc))
+            reason = "the index is damaged; a restart rebuilds it"
+        else:
+            self.health.set("camera", str(exc))
+            reason = "the camera failed; a restart opens it afresh"
         self.fatal = exc
-        self.request_stop("the index is damaged; a restart rebuilds it")
+        self.request_stop(reason)
+
+    def burst(self, event: TriggerEvent) -> list[dict]:
+        """Capture ``burst_count`` photos for ``event``, one every ``burst_interval_s`` seconds,
+        under one new ``event_id``; returns the stored rows.  A failed capture or a stop request
+        ends the burst early."""
+        event_id, rows = new_id(), []
+        started = time.monotonic()
+        for index in range(self._burst_count):
+            if index:
+                time.sleep(max(0.0, started + index * self._burst_interval_s - time.monotonic()))
+            row = self.capture(event, event_id=event_id)
+            if row is None:
+                break
+            rows.append(row)
+            if self._stop_reason is not None:
+                break
+        return rows
 
     def _clock_jumped(self, jump_s: float) -> None:
         # schedule keeps next-run times on the wall clock: after a jump back by a year its jobs
@@ -173,20 +209,28 @@ class MainLoop:
         for job in self._scheduler.get_jobs():
             job.next_run = datetime.datetime.now()
 
-    def capture(self, event: TriggerEvent) -> dict | None:
-        """Capture, tag, make the thumbnail and store, for one trigger event.
+    def capture(self, event: TriggerEvent, event_id: str | None = None) -> dict | None:
+        """Capture (with the flash), tag, make the thumbnail and store, for one trigger event.
 
         Returns the stored index row, or None when the capture failed (the reason is logged and
-        reported to :attr:`health`, and the loop goes on).  Nothing is captured while ``cleanup``
-        says capturing is paused for space.
+        reported to :attr:`health`, and the loop goes on, except after a fatal failure, which
+        stops it).  Nothing is captured while ``cleanup`` says capturing is paused for space.
+        ``event_id``: see :meth:`~appliance.store.CaptureStore.add`.
         """
         if self._cleanup is not None and self._cleanup.capture_pause():
             return None  # logged once by the cleanup, and shown on the status page
         try:
-            shot = self._camera.capture(self._capture_timeout_s)
+            with self._lights.flash() if self._lights else contextlib.nullcontext():
+                shot = self._camera.capture(self._capture_timeout_s)
+        except CameraFailed as exc:
+            log.error("capture for %s trigger failed: %s", event.source, exc)
+            self._stop_fatal(exc)
+            return None
         except CameraError as exc:
             log.error("capture for %s trigger failed: %s", event.source, exc)
+            self.health.set("camera", f"the last capture failed: {exc}")
             return None
+        self.health.clear("camera")
         timestamp = self._clock.now()
         jpeg, metadata = shot.jpeg, dict(shot.metadata)
         if shot.replayed_from is None:
@@ -203,11 +247,16 @@ class MainLoop:
             thumbnail = None
         try:
             row = self._store.add(
-                jpeg, thumbnail, timestamp=timestamp, trigger=event.source, metadata=metadata
+                jpeg,
+                thumbnail,
+                timestamp=timestamp,
+                trigger=event.source,
+                metadata=metadata,
+                event_id=event_id,
             )
         except CorruptDatabaseError as exc:
             log.error("capture for %s trigger: %s", event.source, exc)
-            self._stop_for_rebuild(exc)
+            self._stop_fatal(exc)
             return None
         except StoreError as exc:
             log.error("capture for %s trigger lost: %s", event.source, exc)

@@ -40,6 +40,7 @@ def make_app(
     health: Health | None = None,
     reconciliation: Reconciliation | None = None,
     cleanup_status: Callable[[], dict] | None = None,
+    hardware_status: Callable[[], dict] | None = None,
     disk_usage: Callable[[Path], object] = shutil.disk_usage,
 ) -> bottle.Bottle:
     """Build the web app.
@@ -48,7 +49,9 @@ def make_app(
     :func:`time.monotonic` at start-up (for the uptime); ``health``: the main loop's current
     problems; ``reconciliation``: what the start-up check of the store did, updated by a full check
     running beside capturing; ``cleanup_status()``: the cleanup's state
-    (:meth:`~appliance.cleanup.Cleanup.status`); ``disk_usage(path)``: as
+    (:meth:`~appliance.cleanup.Cleanup.status`); ``hardware_status()``: ``{"camera":
+    RecoveringCamera.status(), "triggers": TriggerGate.status(), "system": Probes.snapshot(),
+    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as
     :func:`shutil.disk_usage`, for the data directory's filesystem.
     """
     app = bottle.Bottle()
@@ -61,6 +64,17 @@ def make_app(
         problems = health.problems()
         if cleanup.get("state") == "paused":
             problems["space"] = cleanup["reason"]
+        hardware = hardware_status() if hardware_status else {}
+        camera = hardware.get("camera") or {}
+        if camera.get("state", "ok") != "ok":
+            problems["camera"] = (
+                f"{camera['state']} after {camera['failures']} failures: {camera['last_error']}"
+            )
+        system = hardware.get("system") or {}
+        if system.get("problems"):
+            problems["power and temperature"] = ", ".join(system["problems"])
+        if system.get("clock_synced") is False:
+            problems["clock"] = "not synchronised: captures are flagged clock_synced = 0"
         return {
             "version": __version__,
             "mode": mode,
@@ -68,6 +82,7 @@ def make_app(
             "startup_check": reconciliation.as_dict() if reconciliation else None,
             "cleanup": cleanup | {"last_run": reader.last_cleanup_run()},
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
+            **hardware,
             "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
             "disk": {
                 "total_bytes": usage.total,

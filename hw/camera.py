@@ -1,4 +1,4 @@
-"""The camera: one small interface, a picamera2 implementation and a simulated one.
+"""The camera: one small interface, a picamera2 implementation, a simulated one, and recovery.
 
 A camera's :meth:`capture` returns a :class:`Shot`: the full-resolution JPEG as bytes, a small
 RGB frame for the thumbnail (so the JPEG need not be decoded again) and the capture metadata.
@@ -6,23 +6,53 @@ RGB frame for the thumbnail (so the JPEG need not be decoded again) and the capt
 :class:`Picamera2Camera` imports picamera2 only when constructed: picamera2 needs libcamera from
 Raspberry Pi OS and cannot be installed elsewhere.  :class:`SimulatedCamera` produces real JPEGs,
 either rendered with Pillow or replayed from a folder of photos, and can be told to fail.
+:class:`RecoveringCamera` wraps either: a failed capture closes the camera and re-opens it with
+exponential back-off, and too many failures in a row raise :class:`~hw.exc.CameraFailed`.
 """
 
 import io
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from hw.exc import CameraError, CameraTimeout
+from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable
 
 log = logging.getLogger(__name__)
 
 # A replayed photo is decoded at reduced size (JPEG DCT scaling) to check it and make its frame.
 REPLAY_FRAME_PX = 640
+# The request metadata kept with each photo (libcamera control names; units: SensorTimestamp ns
+# since boot, ExposureTime µs, AnalogueGain a factor, Lux lux, ColourTemperature K, LensPosition
+# dioptres).  The rest (tuning internals such as ColourCorrectionMatrix) is not worth storing.
+METADATA_KEYS = (
+    "SensorTimestamp",
+    "ExposureTime",
+    "AnalogueGain",
+    "Lux",
+    "ColourTemperature",
+    "LensPosition",
+)
+# libcamera's AwbModeEnum values (control_ids_core.yaml); picamera2 takes the integers
+# (picamera2 issue #803).
+AWB_MODES = {
+    "auto": 0,
+    "incandescent": 1,
+    "tungsten": 2,
+    "fluorescent": 3,
+    "indoor": 4,
+    "daylight": 5,
+    "cloudy": 6,
+}
+AUTOFOCUS_MODES = ("off", "continuous", "cycle")
+_AF_MODE_CONTINUOUS = 2  # libcamera AfModeEnum: Manual 0, Auto 1, Continuous 2
+# Re-opening a failed camera waits 1, 2, 4 ... seconds, at most this long.
+MAX_BACKOFF_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -76,16 +106,35 @@ def yuv420_frame(array, width: int, height: int) -> Image.Image:
     return Image.fromarray(rgb, "RGB")
 
 
+def camera_controls(*, exposure_time_us: int = 0, analogue_gain: float = 0.0, awb_mode: str = "auto") -> dict:
+    """libcamera controls for the still configuration.  ``exposure_time_us``: a fixed exposure in
+    microseconds, 0 for automatic exposure; ``analogue_gain``: a fixed gain (1.0 is none), 0 for
+    automatic; ``awb_mode``: a key of :data:`AWB_MODES`.  Raises ``KeyError`` for an unknown mode."""
+    controls = {"AwbMode": AWB_MODES[awb_mode]}
+    if exposure_time_us:
+        controls["ExposureTime"] = int(exposure_time_us)
+    if analogue_gain:
+        controls["AnalogueGain"] = float(analogue_gain)
+    return controls
+
+
 class Picamera2Camera:
     """A Raspberry Pi camera driven by picamera2, kept running so a trigger never waits for start-up.
 
     One ``Picamera2`` for the life of this object.  Still configuration with ``main`` at
     ``size_px`` (``None``: the sensor's full resolution) and a ``lores`` stream at ``lores_size_px``
-    in YUV420 (the only lores format every Pi model supports), converted to an RGB frame of half that
-    size by :func:`yuv420_frame`.  The JPEG is encoded in memory from the request at
-    ``jpeg_quality`` (1-95, Pillow's and picamera2's scale).
+    in YUV420 (the only lores format every Pi model supports, the Pi 4 and older included), converted
+    to an RGB frame of half that size by :func:`yuv420_frame` (a full colour conversion, not the Y
+    plane).  The JPEG is encoded in memory from the request at ``jpeg_quality`` (1-95, Pillow's and
+    picamera2's scale).  ``controls``: libcamera controls applied from the start (see
+    :func:`camera_controls`).  ``autofocus`` (cameras with a focus motor, e.g. Camera Module 3):
+    ``"off"`` leaves the lens where libcamera puts it, ``"continuous"`` refocuses all the time,
+    ``"cycle"`` runs one autofocus cycle before each capture (adds up to about a second).
 
-    Raises :class:`~hw.exc.CameraError` when picamera2 is missing or no camera is attached.
+    Metadata of each shot: the :data:`METADATA_KEYS` the request carries.
+
+    Raises :class:`~hw.exc.CameraError` when picamera2 is missing or the camera cannot be opened,
+    configured or started (the half-opened camera is closed first).
     """
 
     def __init__(
@@ -95,6 +144,8 @@ class Picamera2Camera:
         lores_size_px: tuple[int, int] = (640, 480),
         jpeg_quality: int = 90,
         camera_num: int = 0,
+        controls: dict | None = None,
+        autofocus: str = "off",
     ):
         try:
             from picamera2 import Picamera2
@@ -107,20 +158,33 @@ class Picamera2Camera:
             self._picam2 = Picamera2(camera_num)
         except (IndexError, RuntimeError) as exc:
             raise CameraError(f"camera {camera_num} could not be opened: {exc}") from exc
-        main = {"size": tuple(size_px)} if size_px else {}
-        # Two buffers so the camera keeps streaming while we hold one request.
-        config = self._picam2.create_still_configuration(
-            main=main, lores={"size": tuple(lores_size_px)}, buffer_count=2
-        )
-        self._picam2.configure(config)
-        self._picam2.options["quality"] = jpeg_quality
-        self._lores_size = config["lores"]["size"]
-        self.model = self._picam2.camera_properties.get("Model", "unknown")  # the sensor, e.g. imx708
-        self._picam2.start()
+        try:
+            controls = dict(controls or {})
+            has_focus = "AfMode" in self._picam2.camera_controls
+            if autofocus != "off" and not has_focus:
+                log.warning("camera_autofocus = %r ignored: this camera has no autofocus", autofocus)
+            self._autofocus_cycle = autofocus == "cycle" and has_focus
+            if autofocus == "continuous" and has_focus:
+                controls["AfMode"] = _AF_MODE_CONTINUOUS
+            main = {"size": tuple(size_px)} if size_px else {}
+            # Two buffers so the camera keeps streaming while we hold one request.
+            config = self._picam2.create_still_configuration(
+                main=main, lores={"size": tuple(lores_size_px)}, buffer_count=2, controls=controls
+            )
+            self._picam2.configure(config)
+            self._picam2.options["quality"] = jpeg_quality
+            self._lores_size = config["lores"]["size"]
+            self.model = self._picam2.camera_properties.get("Model", "unknown")  # the sensor, e.g. imx708
+            self._picam2.start()
+        except (RuntimeError, ValueError, OSError) as exc:
+            self.close()
+            raise CameraError(f"camera {camera_num} could not be started: {exc}") from exc
 
     def capture(self, timeout_s: float) -> Shot:
         jpeg = io.BytesIO()
         try:
+            if self._autofocus_cycle and not self._picam2.autofocus_cycle(wait=timeout_s):
+                log.warning("autofocus did not converge; capturing anyway")
             # flush=True: only a frame whose exposure started after now, so the photo shows what
             # triggered it rather than a frame already queued before the trigger.
             with self._picam2.captured_request(wait=timeout_s, flush=True) as request:
@@ -132,12 +196,118 @@ class Picamera2Camera:
         except RuntimeError as exc:
             raise CameraError(f"capture failed: {exc}") from exc
         frame = yuv420_frame(lores, *self._lores_size)
-        return Shot(jpeg.getvalue(), frame, metadata)
+        kept = {key: metadata[key] for key in METADATA_KEYS if key in metadata}
+        return Shot(jpeg.getvalue(), frame, kept)
 
     def close(self) -> None:
-        if self._picam2 is not None:
-            self._picam2.close()
-            self._picam2 = None
+        """Stop and release the camera (libcamera allows one user of a camera at a time, so a
+        camera not closed cannot be opened again).  A failure to close is logged, not raised."""
+        picam2, self._picam2 = self._picam2, None
+        if picam2 is not None:
+            try:
+                picam2.close()
+            except RuntimeError as exc:
+                log.warning("closing the camera failed: %s", exc)
+
+
+class RecoveringCamera:
+    """A camera that recovers by itself: ``open_camera()`` makes a new camera (a
+    :class:`Picamera2Camera` or a :class:`SimulatedCamera`), and is called once here, so a camera
+    missing at start-up raises :class:`~hw.exc.CameraError` at once.
+
+    When a capture fails, the camera is closed (the old instance released before any new one is
+    made: picamera2 leaks and libcamera refuses a second user otherwise) and re-opened by
+    :meth:`recover` after a back-off of 1, 2, 4 ... s (at most :data:`MAX_BACKOFF_S`).  A capture
+    meanwhile raises :class:`~hw.exc.CameraUnavailable`.  Failed captures and failed re-opens count
+    together; ``max_failures`` in a row raise :class:`~hw.exc.CameraFailed`, from :meth:`capture` or
+    :meth:`recover`, for the process to exit and be restarted (a call that hangs outright is left
+    to systemd's watchdog).  A successful capture resets the count.
+
+    :meth:`status` may be called from other threads.  ``monotonic``: the clock (for tests).
+    """
+
+    def __init__(
+        self, open_camera: Callable[[], "Camera"], *, max_failures: int = 5, monotonic=time.monotonic
+    ):
+        self._open = open_camera
+        self._max_failures = max_failures
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._camera = open_camera()
+        self.model = self._camera.model
+        self._failures = 0
+        self._retry_at: float | None = None
+        self._last_error: str | None = None
+
+    def status(self) -> dict:
+        """``{"state": "ok" | "recovering" | "failed", "failures": n (in a row), "last_error": str
+        or None, "retry_in_s": seconds until the next re-open or None}``."""
+        with self._lock:
+            if self._failures >= self._max_failures:
+                state = "failed"
+            elif self._camera is None:
+                state = "recovering"
+            else:
+                state = "ok"
+            retry = None if self._retry_at is None else max(0.0, round(self._retry_at - self._monotonic(), 1))
+            return {
+                "state": state,
+                "failures": self._failures,
+                "last_error": self._last_error,
+                "retry_in_s": retry,
+            }
+
+    def capture(self, timeout_s: float) -> Shot:
+        self.recover()
+        if self._camera is None:
+            raise CameraUnavailable(f"camera recovering after: {self._last_error}")
+        try:
+            shot = self._camera.capture(timeout_s)
+        except CameraError as exc:
+            self._failed(f"capture: {exc}", close=True)
+            raise
+        with self._lock:
+            self._failures, self._last_error = 0, None
+        return shot
+
+    def recover(self) -> None:
+        """Re-open the camera if it is closed and its back-off has passed; for the main loop's
+        scheduler.  Raises :class:`~hw.exc.CameraFailed` after too many failures."""
+        if self._camera is not None or self._monotonic() < self._retry_at:
+            return
+        try:
+            camera = self._open()
+        except CameraError as exc:
+            self._failed(f"re-open: {exc}", close=False)
+            return
+        with self._lock:
+            self._camera, self._retry_at = camera, None
+        log.info("camera re-opened after %d failures", self._failures)
+
+    def _failed(self, reason: str, *, close: bool) -> None:
+        if close:
+            camera, self._camera = self._camera, None
+            camera.close()
+        with self._lock:
+            self._failures += 1
+            self._last_error = reason
+            backoff = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
+            self._retry_at = self._monotonic() + backoff
+            failures = self._failures
+        if failures >= self._max_failures:
+            raise CameraFailed(f"camera failed {failures} times in a row; last: {reason}")
+        log.warning(
+            "camera failure %d of %d (%s); re-opening in %.0f s",
+            failures,
+            self._max_failures,
+            reason,
+            backoff,
+        )
+
+    def close(self) -> None:
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            camera.close()
 
 
 class SimulatedCamera:
@@ -147,8 +317,9 @@ class SimulatedCamera:
     a file that is not a decodable JPEG is logged with its name and skipped.  Without it, each
     capture renders a ``size_px`` scene (sky, ground and a moving "animal") with Pillow.
 
-    ``capture_time_s`` adds a delay like a real exposure.  :meth:`inject_failure` makes the next
-    capture raise, to exercise error handling.  :attr:`model` is ``"simulated"``.
+    ``capture_time_s`` adds a delay like a real exposure.  :meth:`inject_failure` and
+    :meth:`inject_delay` make captures fail or hang, to exercise error handling and recovery; a
+    closed camera refuses to capture, as a real one does.  :attr:`model` is ``"simulated"``.
 
     Raises :class:`~hw.exc.CameraError` at construction when ``replay_dir`` is not a folder, and at
     capture when no file in it is a usable JPEG.
@@ -169,7 +340,8 @@ class SimulatedCamera:
         self._quality = jpeg_quality
         self._capture_time_s = capture_time_s
         self._count = 0
-        self._failure: Exception | None = None
+        self._failures: list[Exception] = []
+        self._closed = False
         self._replay: list[Path] = []
         if replay_dir is not None:
             replay_dir = Path(replay_dir)
@@ -177,14 +349,21 @@ class SimulatedCamera:
                 raise CameraError(f"replay folder {replay_dir} does not exist")
             self._replay = sorted(p for p in replay_dir.iterdir() if p.is_file())
 
-    def inject_failure(self, error: Exception) -> None:
-        """Make the next :meth:`capture` raise ``error`` (e.g. ``CameraTimeout("...")``)."""
-        self._failure = error
+    def inject_failure(self, error: Exception, count: int = 1) -> None:
+        """Make the next ``count`` :meth:`capture` calls raise ``error`` (e.g.
+        ``CameraTimeout("...")`` or ``CameraError("Device or resource busy")``)."""
+        self._failures = [error] * count
+
+    def inject_delay(self, seconds: float) -> None:
+        """Make every capture from now on take ``seconds`` (a slow or hanging camera: a capture
+        longer than its timeout sleeps for the timeout, then raises ``CameraTimeout``)."""
+        self._capture_time_s = seconds
 
     def capture(self, timeout_s: float) -> Shot:
-        if self._failure is not None:
-            error, self._failure = self._failure, None
-            raise error
+        if self._closed:
+            raise CameraError("camera is closed")
+        if self._failures:
+            raise self._failures.pop()
         if self._capture_time_s > timeout_s:
             time.sleep(timeout_s)
             raise CameraTimeout(f"no frame within {timeout_s} s")
@@ -194,7 +373,7 @@ class SimulatedCamera:
         return shot
 
     def close(self) -> None:
-        pass
+        self._closed = True
 
     def _next_replayed(self) -> Shot:
         for _ in range(len(self._replay)):

@@ -18,3 +18,13 @@ class CameraTimeout(CameraError, TimeoutError):
 
 class PinConfigError(HardwareError, ValueError):
     """A GPIO pin name is not a valid BCM name such as ``GPIO17``."""
+
+
+class CameraUnavailable(CameraError):
+    """The camera is closed while it recovers from a failure; the next attempt to re-open it is
+    scheduled (see :class:`~hw.camera.RecoveringCamera`)."""
+
+
+class CameraFailed(HardwareError):
+    """The camera failed too many times in a row: only restarting the process (or the Pi) can help.
+    Deliberately not a :class:`CameraError`, which the main loop logs and survives."""

@@ -1,15 +1,22 @@
-"""GPIO triggers: a push button and a PIR motion sensor, built on gpiozero.
+"""What makes the appliance capture: a push button and a PIR motion sensor (gpiozero), and a
+timelapse within active windows; and what keeps a flapping sensor from filling the card.
 
 Callbacks run on gpiozero's threads, so they only put a :class:`TriggerEvent` on the main loop's
-queue; capturing happens on the main loop.  In simulation the same gpiozero devices are built on
-gpiozero's own :class:`~gpiozero.pins.mock.MockFactory`, and :class:`SimulatedTriggerSource`
-drives their mock pins, so the real callback path runs.
+queue; capturing happens on the main loop.  Every event first passes a :class:`TriggerGate`
+(per-source cooldown, global rate limit); suppressed ones are counted, not queued.  In simulation
+the same gpiozero devices are built on gpiozero's own :class:`~gpiozero.pins.mock.MockFactory`, and
+:class:`SimulatedTriggerSource` drives their mock pins, so the real callback path runs.
 """
 
+import collections
+import datetime
 import itertools
+import logging
 import queue
+import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpiozero import Button, MotionSensor
@@ -19,6 +26,10 @@ from gpiozero.pins.mock import MockFactory
 # 10 Hz by default, so a pulse must last a few samples to be seen (a real HC-SR501 holds >= 2.5 s).
 SIMULATED_PIR_PULSE_S = 0.3
 SIMULATED_PRESS_S = 0.05
+# Trigger sources a person asked for directly: never held back by the gate.
+UNGATED = ("manual",)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,67 @@ def make_pin_factory(simulate: bool):
     return MockFactory() if simulate else None
 
 
+class TriggerGate:
+    """Decides which trigger events become captures, so that a flapping sensor cannot fill the card.
+
+    An event from ``source`` is admitted unless (a) the same source was admitted less than
+    ``cooldown_s`` seconds ago (timelapse is exempt: its interval spaces it), or (b) admitting it
+    would make more than ``max_captures_per_minute`` captures in the last 60 s, each event counting
+    ``captures_per_event`` captures (its burst); 0 turns the rate limit off.  ``manual`` events (a
+    person asked) are always admitted and not counted.  Times are ``time.monotonic()`` seconds, so a
+    wall-clock jump changes nothing.  Thread-safe: gpiozero's threads and the main loop call
+    :meth:`admit` together.
+
+    Raises ``ValueError`` when a burst alone exceeds the rate limit (nothing could ever pass).
+    """
+
+    def __init__(self, *, cooldown_s: float, max_captures_per_minute: int, captures_per_event: int = 1):
+        if max_captures_per_minute and captures_per_event > max_captures_per_minute:
+            raise ValueError(
+                f"a burst of {captures_per_event} exceeds {max_captures_per_minute} captures per minute"
+            )
+        self._cooldown_s = cooldown_s
+        self._max_events = max_captures_per_minute // captures_per_event if max_captures_per_minute else 0
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._admitted: collections.deque[float] = collections.deque()
+        self._suppressed: collections.Counter[str] = collections.Counter()
+        self._limiting = False
+
+    def admit(self, source: str, now: float | None = None) -> bool:
+        """Whether an event from ``source`` at ``now`` (monotonic s, default: now) may capture;
+        a refused one is counted in :meth:`status`."""
+        if source in UNGATED:
+            return True
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            last = self._last.get(source)
+            if source != "timelapse" and last is not None and now - last < self._cooldown_s:
+                self._suppressed[source] += 1
+                return False
+            while self._admitted and now - self._admitted[0] >= 60:
+                self._admitted.popleft()
+            if self._max_events and len(self._admitted) >= self._max_events:
+                self._suppressed[source] += 1
+                if not self._limiting:
+                    log.warning(
+                        "rate limit reached (%d events in the last minute); triggers are counted, "
+                        "not captured, until it eases",
+                        len(self._admitted),
+                    )
+                    self._limiting = True
+                return False
+            self._limiting = False
+            self._last[source] = now
+            self._admitted.append(now)
+            return True
+
+    def status(self) -> dict:
+        """``{"suppressed": {source: count}, "suppressed_total": count}`` since start-up."""
+        with self._lock:
+            return {"suppressed": dict(self._suppressed), "suppressed_total": sum(self._suppressed.values())}
+
+
 class Triggers:
     """The button and the PIR sensor, putting :class:`TriggerEvent` objects on ``events``.
 
@@ -42,7 +114,10 @@ class Triggers:
     The button is wired between the pin and ground (internal pull-up; pressed = low) and debounced
     by gpiozero with ``bounce_time_s`` seconds.  The PIR output drives the pin high on motion
     (pull-down); gpiozero's ``MotionSensor`` has no ``bounce_time`` and samples the pin at 10 Hz
-    instead, which is what tames a PIR's output.
+    instead, which is what tames a PIR's output.  Each event passes ``gate`` first (None: all pass).
+
+    ``when_held`` is called (on a gpiozero thread: it must only hand work over) once the button
+    has been held for ``hold_time_s`` seconds; the press itself has already triggered a capture.
 
     Raises gpiozero's ``PinInvalidPin`` or ``GPIOPinInUse`` for a pin that cannot be used.
     """
@@ -54,14 +129,22 @@ class Triggers:
         button_pin: str | None,
         motion_pin: str | None,
         bounce_time_s: float | None,
+        gate: TriggerGate | None = None,
+        hold_time_s: float = 3.0,
+        when_held: Callable[[], None] | None = None,
         pin_factory=None,
     ):
         self._events = events
+        self._gate = gate
         self.button = self.motion = None
         try:
             if button_pin:
-                self.button = Button(button_pin, bounce_time=bounce_time_s, pin_factory=pin_factory)
+                self.button = Button(
+                    button_pin, bounce_time=bounce_time_s, hold_time=hold_time_s, pin_factory=pin_factory
+                )
                 self.button.when_pressed = lambda: self._put("button")
+                if when_held is not None:
+                    self.button.when_held = when_held
             if motion_pin:
                 self.motion = MotionSensor(motion_pin, pin_factory=pin_factory)
                 self.motion.when_motion = lambda: self._put("motion")
@@ -70,12 +153,73 @@ class Triggers:
             raise
 
     def _put(self, source: str) -> None:
-        self._events.put(TriggerEvent(source, time.monotonic()))
+        now = time.monotonic()
+        if self._gate is None or self._gate.admit(source, now):
+            self._events.put(TriggerEvent(source, now))
 
     def close(self) -> None:
         for device in (self.motion, self.button):
             if device is not None:
                 device.close()
+
+
+_WINDOW = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+class ActiveWindows:
+    """Times of day, in local time, when timelapse captures and the UV light are on.
+
+    ``windows``: strings ``"HH:MM-HH:MM"`` (24-hour clock, start included, end excluded); a window
+    whose end is earlier than its start spans midnight (``"19:00-06:00"``).  No windows: always
+    active.  Raises ``ValueError`` naming a malformed window, or one that starts where it ends.
+    """
+
+    def __init__(self, windows=()):
+        self._spans = []
+        for window in windows:
+            match = _WINDOW.fullmatch(window)
+            if not match:
+                raise ValueError(f'{window!r} is not a window "HH:MM-HH:MM" such as "19:00-06:00"')
+            h1, m1, h2, m2 = (int(g) for g in match.groups())
+            start, end = datetime.time(h1, m1), datetime.time(h2, m2)
+            if start == end:
+                raise ValueError(f"{window!r} starts where it ends")
+            self._spans.append((start, end))
+
+    def contains(self, moment: datetime.time) -> bool:
+        """Whether ``moment`` (a local time of day) falls in a window."""
+        if not self._spans:
+            return True
+        return any(
+            start <= moment < end if start < end else moment >= start or moment < end
+            for start, end in self._spans
+        )
+
+
+class Timelapse:
+    """Puts a ``timelapse`` :class:`TriggerEvent` on ``events`` every ``interval_s`` seconds
+    (monotonic) while the local time is within ``windows``, through ``gate``.  :meth:`tick` is
+    called by the main loop's scheduler (at least once a second); ``now`` is for tests.
+    """
+
+    def __init__(self, events, *, interval_s: float, windows: ActiveWindows, gate: TriggerGate | None = None):
+        self._events = events
+        self._interval_s = interval_s
+        self._windows = windows
+        self._gate = gate
+        self._due: float | None = None
+
+    def tick(self, now: float | None = None, local_time: datetime.time | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        local_time = datetime.datetime.now().time() if local_time is None else local_time
+        if not self._windows.contains(local_time):
+            self._due = None  # the first capture of the next window comes as it opens
+            return
+        if self._due is not None and now < self._due:
+            return
+        self._due = now + self._interval_s
+        if self._gate is None or self._gate.admit("timelapse", now):
+            self._events.put(TriggerEvent("timelapse", now))
 
 
 class SimulatedTriggerSource:

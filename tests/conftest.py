@@ -31,8 +31,11 @@ def photo(burst_dir) -> bytes:
     return (burst_dir / "20210531082538-RCNX0031.JPG").read_bytes()
 
 
-# Whatever the free space of the machine running the tests, cleanup deletes nothing.
-NO_CLEANUP = """\
+# For runs of the real command: whatever the free space of the machine running the tests, cleanup
+# deletes nothing; and simulated triggers come faster than a real sensor's, so none is held back.
+RUN_CONFIG = """\
+trigger_cooldown_s = 0
+max_captures_per_minute = 0
 cleanup_start_free_percent = 0
 cleanup_start_free_bytes = 0
 cleanup_stop_free_percent = 0
@@ -43,10 +46,10 @@ capture_min_free_bytes = 0
 
 
 @pytest.fixture
-def no_cleanup(tmp_path) -> Path:
-    """A config file that keeps cleanup from deleting anything, for runs of the real command."""
-    config = tmp_path / "no-cleanup.toml"
-    config.write_text(NO_CLEANUP)
+def run_config(tmp_path) -> Path:
+    """A config file for runs of the real command (see :data:`RUN_CONFIG`)."""
+    config = tmp_path / "run-config.toml"
+    config.write_text(RUN_CONFIG)
     return config
 
 

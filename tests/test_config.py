@@ -48,6 +48,13 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "is not a folder"),
         ('simulate_replay_dir = "."', "simulate_replay_dir", "only used in simulation"),
         ("capture_timeout_s = 0", "capture_timeout_s", "greater than 0"),
+        ('flash_pin = "GPIO17"', "flash_pin", "GPIO17 is already button_pin"),
+        ("burst_count = 10\nmax_captures_per_minute = 5", "burst_count", "exceeds max_captures_per_minute"),
+        ('active_windows = ["19:00-25:00"]', "active_windows", "'19:00-25:00' is not a window"),
+        ("active_windows = [1900]", "active_windows", '"HH:MM-HH:MM" strings'),
+        ('camera_awb_mode = "sunny"', "camera_awb_mode", "must be one of 'auto'"),
+        ('button_hold_action = "reboot"', "button_hold_action", "'none', 'test_shot', 'shutdown'"),
+        ("timelapse_interval_s = 0.5", "timelapse_interval_s", "0 (off) or at least 1"),
         ("thumbnail_max_px = ", "", "Invalid value"),
     ],
 )

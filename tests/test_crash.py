@@ -63,12 +63,12 @@ def assert_disk_matches_index(data_dir, rows):
     assert not list(data_dir.rglob(".*.tmp"))
 
 
-def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path, capsys, no_cleanup):
+def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path, capsys, run_config):
     seed = int(os.environ.get("CRASH_TEST_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     data_dir = tmp_path / "data"
     config = tmp_path / "appliance.toml"
-    config.write_text(CONFIG + no_cleanup.read_text() + f'data_dir = "{data_dir}"\n')
+    config.write_text(CONFIG + run_config.read_text() + f'data_dir = "{data_dir}"\n')
     acknowledged: set[str] = set()
     counts = {"kills": 0, "kills before the first capture": 0, "start-ups that repaired": 0}
     counts |= {"checks": 0, "repairs": 0}

@@ -1,6 +1,7 @@
 """The real command in a subprocess: simulated triggers through gpiozero MockFactory pins, replayed
 real photos, real HTTP on 127.0.0.1, real signals, and the index read back from disk."""
 
+import datetime
 import hashlib
 import io
 import os
@@ -63,10 +64,10 @@ def assert_index_matches_disk(data_dir, replayed: set[str]):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, signum, no_cleanup):
+def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, signum, run_config):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     data_dir = tmp_path / "data"
-    process = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    process = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     try:
         url = status_url(process)
         status = wait_for_captures(url, 3)
@@ -87,12 +88,12 @@ def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, sign
     assert_index_matches_disk(data_dir, replayed)
 
 
-def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir, no_cleanup):
+def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir, run_config):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(burst_dir),
          "--trigger-interval-s", "0.5", "--duration-s", "3", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0", "--config", str(no_cleanup)],
+         "--host", "127.0.0.1", "--port", "0", "--config", str(run_config)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -100,19 +101,38 @@ def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, bu
     assert 4 <= len(rows) <= 7
 
 
-def test_bad_replay_file_is_skipped_and_named(tmp_path, photo, no_cleanup):
+def test_bad_replay_file_is_skipped_and_named(tmp_path, photo, run_config):
     (tmp_path / "replay").mkdir()
     (tmp_path / "replay" / "broken.jpg").write_bytes(photo[:1000])
     (tmp_path / "replay" / "good.jpg").write_bytes(photo)
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(tmp_path / "replay"),
          "--trigger-interval-s", "0.2", "--duration-s", "1.5", "--data-dir", str(tmp_path / "d"),
-         "--host", "127.0.0.1", "--port", "0", "--config", str(no_cleanup)],
+         "--host", "127.0.0.1", "--port", "0", "--config", str(run_config)],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr
     assert_index_matches_disk(tmp_path / "d", {hashlib.sha256(photo).hexdigest()})
+
+
+def test_a_camera_that_keeps_failing_exits_1_for_systemd_to_restart_it(tmp_path, run_config):
+    (tmp_path / "replay").mkdir()
+    (tmp_path / "replay" / "notes.txt").write_text("no photo here")  # every capture fails
+    config = tmp_path / "appliance.toml"
+    config.write_text(run_config.read_text() + 'camera_max_failures = 2\nflash_pin = "GPIO27"\n')
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--replay", str(tmp_path / "replay"),
+         "--trigger-interval-s", "0.2", "--duration-s", "20", "--data-dir", str(tmp_path / "d"),
+         "--host", "127.0.0.1", "--port", "0", "--config", str(config)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 15  # one back-off of 1 s, not the whole --duration-s
+    assert "camera failure 1 of 2" in result.stderr
+    assert "stopped on error: camera failed 2 times in a row" in result.stderr
+    assert IndexReader(tmp_path / "d").counts(datetime.datetime.now(datetime.UTC))["total"] == 0
 
 
 def test_bad_config_exits_2_naming_file_and_key(tmp_path):
@@ -143,16 +163,16 @@ def test_hardware_mode_without_a_pi_fails_start_up_with_a_reason(tmp_path):
 
 
 def test_after_sigkill_the_next_run_captures_at_once_and_checks_in_full_beside(
-    tmp_path, burst_dir, no_cleanup
+    tmp_path, burst_dir, run_config
 ):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     data_dir = tmp_path / "data"
-    first = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    first = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     wait_for_captures(status_url(first), 2)
     first.kill()
     first.communicate(timeout=15)
 
-    second = start(data_dir, no_cleanup, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    second = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
     try:
         url = status_url(second)
         check = requests.get(url + "api/status", timeout=5).json()["startup_check"]

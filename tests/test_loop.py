@@ -9,20 +9,22 @@ import time
 
 import pytest
 import schedule
+from gpiozero.pins.mock import MockFactory
 from PIL import ExifTags, Image
 
 from appliance.exif import Identity
 from appliance.loop import MainLoop, guarded
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
-from hw.camera import SimulatedCamera
+from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
-from hw.exc import CameraTimeout
+from hw.exc import CameraError, CameraFailed, CameraTimeout
+from hw.lights import Lights
 from hw.triggers import TriggerEvent
 
 DAY = datetime.timedelta(days=1)
 
 
-def make_loop(store, camera=None, scheduler=None, clock=None):
+def make_loop(store, camera=None, scheduler=None, clock=None, **options):
     events = queue.Queue()
     loop = MainLoop(
         events=events,
@@ -33,6 +35,7 @@ def make_loop(store, camera=None, scheduler=None, clock=None):
         thumbnail_max_px=320,
         identity=Identity("Raspberry Pi", "simulated", "trap-07"),
         clock=clock,
+        **options,
     )
     return loop, events
 
@@ -202,3 +205,89 @@ def test_a_damaged_index_keeps_the_photo_and_stops_the_loop_for_a_rebuild(store)
     assert "is damaged" in loop.health.problems()["storage"]
     assert len(list((store.data_dir / "media").rglob("*.jpg"))) == 4  # kept, for the rebuild
     assert events.qsize() == 1  # the loop stopped after the first
+
+
+def test_a_burst_takes_its_photos_at_the_interval_under_one_event(store):
+    loop, events = make_loop(store, SimulatedCamera(size_px=(64, 48)), burst_count=3, burst_interval_s=0.2)
+    events.put(trigger("motion"))
+    events.put(trigger("button"))
+    loop.run(duration_s=1.6)
+    rows = IndexReader(store.data_dir).latest(10)[::-1]
+    assert [r["trigger"] for r in rows] == ["motion"] * 3 + ["button"] * 3
+    assert len({r["event_id"] for r in rows[:3]}) == len({r["event_id"] for r in rows[3:]}) == 1
+    assert rows[0]["event_id"] != rows[3]["event_id"]
+    gaps = [b["since_boot_s"] - a["since_boot_s"] for a, b in zip(rows[:2], rows[1:3], strict=True)]
+    assert all(0.18 <= gap < 0.5 for gap in gaps)
+
+
+def test_the_flash_is_on_only_while_the_camera_captures(store):
+    factory = MockFactory()
+    lights = Lights(flash_pin="GPIO27", uv_pin=None, flash_pre_delay_s=0.05, pin_factory=factory)
+    pin = factory.pin("GPIO27")
+    seen = []
+
+    class WatchedCamera(SimulatedCamera):
+        def capture(self, timeout_s):
+            seen.append(pin.state)  # the flash, as the exposure starts
+            return super().capture(timeout_s)
+
+    loop, events = make_loop(store, WatchedCamera(size_px=(64, 48)), lights=lights)
+    pin.clear_states()
+    events.put(trigger())
+    loop.run(duration_s=0.4)
+    assert seen == [True]
+    assert [s.state for s in pin.states] == [False, True, False] and not pin.state
+    assert pin.states[2].timestamp >= 0.05  # on for the pre-delay and the capture
+    lights.close()
+    factory.close()
+
+
+def test_a_camera_that_fails_recovers_and_the_status_says_so(store):
+    now = [0.0]
+    cameras = []
+
+    def open_camera():
+        cameras.append(SimulatedCamera(size_px=(64, 48)))
+        return cameras[-1]
+
+    camera = RecoveringCamera(open_camera, max_failures=3, monotonic=lambda: now[0])
+    loop, events = make_loop(store, camera)
+    cameras[0].inject_failure(CameraTimeout("no frame within 1.0 s"))
+    events.put(trigger())
+    loop.run(duration_s=0.2)
+    assert camera.status()["state"] == "recovering"
+    assert "no frame" in loop.health.problems()["camera"]
+    events.put(trigger())  # before the back-off: refused at once, the closed camera untouched
+    loop.run(duration_s=0.2)
+    assert camera.status()["failures"] == 1 and len(cameras) == 1
+    now[0] = 1.0
+    events.put(trigger())
+    loop.run(duration_s=0.3)
+    assert len(cameras) == 2 and cameras[0]._closed
+    assert camera.status() == {"state": "ok", "failures": 0, "last_error": None, "retry_in_s": None}
+    assert "camera" not in loop.health.problems()
+    assert store.db["captures"].count == 1
+
+
+def test_a_camera_that_keeps_failing_stops_the_loop_as_fatal(store):
+    now = [0.0]
+    busy = CameraError("Device or resource busy")
+
+    def open_camera():
+        camera = SimulatedCamera(size_px=(64, 48))
+        camera.inject_failure(busy, count=10)
+        return camera
+
+    camera = RecoveringCamera(open_camera, max_failures=2, monotonic=lambda: now[0])
+    scheduler = schedule.Scheduler()
+    scheduler.every(1).seconds.do(guarded("camera recovery", camera.recover))
+    loop, events = make_loop(store, camera, scheduler=scheduler)
+    events.put(trigger())
+    loop.run(duration_s=0.2)
+    now[0] = 5.0  # the back-off has passed: the recovery job re-opens, the next capture fails again
+    events.put(trigger())
+    events.put(trigger())
+    loop.run(duration_s=2)
+    assert isinstance(loop.fatal, CameraFailed)
+    assert "failed 2 times in a row" in loop.health.problems()["camera"]
+    assert events.qsize() == 1  # stopped at once

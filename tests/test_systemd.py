@@ -113,10 +113,10 @@ def test_the_loop_pings_while_it_makes_progress_and_not_while_a_capture_hangs(st
     assert sorted(gaps)[len(gaps) // 2] < 0.2  # otherwise every 0.1 s
 
 
-def test_the_real_command_says_ready_status_and_stopping(tmp_path, listener, no_cleanup):
+def test_the_real_command_says_ready_status_and_stopping(tmp_path, listener, run_config):
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--duration-s", "2", "--port", "0",
-         "--host", "127.0.0.1", "--data-dir", str(tmp_path / "data"), "--config", str(no_cleanup)],
+         "--host", "127.0.0.1", "--data-dir", str(tmp_path / "data"), "--config", str(run_config)],
         capture_output=True, text=True, timeout=30,
         env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip

@@ -13,7 +13,11 @@ from appliance import thumbnails
 from appliance.loop import Health
 from appliance.store import IndexReader
 from appliance.web import WebServer, make_app
+from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
+from hw.exc import CameraTimeout
+from hw.system import Probes
+from hw.triggers import TriggerGate
 
 
 @pytest.fixture
@@ -117,5 +121,49 @@ def test_problems_of_the_main_loop_show_as_a_banner_and_in_the_api(store):
             "storage": "the last capture could not be stored: No space left on device"
         }
         assert "<strong>storage:</strong> the last capture could not be stored" in get(server, "/").text
+    finally:
+        server.stop()
+
+
+def test_camera_power_and_clock_problems_and_suppressed_triggers_are_shown(store, tmp_path):
+    # Real parts behind the status: a camera recovering from a timeout, real probes reading a hot
+    # thermal zone and a vcgencmd that reports under-voltage.
+    simulated = SimulatedCamera(size_px=(64, 48))
+    camera = RecoveringCamera(lambda: simulated)
+    simulated.inject_failure(CameraTimeout("no frame within 5 s"))
+    with pytest.raises(CameraTimeout):
+        camera.capture(5)
+    gate = TriggerGate(cooldown_s=10, max_captures_per_minute=0)
+    gate.admit("motion", now=0)
+    gate.admit("motion", now=1)
+    (tmp_path / "temp").write_text("85500\n")
+    vcgencmd = tmp_path / "vcgencmd"
+    vcgencmd.write_text("#!/bin/sh\necho throttled=0x50005\n")
+    vcgencmd.chmod(0o755)
+    probes = Probes(store.data_dir, thermal_path=tmp_path / "temp", throttled_command=[str(vcgencmd)])
+
+    def hardware_status():
+        return {
+            "camera": camera.status(),
+            "triggers": gate.status(),
+            "system": probes.snapshot(),
+            "uv_light_on": False,
+        }
+
+    app = make_app(
+        IndexReader(store.data_dir), mode="hardware", started_monotonic=0, hardware_status=hardware_status
+    )
+    server = WebServer(app, "127.0.0.1", 0)
+    try:
+        status = get(server, "/api/status").json()
+        problems = status["problems"]
+        assert problems["camera"] == "recovering after 1 failures: capture: no frame within 5 s"
+        assert problems["power and temperature"] == "under-voltage, throttled, CPU temperature 86 °C"
+        assert status["triggers"] == {"suppressed": {"motion": 1}, "suppressed_total": 1}
+        assert status["system"]["cpu_temperature_c"] == 85.5
+        assert status["camera"]["state"] == "recovering" and status["camera"]["retry_in_s"] <= 1
+        page = get(server, "/").text
+        assert "<strong>camera:</strong> recovering" in page
+        assert "<dt>Suppressed triggers</dt><dd>1 " in page and "86 °C" in page
     finally:
         server.stop()

@@ -37,6 +37,15 @@ figure img { width: 100%; height: auto; display: block; background: #eee; }
 <br>last run {{run["started_at"]}} ({{run["reason"]}}): {{run["deleted"]}} deleted, {{"%.1f" % (run["bytes_freed"] / 1e6)}} MB freed{{"" if run["finished_at"] else ", under way"}}
 % end
 </dd>
+% if get("triggers"):
+<dt>Suppressed triggers</dt><dd>{{triggers["suppressed_total"]}} (cooldown and rate limit)</dd>
+% end
+% if get("camera"):
+<dt>Camera</dt><dd>{{camera["state"]}}</dd>
+% end
+% if get("system") and system["cpu_temperature_c"] is not None:
+<dt>CPU temperature</dt><dd>{{"%.0f" % system["cpu_temperature_c"]}} °C</dd>
+% end
 <dt>Uptime</dt><dd>{{"%d h %02d min" % (uptime_s // 3600, uptime_s % 3600 // 60)}}</dd>
 <dt>Version</dt><dd>{{version}}</dd>
 % if startup_check and startup_check["full_check_progress"] is not None and startup_check["full_check_progress"] < 1:

@@ -181,6 +181,8 @@ class Picamera2Camera:
             raise CameraError(f"camera {camera_num} could not be started: {exc}") from exc
 
     def capture(self, timeout_s: float) -> Shot:
+        if self._picam2 is None:
+            raise CameraError("camera is closed")
         jpeg = io.BytesIO()
         try:
             if self._autofocus_cycle and not self._picam2.autofocus_cycle(wait=timeout_s):
@@ -260,6 +262,8 @@ class RecoveringCamera:
     def capture(self, timeout_s: float) -> Shot:
         self.recover()
         if self._camera is None:
+            if self._retry_at is None:
+                raise CameraError("camera is closed")
             raise CameraUnavailable(f"camera recovering after: {self._last_error}")
         try:
             shot = self._camera.capture(timeout_s)
@@ -273,8 +277,8 @@ class RecoveringCamera:
     def recover(self) -> None:
         """Re-open the camera if it is closed and its back-off has passed; for the main loop's
         scheduler.  Raises :class:`~hw.exc.CameraFailed` after too many failures."""
-        if self._camera is not None or self._monotonic() < self._retry_at:
-            return
+        if self._camera is not None or self._retry_at is None or self._monotonic() < self._retry_at:
+            return  # open, closed for good, or still backing off
         try:
             camera = self._open()
         except CameraError as exc:
@@ -305,7 +309,7 @@ class RecoveringCamera:
         )
 
     def close(self) -> None:
-        camera, self._camera = self._camera, None
+        camera, self._camera, self._retry_at = self._camera, None, None
         if camera is not None:
             camera.close()
 

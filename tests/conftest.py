@@ -1,7 +1,10 @@
 import contextlib
 import errno
+import importlib
 import os
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from appliance.store import CaptureStore
 from hw.clock import ManualClock
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+FAKE_PICAMERA2 = Path(__file__).parent / "fake_picamera2"
 
 
 @pytest.fixture
@@ -18,6 +22,36 @@ def samples() -> Path:
     if not SAMPLES.is_dir():
         pytest.skip(f"sample photos not found at {SAMPLES}")
     return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def picamera2_wheel():
+    """The picamera2 wheel at ``$PICAMERA2_WHEEL`` as a zip file (picamera2 cannot be imported off
+    a Pi; its source is read).  Skips without it, except under CI, where .ci/run must download it."""
+    path = os.environ.get("PICAMERA2_WHEEL")
+    if not path:
+        reason = "PICAMERA2_WHEEL is not set (path to a wheel from: pip download --no-deps picamera2)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; under CI, .ci/run must download the picamera2 wheel")
+        pytest.skip(reason)
+    with zipfile.ZipFile(path) as zf:
+        yield zf
+
+
+@pytest.fixture
+def fake_picamera2(picamera2_wheel, tmp_path, monkeypatch):
+    """The fake ``picamera2`` package (tests/fake_picamera2, its signatures checked against the
+    wheel), imported afresh so its class-level state starts clean, whose ``converters`` is the
+    wheel's real file."""
+    for name in ("picamera2", "picamera2.converters"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(FAKE_PICAMERA2))
+    fake = importlib.import_module("picamera2")
+    fake.install_converters(picamera2_wheel.read("picamera2/converters.py"), tmp_path)
+    yield fake
+    # Forget the fake package (monkeypatch then restores whatever was there before).
+    for name in [n for n in sys.modules if n.split(".")[0] == "picamera2"]:
+        del sys.modules[name]
 
 
 @pytest.fixture

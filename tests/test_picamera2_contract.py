@@ -2,8 +2,9 @@
 
 picamera2 cannot be imported off a Raspberry Pi (its ``__init__`` imports libcamera), so its wheel
 is read as a zip file: the signatures we call are checked with :mod:`ast`, and ``converters.py``
-(which needs only numpy) is imported under an empty ``picamera2`` package to run
-:func:`hw.camera.yuv420_frame` on a real YUV420 buffer.
+(which needs only numpy) is imported under the fake ``picamera2`` package (tests/fake_picamera2) to
+run :func:`hw.camera.yuv420_frame` on a real YUV420 buffer.  The fake's own signatures are checked
+against the real ones here too, so that tests/test_picamera2_camera.py calls what a Pi would.
 
 ``PICAMERA2_WHEEL`` is the path to the wheel, e.g. from
 ``pip download --no-deps picamera2==0.3.38 -d DIR``.  Without it these tests are skipped, except
@@ -12,30 +13,24 @@ under CI (``CI=true``), where they fail: .ci/run must download the wheel.
 
 import ast
 import concurrent.futures
-import os
 import sys
-import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import hw.camera
 from hw.camera import yuv420_frame
 
+FAKE_SOURCE = Path(__file__).parent / "fake_picamera2" / "picamera2" / "__init__.py"
 # The lores stream: 640x480 YUV420 with padded rows, as the ISP delivers it.
 WIDTH, HEIGHT, STRIDE = 640, 480, 704
 
 
-@pytest.fixture(scope="module")
-def wheel():
-    path = os.environ.get("PICAMERA2_WHEEL")
-    if not path:
-        reason = "PICAMERA2_WHEEL is not set (path to a wheel from: pip download --no-deps picamera2)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; under CI, .ci/run must download the picamera2 wheel")
-        pytest.skip(reason)
-    with zipfile.ZipFile(path) as zf:
-        yield zf
+@pytest.fixture
+def wheel(picamera2_wheel):
+    return picamera2_wheel
 
 
 def parse(wheel, module: str) -> ast.Module:
@@ -89,19 +84,80 @@ def passes_wait(call: ast.Call) -> bool:
     return any(isinstance(v, ast.Name) and v.id == "wait" for v in values)
 
 
+def parameters(func: ast.FunctionDef) -> list[tuple[str, str, bool]]:
+    """``(name, kind, has a default)`` for each parameter of ``func`` in order, ``*args`` and
+    ``**kwargs`` included."""
+    a = func.args
+    positional = a.posonlyargs + a.args
+    first_default = len(positional) - len(a.defaults)
+    found = [
+        (p.arg, "positional-only" if p in a.posonlyargs else "positional", i >= first_default)
+        for i, p in enumerate(positional)
+    ]
+    if a.vararg:
+        found.append((a.vararg.arg, "*args", False))
+    found += [
+        (p.arg, "keyword-only", d is not None) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+    ]
+    if a.kwarg:
+        found.append((a.kwarg.arg, "**kwargs", False))
+    return found
+
+
+def calling_decorators(func: ast.FunctionDef) -> set[str]:
+    """The decorators that change how ``func`` is called (a property is read, not called)."""
+    names = {ast.unparse(d).removeprefix("contextlib.") for d in func.decorator_list}
+    return names & {"property", "contextmanager", "classmethod", "staticmethod"}
+
+
 # Every picamera2 call in hw/camera.py: the positional arguments we pass (by the parameter name they
 # bind to) and the keyword arguments.
 CALLS = [
     ("picamera2", "Picamera2", "__init__", ["camera_num"], []),
-    ("picamera2", "Picamera2", "create_still_configuration", [], ["main", "lores", "buffer_count"]),
+    (
+        "picamera2",
+        "Picamera2",
+        "create_still_configuration",
+        [],
+        ["main", "lores", "buffer_count", "controls"],
+    ),
     ("picamera2", "Picamera2", "configure", ["camera_config"], []),
     ("picamera2", "Picamera2", "start", [], []),
     ("picamera2", "Picamera2", "close", [], []),
     ("picamera2", "Picamera2", "captured_request", [], ["wait", "flush"]),
+    ("picamera2", "Picamera2", "autofocus_cycle", [], ["wait"]),
     ("request", "CompletedRequest", "save", ["name", "file_output"], ["format"]),
     ("request", "CompletedRequest", "make_array", ["name"], []),
     ("request", "CompletedRequest", "get_metadata", [], []),
 ]
+# The attributes of a Picamera2 that hw/camera.py reads without calling them.
+ATTRIBUTES = {"camera_controls", "camera_properties", "options"}
+
+
+def picamera2_uses_in_our_code() -> tuple[set[tuple[str, str]], set[str]]:
+    """What :class:`hw.camera.Picamera2Camera` does with picamera2, read from its source: the
+    methods it calls as ``(class, name)``, and the Picamera2 attributes it reads."""
+    tree = ast.parse(Path(hw.camera.__file__).read_text())
+    ours = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Picamera2Camera")
+    receivers = {"self._picam2": "Picamera2", "picam2": "Picamera2", "request": "CompletedRequest"}
+    called, read = set(), set()
+    for node in ast.walk(ours):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "Picamera2":
+            called.add(("Picamera2", "__init__"))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver = receivers.get(ast.unparse(node.func.value))
+            if receiver:
+                called.add((receiver, node.func.attr))
+    for node in ast.walk(ours):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) == "self._picam2":
+            read.add(node.attr)
+    return called, read - {name for _, name in called}
+
+
+def test_calls_table_lists_everything_our_camera_does_with_picamera2():
+    called, read = picamera2_uses_in_our_code()
+    assert called == {(c[1], c[2]) for c in CALLS}
+    assert read == ATTRIBUTES
 
 
 @pytest.mark.parametrize(
@@ -174,50 +230,13 @@ def test_numeric_wait_raises_timeout_error(wheel):
     assert concurrent.futures.TimeoutError is TimeoutError
 
 
-@pytest.fixture
-def wheel_converters(wheel, tmp_path, monkeypatch):
-    """Make ``picamera2.converters`` importable: the wheel's file under an empty package."""
-    package = tmp_path / "picamera2"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "converters.py").write_bytes(wheel.read("picamera2/converters.py"))
-    for name in ("picamera2", "picamera2.converters"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield package / "converters.py"
-    # Forget the stand-in package (monkeypatch then restores whatever was there before).
-    for name in [n for n in sys.modules if n.split(".")[0] == "picamera2"]:
-        del sys.modules[name]
-
-
-def yuv420_buffer(image: Image.Image, stride: int) -> np.ndarray:
-    """``image`` laid out as picamera2's ``make_array`` returns a YUV420 stream.
-
-    The flat buffer holds Y (h rows of ``stride`` bytes), then U and V (h/2 rows of ``stride / 2``
-    bytes each), and is reshaped to ``(h * 3 // 2, stride)``.  Padding bytes are 0, which would
-    show up as vivid green if the converted frame were not trimmed.
-    """
-    width, height = image.size
-    y, cb, cr = image.convert("YCbCr").split()
-    half = (width // 2, height // 2)
-    cb, cr = (p.resize(half, Image.Resampling.BOX) for p in (cb, cr))
-    flat = np.zeros(height * 3 // 2 * stride, np.uint8)
-    y_size, uv_size = height * stride, height // 2 * stride // 2
-    flat[:y_size].reshape(height, stride)[:, :width] = np.asarray(y)
-    u_plane = flat[y_size : y_size + uv_size].reshape(height // 2, stride // 2)
-    v_plane = flat[y_size + uv_size :].reshape(height // 2, stride // 2)
-    u_plane[:, : width // 2] = np.asarray(cb)
-    v_plane[:, : width // 2] = np.asarray(cr)
-    return flat.reshape(height * 3 // 2, stride)
-
-
-def test_yuv420_frame_of_a_photo(wheel_converters, samples):
+def test_yuv420_frame_of_a_photo(fake_picamera2, tmp_path, samples):
     with Image.open(samples / "camera-traps" / "megadetector_pheasant_web.jpg") as photo:
         image = photo.convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
 
-    frame = yuv420_frame(yuv420_buffer(image, STRIDE), WIDTH, HEIGHT)
+    frame = yuv420_frame(fake_picamera2.yuv420_buffer(image, STRIDE), WIDTH, HEIGHT)
 
-    assert sys.modules["picamera2.converters"].__file__ == str(wheel_converters)
+    assert sys.modules["picamera2.converters"].__file__ == str(tmp_path / "converters.py")
     assert isinstance(frame, Image.Image)
     assert (frame.mode, frame.size) == ("RGB", (WIDTH // 2, HEIGHT // 2))
     expected = np.asarray(image.resize(frame.size, Image.Resampling.BOX), dtype=float)
@@ -232,10 +251,10 @@ def test_yuv420_frame_of_a_photo(wheel_converters, samples):
     [((255, 0, 0), 0), ((0, 255, 0), 1), ((0, 0, 255), 2)],
     ids=["red", "green", "blue"],
 )
-def test_yuv420_frame_keeps_primary_colours(wheel_converters, colour, channel):
+def test_yuv420_frame_keeps_primary_colours(fake_picamera2, colour, channel):
     image = Image.new("RGB", (WIDTH, HEIGHT), colour)
 
-    pixels = np.asarray(yuv420_frame(yuv420_buffer(image, STRIDE), WIDTH, HEIGHT))
+    pixels = np.asarray(yuv420_frame(fake_picamera2.yuv420_buffer(image, STRIDE), WIDTH, HEIGHT))
 
     assert pixels.shape == (HEIGHT // 2, WIDTH // 2, 3)
     others = [c for c in range(3) if c != channel]
@@ -249,3 +268,54 @@ def test_camera_properties_is_a_dict_property_keyed_by_libcamera_names(wheel):
     assert any(ast.unparse(d) == "property" for d in func.decorator_list)
     source = wheel.read("picamera2/picamera2.py").decode()
     assert "self.camera_properties_[k.name] =" in source  # libcamera's property names: Model, ...
+
+
+def test_camera_controls_is_a_property_keyed_by_control_names(wheel):
+    """We look for ``"AfMode" in camera_controls`` to tell a camera with a focus motor."""
+    tree = parse(wheel, "picamera2")
+    func = method(tree, "Picamera2", "camera_controls")
+    assert calling_decorators(func) == {"property"}
+    assert "self.camera_ctrl_info.items()" in ast.unparse(func)
+    source = wheel.read("picamera2/picamera2.py").decode()
+    assert "self.camera_ctrl_info[k.name] = (k, v)" in source  # libcamera's control names
+
+
+def test_autofocus_cycle_with_a_number_waits_and_times_out_like_a_capture(wheel):
+    """``autofocus_cycle(wait=seconds)`` returns True/False, or raises TimeoutError (the dispatch
+    path checked in test_numeric_wait_raises_timeout_error)."""
+    func = method(parse(wheel, "picamera2"), "Picamera2", "autofocus_cycle")
+    last = func.body[-1]
+    assert isinstance(last, ast.Return)
+    assert isinstance(last.value, ast.Call)
+    assert ast.unparse(last.value.func) == "self.dispatch_functions"
+    assert passes_wait(last.value)
+
+
+# The fake picamera2: each method it defines (private helpers aside) against the real one.
+FAKED = {"Picamera2": "picamera2", "CompletedRequest": "request"}
+
+
+def fake_methods(class_name: str) -> dict[str, ast.FunctionDef]:
+    found = methods(ast.parse(FAKE_SOURCE.read_text()), class_name)
+    return {name: f for name, f in found.items() if name == "__init__" or not name.startswith("_")}
+
+
+FAKE_METHODS = [(class_name, name) for class_name in FAKED for name in fake_methods(class_name)]
+
+
+@pytest.mark.parametrize(("class_name", "name"), FAKE_METHODS, ids=[f"{c}.{n}" for c, n in FAKE_METHODS])
+def test_fake_method_has_the_real_signature(wheel, class_name, name):
+    fake = fake_methods(class_name)[name]
+    real = method(parse(wheel, FAKED[class_name]), class_name, name)
+    assert parameters(fake) == parameters(real)
+    assert calling_decorators(fake) == calling_decorators(real)
+
+
+def test_fake_has_everything_our_camera_uses():
+    for _, class_name, name, _, _ in CALLS:
+        assert name in fake_methods(class_name), f"the fake has no {class_name}.{name}"
+    properties = {n for n, f in fake_methods("Picamera2").items() if calling_decorators(f) == {"property"}}
+    assert properties == ATTRIBUTES - {"options"}
+    # options is a plain dict, set in __init__ (see test_options_is_a_dict_set_once_at_construction).
+    init = ast.unparse(fake_methods("Picamera2")["__init__"])
+    assert "self.options = {}" in init

@@ -1,6 +1,7 @@
 """The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
-and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now, and
-``appliance protect``/``unprotect`` keep captures from cleanup or not.
+and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now,
+``appliance protect``/``unprotect`` keep captures from cleanup or not, and ``appliance config``
+prints or checks config files.
 
 ``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
 Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
@@ -10,6 +11,7 @@ ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the c
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import logging
 import queue
@@ -17,6 +19,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import schedule
@@ -31,6 +34,7 @@ from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
 from appliance.web import WebServer, make_app
+from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
@@ -51,6 +55,30 @@ log = logging.getLogger("appliance")
 
 # Seconds between two steps (of at most 0.1 s each) of a full check run beside capturing.
 FULL_CHECK_STEP_INTERVAL_S = 1.0
+# The settings a reload (SIGHUP) applies while running; any other change needs a restart.
+LIVE_SETTINGS = frozenset(
+    (
+        "trigger_cooldown_s",
+        "max_captures_per_minute",
+        "burst_count",
+        "burst_interval_s",
+        "timelapse_interval_s",
+        "active_windows",
+        "flash_pre_delay_s",
+        "capture_timeout_s",
+        "thumbnail_max_px",
+        "camera_make",
+        "camera_model",
+        "camera_id",
+        "cleanup_start_free_percent",
+        "cleanup_start_free_bytes",
+        "cleanup_stop_free_percent",
+        "cleanup_stop_free_bytes",
+        "headroom_hours",
+        "max_capture_age_days",
+        "capture_min_free_bytes",
+    )
+)
 # Seconds between two STATUS= lines to systemd (shown by systemctl status).
 STATUS_INTERVAL_S = 30
 
@@ -73,14 +101,23 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure the capture store against baselines")
     bench.add_argument("--data-dir", help="where to measure (default: a temporary folder in /tmp)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    config = commands.add_parser("config", help="print the default config file, or check config files")
+    action = config.add_mutually_exclusive_group(required=True)
+    action.add_argument("--print-defaults", action="store_true", help="print every setting, commented")
+    action.add_argument("--check", nargs="*", type=Path, metavar="FILE",
+                        help="check FILE (default: the files the appliance would read)")  # fmt: skip
+    default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
     for command in (run, check, cleanup, protect, unprotect):
-        command.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+        command.add_argument(
+            "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
+        )
         command.add_argument("--data-dir", help="override data_dir")
         command.add_argument("--log-level", default="INFO" if command is run else "WARNING",
                              choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
-    run.add_argument(
-        "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
-    )
+    for command in (run, check):
+        command.add_argument(
+            "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
+        )
     run.add_argument("--replay", metavar="DIR", help="simulate, replaying the JPEGs in DIR")
     run.add_argument(
         "--trigger-interval-s", type=float, metavar="S", help="in simulation, seconds between triggers"
@@ -92,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config(args) -> config_module.Config:
-    overrides = {"data_dir": args.data_dir}
+    overrides = {"data_dir": args.data_dir, "simulate": getattr(args, "simulate", None)}
     if args.command == "run":
         overrides |= {
             "simulate": True if args.replay else args.simulate,
@@ -102,8 +139,32 @@ def _load_config(args) -> config_module.Config:
             "web_port": args.port,
         }
     return config_module.load(
-        args.config, **{key: value for key, value in overrides.items() if value is not None}
+        args.config or config_module.default_paths(),
+        **{key: value for key, value in overrides.items() if value is not None},
     )
+
+
+def config_command(args) -> int:
+    """``appliance config``: print the commented defaults, or check files (each named with
+    ``ok`` or its error).  Returns 0, or 2 when a file is bad."""
+    if args.print_defaults:
+        print(config_module.defaults_file())
+        return 0
+    paths = args.check or config_module.default_paths()
+    if not paths:
+        print("no config file: built-in defaults (looked for "
+              f"{', '.join(map(str, config_module.DEFAULT_PATHS))})")  # fmt: skip
+        return 0
+    status = 0
+    for path in paths:
+        try:
+            config_module.load(path)
+        except ConfigError as exc:
+            print(f"appliance: config error: {exc}", file=sys.stderr)
+            status = 2
+        else:
+            print(f"{path}: ok")
+    return status
 
 
 def _make_camera(config: config_module.Config):
@@ -128,18 +189,34 @@ def _make_camera(config: config_module.Config):
     )
 
 
-def run(config: config_module.Config, duration_s: float | None = None) -> int:
+def _preflight(config: config_module.Config) -> list[Check]:
+    return preflight(
+        Path(config.data_dir),
+        data_mount=config.data_mount,
+        min_free_bytes=config.capture_min_free_bytes,
+        simulate=config.simulate,
+    )
+
+
+def run(
+    config: config_module.Config,
+    duration_s: float | None = None,
+    reload_config: Callable[[], config_module.Config] | None = None,
+) -> int:
     """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
 
     Returns 0 after a clean stop, 1 when a preflight check is fatal.  Start-up failures of the
     parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``), and
     so does a damaged index found while running (:class:`~appliance.store.CorruptDatabaseError`,
     after the loop has stopped), so that systemd restarts the appliance and it rebuilds the index.
+
+    SIGHUP calls ``reload_config()`` and applies the settings in :data:`LIVE_SETTINGS`; others
+    that changed are logged as needing a restart, and a bad config is logged and ignored.
     """
     started = time.monotonic()
     mode = "simulation" if config.simulate else "hardware"
     data_dir = Path(config.data_dir)
-    checks = preflight(data_dir)
+    checks = _preflight(config)
     for check in checks:
         log.log(
             logging.ERROR if check.level == FATAL else logging.INFO,
@@ -180,7 +257,6 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             max_captures_per_minute=config.max_captures_per_minute,
             captures_per_event=config.burst_count,
         )
-        windows = ActiveWindows(config.active_windows)
         lights = Lights(
             flash_pin=config.flash_pin or None,
             uv_pin=config.uv_pin or None,
@@ -254,15 +330,19 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
         scheduler.every(1).seconds.do(cleanup_job)
         scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
         scheduler.every(1).seconds.do(guarded("camera recovery", camera.recover))
+        timelapse = Timelapse(
+            events,
+            interval_s=config.timelapse_interval_s,
+            windows=ActiveWindows(config.active_windows),
+            gate=gate,
+        )
+        scheduler.every(1).seconds.do(guarded("timelapse", timelapse.tick))
         if config.uv_pin:
             uv_job = guarded(
-                "UV light", lambda: lights.set_uv(windows.contains(datetime.datetime.now().time()))
+                "UV light", lambda: lights.set_uv(timelapse.windows.contains(datetime.datetime.now().time()))
             )
             uv_job()
             scheduler.every(10).seconds.do(uv_job)
-        if config.timelapse_interval_s:
-            timelapse = Timelapse(events, interval_s=config.timelapse_interval_s, windows=windows, gate=gate)
-            scheduler.every(1).seconds.do(guarded("timelapse", timelapse.tick))
         if notifier.enabled:
             status_job = guarded("systemd status", lambda: notifier.status(summary()))
             scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
@@ -271,6 +351,49 @@ def run(config: config_module.Config, duration_s: float | None = None) -> int:
             full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
             scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
 
+        def apply(new: config_module.Config) -> None:
+            gate.configure(
+                cooldown_s=new.trigger_cooldown_s,
+                max_captures_per_minute=new.max_captures_per_minute,
+                captures_per_event=new.burst_count,
+            )
+            loop.configure(
+                capture_timeout_s=new.capture_timeout_s,
+                thumbnail_max_px=new.thumbnail_max_px,
+                identity=Identity(new.camera_make, new.camera_model or camera.model, new.camera_id),
+                burst_count=new.burst_count,
+                burst_interval_s=new.burst_interval_s,
+            )
+            timelapse.interval_s = new.timelapse_interval_s
+            timelapse.windows = ActiveWindows(new.active_windows)
+            lights.flash_pre_delay_s = new.flash_pre_delay_s
+            cleanup.policy = Policy.from_config(new)
+
+        def reload() -> None:
+            nonlocal config
+            try:
+                new = reload_config()
+            except ConfigError as exc:
+                log.error("config not reloaded, keeping the running one: %s", exc)
+                return
+            changed = {
+                f.name for f in config_module.settings() if getattr(new, f.name) != getattr(config, f.name)
+            }
+            later = changed - LIVE_SETTINGS
+            try:
+                running = dataclasses.replace(new, **{key: getattr(config, key) for key in later})
+            except ConfigError as exc:
+                log.error("config not reloaded: with the settings that take a restart unchanged, %s", exc)
+                return
+            apply(running)
+            config = running
+            log.info("config reloaded: %s", ", ".join(sorted(changed & LIVE_SETTINGS)) or "nothing changed")
+            if later:
+                log.warning("config: %s changed, which takes a restart", ", ".join(sorted(later)))
+
+        if reload_config is not None:
+            loop.on_reload = reload
+            signal.signal(signal.SIGHUP, lambda num, frame: loop.request_reload())
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
 
@@ -299,7 +422,7 @@ def check(config: config_module.Config) -> int:
     warns, 2 when any is fatal.  Never run it beside a running appliance: the store's lock refuses.
     """
     data_dir = Path(config.data_dir)
-    checks = preflight(data_dir)
+    checks = _preflight(config)
     if not any(c.level == FATAL for c in checks):
         checks.append(_check_store(data_dir, config.thumbnail_max_px))
     width = max(len(c.name) for c in checks)
@@ -384,14 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage and the reason
         return exc.code
     if args.command == "bench":
-        logging.basicConfig(level="WARNING")
+        configure_logging("WARNING")
         return bench_main(args.data_dir, args.json)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "config":
+        return config_command(args)
+    configure_logging(args.log_level)
     try:
         config = _load_config(args)
     except ConfigError as exc:
         print(f"appliance: config error: {exc}", file=sys.stderr)
         return 2
+    log.info("config: %s", args.config or ", ".join(map(str, config_module.default_paths())) or "defaults")
     if args.command == "check":
         return check(config)
     try:
@@ -399,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             return cleanup(config, dry_run=args.dry_run)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
-        return run(config, duration_s=args.duration_s)
+        return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
         log.error("stopped on error: %s", exc)
         return 1

@@ -1,12 +1,19 @@
-"""The configuration: one TOML file, every key optional, documented here and in the README.
+"""The configuration: TOML files, every key optional, documented here and in the README.
 
-:func:`load` reads a file (stdlib ``tomllib``), rejects unknown keys and values of the wrong type or
+:func:`load` reads files (stdlib ``tomllib``), rejects unknown keys and values of the wrong type or
 out of range with :class:`~appliance.exc.ConfigError` naming the file and the key, and returns a
 frozen :class:`Config`.  No file is needed: the defaults suit a Pi, and ``--simulate`` runs anywhere.
+
+Without ``--config``, the files at :data:`DEFAULT_PATHS` that exist are read in order, each
+overriding the keys it sets: ``/etc/appliance/appliance.toml`` (written by the installer), then
+``/boot/firmware/appliance.toml``, on the SD card's FAT partition, so that settings can be changed
+from any computer with a card reader.
 """
 
 import dataclasses
+import json
 import re
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,9 @@ from pathlib import Path
 from appliance.exc import ConfigError
 from hw.camera import AUTOFOCUS_MODES, AWB_MODES
 from hw.triggers import ActiveWindows
+
+# Read in this order, later files overriding earlier ones (see the module docstring).
+DEFAULT_PATHS = (Path("/etc/appliance/appliance.toml"), Path("/boot/firmware/appliance.toml"))
 
 _BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
 
@@ -95,6 +105,11 @@ class Config:
         "appliance-data",
         "Folder holding captures.db, media/ and thumbnails/ (relative paths are taken from the "
         "working directory).",
+    )
+    data_mount: str = _setting(
+        "",
+        'Mount point the data directory must be on, e.g. "/mnt/usb" for a USB disk: while it is not '
+        'mounted the appliance refuses to start rather than write to the SD card; "": no requirement.',
     )
     simulate: bool = _setting(False, "Run without a Pi: gpiozero MockFactory pins and a simulated camera.")
     simulate_replay_dir: str = _setting(
@@ -324,15 +339,22 @@ def check_value(key: str, value):
     return tuple(value) if kind is list else value
 
 
-def load(path: Path | None = None, **overrides) -> Config:
-    """Read the TOML file at ``path`` (None: defaults only), then apply ``overrides``.
+def default_paths(paths=DEFAULT_PATHS) -> list[Path]:
+    """The files of ``paths`` that exist, in the order they are read."""
+    return [path for path in paths if path.is_file()]
+
+
+def load(path: Path | list[Path] | None = None, **overrides) -> Config:
+    """Read the TOML file at ``path`` (or each file of a list, later ones overriding earlier ones;
+    None: defaults only), then apply ``overrides``.
 
     Raises :class:`ConfigError` naming the file and the key for an unreadable file, invalid TOML,
     an unknown key, a value of the wrong type or out of range.  Overrides (from the command line)
     are checked the same way and named as such.
     """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     values = {}
-    if path is not None:
+    for path in paths:
         try:
             with open(path, "rb") as f:
                 document = tomllib.load(f)
@@ -351,4 +373,28 @@ def load(path: Path | None = None, **overrides) -> Config:
     try:
         return Config(**values)
     except ConfigError as exc:
-        raise ConfigError(f"{path or 'command line'}: {exc}") from None
+        raise ConfigError(f"{' + '.join(map(str, paths)) or 'command line'}: {exc}") from None
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes as JSON
+    return repr(value)
+
+
+def defaults_file() -> str:
+    """A config file with every setting commented out at its default, each after its description:
+    uncomment a line to change it.  What ``appliance config --print-defaults`` prints."""
+    lines = [
+        "# Camera-trap appliance settings (TOML). Every key is optional; each is shown commented",
+        "# out at its default. /boot/firmware/appliance.toml overrides /etc/appliance/appliance.toml.",
+        "",
+    ]
+    for f in settings():
+        lines += textwrap.wrap(f.metadata["doc"], 98, initial_indent="# ", subsequent_indent="# ")
+        lines += [f"# {f.name} = {_toml_value(f.default)}", ""]
+    return "\n".join(lines)

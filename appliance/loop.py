@@ -114,23 +114,48 @@ class MainLoop:
         self._camera = camera
         self._store = store
         self._scheduler = scheduler
-        self._capture_timeout_s = capture_timeout_s
-        self._thumbnail_max_px = thumbnail_max_px
-        self._identity = identity
+        self.configure(
+            capture_timeout_s=capture_timeout_s,
+            thumbnail_max_px=thumbnail_max_px,
+            identity=identity,
+            burst_count=burst_count,
+            burst_interval_s=burst_interval_s,
+        )
         self._clock = clock or SystemClock()
         self.health = health or Health()
         self._cleanup = cleanup
         self._notifier = notifier
         self._lights = lights
-        self._burst_count = burst_count
-        self._burst_interval_s = burst_interval_s
         self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
+        self._reload_requested = False
+        self.on_reload: Callable[[], None] | None = None  # run by the loop after request_reload()
+
+    def configure(
+        self,
+        *,
+        capture_timeout_s: float,
+        thumbnail_max_px: int,
+        identity: exif.Identity,
+        burst_count: int,
+        burst_interval_s: float,
+    ) -> None:
+        """Set the settings that may change while running (a config reload): see the class."""
+        self._capture_timeout_s = capture_timeout_s
+        self._thumbnail_max_px = thumbnail_max_px
+        self._identity = identity
+        self._burst_count = burst_count
+        self._burst_interval_s = burst_interval_s
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the capture in flight.  Safe to call from a signal handler:
         it only sets an attribute, which the loop reads at least every :data:`MAX_WAIT_S` s."""
         self._stop_reason = reason
+
+    def request_reload(self) -> None:
+        """Ask the loop to run :attr:`on_reload` between captures.  Safe to call from a signal
+        handler, as :meth:`request_stop`."""
+        self._reload_requested = True
 
     def run(self, duration_s: float | None = None) -> None:
         """Run until :meth:`request_stop` or, when given, ``duration_s`` seconds have passed.
@@ -167,6 +192,10 @@ class MainLoop:
             if abs((wall - last_wall) - (mono - last_mono)) > CLOCK_JUMP_S:
                 self._clock_jumped(wall - last_wall - (mono - last_mono))
             last_wall, last_mono = wall, mono
+            if self._reload_requested:
+                self._reload_requested = False
+                if self.on_reload is not None:
+                    guarded("config reload", self.on_reload)()
             try:
                 self._scheduler.run_pending()
             except FATAL as exc:

@@ -1,15 +1,21 @@
-"""Preflight checks: find what would make the appliance fail before it starts capturing.
+"""Preflight checks: find what would make the appliance fail, or fail silently, before it captures.
 
 Each check returns a :class:`Check` with a level (``ok``, ``warning`` or ``fatal``) and a one-line
-reason.  ``appliance run`` refuses to start when any check is fatal.
+reason.  ``appliance run`` refuses to start when any check is fatal; ``appliance check`` prints them
+all as a table.  No check raises.
 """
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import features
+
+from hw.camera import attached_cameras
+from hw.clock import clock_synced
+from hw.exc import CameraError
 
 OK, WARNING, FATAL = "ok", "warning", "fatal"
 
@@ -31,6 +37,36 @@ def check_webp() -> Check:
     return Check("webp", FATAL, "Pillow was built without WebP support; install libwebp and reinstall Pillow")
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (or, for a path not yet created, the
+    nearest existing parent)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def check_mount(data_dir: Path, data_mount: str) -> Check:
+    """The data directory is on the filesystem mounted at ``data_mount`` (e.g. a USB disk at
+    ``/mnt/usb``).  Fatal when that mount is missing: the data would go to the SD card's root
+    filesystem instead, and fill it.  Without ``data_mount``, says where the data goes."""
+    where = mount_point(data_dir)
+    if not data_mount:
+        on = "the root filesystem" if where == Path("/") else f"the filesystem mounted at {where}"
+        return Check("data_mount", OK, f"{data_dir} is on {on}")
+    if not os.path.ismount(data_mount):
+        return Check(
+            "data_mount",
+            FATAL,
+            f"{data_mount} is not mounted: {data_dir} would be written to {where} instead",
+        )
+    if where != Path(os.path.abspath(data_mount)):
+        return Check("data_mount", FATAL, f"{data_dir} is on {where}, not on the data_mount {data_mount}")
+    return Check("data_mount", OK, f"{data_dir} is on the filesystem mounted at {data_mount}")
+
+
 def check_data_dir(data_dir: Path) -> Check:
     """The data directory exists (or can be created) and a file in it can be written and fsynced."""
     try:
@@ -44,6 +80,55 @@ def check_data_dir(data_dir: Path) -> Check:
     return Check("data_dir", OK, f"{data_dir.resolve()} is writable")
 
 
-def preflight(data_dir: Path) -> list[Check]:
-    """Run every check for an appliance storing into ``data_dir``; never raises."""
-    return [check_webp(), check_data_dir(Path(data_dir))]
+def check_free_space(data_dir: Path, min_free_bytes: int) -> Check:
+    """Free space above the floor below which capturing pauses (``capture_min_free_bytes``); a
+    warning only: cleanup frees space and capturing resumes by itself."""
+    free = shutil.disk_usage(data_dir).free
+    if free < min_free_bytes:
+        return Check(
+            "free_space",
+            WARNING,
+            f"{free / 1e6:.0f} MB free, below the {min_free_bytes / 1e6:.0f} MB floor: capturing pauses "
+            "until cleanup frees space",
+        )
+    return Check("free_space", OK, f"{free / 1e9:.1f} GB free")
+
+
+def check_clock() -> Check:
+    """The system clock is synchronised; a warning only: captures still run, flagged."""
+    if clock_synced():
+        return Check("clock", OK, "synchronised")
+    return Check(
+        "clock", WARNING, "not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0"
+    )
+
+
+def check_camera(simulate: bool) -> Check:
+    """A camera is attached (on hardware; libcamera's list, without opening it)."""
+    if simulate:
+        return Check("camera", OK, "simulated")
+    try:
+        cameras = attached_cameras()
+    except CameraError as exc:
+        return Check("camera", FATAL, str(exc))
+    if not cameras:
+        return Check(
+            "camera", FATAL, "no camera detected: check the ribbon cable, then rpicam-hello --list-cameras"
+        )
+    return Check(
+        "camera", OK, ", ".join(f"{c.get('Model', '?')} (camera {c.get('Num', '?')})" for c in cameras)
+    )
+
+
+def preflight(
+    data_dir: Path, *, data_mount: str = "", min_free_bytes: int = 0, simulate: bool = True
+) -> list[Check]:
+    """Run every check for an appliance storing into ``data_dir``; never raises.  When the mount
+    check is fatal, the data directory is not created (it would be created in the wrong place)."""
+    data_dir = Path(data_dir)
+    checks = [check_webp(), check_mount(data_dir, data_mount)]
+    if checks[-1].level != FATAL:
+        checks.append(check_data_dir(data_dir))
+        if checks[-1].level != FATAL:
+            checks.append(check_free_space(data_dir, min_free_bytes))
+    return checks + [check_clock(), check_camera(simulate)]

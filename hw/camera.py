@@ -106,6 +106,18 @@ def yuv420_frame(array, width: int, height: int) -> Image.Image:
     return Image.fromarray(rgb, "RGB")
 
 
+def attached_cameras() -> list[dict]:
+    """The cameras libcamera sees, without opening any: picamera2's
+    ``Picamera2.global_camera_info()``, one dict per camera with ``Model`` (the sensor, e.g.
+    ``imx708``), ``Id`` and ``Num``, plus ``Location`` and ``Rotation`` when known.  Raises
+    :class:`~hw.exc.CameraError` when picamera2 is not installed."""
+    try:
+        from picamera2 import Picamera2
+    except ImportError as exc:
+        raise CameraError("picamera2 is not installed (python3-picamera2 on Raspberry Pi OS)") from exc
+    return Picamera2.global_camera_info()
+
+
 def camera_controls(*, exposure_time_us: int = 0, analogue_gain: float = 0.0, awb_mode: str = "auto") -> dict:
     """libcamera controls for the still configuration.  ``exposure_time_us``: a fixed exposure in
     microseconds, 0 for automatic exposure; ``analogue_gain``: a fixed gain (1.0 is none), 0 for

@@ -20,9 +20,10 @@ class Lights:
     ``flash_pin`` and ``uv_pin`` are BCM names such as ``"GPIO27"``, or None when not fitted.
     ``*_active_high`` is False when the light is on while its pin is low (many relay boards).
 
-    ``flash_pre_delay_s`` is how long, in seconds, :meth:`flash` keeps the flash on before the
-    exposure starts, so that a lamp that takes time to warm up (an LED driver's soft start, a
-    relay's closing time) is at full output for the whole exposure.
+    ``flash_pre_delay_s`` (an attribute that may be changed) is how long, in seconds,
+    :meth:`flash` keeps the flash on before the exposure starts, so that a lamp that takes time to
+    warm up (an LED driver's soft start, a relay's closing time) is at full output for the whole
+    exposure.
 
     Every light is off from the moment it is built (an active-low pin is driven high), and
     :meth:`close` turns them all off again.  To have them off after a crash too, close this
@@ -42,7 +43,7 @@ class Lights:
         flash_pre_delay_s: float = 0.0,
         pin_factory=None,
     ):
-        self._flash_pre_delay_s = flash_pre_delay_s
+        self.flash_pre_delay_s = flash_pre_delay_s
         self._flash = self._uv = None
         try:
             if flash_pin:
@@ -69,7 +70,7 @@ class Lights:
             return
         self._flash.on()
         try:
-            time.sleep(self._flash_pre_delay_s)
+            time.sleep(self.flash_pre_delay_s)
             yield
         finally:
             # close() may have run meanwhile (turning the flash off); don't mask the body's error

@@ -61,17 +61,28 @@ class TriggerGate:
     """
 
     def __init__(self, *, cooldown_s: float, max_captures_per_minute: int, captures_per_event: int = 1):
-        if max_captures_per_minute and captures_per_event > max_captures_per_minute:
-            raise ValueError(
-                f"a burst of {captures_per_event} exceeds {max_captures_per_minute} captures per minute"
-            )
-        self._cooldown_s = cooldown_s
-        self._max_events = max_captures_per_minute // captures_per_event if max_captures_per_minute else 0
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._admitted: collections.deque[float] = collections.deque()
         self._suppressed: collections.Counter[str] = collections.Counter()
         self._limiting = False
+        self.configure(
+            cooldown_s=cooldown_s,
+            max_captures_per_minute=max_captures_per_minute,
+            captures_per_event=captures_per_event,
+        )
+
+    def configure(
+        self, *, cooldown_s: float, max_captures_per_minute: int, captures_per_event: int = 1
+    ) -> None:
+        """Change the rules (a config reload); what was admitted and counted so far is kept."""
+        if max_captures_per_minute and captures_per_event > max_captures_per_minute:
+            raise ValueError(
+                f"a burst of {captures_per_event} exceeds {max_captures_per_minute} captures per minute"
+            )
+        with self._lock:
+            self._cooldown_s = cooldown_s
+            self._max_events = max_captures_per_minute // captures_per_event if max_captures_per_minute else 0
 
     def admit(self, source: str, now: float | None = None) -> bool:
         """Whether an event from ``source`` at ``now`` (monotonic s, default: now) may capture;
@@ -198,26 +209,30 @@ class ActiveWindows:
 
 class Timelapse:
     """Puts a ``timelapse`` :class:`TriggerEvent` on ``events`` every ``interval_s`` seconds
-    (monotonic) while the local time is within ``windows``, through ``gate``.  :meth:`tick` is
-    called by the main loop's scheduler (at least once a second); ``now`` is for tests.
+    (monotonic; 0: never) while the local time is within ``windows``, through ``gate``.
+    :meth:`tick` is called by the main loop's scheduler (at least once a second); ``now`` and
+    ``local_time`` are for tests.  ``interval_s`` and ``windows`` are attributes that may be
+    changed (a config reload).
     """
 
     def __init__(self, events, *, interval_s: float, windows: ActiveWindows, gate: TriggerGate | None = None):
         self._events = events
-        self._interval_s = interval_s
-        self._windows = windows
+        self.interval_s = interval_s
+        self.windows = windows
         self._gate = gate
         self._due: float | None = None
 
     def tick(self, now: float | None = None, local_time: datetime.time | None = None) -> None:
+        if not self.interval_s:
+            return
         now = time.monotonic() if now is None else now
         local_time = datetime.datetime.now().time() if local_time is None else local_time
-        if not self._windows.contains(local_time):
+        if not self.windows.contains(local_time):
             self._due = None  # the first capture of the next window comes as it opens
             return
         if self._due is not None and now < self._due:
             return
-        self._due = now + self._interval_s
+        self._due = now + self.interval_s
         if self._gate is None or self._gate.admit("timelapse", now):
             self._events.put(TriggerEvent("timelapse", now))
 

@@ -101,3 +101,40 @@ def test_every_setting_is_documented_in_the_readme():
     missing = [f.name for f in config.settings() if f.name not in documented]
     assert not missing, f"settings missing from README.md: {missing}"
     assert all(f.metadata["doc"] for f in config.settings())
+
+
+def test_later_files_override_earlier_ones_key_by_key(tmp_path):
+    etc = tmp_path / "etc.toml"
+    etc.write_text('motion_pin = "GPIO5"\njpeg_quality = 80\n')
+    boot = tmp_path / "boot.toml"
+    boot.write_text("jpeg_quality = 70\n")
+    cfg = config.load([etc, boot])
+    assert (cfg.motion_pin, cfg.jpeg_quality) == ("GPIO5", 70)
+    assert config.default_paths([tmp_path / "missing.toml", boot]) == [boot]
+
+
+def test_a_bad_key_in_either_file_names_that_file(tmp_path):
+    good, bad = write(tmp_path, "jpeg_quality = 70\n"), tmp_path / "boot.toml"
+    bad.write_text("jpeg_quality = 700\n")
+    with pytest.raises(ConfigError, match=f"^{bad}: jpeg_quality: 700 must be between 1 and 95"):
+        config.load([good, bad])
+
+
+def test_the_printed_defaults_are_every_setting_commented_and_load_to_the_defaults(tmp_path, capsys):
+    assert main(["config", "--print-defaults"]) == 0
+    text = capsys.readouterr().out
+    assert all(line == "" or line.startswith("#") for line in text.splitlines())
+    assert config.load(write(tmp_path, text)) == config.load(None)
+    uncommented = "\n".join(line[2:] for line in text.splitlines() if re.match(r"# [a-z0-9_]+ = ", line))
+    assert len(uncommented.splitlines()) == len(config.settings())
+    assert config.load(write(tmp_path, uncommented)) == config.load(None)
+
+
+def test_config_check_says_ok_or_names_the_file_and_key(tmp_path, capsys):
+    good = write(tmp_path, "jpeg_quality = 70\n")
+    assert main(["config", "--check", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: ok\n"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('uv_pin = "GPIO4"\n')
+    assert main(["config", "--check", str(good), str(bad)]) == 2
+    assert f"{bad}: uv_pin: GPIO4 is already motion_pin" in capsys.readouterr().err

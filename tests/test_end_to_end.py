@@ -88,6 +88,52 @@ def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, sign
     assert_index_matches_disk(data_dir, replayed)
 
 
+def test_sighup_reloads_what_can_change_live_and_names_what_cannot(tmp_path, burst_dir, run_config):
+    config = tmp_path / "appliance.toml"
+    config.write_text(run_config.read_text())
+    data_dir = tmp_path / "data"
+    process = start(data_dir, config, "--replay", str(burst_dir), "--trigger-interval-s", "0.3")
+    try:
+        url = status_url(process)
+        before = wait_for_captures(url, 2)["captures"]["total"]
+        config.write_text(
+            run_config.read_text() + "burst_count = 3\nburst_interval_s = 0.05\njpeg_quality = 50\n"
+        )
+        process.send_signal(signal.SIGHUP)
+        wait_for_captures(url, before + 9)
+        config.write_text("burst_count = many\n")  # a bad edit: logged, the running config kept
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert "config reloaded: burst_count, burst_interval_s" in stderr
+    assert "config: jpeg_quality changed, which takes a restart" in stderr
+    assert f"config not reloaded, keeping the running one: {config}: " in stderr
+    rows = IndexReader(data_dir).latest(1000)[::-1]
+    bursts = [sum(1 for r in rows if r["event_id"] == e) for e in dict.fromkeys(r["event_id"] for r in rows)]
+    assert bursts[:before] == [1] * before and 3 in bursts[before:]
+
+
+def test_under_systemd_log_lines_carry_journal_priorities_and_no_timestamps(tmp_path, run_config):
+    log_file = tmp_path / "stderr"
+    with open(log_file, "w") as stderr:
+        stat = os.fstat(stderr.fileno())
+        env = os.environ | {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        result = subprocess.run(
+            [sys.executable, "-m", "appliance", "run", "--simulate", "--duration-s", "1", "--port", "0",
+             "--host", "127.0.0.1", "--data-dir", str(tmp_path / "d"), "--config", str(run_config)],
+            stdout=subprocess.DEVNULL, stderr=stderr, timeout=30, env=env,
+        )  # fmt: skip
+    lines = log_file.read_text().splitlines()
+    assert result.returncode == 0, lines
+    assert lines and all(re.match(r"<[2-7]>[a-z.]+: ", line) for line in lines), lines
+    assert f"<6>appliance: config: {run_config}" in lines
+    assert "<6>appliance: stopped cleanly" in lines
+
+
 def test_duration_run_of_the_readme_exits_0_with_a_consistent_index(tmp_path, burst_dir, run_config):
     replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
     result = subprocess.run(

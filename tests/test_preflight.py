@@ -1,11 +1,24 @@
 import subprocess
+import sys
 
-from boot.preflight import FATAL, OK, check_data_dir, preflight
+from boot.preflight import (
+    FATAL,
+    OK,
+    WARNING,
+    check_camera,
+    check_data_dir,
+    check_free_space,
+    check_mount,
+    preflight,
+)
 
 
 def test_a_writable_data_dir_passes_and_is_created(tmp_path):
     checks = preflight(tmp_path / "new" / "data")
-    assert [(c.name, c.level) for c in checks] == [("webp", OK), ("data_dir", OK)]
+    assert [c.name for c in checks] == ["webp", "data_mount", "data_dir", "free_space", "clock", "camera"]
+    assert {c.name: c.level for c in checks if c.name != "clock"} == dict.fromkeys(
+        ["webp", "data_mount", "data_dir", "free_space", "camera"], OK
+    )
     assert (tmp_path / "new" / "data").is_dir()
     assert not list((tmp_path / "new" / "data").iterdir())  # the probe is gone
 
@@ -20,3 +33,42 @@ def test_a_read_only_filesystem_is_fatal(tiny_fs):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
     check = check_data_dir(tiny_fs)
     assert check.level == FATAL and "Read-only file system" in check.reason
+
+
+def test_a_missing_mount_is_fatal_and_nothing_is_written_to_the_wrong_card(tmp_path):
+    usb = tmp_path / "usb"  # the USB disk's mount point, with nothing mounted on it
+    usb.mkdir()
+    checks = preflight(usb / "appliance", data_mount=str(usb))
+    mount = next(c for c in checks if c.name == "data_mount")
+    assert mount.level == FATAL and f"{usb} is not mounted" in mount.reason
+    assert "data_dir" not in [c.name for c in checks]
+    assert not (usb / "appliance").exists()
+
+
+def test_a_data_dir_on_the_configured_mount_passes_and_one_elsewhere_is_fatal(tiny_fs, tmp_path):
+    assert check_mount(tiny_fs / "appliance", str(tiny_fs)).level == OK
+    elsewhere = check_mount(tmp_path / "data", str(tiny_fs))
+    assert elsewhere.level == FATAL and f"not on the data_mount {tiny_fs}" in elsewhere.reason
+    assert "is on the filesystem mounted at" in check_mount(tiny_fs / "appliance", "").reason
+
+
+def test_free_space_below_the_floor_warns(tiny_fs):
+    assert check_free_space(tiny_fs, 1 << 20).level == OK  # 2 MiB free
+    low = check_free_space(tiny_fs, 64 << 20)
+    assert low.level == WARNING and "capturing pauses" in low.reason
+
+
+def test_camera_check_without_picamera2_is_fatal_and_simulation_needs_none():
+    assert check_camera(simulate=True).level == OK
+    if "picamera2" not in sys.modules:
+        missing = check_camera(simulate=False)
+        assert missing.level == FATAL and "picamera2 is not installed" in missing.reason
+
+
+def test_camera_check_lists_the_cameras_libcamera_sees(fake_picamera2):
+    check = check_camera(simulate=False)
+    assert (check.level, check.reason) == (OK, "imx708 (camera 0)")
+    fake_picamera2.Picamera2.attached = 0
+    check = check_camera(simulate=False)
+    assert check.level == FATAL and "no camera detected" in check.reason
+    assert fake_picamera2.Picamera2.open_count == 0  # listed, never opened

@@ -72,6 +72,7 @@ class Picamera2:
     has_autofocus = True
     colour = (200, 120, 40)
     autofocus_succeeds = True
+    attached = 1  # cameras global_camera_info() lists
     failures: dict[str, list[Exception]] = {}  # see fail_next()
 
     # Read by a test.
@@ -91,6 +92,12 @@ class Picamera2:
         Picamera2.instances.append(self)
         Picamera2.open_count += 1
         Picamera2.max_open_count = max(Picamera2.max_open_count, Picamera2.open_count)
+
+    @staticmethod
+    def global_camera_info():
+        """The attached cameras: none once a test sets :attr:`attached` to 0."""
+        return [{"Model": Picamera2.model, "Id": f"/base/soc/i2c0mux/i2c@1/imx708@1a/{n}", "Num": n}
+                for n in range(Picamera2.attached)]  # fmt: skip
 
     @classmethod
     def _maybe_fail(cls, method: str) -> None:

@@ -85,6 +85,9 @@ def test_run_serves_status_and_stops_cleanly_on_signal(tmp_path, burst_dir, sign
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
     assert "stopped cleanly" in stderr
+    assert (data_dir / "clean-shutdown").is_file()
+    wal = data_dir / "captures.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed
     assert_index_matches_disk(data_dir, replayed)
 
 

@@ -219,7 +219,7 @@ def run(
     checks = _preflight(config)
     for check in checks:
         log.log(
-            logging.ERROR if check.level == FATAL else logging.INFO,
+            {FATAL: logging.ERROR, WARNING: logging.WARNING}.get(check.level, logging.INFO),
             "preflight %s: %s",
             check.name,
             check.reason,

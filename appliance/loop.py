@@ -8,6 +8,7 @@ a stop request (a signal, or the end of ``duration_s``) lets the capture in flig
 import contextlib
 import datetime
 import logging
+import math
 import queue
 import threading
 import time
@@ -129,6 +130,7 @@ class MainLoop:
         self.fatal: Exception | None = None  # why the loop stopped on its own, if it did
         self._stop_reason: str | None = None
         self._reload_requested = False
+        self._next_ping = -math.inf
         self.on_reload: Callable[[], None] | None = None  # run by the loop after request_reload()
 
     def configure(
@@ -162,8 +164,6 @@ class MainLoop:
         Returns at once if a stop was requested before; may be called again after a timed run."""
         deadline = None if duration_s is None else time.monotonic() + duration_s
         last_wall, last_mono = time.time(), time.monotonic()
-        ping_every = self._notifier.watchdog_interval_s if self._notifier else None
-        next_ping = last_mono
         while True:
             now = time.monotonic()
             if self._stop_reason is not None:
@@ -177,11 +177,7 @@ class MainLoop:
                 wait = min(wait, max(0.0, self._scheduler.idle_seconds))
             if deadline is not None:
                 wait = min(wait, deadline - now)
-            if ping_every is not None:
-                if now >= next_ping:
-                    self._notifier.watchdog()
-                    next_ping = now + ping_every
-                wait = min(wait, max(0.0, next_ping - now))
+            wait = min(wait, self._keepalive(now))
             try:
                 event = self._events.get(timeout=wait)
             except queue.Empty:
@@ -214,6 +210,23 @@ class MainLoop:
         self.fatal = exc
         self.request_stop(reason)
 
+    def _keepalive(self, now: float) -> float:
+        """Send ``WATCHDOG=1`` when due; returns the seconds until the next is due (inf: never).
+        Called only by this thread between steps, so a step that hangs stops the keep-alives."""
+        interval = self._notifier.watchdog_interval_s if self._notifier else None
+        if interval is None:
+            return math.inf
+        if now >= self._next_ping:
+            self._notifier.watchdog()
+            self._next_ping = now + interval
+        return max(0.0, self._next_ping - now)
+
+    def _pause(self, seconds: float) -> None:
+        # Between the photos of a burst: keep-alives go on, a stop request cuts it short.
+        end = time.monotonic() + seconds
+        while self._stop_reason is None and (now := time.monotonic()) < end:
+            time.sleep(min(end - now, MAX_WAIT_S, self._keepalive(now)))
+
     def burst(self, event: TriggerEvent) -> list[dict]:
         """Capture ``burst_count`` photos for ``event``, one every ``burst_interval_s`` seconds,
         under one new ``event_id``; returns the stored rows.  A failed capture or a stop request
@@ -222,13 +235,13 @@ class MainLoop:
         started = time.monotonic()
         for index in range(self._burst_count):
             if index:
-                time.sleep(max(0.0, started + index * self._burst_interval_s - time.monotonic()))
+                self._pause(started + index * self._burst_interval_s - time.monotonic())
+                if self._stop_reason is not None:
+                    break
             row = self.capture(event, event_id=event_id)
             if row is None:
                 break
             rows.append(row)
-            if self._stop_reason is not None:
-                break
         return rows
 
     def _clock_jumped(self, jump_s: float) -> None:

@@ -127,3 +127,20 @@ def test_the_real_command_says_ready_status_and_stopping(tmp_path, listener, run
     assert "captures in the last 24 h" in ready and "GB free; cleanup ok" in ready
     assert messages.count("WATCHDOG=1") >= 3  # every 0.5 s for 2 s
     assert messages[-1] == "STOPPING=1\nSTATUS=stopping"
+
+
+def test_a_long_burst_keeps_pinging_and_a_stop_cuts_it_short(store, listener):
+    notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
+    events = queue.Queue()
+    loop = MainLoop(events=events, camera=SimulatedCamera(size_px=(64, 48)), store=store,
+                    scheduler=schedule.Scheduler(), capture_timeout_s=5, thumbnail_max_px=32,
+                    identity=Identity("Raspberry Pi", "simulated"), notifier=notifier,
+                    burst_count=5, burst_interval_s=2.0)  # fmt: skip
+    events.put(TriggerEvent("motion", time.monotonic()))
+    threading.Timer(1.0, loop.request_stop, ["SIGTERM"]).start()
+    started = time.monotonic()
+    loop.run(duration_s=20)
+    assert time.monotonic() - started < 1.5  # not the 8 s the burst would take
+    assert store.db["captures"].count == 1
+    pings = [t for t, m in listener.messages(0.3) if m == "WATCHDOG=1"]
+    assert len(pings) >= 8 and max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.3

@@ -287,8 +287,11 @@ def run(
             reconciliation=reconciliation,
             cleanup_status=cleanup.status,
             hardware_status=hardware_status,
+            submit=events.put,
+            token=config.web_token,
         )
-        server = WebServer(app, config.web_host, config.web_port)
+        host = config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
+        server = WebServer(app, host, config.web_port)
         stack.callback(server.stop)
 
         scheduler = schedule.Scheduler()

@@ -283,8 +283,18 @@ class Config:
     cleanup_interval_s: float = _setting(
         60.0, "Seconds between disk-space checks (monotonic clock).", _positive, kind=float
     )
-    web_host: str = _setting("0.0.0.0", "Address the status page listens on (0.0.0.0: every interface).")
+    web_host: str = _setting(
+        "",
+        'Address the status page listens on: "0.0.0.0" every interface, "127.0.0.1" this machine '
+        'only; "" is 0.0.0.0 on hardware and 127.0.0.1 in simulation.',
+    )
     web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
+    web_token: str = _setting(
+        "",
+        "Secret that turns on the web actions (a test shot, protecting captures) for whoever sends it "
+        '(log-in form, or Authorization: Bearer); "": actions off. Use a long random string.',
+        lambda v: None if v == "" or len(v) >= 12 else "must be at least 12 characters (or empty)",
+    )
 
     def __post_init__(self):
         pins = {}

@@ -10,9 +10,11 @@ import datetime
 import logging
 import math
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import schedule
 
@@ -37,6 +39,20 @@ FATAL = (CorruptDatabaseError, CameraFailed)
 # A wall clock that moves this much more or less than the monotonic clock between two iterations
 # has jumped (NTP's first sync on a Pi without a real-time clock, or a manual change).
 CLOCK_JUMP_S = 60.0
+
+
+@dataclass
+class Request:
+    """An action asked for by another thread (the web server), done by the main loop, which alone
+    writes: ``action`` is ``"capture"`` (a test shot, trigger ``manual``), ``"protect"`` or
+    ``"unprotect"`` (``capture_id``).  The asker waits on :attr:`done`, then reads :attr:`result`
+    (the ids captured; None for the others) or :attr:`error` (a one-line reason)."""
+
+    action: str
+    capture_id: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[str] | None = None
+    error: str | None = None
 
 
 def guarded(name: str, job: Callable[[], object]) -> Callable[[], object]:
@@ -79,7 +95,8 @@ class Health:
 
 
 class MainLoop:
-    """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events`` and runs ``scheduler``.
+    """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events``, does each
+    :class:`Request` put there, and runs ``scheduler``.
 
     ``camera``: a :class:`~hw.camera.Camera`; ``store``: the writer of the capture store;
     ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge;
@@ -183,7 +200,10 @@ class MainLoop:
             except queue.Empty:
                 pass
             else:
-                self.burst(event)
+                if isinstance(event, Request):
+                    self._handle(event)
+                else:
+                    self.burst(event)
             wall, mono = time.time(), time.monotonic()
             if abs((wall - last_wall) - (mono - last_mono)) > CLOCK_JUMP_S:
                 self._clock_jumped(wall - last_wall - (mono - last_mono))
@@ -209,6 +229,24 @@ class MainLoop:
             reason = "the camera failed; a restart opens it afresh"
         self.fatal = exc
         self.request_stop(reason)
+
+    def _handle(self, request: Request) -> None:
+        try:
+            if request.action == "capture":
+                request.result = [row["id"] for row in self.burst(TriggerEvent("manual", time.monotonic()))]
+                if not request.result:
+                    request.error = "the capture failed; see the status page"
+            else:
+                self._store.set_protected(request.capture_id, request.action == "protect")
+        except KeyError:
+            request.error = "no such capture"
+        except (StoreError, sqlite3.Error) as exc:
+            log.error("%s asked from the status page failed: %s", request.action, exc)
+            request.error = str(exc)
+            if isinstance(exc, CorruptDatabaseError):
+                self._stop_fatal(exc)
+        finally:
+            request.done.set()
 
     def _keepalive(self, now: float) -> float:
         """Send ``WATCHDOG=1`` when due; returns the seconds until the next is due (inf: never).

@@ -175,6 +175,24 @@ def m005_capture_method_and_event(db: sqlite_utils.Database) -> None:
     )
 
 
+@migrations()
+def m006_counts_for_the_status_page(db: sqlite_utils.Database) -> None:
+    # The number of captures, kept by SQLite triggers in the same transaction as every insert and
+    # delete (whatever the code path: capture, cleanup, reconciliation, rebuild), so that the
+    # status page never counts a million rows per request.
+    db["counters"].insert({"name": "captures", "value": db["captures"].count})
+    db.execute(
+        "CREATE TRIGGER captures_counted_in AFTER INSERT ON captures BEGIN "
+        "UPDATE counters SET value = value + 1 WHERE name = 'captures'; END"
+    )
+    db.execute(
+        "CREATE TRIGGER captures_counted_out AFTER DELETE ON captures BEGIN "
+        "UPDATE counters SET value = value - 1 WHERE name = 'captures'; END"
+    )
+    # The gallery filtered by trigger, newest first: keyset pages in O(log n + page).
+    db["captures"].create_index(["trigger", "seq"])
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 
@@ -908,6 +926,13 @@ class IndexReader:
             rows = list(db["captures"].rows_where("id = ?", [capture_id]))
         return rows[0] if rows else None
 
+    def cleanup_totals(self) -> tuple[int, int]:
+        """``(runs, bytes freed)`` over every cleanup run recorded."""
+        with self._db() as db:
+            return tuple(
+                db.execute("SELECT COUNT(*), COALESCE(SUM(bytes_freed), 0) FROM cleanup_runs").fetchone()
+            )
+
     def last_cleanup_run(self) -> dict | None:
         """The most recent row of ``cleanup_runs``, or None."""
         with self._db() as db:
@@ -915,13 +940,52 @@ class IndexReader:
         return rows[0] if rows else None
 
     def counts(self, now: datetime.datetime) -> dict:
-        """``{"total": n, "last_24h": n}``: captures in the index, and those whose ``captured_at``
-        is within 24 h before ``now`` (an aware datetime)."""
-        since = (now - datetime.timedelta(hours=24)).astimezone(datetime.UTC)
+        """``{"total": n, "last_hour": n, "last_24h": n, "bytes_last_hour": bytes}``: captures in
+        the index (a counter kept by triggers, migration m006), and those whose ``captured_at`` is
+        within 1 h and 24 h before ``now`` (an aware datetime), with the bytes of the last hour's.
+        Each is an indexed range: the cost grows with the captures of the last day, never with the
+        size of the index."""
+
+        def since(hours: int) -> str:
+            return iso_utc(now - datetime.timedelta(hours=hours))
+
         with self._db() as db:
-            total = db.execute("SELECT COUNT(*) FROM captures").fetchone()[0]
-            recent = db.execute(
-                "SELECT COUNT(*) FROM captures WHERE captured_at >= ?",
-                [since.isoformat(timespec="milliseconds")],
+            total = db.execute("SELECT value FROM counters WHERE name = 'captures'").fetchone()[0]
+            last_hour, bytes_last_hour = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM captures WHERE captured_at >= ?", [since(1)]
+            ).fetchone()
+            last_24h = db.execute(
+                "SELECT COUNT(*) FROM captures WHERE captured_at >= ?", [since(24)]
             ).fetchone()[0]
-        return {"total": total, "last_24h": recent}
+        return {
+            "total": total,
+            "last_hour": last_hour,
+            "last_24h": last_24h,
+            "bytes_last_hour": bytes_last_hour,
+        }
+
+    def page(
+        self,
+        *,
+        before: int | None = None,
+        limit: int = 24,
+        day: datetime.date | None = None,
+        trigger: str | None = None,
+    ) -> list[dict]:
+        """Up to ``limit`` captures with ``seq`` below ``before`` (None: from the newest), newest
+        first, optionally only those of ``trigger`` or captured on ``day`` (UTC).  Keyset
+        pagination: the next page is ``before=<the last seq of this one>``, and each page costs the
+        same whatever its depth and the size of the index (indexes on ``seq``, ``(trigger, seq)``
+        and ``captured_at``)."""
+        where, args = ["seq < ?"], [before if before is not None else 2**63 - 1]
+        if trigger is not None:
+            where.append("trigger = ?")
+            args.append(trigger)
+        if day is not None:
+            start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+            where.append("captured_at >= ? AND captured_at < ?")
+            args += [iso_utc(start), iso_utc(start + datetime.timedelta(days=1))]
+        with self._db() as db:
+            return list(
+                db["captures"].rows_where(" AND ".join(where), args, order_by="seq DESC", limit=limit)
+            )

@@ -1,35 +1,127 @@
-"""The status page and JSON API, a Bottle app served by cheroot from its own threads.
+"""The status page, gallery and JSON API: a Bottle app served by cheroot from its own threads.
 
-The web side never writes: it reads the index through :class:`~appliance.store.IndexReader`
-(read-only connections) and serves files looked up by id in the index, never a path from the
-request.
+The web side never writes and never touches hardware: it reads the index through
+:class:`~appliance.store.IndexReader` (read-only connections) and the other parts' ``status()``
+snapshots, and hands every action (a test shot, protecting a capture) to the main loop as a
+:class:`~appliance.loop.Request`.  Files are served by id lookup in the index, never from a path
+in the request.  Every answer to bad input is a 4xx with a one-line reason.
 
-Routes: ``GET /`` (HTML status page), ``GET /api/status`` (the same as JSON),
-``GET /thumbnails/<id>.webp`` and ``GET /media/<id>.jpg``.  A malformed id is a 400, an unknown
-one a 404.
+Pages: ``GET /`` (status), ``GET /captures`` (gallery: ``?before=SEQ&day=YYYY-MM-DD&trigger=T``),
+``GET /captures/<id>`` (one photo), ``GET/POST /login``, ``POST /logout``.
+API: ``GET /api/status``, ``GET /api/captures``, ``GET /api/captures/<id>``, ``GET /healthz``,
+``GET /metrics`` (Prometheus text format); with ``web_token`` set, ``POST /api/capture``,
+``POST /api/captures/<id>/protect`` and ``/unprotect``.
+Files: ``GET /thumbnails/<id>.webp``, ``GET /media/<id>.jpg`` (immutable: ETag and a year's
+Cache-Control).
 """
 
 import datetime
+import hashlib
+import hmac
+import json
+import logging
 import re
 import shutil
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 import bottle
+import prometheus_client
 from cheroot import wsgi
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance import __version__
 from appliance.cleanup import free_percent
-from appliance.loop import Health
+from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
-from appliance.store import IndexReader
+from appliance.store import TRIGGERS, IndexReader
+
+log = logging.getLogger(__name__)
 
 VIEWS = Path(__file__).with_name("views")
-LATEST_COUNT = 24
-REFRESH_S = 15
+LATEST_COUNT = 12
+PAGE_SIZE = 24
+MAX_PAGE_SIZE = 100
+REFRESH_S = 30
+# Seconds a web request waits for the main loop to do its action.
+ACTION_TIMEOUT_S = 15
+# Problems that mean the appliance is not capturing (healthz 503, red banner); others warn.
+ERROR_AREAS = ("camera", "storage", "space")
+SESSION_COOKIE = "appliance_session"
+# Request bodies (the login form, empty action POSTs) are tiny; anything bigger is refused (413).
+MAX_BODY_BYTES = 16 << 10
+MAX_HEADER_BYTES = 16 << 10
+# A client that sends nothing for this long is dropped, so slow clients cannot hold the threads.
+SOCKET_TIMEOUT_S = 10
+_ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+]
+
+
+def capture_json(row: dict, *, full: bool = False) -> dict:
+    """A capture as the API gives it (README, "JSON API"); ``full`` adds its metadata."""
+    out = {
+        "id": row["id"],
+        "seq": row["seq"],
+        "captured_at": row["captured_at"],
+        "clock_synced": bool(row["clock_synced"]),
+        "recovered": bool(row["recovered"]),
+        "trigger": row["trigger"],
+        "capture_method": row["capture_method"],
+        "event_id": row["event_id"],
+        "bytes": row["bytes"],
+        "width": row["width"],
+        "height": row["height"],
+        "protected": bool(row["protected"]),
+        "page_url": f"/captures/{row['id']}",
+        "media_url": f"/media/{row['id']}.jpg",
+        "thumbnail_url": f"/thumbnails/{row['id']}.webp" if row["thumbnail_path"] else None,
+    }
+    if full:
+        out["sha256"] = row["sha256"]
+        out["metadata"] = json.loads(row["metadata"] or "{}")
+    return out
+
+
+def _query(name: str, parse: Callable[[str], object], default=None):
+    """Query parameter ``name`` parsed by ``parse``; a bad value is a 400 naming it."""
+    value = bottle.request.query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return parse(value)
+    except ValueError:
+        raise bottle.HTTPError(400, f"bad {name}: {value[:40]!r}") from None
+
+
+def _seq(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 2**63:
+        raise ValueError(value)
+    return number
+
+
+def _trigger(value: str) -> str:
+    if value not in TRIGGERS:
+        raise ValueError(value)
+    return value
+
+
+def _capture_id(capture_id: str) -> str:
+    if not _ID.fullmatch(capture_id):
+        raise bottle.HTTPError(400, "expected a capture id of 32 hex characters")
+    return capture_id
 
 
 def make_app(
@@ -42,6 +134,8 @@ def make_app(
     cleanup_status: Callable[[], dict] | None = None,
     hardware_status: Callable[[], dict] | None = None,
     disk_usage: Callable[[Path], object] = shutil.disk_usage,
+    submit: Callable[[Request], None] | None = None,
+    token: str = "",
 ) -> bottle.Bottle:
     """Build the web app.
 
@@ -51,15 +145,17 @@ def make_app(
     running beside capturing; ``cleanup_status()``: the cleanup's state
     (:meth:`~appliance.cleanup.Cleanup.status`); ``hardware_status()``: ``{"camera":
     RecoveringCamera.status(), "triggers": TriggerGate.status(), "system": Probes.snapshot(),
-    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as
-    :func:`shutil.disk_usage`, for the data directory's filesystem.
+    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as :func:`shutil.disk_usage`,
+    for the data directory's filesystem; ``submit(request)``: hands an action to the main loop
+    (None: actions are off); ``token``: the ``web_token`` actions need ("": actions are off).
     """
     app = bottle.Bottle()
     health = health or Health()
+    session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
+    actions_on = bool(token) and submit is not None
 
     def status() -> dict:
         usage = disk_usage(reader.data_dir)
-        latest = reader.latest(LATEST_COUNT)
         cleanup = cleanup_status() if cleanup_status else {}
         problems = health.problems()
         if cleanup.get("state") == "paused":
@@ -75,46 +171,183 @@ def make_app(
             problems["power and temperature"] = ", ".join(system["problems"])
         if system.get("clock_synced") is False:
             problems["clock"] = "not synchronised: captures are flagged clock_synced = 0"
+        counts = reader.counts(datetime.datetime.now(datetime.UTC))
+        floor = cleanup.get("capture_min_free_bytes") or 0
+        rate = counts["bytes_last_hour"]
         return {
             "version": __version__,
             "mode": mode,
+            "level": "error" if problems.keys() & set(ERROR_AREAS) else "warning" if problems else "ok",
             "problems": problems,
             "startup_check": reconciliation.as_dict() if reconciliation else None,
             "cleanup": cleanup | {"last_run": reader.last_cleanup_run()},
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
-            **hardware,
-            "captures": reader.counts(datetime.datetime.now(datetime.UTC)),
+            "captures": counts,
             "disk": {
                 "total_bytes": usage.total,
                 "free_bytes": usage.free,
                 "free_percent": round(free_percent(usage), 1),
+                "hours_left": round(max(0, usage.free - floor) / rate, 1) if rate else None,
             },
-            "latest": [
-                {
-                    "id": row["id"],
-                    "seq": row["seq"],
-                    "captured_at": row["captured_at"],
-                    "clock_synced": bool(row["clock_synced"]),
-                    "recovered": bool(row["recovered"]),
-                    "trigger": row["trigger"],
-                    "bytes": row["bytes"],
-                    "width": row["width"],
-                    "height": row["height"],
-                    "protected": bool(row["protected"]),
-                    "media_url": f"/media/{row['id']}.jpg",
-                    "thumbnail_url": (f"/thumbnails/{row['id']}.webp" if row["thumbnail_path"] else None),
-                }
-                for row in latest
-            ],
+            "actions": actions_on,
+            **hardware,
+            "latest": [capture_json(row) for row in reader.latest(LATEST_COUNT)],
         }
+
+    def authorised() -> bool:
+        if not actions_on:
+            return False
+        header = bottle.request.get_header("Authorization", "")
+        if header.startswith("Bearer "):
+            return hmac.compare_digest(header[7:].encode(), token.encode())
+        cookie = bottle.request.get_cookie(SESSION_COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(), session.encode())
+
+    def check_action() -> None:
+        """An action must be on, authorised, and (for a browser's cookie) from our own pages."""
+        if not actions_on:
+            raise bottle.HTTPError(403, "actions are off: set web_token in the config")
+        if not authorised():
+            raise bottle.HTTPError(401, "log in or send Authorization: Bearer <web_token>")
+        if not bottle.request.get_header("Authorization"):
+            same_origin()
+
+    def same_origin() -> None:
+        # Cross-site request forgery: SameSite=Strict keeps the cookie off other sites' requests;
+        # checking Origin (or Referer) as well covers browsers that ignore SameSite.
+        origin = bottle.request.get_header("Origin") or bottle.request.get_header("Referer") or ""
+        if urllib.parse.urlsplit(origin).netloc != bottle.request.get_header("Host", ""):
+            raise bottle.HTTPError(403, "cross-site request refused")
+
+    def ask(request: Request, timeout_s: float = ACTION_TIMEOUT_S) -> Request:
+        submit(request)
+        if not request.done.wait(timeout_s):
+            raise bottle.HTTPError(503, "the appliance is busy; try again")
+        return request
+
+    def render(name: str, **values) -> str:
+        return bottle.template(
+            name, template_lookup=[str(VIEWS)], logged_in=authorised(), actions_on=actions_on, **values
+        )
 
     @app.get("/")
     def index():
-        return bottle.template("status", template_lookup=[str(VIEWS)], refresh_s=REFRESH_S, **status())
+        return render("status", refresh_s=REFRESH_S, **status())
+
+    @app.get("/style.css")
+    def style():
+        return bottle.static_file("style.css", root=str(VIEWS), mimetype="text/css")
+
+    def gallery_query() -> dict:
+        return {
+            "before": _query("before", _seq),
+            "day": _query("day", datetime.date.fromisoformat),
+            "trigger": _query("trigger", _trigger),
+        }
+
+    def next_url(path: str, rows: list[dict], limit: int, query: dict) -> str | None:
+        if len(rows) < limit:
+            return None
+        params = {k: str(v) for k, v in query.items() if v is not None and k != "before"}
+        return f"{path}?{urllib.parse.urlencode(params | {'before': rows[-1]['seq']})}"
+
+    @app.get("/captures")
+    def gallery():
+        query = gallery_query()
+        rows = reader.page(limit=PAGE_SIZE, **query)
+        return render(
+            "gallery", captures=[capture_json(r) for r in rows], query=query, triggers=TRIGGERS,
+            next_url=next_url("/captures", rows, PAGE_SIZE, query),
+        )  # fmt: skip
+
+    def lookup(capture_id: str) -> dict:
+        row = reader.get(_capture_id(capture_id))
+        if row is None:
+            raise bottle.HTTPError(404, "no such capture")
+        return row
+
+    @app.get("/captures/<capture_id>")
+    def photo(capture_id):
+        return render("capture", c=capture_json(lookup(capture_id), full=True))
 
     @app.get("/api/status")
     def api_status():
         return status()
+
+    @app.get("/api/captures")
+    def api_captures():
+        query = gallery_query()
+        limit = min(_query("limit", _seq, PAGE_SIZE), MAX_PAGE_SIZE)
+        rows = reader.page(limit=limit, **query)
+        return {
+            "captures": [capture_json(r) for r in rows],
+            "next": next_url("/api/captures", rows, limit, query),
+        }
+
+    @app.get("/api/captures/<capture_id>")
+    def api_capture(capture_id):
+        return capture_json(lookup(capture_id), full=True)
+
+    @app.get("/healthz")
+    def healthz():
+        current = status()
+        errors = {k: v for k, v in current["problems"].items() if k in ERROR_AREAS}
+        bottle.response.status = 503 if errors else 200
+        return {"status": "error" if errors else "ok", "problems": current["problems"]}
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(_Metrics(status, reader))
+
+    @app.get("/metrics")
+    def metrics():
+        bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(registry)
+
+    @app.post("/api/capture")
+    def api_capture_now():
+        check_action()
+        done = ask(Request("capture"))
+        if done.error:
+            raise bottle.HTTPError(503, done.error)
+        return {"captured": done.result}
+
+    def protect(capture_id: str, protected: bool) -> None:
+        check_action()
+        done = ask(Request("protect" if protected else "unprotect", _capture_id(capture_id)))
+        if done.error:
+            raise bottle.HTTPError(404 if done.error == "no such capture" else 503, done.error)
+
+    @app.post("/api/captures/<capture_id>/<verb:re:protect|unprotect>")
+    def api_protect(capture_id, verb):
+        protect(capture_id, verb == "protect")
+        return {"id": capture_id, "protected": verb == "protect"}
+
+    @app.post("/captures/<capture_id>/<verb:re:protect|unprotect>")
+    def form_protect(capture_id, verb):
+        protect(capture_id, verb == "protect")
+        bottle.redirect(f"/captures/{capture_id}", 303)
+
+    @app.get("/login")
+    def login_form():
+        return render("login", failed=False)
+
+    @app.post("/login")
+    def login():
+        if not actions_on:
+            raise bottle.HTTPError(403, "actions are off: set web_token in the config")
+        same_origin()
+        given = bottle.request.forms.get("token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            bottle.response.status = 401
+            return render("login", failed=True)
+        bottle.response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
+        bottle.redirect("/", 303)
+
+    @app.post("/logout")
+    def logout():
+        same_origin()
+        bottle.response.delete_cookie(SESSION_COOKIE, path="/")
+        bottle.redirect("/", 303)
 
     def serve(name: str, column: str, extension: str, mimetype: str):
         match = _FILE_NAME.fullmatch(name)
@@ -123,7 +356,15 @@ def make_app(
         row = reader.get(match[1])
         if row is None or row[column] is None:
             raise bottle.HTTPError(404, "no such capture")
-        return bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
+        # An id is never reused and its files never change: cache them for good.
+        etag = f'"{row["sha256"] if extension == "jpg" else row["id"]}"'
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+        if bottle.request.get_header("If-None-Match") == etag:
+            return bottle.HTTPResponse(status=304, **headers)
+        response = bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
+        for key, value in headers.items():
+            response.set_header(key, value)
+        return response
 
     @app.get("/thumbnails/<name>")
     def thumbnail(name):
@@ -133,18 +374,92 @@ def make_app(
     def media(name):
         return serve(name, "media_path", "jpg", "image/jpeg")
 
-    return app
+    def plain_error(error: bottle.HTTPError) -> str:
+        if error.status_code >= 500 and error.exception is not None:
+            log.error(
+                "web request %s %s failed",
+                bottle.request.method,
+                bottle.request.path,
+                exc_info=error.exception,
+            )
+        bottle.response.content_type = "text/plain; charset=utf-8"
+        return f"{error.status_code} {error.body}\n"
+
+    for code in (400, 401, 403, 404, 405, 413, 500, 503):
+        app.error(code)(plain_error)
+    return _with_security_headers(app)
+
+
+class _Metrics:
+    """The status as Prometheus metrics, read at each scrape (a custom collector, as
+    prometheus_client documents for values kept elsewhere)."""
+
+    def __init__(self, status: Callable[[], dict], reader: IndexReader):
+        self._status, self._reader = status, reader
+
+    def collect(self):
+        status = self._status()
+        captures = GaugeMetricFamily("appliance_captures", "Captures in the index.")
+        captures.add_metric([], status["captures"]["total"])
+        yield captures
+        hour = GaugeMetricFamily("appliance_captures_last_hour", "Captures of the last hour.")
+        hour.add_metric([], status["captures"]["last_hour"])
+        yield hour
+        suppressed = CounterMetricFamily(
+            "appliance_triggers_suppressed",
+            "Triggers counted but not captured since start-up.",
+            labels=["source"],
+        )
+        for source, count in (status.get("triggers") or {}).get("suppressed", {}).items():
+            suppressed.add_metric([source], count)
+        yield suppressed
+        runs, freed = self._reader.cleanup_totals()
+        cleanup_runs = CounterMetricFamily("appliance_cleanup_runs", "Cleanup runs recorded in the index.")
+        cleanup_runs.add_metric([], runs)
+        yield cleanup_runs
+        freed_bytes = CounterMetricFamily("appliance_cleanup_freed_bytes", "Bytes freed by cleanup runs.")
+        freed_bytes.add_metric([], freed)
+        yield freed_bytes
+        free = GaugeMetricFamily("appliance_free_bytes", "Free bytes on the data filesystem.")
+        free.add_metric([], status["disk"]["free_bytes"])
+        yield free
+        camera = status.get("camera") or {}
+        failures = CounterMetricFamily("appliance_camera_failures", "Camera failures since start-up.")
+        failures.add_metric([], camera.get("total_failures", 0))
+        yield failures
+        temperature = (status.get("system") or {}).get("cpu_temperature_c")
+        if temperature is not None:
+            gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
+            gauge.add_metric([], temperature)
+            yield gauge
+
+
+def _with_security_headers(app):
+    """WSGI middleware: the security headers on every response, errors included."""
+
+    def wrapped(environ, start_response):
+        def start(status, headers, exc_info=None):
+            return start_response(status, headers + SECURITY_HEADERS, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
 
 
 class WebServer:
     """Serves ``app`` with cheroot (a multi-threaded WSGI server) on ``host``:``port`` from a
-    background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.
+    background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.  Request headers
+    and bodies are capped (:data:`MAX_HEADER_BYTES`, :data:`MAX_BODY_BYTES`) and a silent client is
+    dropped after :data:`SOCKET_TIMEOUT_S`, so no client can hold the page from the others.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
 
-    def __init__(self, app, host: str, port: int, threads: int = 4):
-        self._server = wsgi.Server((host, port), app, numthreads=threads)
+    def __init__(self, app, host: str, port: int, threads: int = 8):
+        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=SOCKET_TIMEOUT_S)
+        # cheroot answers 413 (body) and 431/413 (headers) past these, before the app sees them.
+        self._server.max_request_header_size = MAX_HEADER_BYTES
+        self._server.max_request_body_size = MAX_BODY_BYTES
         self._server.prepare()  # binds now, so a busy port fails at start-up
         self.host, self.port = self._server.bind_addr[:2]
         self._thread = threading.Thread(target=self._server.serve, name="web", daemon=True)

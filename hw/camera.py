@@ -249,13 +249,14 @@ class RecoveringCamera:
         self._lock = threading.Lock()
         self._camera = open_camera()
         self.model = self._camera.model
-        self._failures = 0
+        self._failures = self._total_failures = 0
         self._retry_at: float | None = None
         self._last_error: str | None = None
 
     def status(self) -> dict:
-        """``{"state": "ok" | "recovering" | "failed", "failures": n (in a row), "last_error": str
-        or None, "retry_in_s": seconds until the next re-open or None}``."""
+        """``{"state": "ok" | "recovering" | "failed", "failures": n (in a row), "total_failures":
+        n (since start-up), "last_error": str or None, "retry_in_s": seconds until the next re-open
+        or None}``."""
         with self._lock:
             if self._failures >= self._max_failures:
                 state = "failed"
@@ -267,6 +268,7 @@ class RecoveringCamera:
             return {
                 "state": state,
                 "failures": self._failures,
+                "total_failures": self._total_failures,
                 "last_error": self._last_error,
                 "retry_in_s": retry,
             }
@@ -306,6 +308,7 @@ class RecoveringCamera:
             camera.close()
         with self._lock:
             self._failures += 1
+            self._total_failures += 1
             self._last_error = reason
             backoff = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
             self._retry_at = self._monotonic() + backoff

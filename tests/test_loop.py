@@ -264,7 +264,13 @@ def test_a_camera_that_fails_recovers_and_the_status_says_so(store):
     events.put(trigger())
     loop.run(duration_s=0.3)
     assert len(cameras) == 2 and cameras[0]._closed
-    assert camera.status() == {"state": "ok", "failures": 0, "last_error": None, "retry_in_s": None}
+    assert camera.status() == {
+        "state": "ok",
+        "failures": 0,
+        "total_failures": 1,
+        "last_error": None,
+        "retry_in_s": None,
+    }
     assert "camera" not in loop.health.problems()
     assert store.db["captures"].count == 1
 

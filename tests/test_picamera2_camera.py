@@ -378,7 +378,13 @@ def test_successful_capture_resets_the_failure_count(fake, recovering, monotonic
 
     recovering.capture(TIMEOUT_S)
 
-    assert recovering.status() == {"state": "ok", "failures": 0, "last_error": None, "retry_in_s": None}
+    assert recovering.status() == {
+        "state": "ok",
+        "failures": 0,
+        "total_failures": 2,
+        "last_error": None,
+        "retry_in_s": None,
+    }
     fake.fail_next("captured_request", TimeoutError())
     with pytest.raises(CameraTimeout):
         recovering.capture(TIMEOUT_S)

@@ -87,7 +87,7 @@ def test_schema_is_created_by_migrations(store):
     applied = [row[0] for row in store.db.execute("SELECT name FROM _sqlite_migrations")]
     assert applied == [
         "m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup",
-        "m005_capture_method_and_event",
+        "m005_capture_method_and_event", "m006_counts_for_the_status_page",
     ]  # fmt: skip
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -274,7 +274,9 @@ def test_counts_last_24h_uses_captured_at(tmp_path, photo):
     store.add(photo, None, timestamp=clock.now(), trigger="button")
     store.add(photo, None, timestamp=clock.now(), trigger="button")
     store.close()
-    assert IndexReader(tmp_path).counts(now) == {"total": 2, "last_24h": 1}
+    assert IndexReader(tmp_path).counts(now) == {
+        "total": 2, "last_hour": 1, "last_24h": 1, "bytes_last_hour": len(photo)
+    }  # fmt: skip
 
 
 def test_unopenable_data_dir_raises_store_error(tmp_path):
@@ -325,3 +327,26 @@ def test_seq_never_repeats_even_after_every_capture_was_deleted(tmp_path, photo,
     reopened = CaptureStore(tmp_path)
     assert reopened.add(photo, None, timestamp=clock.now(), trigger="motion")["seq"] == rows[-1]["seq"] + 1
     reopened.close()
+
+
+def test_the_capture_count_is_kept_by_every_insert_and_delete(store, photo, clock):
+    rows = [store.add(photo, None, timestamp=clock.now(), trigger="button") for _ in range(5)]
+    store.delete(rows[:2])
+    reader = IndexReader(store.data_dir)
+    assert reader.counts(clock.now().wall)["total"] == 3 == store.db["captures"].count
+    store.db.execute("DELETE FROM captures WHERE id = ?", [rows[2]["id"]])  # as reconciliation drops one
+    store.db.conn.commit()
+    assert reader.counts(clock.now().wall)["total"] == 2
+
+
+def test_pages_follow_seq_newest_first_with_filters(store, photo, clock):
+    triggers = ["button", "motion", "timelapse"] * 4
+    rows = [store.add(photo, None, timestamp=clock.now(), trigger=t) for t in triggers]
+    reader = IndexReader(store.data_dir)
+    first = reader.page(limit=5)
+    second = reader.page(before=first[-1]["seq"], limit=5)
+    assert [r["seq"] for r in first + second] == list(range(12, 2, -1))
+    assert [r["seq"] for r in reader.page(trigger="motion", limit=10)] == [11, 8, 5, 2]
+    day = datetime.datetime.fromisoformat(rows[0]["captured_at"]).date()
+    assert len(reader.page(day=day, limit=100)) == 12
+    assert reader.page(day=day + datetime.timedelta(days=1)) == []

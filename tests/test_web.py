@@ -41,11 +41,18 @@ def get(server, path, **kwargs):
     return requests.get(f"{server.url.rstrip('/')}{path}", timeout=5, **kwargs)
 
 
-def test_api_status_reports_counts_disk_uptime_mode_and_latest(server):
+def test_api_status_reports_counts_disk_uptime_mode_and_latest(server, photo):
     status = get(server, "/api/status").json()
     assert status["mode"] == "simulation"
-    assert status["captures"] == {"total": 3, "last_24h": 3}
-    assert status["disk"] == {"total_bytes": 1000, "free_bytes": 400, "free_percent": 40.0}
+    assert status["captures"] == {
+        "total": 3,
+        "last_hour": 3,
+        "last_24h": 3,
+        "bytes_last_hour": 3 * len(photo),
+    }
+    assert status["disk"] == {
+        "total_bytes": 1000, "free_bytes": 400, "free_percent": 40.0, "hours_left": round(400 / (3 * len(photo)), 1)
+    }  # fmt: skip
     assert 3725 <= status["uptime_s"] < 3735
     assert [c["seq"] for c in status["latest"]] == [3, 2, 1]
     assert status["latest"][0]["thumbnail_url"] is None
@@ -58,8 +65,12 @@ def test_status_page_shows_thumbnails_counts_and_mode(server):
     page = response.text
     for row in server.rows:
         assert f'src="/thumbnails/{row["id"]}.webp"' in page
-    assert "3 in all, 3 in the last 24 h" in page
-    assert "1 h 02 min" in page and "simulation" in page and "40.0 %" in page
+    assert "3 in all, 3 in the last hour, 3 in the last 24 h" in page
+    assert (
+        "1 h 02 min" in page
+        and "simulation" in page
+        and '<meter min="0" max="100" high="90" value="60.0">' in page
+    )
 
 
 def test_thumbnail_and_media_are_served_from_the_index(server, photo):

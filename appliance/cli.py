@@ -164,6 +164,13 @@ def config_command(args) -> int:
             status = 2
         else:
             print(f"{path}: ok")
+    if status == 0 and len(paths) > 1:  # each file may be fine and the two together not
+        try:
+            config_module.load(paths)
+        except ConfigError as exc:
+            print(f"appliance: config error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{' + '.join(map(str, paths))}: ok together")
     return status
 
 
@@ -313,7 +320,7 @@ def run(
         hold_actions = {
             "none": None,
             "test_shot": lambda: events.put(TriggerEvent("manual", time.monotonic())),
-            "shutdown": lambda: loop.request_stop("button held: safe shutdown; the power can be removed"),
+            "shutdown": lambda: loop.request_stop("button held: clean stop; the data is safe"),
         }
         triggers = Triggers(
             events,
@@ -367,8 +374,9 @@ def run(
                 burst_count=new.burst_count,
                 burst_interval_s=new.burst_interval_s,
             )
-            timelapse.interval_s = new.timelapse_interval_s
-            timelapse.windows = ActiveWindows(new.active_windows)
+            timelapse.configure(
+                interval_s=new.timelapse_interval_s, windows=ActiveWindows(new.active_windows)
+            )
             lights.flash_pre_delay_s = new.flash_pre_delay_s
             cleanup.policy = Policy.from_config(new)
 

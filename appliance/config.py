@@ -162,9 +162,10 @@ class Config:
         _one_of(AUTOFOCUS_MODES),
     )
     camera_max_failures: int = _setting(
-        5,
+        8,
         "Failed captures or re-opens of the camera in a row after which the appliance exits (status "
-        "1) for systemd to restart it; between failures the camera is re-opened after 1, 2, 4 ... s.",
+        "1) for systemd to restart it; between failures the camera is re-opened after 1, 2, 4 ... s "
+        "(at most 60 s), so the default rides out about two minutes of camera trouble.",
         _between(1, 1000),
     )
     camera_make: str = _setting("Raspberry Pi", "EXIF Make written into each photo the camera takes.")
@@ -199,8 +200,8 @@ class Config:
     button_hold_action: str = _setting(
         "none",
         'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
-        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, so the power '
-        "can be removed; systemd does not restart it).",
+        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, so its data is safe '
+        "whatever happens to the power; systemd does not restart it).",
         _one_of(("none", "test_shot", "shutdown")),
     )
     timelapse_interval_s: float = _setting(
@@ -231,7 +232,11 @@ class Config:
     )
     uv_active_high: bool = _setting(True, "The UV light is on when its pin is high (false: when low).")
     capture_timeout_s: float = _setting(
-        5.0, "Seconds to wait for a frame before a capture fails.", _positive, kind=float
+        5.0,
+        "Seconds to wait for a frame before a capture fails; at most 25, so that a capture (twice "
+        "this with an autofocus cycle) always ends within the systemd watchdog's 60 s.",
+        _between(0.5, 25),
+        kind=float,
     )
     thumbnail_max_px: int = _setting(320, "Longest edge of WebP thumbnails, in pixels.", _between(16, 4096))
     cleanup_start_free_percent: float = _setting(
@@ -303,6 +308,13 @@ class Config:
             if pin and pin in pins:
                 raise ConfigError(f"{key}: {pin} is already {pins[pin]}")
             pins[pin] = key
+        exposure_s = self.camera_exposure_time_us / 1e6
+        if self.capture_timeout_s < 2 * exposure_s + 1:
+            # A frame whose exposure starts after the trigger can take two exposures to arrive.
+            raise ConfigError(
+                f"capture_timeout_s: {self.capture_timeout_s} s is too short for a {exposure_s:g} s "
+                f"exposure (camera_exposure_time_us); it must be at least {2 * exposure_s + 1:g} s"
+            )
         if self.max_captures_per_minute and self.burst_count > self.max_captures_per_minute:
             raise ConfigError(
                 f"burst_count: a burst of {self.burst_count} exceeds max_captures_per_minute "
@@ -366,9 +378,10 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
     values = {}
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                document = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            # utf-8-sig: a file saved by an editor that writes a byte-order mark (Windows Notepad,
+            # on the SD card's boot partition) reads as if it had none.
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         for key, value in document.items():
             try:

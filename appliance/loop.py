@@ -276,6 +276,7 @@ class MainLoop:
                 self._pause(started + index * self._burst_interval_s - time.monotonic())
                 if self._stop_reason is not None:
                     break
+            self._keepalive(time.monotonic())  # captures slower than the interval get no pause
             row = self.capture(event, event_id=event_id)
             if row is None:
                 break
@@ -300,7 +301,8 @@ class MainLoop:
         if self._cleanup is not None and self._cleanup.capture_pause():
             return None  # logged once by the cleanup, and shown on the status page
         try:
-            with self._lights.flash() if self._lights else contextlib.nullcontext():
+            flash = self._lights is not None and self._camera.ready()  # none for a recovering camera
+            with self._lights.flash() if flash else contextlib.nullcontext():
                 shot = self._camera.capture(self._capture_timeout_s)
         except CameraFailed as exc:
             log.error("capture for %s trigger failed: %s", event.source, exc)

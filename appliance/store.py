@@ -163,16 +163,20 @@ def m004_cleanup(db: sqlite_utils.Database) -> None:
     )
 
 
+# Each capture its own event, its method from its trigger (CAPTURE_METHODS): for rows from before m005.
+_FILL_METHOD_AND_EVENT = (
+    "UPDATE captures SET event_id = id, capture_method = CASE trigger WHEN 'timelapse' THEN 'timeLapse' "
+    "WHEN 'unknown' THEN NULL ELSE 'activityDetection' END WHERE event_id IS NULL"
+)
+
+
 @migrations()
 def m005_capture_method_and_event(db: sqlite_utils.Database) -> None:
     # Camtrap DP's captureMethod, recorded per capture; and the event (one trigger's burst) each
     # capture belongs to, for Camtrap DP's eventID.  Older rows: each capture its own event.
     db["captures"].add_column("capture_method", str)
     db["captures"].add_column("event_id", str)
-    db.execute(
-        "UPDATE captures SET event_id = id, capture_method = CASE trigger "
-        "WHEN 'timelapse' THEN 'timeLapse' WHEN 'unknown' THEN NULL ELSE 'activityDetection' END"
-    )
+    db.execute(_FILL_METHOD_AND_EVENT)
 
 
 @migrations()
@@ -484,6 +488,7 @@ class CaptureStore:
                     continue
                 salvaged += 1
                 last_seq = max(last_seq, row["seq"])
+            db.execute(_FILL_METHOD_AND_EVENT)  # rows salvaged from an index older than m005
             db["counters"].update("last_seq", {"value": last_seq})
             db["counters"].update("full_check_pending", {"value": 1})
             in_flight = {

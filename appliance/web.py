@@ -21,7 +21,6 @@ import hmac
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 import urllib.parse
@@ -38,6 +37,7 @@ from appliance.cleanup import free_percent
 from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
 from appliance.store import TRIGGERS, IndexReader
+from hw import system
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def make_app(
     reconciliation: Reconciliation | None = None,
     cleanup_status: Callable[[], dict] | None = None,
     hardware_status: Callable[[], dict] | None = None,
-    disk_usage: Callable[[Path], object] = shutil.disk_usage,
+    disk_usage: Callable[[Path], object] = system.disk_usage,
     submit: Callable[[Request], None] | None = None,
     token: str = "",
 ) -> bottle.Bottle:
@@ -145,9 +145,10 @@ def make_app(
     running beside capturing; ``cleanup_status()``: the cleanup's state
     (:meth:`~appliance.cleanup.Cleanup.status`); ``hardware_status()``: ``{"camera":
     RecoveringCamera.status(), "triggers": TriggerGate.status(), "system": Probes.snapshot(),
-    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as :func:`shutil.disk_usage`,
-    for the data directory's filesystem; ``submit(request)``: hands an action to the main loop
-    (None: actions are off); ``token``: the ``web_token`` actions need ("": actions are off).
+    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as
+    :func:`hw.system.disk_usage` (None when unknown), for the data directory's filesystem;
+    ``submit(request)``: hands an action to the main loop (None: actions are off); ``token``: the
+    ``web_token`` actions need ("": actions are off).
     """
     app = bottle.Bottle()
     health = health or Health()
@@ -183,7 +184,8 @@ def make_app(
             "cleanup": cleanup | {"last_run": reader.last_cleanup_run()},
             "uptime_s": round(time.monotonic() - started_monotonic, 1),
             "captures": counts,
-            "disk": {
+            "disk": usage
+            and {
                 "total_bytes": usage.total,
                 "free_bytes": usage.free,
                 "free_percent": round(free_percent(usage), 1),
@@ -420,9 +422,10 @@ class _Metrics:
         freed_bytes = CounterMetricFamily("appliance_cleanup_freed_bytes", "Bytes freed by cleanup runs.")
         freed_bytes.add_metric([], freed)
         yield freed_bytes
-        free = GaugeMetricFamily("appliance_free_bytes", "Free bytes on the data filesystem.")
-        free.add_metric([], status["disk"]["free_bytes"])
-        yield free
+        if status["disk"]:
+            free = GaugeMetricFamily("appliance_free_bytes", "Free bytes on the data filesystem.")
+            free.add_metric([], status["disk"]["free_bytes"])
+            yield free
         camera = status.get("camera") or {}
         failures = CounterMetricFamily("appliance_camera_failures", "Camera failures since start-up.")
         failures.add_metric([], camera.get("total_failures", 0))

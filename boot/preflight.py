@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import features
 
 from hw.camera import attached_cameras
-from hw.clock import clock_synced
 from hw.exc import CameraError
+from hw.system import clock_synced
 
 OK, WARNING, FATAL = "ok", "warning", "fatal"
 
@@ -40,7 +40,7 @@ def check_webp() -> Check:
 def mount_point(path: Path) -> Path:
     """The mount point of the filesystem holding ``path`` (or, for a path not yet created, the
     nearest existing parent)."""
-    path = Path(os.path.abspath(path))
+    path = Path(os.path.realpath(path))  # a symlink counts where it points
     while not path.exists():
         path = path.parent
     while not os.path.ismount(path):
@@ -62,7 +62,7 @@ def check_mount(data_dir: Path, data_mount: str) -> Check:
             FATAL,
             f"{data_mount} is not mounted: {data_dir} would be written to {where} instead",
         )
-    if where != Path(os.path.abspath(data_mount)):
+    if where != Path(os.path.realpath(data_mount)):
         return Check("data_mount", FATAL, f"{data_dir} is on {where}, not on the data_mount {data_mount}")
     return Check("data_mount", OK, f"{data_dir} is on the filesystem mounted at {data_mount}")
 
@@ -96,8 +96,11 @@ def check_free_space(data_dir: Path, min_free_bytes: int) -> Check:
 
 def check_clock() -> Check:
     """The system clock is synchronised; a warning only: captures still run, flagged."""
-    if clock_synced():
+    synced = clock_synced()
+    if synced:
         return Check("clock", OK, "synchronised")
+    if synced is None:
+        return Check("clock", WARNING, "its state cannot be read: captures are flagged clock_synced = 0")
     return Check(
         "clock", WARNING, "not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0"
     )

@@ -86,6 +86,9 @@ class Camera(Protocol):
         and :class:`~hw.exc.CameraError` for any other failure.
         """
 
+    def ready(self) -> bool:
+        """Whether a capture can be tried now (the flash is switched on only then)."""
+
     def close(self) -> None:
         """Release the camera.  Safe to call more than once."""
 
@@ -213,6 +216,9 @@ class Picamera2Camera:
         kept = {key: metadata[key] for key in METADATA_KEYS if key in metadata}
         return Shot(jpeg.getvalue(), frame, kept)
 
+    def ready(self) -> bool:
+        return self._picam2 is not None
+
     def close(self) -> None:
         """Stop and release the camera (libcamera allows one user of a camera at a time, so a
         camera not closed cannot be opened again).  A failure to close is logged, not raised."""
@@ -288,6 +294,12 @@ class RecoveringCamera:
             self._failures, self._last_error = 0, None
         return shot
 
+    def ready(self) -> bool:
+        """Re-open the camera if its back-off has passed (see :meth:`recover`); then whether a
+        capture can be tried now.  Raises :class:`~hw.exc.CameraFailed` as :meth:`recover` does."""
+        self.recover()
+        return self._camera is not None
+
     def recover(self) -> None:
         """Re-open the camera if it is closed and its back-off has passed; for the main loop's
         scheduler.  Raises :class:`~hw.exc.CameraFailed` after too many failures."""
@@ -336,9 +348,10 @@ class SimulatedCamera:
     a file that is not a decodable JPEG is logged with its name and skipped.  Without it, each
     capture renders a ``size_px`` scene (sky, ground and a moving "animal") with Pillow.
 
-    ``capture_time_s`` adds a delay like a real exposure.  :meth:`inject_failure` and
-    :meth:`inject_delay` make captures fail or hang, to exercise error handling and recovery; a
-    closed camera refuses to capture, as a real one does.  :attr:`model` is ``"simulated"``.
+    ``capture_time_s`` adds a delay like a real exposure (one longer than the capture's timeout
+    sleeps for the timeout, then raises ``CameraTimeout``: a hanging camera).  :meth:`inject_failure`
+    makes captures fail, to exercise error handling and recovery; a closed camera refuses to
+    capture, as a real one does.  :attr:`model` is ``"simulated"``.
 
     Raises :class:`~hw.exc.CameraError` at construction when ``replay_dir`` is not a folder, and at
     capture when no file in it is a usable JPEG.
@@ -373,11 +386,6 @@ class SimulatedCamera:
         ``CameraTimeout("...")`` or ``CameraError("Device or resource busy")``)."""
         self._failures = [error] * count
 
-    def inject_delay(self, seconds: float) -> None:
-        """Make every capture from now on take ``seconds`` (a slow or hanging camera: a capture
-        longer than its timeout sleeps for the timeout, then raises ``CameraTimeout``)."""
-        self._capture_time_s = seconds
-
     def capture(self, timeout_s: float) -> Shot:
         if self._closed:
             raise CameraError("camera is closed")
@@ -390,6 +398,9 @@ class SimulatedCamera:
         shot = self._next_replayed() if self._replay else self._render()
         self._count += 1
         return shot
+
+    def ready(self) -> bool:
+        return not self._closed
 
     def close(self) -> None:
         self._closed = True

@@ -177,8 +177,9 @@ class Probes:
             {"cpu_temperature_c": float | None,
              "throttled": {"raw": int, "under_voltage_now": bool, ...every Throttled field} | None,
              "problems": [str, ...],  # throttling now, and a CPU at or above HOT_C
-             "clock_synced": bool | None,
-             "disk": {"total_bytes": int, "used_bytes": int, "free_bytes": int} | None}
+             "clock_synced": bool | None}
+
+        (Disk usage is not here: the status page reads it fresh, with :func:`disk_usage`.)
 
         A caller arriving while the probes run waits for them (up to the command's 2 s timeout)
         rather than running them again.
@@ -193,7 +194,6 @@ class Probes:
     def _probe(self) -> dict:
         temperature_c = cpu_temperature_c(self.thermal_path)
         state = throttled(self.throttled_command)
-        usage = disk_usage(self.data_dir)
         problems = state.problems() if state else []
         if temperature_c is not None and temperature_c >= HOT_C:
             problems.append(f"CPU temperature {temperature_c:.0f} °C")
@@ -202,7 +202,4 @@ class Probes:
             "throttled": dataclasses.asdict(state) if state else None,
             "problems": problems,
             "clock_synced": clock_synced(),
-            "disk": {"total_bytes": usage.total, "used_bytes": usage.used, "free_bytes": usage.free}
-            if usage
-            else None,
         }

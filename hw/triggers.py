@@ -211,16 +211,21 @@ class Timelapse:
     """Puts a ``timelapse`` :class:`TriggerEvent` on ``events`` every ``interval_s`` seconds
     (monotonic; 0: never) while the local time is within ``windows``, through ``gate``.
     :meth:`tick` is called by the main loop's scheduler (at least once a second); ``now`` and
-    ``local_time`` are for tests.  ``interval_s`` and ``windows`` are attributes that may be
-    changed (a config reload).
+    ``local_time`` are for tests.
     """
 
     def __init__(self, events, *, interval_s: float, windows: ActiveWindows, gate: TriggerGate | None = None):
         self._events = events
-        self.interval_s = interval_s
-        self.windows = windows
         self._gate = gate
         self._due: float | None = None
+        self.configure(interval_s=interval_s, windows=windows)
+
+    def configure(self, *, interval_s: float, windows: ActiveWindows) -> None:
+        """Change the interval and windows (a config reload): a shorter interval applies to the
+        capture already waiting too."""
+        self.interval_s, self.windows = interval_s, windows
+        if self._due is not None:
+            self._due = min(self._due, time.monotonic() + interval_s)
 
     def tick(self, now: float | None = None, local_time: datetime.time | None = None) -> None:
         if not self.interval_s:

@@ -47,7 +47,8 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ("camera_lores_size_px = [true, 2]", "camera_lores_size_px", "two integers > 0"),
         ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "is not a folder"),
         ('simulate_replay_dir = "."', "simulate_replay_dir", "only used in simulation"),
-        ("capture_timeout_s = 0", "capture_timeout_s", "greater than 0"),
+        ("capture_timeout_s = 0", "capture_timeout_s", "between 0.5 and 25"),
+        ("camera_exposure_time_us = 5000000", "capture_timeout_s", "too short for a 5 s exposure"),
         ('flash_pin = "GPIO17"', "flash_pin", "GPIO17 is already button_pin"),
         ("burst_count = 10\nmax_captures_per_minute = 5", "burst_count", "exceeds max_captures_per_minute"),
         ('active_windows = ["19:00-25:00"]', "active_windows", "'19:00-25:00' is not a window"),
@@ -138,3 +139,19 @@ def test_config_check_says_ok_or_names_the_file_and_key(tmp_path, capsys):
     bad.write_text('uv_pin = "GPIO4"\n')
     assert main(["config", "--check", str(good), str(bad)]) == 2
     assert f"{bad}: uv_pin: GPIO4 is already motion_pin" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_from_a_windows_editor_is_fine(tmp_path):
+    path = tmp_path / "appliance.toml"
+    path.write_bytes("\ufeffjpeg_quality = 70\n".encode())
+    assert config.load(path).jpeg_quality == 70
+
+
+def test_config_check_also_checks_the_files_together(tmp_path, capsys):
+    etc, boot = tmp_path / "etc.toml", tmp_path / "boot.toml"
+    etc.write_text("max_captures_per_minute = 5\n")
+    boot.write_text("burst_count = 10\n")
+    assert main(["config", "--check", str(etc), str(boot)]) == 2
+    captured = capsys.readouterr()
+    assert f"{etc}: ok" in captured.out and f"{boot}: ok" in captured.out
+    assert "burst_count: a burst of 10 exceeds max_captures_per_minute (5)" in captured.err

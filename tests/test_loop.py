@@ -297,3 +297,22 @@ def test_a_camera_that_keeps_failing_stops_the_loop_as_fatal(store):
     assert isinstance(loop.fatal, CameraFailed)
     assert "failed 2 times in a row" in loop.health.problems()["camera"]
     assert events.qsize() == 1  # stopped at once
+
+
+def test_no_flash_for_a_camera_that_is_recovering(store):
+    factory = MockFactory()
+    lights = Lights(flash_pin="GPIO27", uv_pin=None, pin_factory=factory)
+    now = [0.0]
+    simulated = SimulatedCamera(size_px=(64, 48))
+    camera = RecoveringCamera(lambda: simulated, monotonic=lambda: now[0])
+    loop, events = make_loop(store, camera, lights=lights)
+    simulated.inject_failure(CameraTimeout("no frame"))
+    events.put(trigger())
+    loop.run(duration_s=0.2)
+    pin = factory.pin("GPIO27")
+    pin.clear_states()
+    events.put(trigger())  # the camera is closed, waiting for its back-off
+    loop.run(duration_s=0.2)
+    assert [s.state for s in pin.states] == [False]  # never switched on
+    lights.close()
+    factory.close()

@@ -72,3 +72,8 @@ def test_camera_check_lists_the_cameras_libcamera_sees(fake_picamera2):
     check = check_camera(simulate=False)
     assert check.level == FATAL and "no camera detected" in check.reason
     assert fake_picamera2.Picamera2.open_count == 0  # listed, never opened
+
+
+def test_a_data_dir_reached_through_a_symlink_counts_where_it_points(tiny_fs, tmp_path):
+    (tmp_path / "data").symlink_to(tiny_fs)
+    assert check_mount(tmp_path / "data", str(tiny_fs)).level == OK

@@ -143,4 +143,20 @@ def test_a_long_burst_keeps_pinging_and_a_stop_cuts_it_short(store, listener):
     assert time.monotonic() - started < 1.5  # not the 8 s the burst would take
     assert store.db["captures"].count == 1
     pings = [t for t, m in listener.messages(0.3) if m == "WATCHDOG=1"]
-    assert len(pings) >= 8 and max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.3
+    assert len(pings) >= 5 and max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.6
+
+
+def test_captures_slower_than_the_burst_interval_still_ping(store, listener):
+    notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
+    events = queue.Queue()
+    loop = MainLoop(events=events, camera=SimulatedCamera(size_px=(64, 48), capture_time_s=0.3), store=store,
+                    scheduler=schedule.Scheduler(), capture_timeout_s=5, thumbnail_max_px=32,
+                    identity=Identity("Raspberry Pi", "simulated"), notifier=notifier,
+                    burst_count=6, burst_interval_s=0.05)  # fmt: skip
+    events.put(TriggerEvent("motion", time.monotonic()))
+    loop.run(duration_s=2.5)
+    assert store.db["captures"].count == 6
+    pings = [t for t, m in listener.messages(0.3) if m == "WATCHDOG=1"]
+    assert (
+        max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 1.0
+    )  # about a capture, not the 1.8 s burst

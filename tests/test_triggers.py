@@ -186,3 +186,13 @@ def test_timelapse_goes_through_the_rate_limit():
         timelapse.tick(now=float(t), local_time=datetime.time(12))
     assert len(drain(events, 0.1)) == 2
     assert gate.status()["suppressed"] == {"timelapse": 4}
+
+
+def test_a_shorter_interval_from_a_reload_applies_to_the_capture_already_waiting():
+    events = queue.Queue()
+    timelapse = Timelapse(events, interval_s=3600, windows=ActiveWindows())
+    now = time.monotonic()
+    timelapse.tick(now=now, local_time=datetime.time(12))
+    timelapse.configure(interval_s=60, windows=ActiveWindows())
+    timelapse.tick(now=now + 61, local_time=datetime.time(12))
+    assert len(drain(events, 0.1)) == 2

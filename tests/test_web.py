@@ -50,9 +50,13 @@ def test_api_status_reports_counts_disk_uptime_mode_and_latest(server, photo):
         "last_24h": 3,
         "bytes_last_hour": 3 * len(photo),
     }
+    hours_left = round(400 / (3 * len(photo)), 1)
     assert status["disk"] == {
-        "total_bytes": 1000, "free_bytes": 400, "free_percent": 40.0, "hours_left": round(400 / (3 * len(photo)), 1)
-    }  # fmt: skip
+        "total_bytes": 1000,
+        "free_bytes": 400,
+        "free_percent": 40.0,
+        "hours_left": hours_left,
+    }
     assert 3725 <= status["uptime_s"] < 3735
     assert [c["seq"] for c in status["latest"]] == [3, 2, 1]
     assert status["latest"][0]["thumbnail_url"] is None

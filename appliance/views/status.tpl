@@ -11,12 +11,14 @@
 % if get("triggers"):
 <dt>Suppressed triggers</dt><dd>{{triggers["suppressed_total"]}} (cooldown and rate limit)</dd>
 % end
+% if disk:
 <dt>Disk</dt><dd>{{"%.1f" % ((disk["total_bytes"] - disk["free_bytes"]) / 1e9)}} GB used, {{"%.1f" % (disk["free_bytes"] / 1e9)}} GB free of {{"%.1f" % (disk["total_bytes"] / 1e9)}} GB<br>
 <meter min="0" max="100" high="90" value="{{100 - disk["free_percent"]}}">{{100 - disk["free_percent"]}} % used</meter>
 % if disk["hours_left"] is not None:
 <br>about {{"%.0f" % disk["hours_left"]}} h of capturing left at the last hour's rate
 % end
 </dd>
+% end
 <dt>Cleanup</dt><dd>{{cleanup.get("state", "ok")}}{{(": " + cleanup["reason"]) if cleanup.get("reason") else ""}}
 % run = cleanup.get("last_run")
 % if run:

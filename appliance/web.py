@@ -236,6 +236,10 @@ def make_app(
     def index():
         return render("status", refresh_s=REFRESH_S, **status())
 
+    @app.get("/favicon.ico")
+    def favicon():
+        return bottle.HTTPResponse(status=204)  # no icon, and no 404 in every browser's console
+
     @app.get("/style.css")
     def style():
         return bottle.static_file("style.css", root=str(VIEWS), mimetype="text/css")

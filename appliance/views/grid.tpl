@@ -11,7 +11,7 @@
 <span>no thumbnail</span>
 % end
 </a>
-<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{" ★" if c["protected"] else ""}}<br>{{c["captured_at"]}}{{"" if c["clock_synced"] else " (clock not synced)"}}</figcaption>
+<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{" ★" if c["protected"] else ""}}<br><time datetime="{{c["captured_at"]}}">{{c["captured_at"][:10]}} {{c["captured_at"][11:19]}} UTC</time>{{"" if c["clock_synced"] else " (clock not set)"}}</figcaption>
 </figure>
 % end
 </div>

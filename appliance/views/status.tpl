@@ -15,7 +15,7 @@
 <dt>Disk</dt><dd>{{"%.1f" % ((disk["total_bytes"] - disk["free_bytes"]) / 1e9)}} GB used, {{"%.1f" % (disk["free_bytes"] / 1e9)}} GB free of {{"%.1f" % (disk["total_bytes"] / 1e9)}} GB<br>
 <meter min="0" max="100" high="90" value="{{100 - disk["free_percent"]}}">{{100 - disk["free_percent"]}} % used</meter>
 % if disk["hours_left"] is not None:
-<br>about {{"%.0f" % disk["hours_left"]}} h of capturing left at the last hour's rate
+<br>about {{"%.0f h" % disk["hours_left"] if disk["hours_left"] < 48 else "%.0f days" % (disk["hours_left"] / 24)}} of capturing left at the last hour's rate
 % end
 </dd>
 % end

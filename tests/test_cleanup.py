@@ -383,6 +383,7 @@ def test_stop_below_start_is_a_config_error(tmp_path):
 def test_the_cleanup_benchmark_runs_and_prints_its_figures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("appliance.bench.INDEX_SIZES", (1_000, 3_000))
     monkeypatch.setattr("appliance.bench.DELETED", 200)
+    monkeypatch.setattr("appliance.bench.WEB_REQUESTS", 20)
     assert main(["bench", "--data-dir", str(tmp_path), "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert set(figures["select_batch_ms"]) == {"1000", "3000"}

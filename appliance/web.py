@@ -55,7 +55,7 @@ SESSION_COOKIE = "appliance_session"
 MAX_BODY_BYTES = 16 << 10
 MAX_HEADER_BYTES = 16 << 10
 # A client that sends nothing for this long is dropped, so slow clients cannot hold the threads.
-SOCKET_TIMEOUT_S = 10
+SOCKET_TIMEOUT_S = 5
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
 SECURITY_HEADERS = [
@@ -64,7 +64,8 @@ SECURITY_HEADERS = [
         "default-src 'self'; img-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'",
     ),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    # same-origin, not no-referrer: under no-referrer browsers send our own forms with Origin: null.
+    ("Referrer-Policy", "same-origin"),
     ("X-Frame-Options", "DENY"),
 ]
 
@@ -196,27 +197,37 @@ def make_app(
             "latest": [capture_json(row) for row in reader.latest(LATEST_COUNT)],
         }
 
-    def authorised() -> bool:
+    def credentials() -> str | None:
+        """How the request is authorised: ``"bearer"``, ``"cookie"`` or None (not at all)."""
         if not actions_on:
-            return False
+            return None
         header = bottle.request.get_header("Authorization", "")
-        if header.startswith("Bearer "):
-            return hmac.compare_digest(header[7:].encode(), token.encode())
+        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
+            return "bearer"
         cookie = bottle.request.get_cookie(SESSION_COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(), session.encode())
+        if cookie and hmac.compare_digest(cookie.encode(), session.encode()):
+            return "cookie"
+        return None
+
+    def authorised() -> bool:
+        return credentials() is not None
 
     def check_action() -> None:
         """An action must be on, authorised, and (for a browser's cookie) from our own pages."""
         if not actions_on:
             raise bottle.HTTPError(403, "actions are off: set web_token in the config")
-        if not authorised():
+        how = credentials()
+        if how is None:
             raise bottle.HTTPError(401, "log in or send Authorization: Bearer <web_token>")
-        if not bottle.request.get_header("Authorization"):
+        if how == "cookie":
             same_origin()
 
     def same_origin() -> None:
         # Cross-site request forgery: SameSite=Strict keeps the cookie off other sites' requests;
-        # checking Origin (or Referer) as well covers browsers that ignore SameSite.
+        # the browser's own word (Sec-Fetch-Site), or else Origin or Referer, is checked as well
+        # for browsers that ignore SameSite.
+        if bottle.request.get_header("Sec-Fetch-Site") == "same-origin":
+            return
         origin = bottle.request.get_header("Origin") or bottle.request.get_header("Referer") or ""
         if urllib.parse.urlsplit(origin).netloc != bottle.request.get_header("Host", ""):
             raise bottle.HTTPError(403, "cross-site request refused")
@@ -257,6 +268,11 @@ def make_app(
         params = {k: str(v) for k, v in query.items() if v is not None and k != "before"}
         return f"{path}?{urllib.parse.urlencode(params | {'before': rows[-1]['seq']})}"
 
+    def api_next_url(rows: list[dict], limit: int, query: dict) -> str | None:
+        return next_url(
+            "/api/captures", rows, limit, query | {"limit": limit if limit != PAGE_SIZE else None}
+        )
+
     @app.get("/captures")
     def gallery():
         query = gallery_query()
@@ -287,7 +303,7 @@ def make_app(
         rows = reader.page(limit=limit, **query)
         return {
             "captures": [capture_json(r) for r in rows],
-            "next": next_url("/api/captures", rows, limit, query),
+            "next": api_next_url(rows, limit, query),
         }
 
     @app.get("/api/captures/<capture_id>")
@@ -342,7 +358,10 @@ def make_app(
         if not actions_on:
             raise bottle.HTTPError(403, "actions are off: set web_token in the config")
         same_origin()
-        given = bottle.request.forms.get("token", "")
+        try:
+            given = bottle.request.forms.get("token", "")
+        except OSError:  # cheroot's limit on a chunked body, met while bottle reads the form
+            raise bottle.HTTPError(413, "request body too large") from None
         if not hmac.compare_digest(given.encode(), token.encode()):
             bottle.response.status = 401
             return render("login", failed=True)
@@ -457,12 +476,14 @@ class WebServer:
     """Serves ``app`` with cheroot (a multi-threaded WSGI server) on ``host``:``port`` from a
     background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.  Request headers
     and bodies are capped (:data:`MAX_HEADER_BYTES`, :data:`MAX_BODY_BYTES`) and a silent client is
-    dropped after :data:`SOCKET_TIMEOUT_S`, so no client can hold the page from the others.
+    dropped after :data:`SOCKET_TIMEOUT_S`.  cheroot gives each connection a thread of the
+    ``threads``: that many clients that send nothing hold the page from the others for at most
+    :data:`SOCKET_TIMEOUT_S` seconds.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
 
-    def __init__(self, app, host: str, port: int, threads: int = 8):
+    def __init__(self, app, host: str, port: int, threads: int = 16):
         self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=SOCKET_TIMEOUT_S)
         # cheroot answers 413 (body) and 431/413 (headers) past these, before the app sees them.
         self._server.max_request_header_size = MAX_HEADER_BYTES

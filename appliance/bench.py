@@ -10,23 +10,64 @@ Web (issue 6): p50 and p99 latency of ``/``, ``/api/status`` and two ``/api/capt
 pages (one in the middle of the index, one at its oldest end), served by the real
 :class:`~appliance.web.WebServer` and asked over HTTP keep-alive, with an index of 1,000 and of
 1,000,000 captures; the figure is the ratio of the p50s, which must not grow with the index size.
+
+The capture path (issue 8), with one photo (``--photo``, or a synthetic 12 MP one):
+
+- Durable ingest: captures acknowledged per second through the real :class:`CaptureStore` (the
+  thumbnail from the camera's small frame, both files published, the index row committed) against
+  the limit, the same JPEG bytes published alone (write, fsync, rename, folder fsync), in
+  alternating rounds so that a busy moment weighs on both alike.  Memory: the peak RSS over that
+  run and the RSS growth from an early capture to the last.
+- Thumbnails: the store's way from the small frame and from the JPEG (a DCT-scaled decode), against
+  the naive way (a full decode, ``thumbnail()``, Pillow's default WebP effort) and against the bare
+  reduced-size decode.
+- Trigger to acknowledgement: a real gpiozero ``MockFactory`` pin pressed, the real
+  :class:`~appliance.loop.MainLoop` capturing from a :class:`~hw.camera.SimulatedCamera` replaying the
+  photo; the camera's own time is taken off, and the rest compared with one bare durable write of
+  the same bytes after each trigger.
+- Start-up: from process start to ``READY=1`` of a real ``appliance run --simulate``, with an empty
+  index and with the web figures' index of 1,000,000 captures, each after a clean shutdown.
+- Field figures for the card under the data directory: captures per minute the storage sustains
+  with this photo, and hours of capturing until cleanup would start.
 """
 
 import contextlib
 import datetime
+import hashlib
 import http.client
+import io
 import json
 import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from appliance.cleanup import BATCH_SIZE
+import schedule
+from gpiozero.pins.mock import MockFactory
+from PIL import Image
+
+from appliance import config as config_module
+from appliance import thumbnails
+from appliance.cleanup import BATCH_SIZE, Policy, decide
 from appliance.exc import ApplianceError
-from appliance.store import CaptureStore, IndexReader, iso_utc
+from appliance.exif import Identity
+from appliance.loop import MainLoop
+from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
 from appliance.web import PAGE_SIZE, WebServer, make_app
+from hw.camera import SimulatedCamera
+from hw.clock import SystemClock
+from hw.exc import CameraError
+from hw.triggers import Triggers
 
 INDEX_SIZES = (1_000, 100_000, 1_000_000)
 DELETED = 10_000
@@ -41,6 +82,47 @@ METADATA = json.dumps({"ExposureTime": 10000, "AnalogueGain": 1.0})
 WEB_REQUESTS, WEB_WARMUP = 200, 20  # per route and index size
 # Issue 6: "pagination cost must not grow with the page number or the index size".
 WEB_RATIO_TARGET = 1.5
+# Issue 4 asks that choosing a batch not grow with the index: held to the same bound as the web.
+SELECT_RATIO_TARGET = 1.5
+
+# The capture path (issue 8).
+CAPTURES = 10_000  # --captures: stored by the ingest run, and as many bare durable writes
+MIN_CAPTURES = 100
+ROUND = 100  # captures per round; the store and the bare writes alternate rounds
+# The RSS growth is measured from this capture to the last (from a quarter of the run when it is
+# shorter than 10,000 captures: CI's --captures 2000 measures from capture 500).
+GROWTH_FROM = 1_000
+THUMBNAIL_RUNS = 15  # of each way, interleaved; the figures are medians
+LATENCY_TRIGGERS = 200  # at most; a short run presses captures // 20 times (CI: 100)
+# Of each index, interleaved; the figures are medians (on a 2-core VM one start in three is slow).
+STARTUP_RUNS = 10
+STARTUP_TIMEOUT_S = 120.0
+# The synthetic photo when none is given: the full resolution of the HQ Camera (12.3 MP), at the
+# default jpeg_quality, textured so that it weighs about what a real photo of that size does.
+SYNTHETIC_SIZE_PX = (4056, 3040)
+# Hours until cleanup are given at this capture rate (one a minute) and at the default rate limit.
+FIELD_CAPTURES_PER_HOUR = 60
+# Issue 8's targets.
+INGEST_RATIO_TARGET = 0.80
+THUMBNAIL_SPEEDUP_TARGET = {"jpeg": 2.0, "frame": 10.0}
+THUMBNAIL_FLOOR_TARGET = 1.3
+LATENCY_P99_RATIO_TARGET = 1.5
+PEAK_RSS_TARGET_BYTES = 80 << 20  # a Pi Zero 2 W has 512 MiB in all
+RSS_GROWTH_TARGET_BYTES = 5 << 20
+STARTUP_RATIO_TARGET = 1.2
+# Config for the start-up runs: cleanup, timelapse and simulated triggers all out of the way.
+STARTUP_CONFIG = """\
+trigger_cooldown_s = 0
+max_captures_per_minute = 0
+cleanup_start_free_percent = 0
+cleanup_start_free_bytes = 0
+cleanup_stop_free_percent = 0
+cleanup_stop_free_bytes = 0
+headroom_hours = 0
+capture_min_free_bytes = 0
+cleanup_interval_s = 3600
+simulate_trigger_interval_s = 3600
+"""
 
 
 def _progress(text: str) -> None:
@@ -249,26 +331,697 @@ def web_figures(data_dir: Path) -> dict:
     return figures
 
 
-def main(data_dir: str | None, as_json: bool) -> int:
-    """``appliance bench``: print the figures as a table, or as one JSON object.  Returns 0."""
+def verdict(value: float | None, compare: str, target: float) -> dict:
+    """One figure against its target: ``{"value", "compare" (">=" or "<="), "target", "verdict"}``,
+    the verdict ``"PASS"`` or ``"MISS"`` (``"n/a"`` when the value could not be measured)."""
+    if value is None:
+        result = "n/a"
+    else:
+        result = "PASS" if (value >= target if compare == ">=" else value <= target) else "MISS"
+    return {"value": value, "compare": compare, "target": target, "verdict": result}
+
+
+def synthetic_photo(size_px: tuple[int, int] | None = None, quality: int = 90) -> bytes:
+    """A JPEG of ``size_px`` (default :data:`SYNTHETIC_SIZE_PX`) at ``quality`` whose texture
+    (smoothed noise over gradients) makes it weigh about what a camera's photo of that size does
+    (4.6 MB at 12.3 MP): a flat synthetic scene would compress to a fraction of it and flatter every
+    figure that writes it."""
+    size_px = tuple(size_px or SYNTHETIC_SIZE_PX)
+    width, height = size_px
+    noise = Image.effect_noise((width // 2, height // 2), 40).resize(size_px, Image.Resampling.BILINEAR)
+    ramp = Image.linear_gradient("L").resize(size_px)
+    image = Image.merge("RGB", (Image.blend(noise, ramp, 0.5), noise, Image.blend(ramp, noise, 0.7)))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def _replay_shot(photo_dir: Path, lores_size_px: tuple[int, int]):
+    """The :class:`~hw.camera.Shot` a simulated camera makes of the one photo in ``photo_dir``:
+    the JPEG as it is, and the small frame the thumbnail is made from."""
+    try:
+        return SimulatedCamera(replay_dir=photo_dir, lores_size_px=lores_size_px).capture(timeout_s=60)
+    except CameraError as exc:
+        raise ApplianceError(f"bench: the photo cannot be used: {exc}") from exc
+
+
+def _status_bytes(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> str:
+    """Start the peak RSS afresh (Linux: ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``), so
+    that it covers what follows and not the photo made before.  Returns where the peak will be read."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return "ru_maxrss since the process started"
+    return "VmHWM since the ingest run started"
+
+
+def _peak_rss(source: str) -> int:
+    if source.startswith("VmHWM"):
+        return _status_bytes("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def ingest_figures(data_dir: Path, photo_dir: Path, captures: int) -> dict:
+    """Store ``captures`` captures of the photo in ``photo_dir`` through a :class:`CaptureStore`
+    in ``data_dir``, and publish its bytes as many times bare, in alternating rounds of
+    :data:`ROUND`.  Each capture is what the main loop does after the camera: the thumbnail from
+    the small frame (:func:`appliance.thumbnails.make`), then :meth:`CaptureStore.add`.
+
+    Returns ``ingest`` (``photo_bytes``, ``thumbnail_bytes``, ``index_bytes_per_capture``,
+    ``captures``, ``store_per_s``, ``limit_per_s``, ``ratio``) and ``memory`` (``peak_rss_bytes``
+    over the run and where it was read, ``rss_bytes`` at capture ``growth_from`` and at the last,
+    ``growth_bytes``).  Between rounds, untimed, the files written are deleted so the run needs
+    the room of one round only; the index keeps every row, as it would on a card filling up.
+    """
+    defaults = config_module.load()
+    shot = _replay_shot(photo_dir, defaults.camera_lores_size_px)
+    jpeg, frame, max_px = shot.jpeg, shot.frame, defaults.thumbnail_max_px
+    growth_from = GROWTH_FROM if captures >= 10 * GROWTH_FROM else captures // 4
+    limit_dir = data_dir / "limit"
+    limit_dir.mkdir()
+    clock = SystemClock()
+    store = CaptureStore(data_dir / "store")
+    seconds = {"store": 0.0, "limit": 0.0}
+    parts = {"thumbnail": 0.0, "add": 0.0}  # the store's time, split
+    rss_bytes: dict[int, int | None] = {}
+    done = thumbnail_bytes = 0
+
+    def through_store(count: int) -> list[dict]:
+        nonlocal done, thumbnail_bytes
+        rows = []
+        for _ in range(count):
+            started = time.perf_counter()
+            thumbnail = thumbnails.make(jpeg, frame, max_px)
+            made = time.perf_counter()
+            rows.append(
+                store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="motion", metadata=shot.metadata)
+            )
+            parts["thumbnail"] += made - started
+            parts["add"] += time.perf_counter() - made
+            thumbnail_bytes = len(thumbnail)
+            done += 1
+            if done == growth_from:
+                rss_bytes[done] = _status_bytes("VmRSS")
+        return rows
+
+    def bare(count: int, first: int) -> list[Path]:
+        paths = [limit_dir / f"{first + i:06d}.jpg" for i in range(count)]
+        for path in paths:
+            publish(path, jpeg)
+        return paths
+
+    peak_source = _reset_peak_rss()
+    try:
+        for round_number, first in enumerate(range(0, captures, ROUND)):
+            count = min(ROUND, captures - first)
+            _progress(f"ingest: {first:,} of {captures:,} captures, and as many bare writes")
+            for step in ("store", "limit") if round_number % 2 == 0 else ("limit", "store"):
+                started = time.perf_counter()
+                written = through_store(count) if step == "store" else bare(count, first)
+                seconds[step] += time.perf_counter() - started
+                if step == "store":
+                    written = [
+                        data_dir / "store" / row[k]
+                        for row in written
+                        for k in ("media_path", "thumbnail_path")
+                    ]
+                for path in written:
+                    path.unlink()
+        rss_bytes[captures] = _status_bytes("VmRSS")
+        peak = _peak_rss(peak_source)
+    finally:
+        store.close()
+        _progress("")
+    store_per_s, limit_per_s = captures / seconds["store"], captures / seconds["limit"]
+    growth = None if None in rss_bytes.values() else rss_bytes[captures] - rss_bytes[growth_from]
+    return {
+        "ingest": {
+            "photo_bytes": len(jpeg),
+            "photo_size_px": list(Image.open(io.BytesIO(jpeg)).size),
+            "thumbnail_bytes": thumbnail_bytes,
+            "index_bytes_per_capture": round((data_dir / "store" / DB_NAME).stat().st_size / captures),
+            "captures": captures,
+            "store_per_s": round(store_per_s, 2),
+            "limit_per_s": round(limit_per_s, 2),
+            "ratio": round(store_per_s / limit_per_s, 3),
+            # Where the store's time per capture goes: the thumbnail, then add(), of which the
+            # SHA-256 of the photo (measured apart) is pure CPU.
+            "per_capture_ms": {
+                "thumbnail": round(parts["thumbnail"] / captures * 1000, 3),
+                "add": round(parts["add"] / captures * 1000, 3),
+                "sha256": round(_median_s(lambda: hashlib.sha256(jpeg).digest(), repeat=9) * 1000, 3),
+                "bare_write": round(seconds["limit"] / captures * 1000, 3),
+            },
+        },
+        "memory": {
+            "peak_rss_bytes": peak,
+            "peak_source": peak_source,
+            "growth_from": growth_from,
+            "rss_bytes": rss_bytes,
+            "growth_bytes": growth,
+        },
+    }
+
+
+def _naive_thumbnail(jpeg: bytes, max_px: int) -> bytes:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.load()  # the full decode: thumbnail() alone would ask for a reduced one (draft)
+        image.thumbnail((max_px, max_px))
+        out = io.BytesIO()
+        image.save(out, "WEBP")
+    return out.getvalue()
+
+
+def _reduced_decode(jpeg: bytes, max_px: int) -> None:
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.draft("RGB", (max_px, max_px))
+        image.load()
+
+
+def thumbnail_figures(photo_dir: Path) -> dict:
+    """Median milliseconds of :data:`THUMBNAIL_RUNS` of each way to make the thumbnail of the photo
+    in ``photo_dir``, interleaved: ``frame`` (the store's, from the camera's small frame), ``jpeg``
+    (the store's, from the JPEG), ``naive`` (full decode, ``thumbnail()``, WebP at Pillow's default
+    effort) and ``decode_floor`` (the reduced-size decode alone).  Returns ``thumbnail_ms`` and
+    ``thumbnail_speedup_vs_naive`` (``{"jpeg", "frame"}``) and ``thumbnail_vs_decode_floor``."""
+    defaults = config_module.load()
+    shot = _replay_shot(photo_dir, defaults.camera_lores_size_px)
+    jpeg, frame, max_px = shot.jpeg, shot.frame, defaults.thumbnail_max_px
+    ways = {
+        "frame": lambda: thumbnails.make(jpeg, frame, max_px),
+        "jpeg": lambda: thumbnails.make(jpeg, None, max_px),
+        "naive": lambda: _naive_thumbnail(jpeg, max_px),
+        "decode_floor": lambda: _reduced_decode(jpeg, max_px),
+    }
+    times = {name: [] for name in ways}
+    for run in range(THUMBNAIL_RUNS + 1):
+        _progress(f"thumbnails: run {run + 1} of {THUMBNAIL_RUNS + 1}")
+        names = list(ways)
+        for name in names[run % len(names) :] + names[: run % len(names)]:
+            started = time.perf_counter()
+            ways[name]()
+            if run:  # the first run warms up
+                times[name].append(time.perf_counter() - started)
+    _progress("")
+    ms = {name: round(statistics.median(seconds) * 1000, 3) for name, seconds in times.items()}
+    return {
+        "thumbnail_ms": ms,
+        "thumbnail_frame_px": list(frame.size),
+        "thumbnail_speedup_vs_naive": {
+            "jpeg": round(ms["naive"] / ms["jpeg"], 2),
+            "frame": round(ms["naive"] / ms["frame"], 2),
+        },
+        "thumbnail_vs_decode_floor": round(ms["jpeg"] / ms["decode_floor"], 2),
+    }
+
+
+class _TimedCamera(SimulatedCamera):
+    """A simulated camera that records how long each capture took (its own time, taken off)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.capture_s: list[float] = []
+
+    def capture(self, timeout_s: float):
+        started = time.monotonic()
+        try:
+            return super().capture(timeout_s)
+        finally:
+            self.capture_s.append(time.monotonic() - started)
+
+
+class _AcknowledgingStore(CaptureStore):
+    """The store, recording when each capture was acknowledged (its commit returned)."""
+
+    def __init__(self, data_dir: Path):
+        super().__init__(data_dir)
+        self.acknowledged: queue.Queue[tuple[float, dict]] = queue.Queue()
+
+    def add(self, *args, **kwargs) -> dict:
+        row = super().add(*args, **kwargs)
+        self.acknowledged.put((time.monotonic(), row))
+        return row
+
+
+def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
+    """Press a button on a gpiozero ``MockFactory`` pin ``triggers`` times, one at a time, with the
+    real :class:`~appliance.loop.MainLoop` capturing from a simulated camera replaying the photo in
+    ``photo_dir`` (``capture_time_s`` 0) into a store in ``data_dir``; after each acknowledgement,
+    publish the same bytes once bare.
+
+    Returns ``latency_ms``: p50 and p99 of the trigger (the pin's edge) to the acknowledgement
+    minus the camera's own time, of the camera's time and of the bare writes; and
+    ``latency_ratio`` (``{"p50", "p99"}``): each percentile of the first over the same percentile
+    of the bare writes.  Raises :class:`ApplianceError` when a press is not acknowledged in time.
+    """
+    defaults = config_module.load()
+    jpeg = next(photo_dir.iterdir()).read_bytes()
+    camera = _TimedCamera(replay_dir=photo_dir, lores_size_px=defaults.camera_lores_size_px)
+    limit_dir = data_dir / "limit"
+    limit_dir.mkdir()
+    events: queue.Queue = queue.Queue()
+    latency, bare = [], []
+    failed: list[ApplianceError] = []
+    loop_ended = threading.Event()
+
+    def press(pin, store: _AcknowledgingStore, loop: MainLoop) -> None:
+        # On a thread of its own, as a real pin's edge comes on gpiozero's: the loop has the main one.
+        try:
+            for i in range(triggers):
+                _progress(f"trigger to acknowledgement: {i + 1} of {triggers}")
+                edge = time.monotonic()
+                pin.drive_low()
+                deadline = edge + defaults.capture_timeout_s + 30
+                while True:
+                    try:
+                        acknowledged, row = store.acknowledged.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        if loop_ended.is_set() or time.monotonic() > deadline:
+                            raise ApplianceError(
+                                f"bench: press {i + 1} was not acknowledged: {loop.health.problems()}"
+                            ) from None
+                pin.drive_high()
+                latency.append(acknowledged - edge - camera.capture_s[-1])
+                if row["bytes"] != len(jpeg):
+                    raise ApplianceError("bench: the stored photo is not the one written bare")
+                path = limit_dir / f"{i:06d}.jpg"
+                started = time.perf_counter()
+                publish(path, jpeg)
+                bare.append(time.perf_counter() - started)
+                for written in (
+                    path,
+                    store.data_dir / row["media_path"],
+                    store.data_dir / row["thumbnail_path"],
+                ):
+                    written.unlink()
+        except (ApplianceError, OSError) as exc:
+            failed.append(ApplianceError(f"bench: trigger to acknowledgement: {exc}"))
+        finally:
+            loop.request_stop("bench done")
+
+    with contextlib.ExitStack() as stack:
+        store = _AcknowledgingStore(data_dir / "store")
+        stack.callback(store.close)
+        pin_factory = MockFactory()
+        stack.callback(pin_factory.close)
+        buttons = Triggers(
+            events,
+            button_pin=defaults.button_pin,
+            motion_pin=None,
+            bounce_time_s=None,
+            pin_factory=pin_factory,
+        )
+        stack.callback(buttons.close)
+        loop = MainLoop(
+            events=events,
+            camera=camera,
+            store=store,
+            scheduler=schedule.Scheduler(),
+            capture_timeout_s=defaults.capture_timeout_s,
+            thumbnail_max_px=defaults.thumbnail_max_px,
+            identity=Identity(defaults.camera_make, camera.model),
+        )
+        presser = threading.Thread(target=press, args=(buttons.button.pin, store, loop), name="bench-presses")
+        presser.start()
+        try:
+            loop.run()
+        finally:
+            loop_ended.set()
+            presser.join()
+    if failed:
+        raise failed[0]
+    _progress("")
+
+    def percentiles(seconds: list[float]) -> dict:
+        return {
+            "p50": round(statistics.median(seconds) * 1000, 3),
+            "p99": round(statistics.quantiles(seconds, n=100)[98] * 1000, 3),
+        }
+
+    ms = {
+        "acknowledged": percentiles(latency),
+        "camera": percentiles(camera.capture_s),
+        "bare": percentiles(bare),
+    }
+    return {
+        "latency_triggers": triggers,
+        "latency_ms": ms,
+        "latency_ratio": {p: round(ms["acknowledged"][p] / ms["bare"][p], 2) for p in ("p50", "p99")},
+    }
+
+
+def _start_to_ready(data_dir: Path, config: Path, notify: socket.socket, address: str) -> float:
+    """Seconds from starting ``appliance run --simulate`` on ``data_dir`` to its ``READY=1`` on
+    ``notify``; then stops it with SIGTERM.  Raises :class:`ApplianceError` when it exits first,
+    is not ready within :data:`STARTUP_TIMEOUT_S`, or does not stop cleanly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")} | {"NOTIFY_SOCKET": address}
+    command = [
+        sys.executable,
+        "-m",
+        "appliance",
+        "run",
+        "--simulate",
+        "--port",
+        "0",
+        "--host",
+        "127.0.0.1",
+        "--data-dir",
+        str(data_dir),
+        "--config",
+        str(config),
+        "--log-level",
+        "WARNING",
+    ]
+    with contextlib.suppress(TimeoutError):
+        while notify.recv(4096):
+            pass  # what an earlier run sent after its READY
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            if time.monotonic() - started > STARTUP_TIMEOUT_S:
+                raise ApplianceError(f"bench: appliance run was not ready within {STARTUP_TIMEOUT_S} s")
+            try:
+                message = notify.recv(4096).decode()
+            except TimeoutError:
+                if process.poll() is not None:
+                    raise ApplianceError(
+                        f"bench: appliance run exited {process.returncode} before READY=1: "
+                        f"{process.communicate()[1][-2000:]}"
+                    ) from None
+                continue
+            if "READY=1" in message.split("\n"):
+                ready = time.monotonic() - started
+                break
+        process.send_signal(signal.SIGTERM)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if process.returncode != 0:
+        raise ApplianceError(f"bench: appliance run exited {process.returncode} on SIGTERM: {stderr[-2000:]}")
+    return ready
+
+
+def startup_figures(data_dir: Path, full: Path) -> dict:
+    """Seconds from process start to ``READY=1`` of a real ``appliance run --simulate`` (its own
+    notify socket, port 0, cleanup and simulated triggers out of the way), :data:`STARTUP_RUNS`
+    times each with an empty index (made in ``data_dir``) and with the index in ``full``, both
+    after a clean shutdown, interleaved.  Returns ``startup_s`` (``{"empty", "full"}``: medians),
+    ``startup_index_size`` (the captures in ``full``) and ``startup_ratio`` (full / empty)."""
+    empty = data_dir / "empty"
+    CaptureStore(empty).close()
+    size = IndexReader(full).counts(datetime.datetime.now(datetime.UTC))["total"]
+    config = data_dir / "appliance.toml"
+    config.write_text(STARTUP_CONFIG)
+    times = {"empty": [], "full": []}
+    # The socket's path must fit in sun_path (108 bytes), whatever the length of --data-dir.
+    with (
+        tempfile.TemporaryDirectory(prefix="appliance-bench-") as short,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+    ):
+        address = os.path.join(short, "notify")
+        notify.bind(address)
+        notify.settimeout(0.05)
+        for run in range(STARTUP_RUNS):
+            for name in ("empty", "full") if run % 2 == 0 else ("full", "empty"):
+                _progress(f"start-up: run {run + 1} of {STARTUP_RUNS}, {name} index")
+                times[name].append(
+                    _start_to_ready(empty if name == "empty" else full, config, notify, address)
+                )
+    _progress("")
+    seconds = {name: round(statistics.median(values), 3) for name, values in times.items()}
+    return {
+        "startup_s": seconds,
+        "startup_index_size": size,
+        "startup_ratio": round(seconds["full"] / seconds["empty"], 2),
+    }
+
+
+def field_figures(data_dir: Path, ingest: dict) -> dict:
+    """What the card under ``data_dir`` means in the field, with the photo measured and the
+    default config: ``captures_per_minute`` the storage sustains (the store's rate; the camera's
+    own time comes on top), ``bytes_per_capture`` (photo, thumbnail, index row), the free space
+    and the free space at which cleanup would start, and ``hours_to_cleanup`` at
+    :data:`FIELD_CAPTURES_PER_HOUR` and at the default ``max_captures_per_minute``."""
+    defaults = config_module.load()
+    usage = shutil.disk_usage(data_dir)
+    per_capture = ingest["photo_bytes"] + ingest["thumbnail_bytes"] + ingest["index_bytes_per_capture"]
+    hours = {}
+    for per_hour in (FIELD_CAPTURES_PER_HOUR, defaults.max_captures_per_minute * 60):
+        start = decide(
+            usage.total,
+            usage.free,
+            Policy.from_config(defaults),
+            per_capture * per_hour,
+            cleaning=False,
+            capture_bytes=per_capture,
+        ).start_bytes
+        hours[per_hour] = round(max(0, usage.free - start) / (per_capture * per_hour), 1)
+    return {
+        "captures_per_minute": round(ingest["store_per_s"] * 60),
+        "rate_limit_per_minute": defaults.max_captures_per_minute,
+        "bytes_per_capture": per_capture,
+        "free_bytes": usage.free,
+        "cleanup_start_free_bytes": decide(
+            usage.total,
+            usage.free,
+            Policy.from_config(defaults),
+            per_capture * FIELD_CAPTURES_PER_HOUR,
+            cleaning=False,
+            capture_bytes=per_capture,
+        ).start_bytes,
+        "hours_to_cleanup": hours,
+    }
+
+
+def verdicts(figures: dict) -> dict:
+    """Every figure that has a target, as :func:`verdict` gives it, by name."""
+    memory = figures["memory"]
+    growth = memory["growth_bytes"]
+    return {
+        "ingest_ratio": verdict(figures["ingest"]["ratio"], ">=", INGEST_RATIO_TARGET),
+        "thumbnail_speedup_vs_naive_jpeg": verdict(
+            figures["thumbnail_speedup_vs_naive"]["jpeg"], ">=", THUMBNAIL_SPEEDUP_TARGET["jpeg"]
+        ),
+        "thumbnail_speedup_vs_naive_frame": verdict(
+            figures["thumbnail_speedup_vs_naive"]["frame"], ">=", THUMBNAIL_SPEEDUP_TARGET["frame"]
+        ),
+        "thumbnail_vs_decode_floor": verdict(
+            figures["thumbnail_vs_decode_floor"], "<=", THUMBNAIL_FLOOR_TARGET
+        ),
+        "latency_p99_ratio": verdict(figures["latency_ratio"]["p99"], "<=", LATENCY_P99_RATIO_TARGET),
+        "peak_rss_mib": verdict(
+            round(memory["peak_rss_bytes"] / 2**20, 1), "<=", PEAK_RSS_TARGET_BYTES / 2**20
+        ),
+        "rss_growth_mib": verdict(
+            None if growth is None else round(growth / 2**20, 2), "<=", RSS_GROWTH_TARGET_BYTES / 2**20
+        ),
+        "startup_ratio": verdict(figures["startup_ratio"], "<=", STARTUP_RATIO_TARGET),
+        "captures_per_minute": verdict(
+            figures["field"]["captures_per_minute"], ">=", figures["field"]["rate_limit_per_minute"]
+        ),
+        "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", SELECT_RATIO_TARGET),
+    }
+
+
+def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
+    """Every figure, measured in scratch folders under ``data_dir`` (removed afterwards)."""
+    figures: dict = {}
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
-        figures = cleanup_figures(Path(scratch))
+        photo_dir = Path(scratch) / "photo"
+        photo_dir.mkdir()
+        (photo_dir / "photo.jpg").write_bytes(photo)
+        # First, while the process is small: the peak RSS is the capture path's, not the big indexes'.
+        (Path(scratch) / "ingest").mkdir()
+        figures |= ingest_figures(Path(scratch) / "ingest", photo_dir, captures)
+        shutil.rmtree(Path(scratch) / "ingest")
+        figures |= thumbnail_figures(photo_dir)
+        (Path(scratch) / "latency").mkdir()
+        figures |= latency_figures(
+            Path(scratch) / "latency", photo_dir, min(LATENCY_TRIGGERS, captures // 20)
+        )
+        shutil.rmtree(Path(scratch) / "latency")
+    figures["field"] = field_figures(data_dir, figures["ingest"])
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
+        figures |= cleanup_figures(Path(scratch))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= web_figures(Path(scratch))
+        # The web's largest index, closed cleanly by now: building another would take half a minute.
+        (Path(scratch) / "startup").mkdir()
+        figures |= startup_figures(Path(scratch) / "startup", Path(scratch) / str(INDEX_SIZES[-1]))
+    figures["verdicts"] = verdicts(figures)
+    return figures
+
+
+def _line(label: str, value: str, name: str, figures: dict) -> None:
+    check = figures["verdicts"].get(name)
+    target = f"{check['compare']} {check['target']:g}" if check else "no target"
+    print(f"  {label:<54} {value:>12}   {target:<10} {check['verdict'] if check else ''}")
+
+
+def print_table(figures: dict, photo_name: str) -> None:
+    """The figures as the table of ``appliance bench``."""
+    ingest, memory, field = figures["ingest"], figures["memory"], figures["field"]
+    width, height = ingest["photo_size_px"]
+    print(
+        f"capture path: {photo_name}, {width}x{height}, {ingest['photo_bytes'] / 1e6:.2f} MB; "
+        f"thumbnail {ingest['thumbnail_bytes']:,} bytes"
+    )
+    print(f"  {'figure':<54} {'value':>12}   {'target':<10} verdict")
+    _line(
+        f"ingest: store / bare durable write ({ingest['captures']:,} each)",
+        f"{ingest['ratio']:.3f}",
+        "ingest_ratio",
+        figures,
+    )
+    print(
+        f"    store {ingest['store_per_s']:.1f} captures/s (thumbnail from the frame, photo, thumbnail, row);"
+        f" bare {ingest['limit_per_s']:.1f} writes/s"
+    )
+    part = ingest["per_capture_ms"]
+    print(
+        f"    ms per capture: thumbnail {part['thumbnail']:.1f} + add() {part['add']:.1f} (SHA-256 of the"
+        f" photo {part['sha256']:.1f} of it), against a bare write of {part['bare_write']:.1f}"
+    )
+    ms = figures["thumbnail_ms"]
+    speedup = figures["thumbnail_speedup_vs_naive"]
+    _line(
+        "thumbnail from the JPEG: naive / store's way",
+        f"{speedup['jpeg']:.2f}",
+        "thumbnail_speedup_vs_naive_jpeg",
+        figures,
+    )
+    _line(
+        "thumbnail from the small frame: naive / store's way",
+        f"{speedup['frame']:.2f}",
+        "thumbnail_speedup_vs_naive_frame",
+        figures,
+    )
+    _line(
+        "thumbnail from the JPEG: store's way / reduced decode",
+        f"{figures['thumbnail_vs_decode_floor']:.2f}",
+        "thumbnail_vs_decode_floor",
+        figures,
+    )
+    print(
+        f"    median ms of {THUMBNAIL_RUNS}: frame {ms['frame']:.1f}, JPEG {ms['jpeg']:.1f}, "
+        f"naive {ms['naive']:.1f}, reduced decode alone {ms['decode_floor']:.1f}"
+    )
+    latency = figures["latency_ms"]
+    _line(
+        f"trigger to ack, p99 / bare write p99 ({figures['latency_triggers']} presses)",
+        f"{figures['latency_ratio']['p99']:.2f}",
+        "latency_p99_ratio",
+        figures,
+    )
+    print(
+        f"    ms p50 / p99: acknowledged minus camera {latency['acknowledged']['p50']:.1f} / "
+        f"{latency['acknowledged']['p99']:.1f}, bare write {latency['bare']['p50']:.1f} / "
+        f"{latency['bare']['p99']:.1f} (p50 ratio {figures['latency_ratio']['p50']:.2f}); "
+        f"camera {latency['camera']['p50']:.1f} / {latency['camera']['p99']:.1f}"
+    )
+    growth = figures["verdicts"]["rss_growth_mib"]["value"]
+    _line(
+        "memory: peak RSS over the ingest run, MiB",
+        f"{memory['peak_rss_bytes'] / 2**20:.1f}",
+        "peak_rss_mib",
+        figures,
+    )
+    _line(
+        f"memory: RSS growth, capture {memory['growth_from']:,} to {ingest['captures']:,}, MiB",
+        "n/a" if growth is None else f"{growth:.2f}",
+        "rss_growth_mib",
+        figures,
+    )
+    startup = figures["startup_s"]
+    _line(
+        f"start-up to READY=1: {figures['startup_index_size']:,} captures / empty",
+        f"{figures['startup_ratio']:.2f}",
+        "startup_ratio",
+        figures,
+    )
+    print(
+        f"    median s of {STARTUP_RUNS}: empty {startup['empty']:.3f}, "
+        f"{figures['startup_index_size']:,} captures {startup['full']:.3f}"
+    )
+    _line(
+        "field: captures per minute the storage sustains",
+        f"{field['captures_per_minute']:,}",
+        "captures_per_minute",
+        figures,
+    )
+    for per_hour, hours in field["hours_to_cleanup"].items():
+        _line(
+            f"field: hours until cleanup starts, at {per_hour / 60:g} capture(s)/min",
+            f"{hours:,.1f}",
+            "",
+            figures,
+        )
+    print(
+        f"    {field['bytes_per_capture'] / 1e6:.2f} MB per capture; {field['free_bytes'] / 1e9:.1f} GB free,"
+        f" cleanup starts below {field['cleanup_start_free_bytes'] / 1e9:.1f} GB (default config)"
+    )
+
+
+def main(data_dir: str | None, as_json: bool, *, photo: str | None = None, captures: int = CAPTURES) -> int:
+    """``appliance bench``: measure in ``data_dir`` (default: the temporary folder) with the JPEG
+    at ``photo`` (default: :func:`synthetic_photo`) and ``captures`` captures; print the figures
+    as a table, or as one JSON object.  Returns 0 whatever the verdicts (a measurement, not a
+    test), 1 when the benchmark itself failed, 2 for a bad argument."""
+    if captures < MIN_CAPTURES:
+        print(f"appliance bench: --captures must be at least {MIN_CAPTURES}", file=sys.stderr)
+        return 2
+    try:
+        if photo is None:
+            _progress("making a synthetic 12 MP photo")
+            jpeg, photo_name = synthetic_photo(), "synthetic photo (jpeg_quality 90)"
+        else:
+            jpeg, photo_name = Path(photo).read_bytes(), photo
+        started = time.monotonic()
+        figures = measure(Path(data_dir or tempfile.gettempdir()), jpeg, captures)
+    except (ApplianceError, OSError, sqlite3.Error) as exc:
+        _progress("")
+        print(f"appliance bench: failed: {exc}", file=sys.stderr)
+        return 1
+    figures["photo"] = photo_name
+    figures["bench_s"] = round(time.monotonic() - started, 1)
     if as_json:
         print(json.dumps(figures))
         return 0
+    print_table(figures, photo_name)
     print("cleanup: choosing a batch of the oldest unprotected captures (median of 21)")
     for size, ms in figures["select_batch_ms"].items():
         print(f"  {size:>9,} captures   {ms:8.3f} ms")
-    print(f"  ratio 1,000,000 / 1,000: {figures['select_ratio_1m_vs_1k']}  ({figures['select_plan']})")
+    check = figures["verdicts"]["select_ratio_1m_vs_1k"]
+    print(
+        f"  plan: {figures['select_plan']}\n  ratio {INDEX_SIZES[-1]:,} / {INDEX_SIZES[0]:,}: "
+        f"{figures['select_ratio_1m_vs_1k']}   target <= {check['target']:g}  {check['verdict']}"
+    )
     print(f"cleanup: deleting {DELETED:,} captures (photo + thumbnail each)")
     print(f"  through the store  {figures['delete_s']:8.3f} s   (rows, files, folder fsyncs, in batches)")
     print(f"  bare os.unlink     {figures['unlink_s']:8.3f} s   (the same number of files, no fsync)")
-    print(f"  ratio              {figures['delete_vs_unlink']:8.2f}")
+    print(f"  ratio              {figures['delete_vs_unlink']:8.2f}   (no target: the price of the fsyncs)")
     small, large = figures["web_captures"]
-    print(f"web: latency over HTTP keep-alive, p50 / p99 in ms of {WEB_REQUESTS} requests each "
-          f"(after {WEB_WARMUP} to warm up)")  # fmt: skip
+    print(
+        f"web: latency over HTTP keep-alive, p50 / p99 in ms of {WEB_REQUESTS} requests each "
+        f"(after {WEB_WARMUP} to warm up)"
+    )
     recent = ", ".join(
         f"{c['last_hour']} / {c['last_24h']} of {size:,}" for size, c in figures["web_captures"].items()
     )
@@ -277,6 +1030,7 @@ def main(data_dir: str | None, as_json: bool) -> int:
     print(f"  {'route':<40} {header[0]:>19} {header[1]:>19}   {header[2]}")
     for route, by_size in figures["web_ms"].items():
         cells = [f"{by_size[size]['p50']:8.3f} / {by_size[size]['p99']:8.3f}" for size in (small, large)]
-        ratio, verdict = figures["web_ratio_1m_vs_1k"][route], figures["web_verdict"][route]
-        print(f"  {route:<40} {cells[0]:>19} {cells[1]:>19}   {ratio:9.2f}  {verdict}")
+        ratio, verdict_ = figures["web_ratio_1m_vs_1k"][route], figures["web_verdict"][route]
+        print(f"  {route:<40} {cells[0]:>19} {cells[1]:>19}   {ratio:9.2f}  {verdict_}")
+    print(f"({figures['bench_s']:.0f} s)")
     return 0

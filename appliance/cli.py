@@ -98,8 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     unprotect = commands.add_parser("unprotect", help="let cleanup delete captures again")
     for command in (protect, unprotect):
         command.add_argument("ids", nargs="+", metavar="ID", help="capture id (32 hex characters)")
-    bench = commands.add_parser("bench", help="measure the capture store against baselines")
-    bench.add_argument("--data-dir", help="where to measure (default: a temporary folder in /tmp)")
+    bench = commands.add_parser("bench", help="measure the capture path and store against baselines")
+    bench.add_argument("--data-dir", help="where to measure, on the card (default: the temporary folder)")
+    bench.add_argument("--photo", metavar="FILE", help="the JPEG to capture (default: a synthetic 12 MP one)")
+    bench.add_argument("--captures", type=int, default=10_000, metavar="N",
+                       help="captures in the ingest run (default 10,000; at least 100)")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     config = commands.add_parser("config", help="print the default config file, or check config files")
     action = config.add_mutually_exclusive_group(required=True)
@@ -519,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     if args.command == "bench":
         configure_logging("WARNING")
-        return bench_main(args.data_dir, args.json)
+        return bench_main(args.data_dir, args.json, photo=args.photo, captures=args.captures)
     if args.command == "config":
         return config_command(args)
     configure_logging(args.log_level)

@@ -1,4 +1,7 @@
+import contextlib
+import copy
 import datetime
+import io
 import json
 
 import pytest
@@ -8,21 +11,50 @@ from appliance.cli import main
 from appliance.store import CAPTURE_METHODS, TRIGGERS, iso_utc, media_path, thumbnail_path
 
 ROUTES = ["/", "/api/status", "/api/captures?before=<middle>&limit=24", "/api/captures?before=<oldest>"]
+# Every figure with a target (issue 8's, and the cleanup's selection).
+TARGETED = {
+    "ingest_ratio": (">=", 0.8),
+    "thumbnail_speedup_vs_naive_jpeg": (">=", 2.0),
+    "thumbnail_speedup_vs_naive_frame": (">=", 10.0),
+    "thumbnail_vs_decode_floor": ("<=", 1.3),
+    "latency_p99_ratio": ("<=", 1.5),
+    "peak_rss_mib": ("<=", 80.0),
+    "rss_growth_mib": ("<=", 5.0),
+    "startup_ratio": ("<=", 1.2),
+    "captures_per_minute": (">=", 30),
+    "select_ratio_1m_vs_1k": ("<=", 1.5),
+}
+# Small enough for a few seconds: the start-up's large index is the web's largest, 3,000 here.
+SMALL = {
+    "INDEX_SIZES": (1_000, 3_000),
+    "DELETED": 200,
+    "WEB_REQUESTS": 20,
+    "WEB_WARMUP": 2,
+    "THUMBNAIL_RUNS": 3,
+    "STARTUP_RUNS": 1,
+    "SYNTHETIC_SIZE_PX": (1014, 760),
+}
 
 
-@pytest.fixture
-def small_bench(monkeypatch):
-    monkeypatch.setattr("appliance.bench.INDEX_SIZES", (1_000, 3_000))
-    monkeypatch.setattr("appliance.bench.DELETED", 200)
-    monkeypatch.setattr("appliance.bench.WEB_REQUESTS", 20)
-    monkeypatch.setattr("appliance.bench.WEB_WARMUP", 2)
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """One ``appliance bench --captures 200 --json`` with :data:`SMALL` sizes, shared by the tests
+    that read its figures: ``(exit status, the JSON printed, the figures as measured, data dir)``."""
+    data_dir = tmp_path_factory.mktemp("bench")
+    measured = []
+    measure = bench.measure
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        for name, value in SMALL.items():
+            patch.setattr(bench, name, value)
+        patch.setattr(bench, "measure", lambda *args: measured.append(measure(*args)) or measured[-1])
+        status = main(["bench", "--data-dir", str(data_dir), "--captures", "200", "--json"])
+    return status, json.loads(out.getvalue()), measured[0], data_dir
 
 
-def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_day(
-    tmp_path, small_bench, capsys
-):
-    assert main(["bench", "--data-dir", str(tmp_path), "--json"]) == 0
-    figures = json.loads(capsys.readouterr().out)
+def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_day(short_run):
+    status, figures, _, data_dir = short_run
+    assert status == 0
     assert list(figures["web_ms"]) == ROUTES
     for route in ROUTES:
         by_size = figures["web_ms"][route]
@@ -36,16 +68,70 @@ def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_
     assert (small["total"], large["total"]) == (1_000, 3_000)
     assert small["last_hour"] == large["last_hour"] == 30
     assert small["last_24h"] == large["last_24h"] == 720
-    assert list(tmp_path.iterdir()) == []  # its scratch folders are gone
+    assert list(data_dir.iterdir()) == []  # its scratch folders are gone
 
 
-def test_the_bench_table_gives_each_route_its_ratio_and_verdict(tmp_path, small_bench, capsys):
+def test_every_capture_path_figure_comes_with_its_target_and_a_verdict(short_run):
+    status, figures, _, _ = short_run
+    assert status == 0
+    assert set(figures["verdicts"]) == set(TARGETED)
+    for name, (compare, target) in TARGETED.items():
+        check = figures["verdicts"][name]
+        assert (check["compare"], check["target"]) == (compare, target), name
+        assert isinstance(check["value"], int | float), name
+        passed = check["value"] >= target if compare == ">=" else check["value"] <= target
+        assert check["verdict"] == ("PASS" if passed else "MISS"), name
+    ingest = figures["ingest"]
+    assert ingest["captures"] == 200 and ingest["photo_size_px"] == [1014, 760]
+    assert ingest["ratio"] == pytest.approx(ingest["store_per_s"] / ingest["limit_per_s"], rel=0.01)
+    assert 0 < ingest["thumbnail_bytes"] < ingest["photo_bytes"]
+    assert figures["memory"]["growth_from"] == 50  # a quarter of a run shorter than 10,000
+    assert set(figures["thumbnail_ms"]) == {"frame", "jpeg", "naive", "decode_floor"}
+    assert figures["latency_triggers"] == 10
+    assert all(
+        0 < figures["latency_ms"][k]["p50"] <= figures["latency_ms"][k]["p99"]
+        for k in ("acknowledged", "bare")
+    )
+    assert figures["startup_index_size"] == 3_000 and all(0 < s < 60 for s in figures["startup_s"].values())
+    field = figures["field"]
+    assert field["captures_per_minute"] == round(ingest["store_per_s"] * 60)
+    assert set(field["hours_to_cleanup"]) == {"60", "1800"}  # one a minute, and the default rate limit
+
+
+def test_the_cleanup_figures_use_the_index_and_time_both_deletions(short_run):
+    figures = short_run[1]
+    assert set(figures["select_batch_ms"]) == {"1000", "3000"}
+    assert "USING INDEX idx_captures_protected_seq" in figures["select_plan"]
+    assert figures["delete_s"] > 0 and figures["unlink_s"] > 0 and figures["delete_vs_unlink"] > 0
+
+
+def test_the_bench_table_gives_each_figure_its_target_and_verdict(tmp_path, short_run, monkeypatch, capsys):
+    measured = short_run[2]
+    for name, value in SMALL.items():
+        monkeypatch.setattr(bench, name, value)
+    monkeypatch.setattr(bench, "measure", lambda *args: copy.deepcopy(measured))
     assert main(["bench", "--data-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "30 / 720 of 1,000, 30 / 720 of 3,000" in "\n".join(lines)
     for route in ROUTES:
         [line] = [line for line in lines if line.split()[:1] == [route]]
         assert line.split()[-1] in ("PASS", "MISS")
+    verdict_lines = [line for line in lines if line.rstrip().endswith(("PASS", "MISS"))]
+    assert len(verdict_lines) == len(TARGETED) + len(ROUTES)
+    assert any(line.split()[-3:-1] == ["<=", "1.2"] and "start-up" in line for line in verdict_lines)
+
+
+def test_a_photo_that_is_not_a_jpeg_fails_the_benchmark(tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    photo.write_text("not a photo")
+    assert main(["bench", "--data-dir", str(tmp_path), "--photo", str(photo), "--captures", "200"]) == 1
+    assert "appliance bench: failed:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [photo]
+
+
+def test_too_few_captures_is_refused(tmp_path, capsys):
+    assert main(["bench", "--data-dir", str(tmp_path), "--captures", "10"]) == 2
+    assert "--captures must be at least 100" in capsys.readouterr().err
 
 
 def test_the_bench_index_rows_look_like_captures_and_grow_in_time_order(store):

@@ -2,7 +2,6 @@ import contextlib
 import datetime
 import errno
 import io
-import json
 import logging
 import os
 import queue
@@ -378,18 +377,6 @@ def test_stop_below_start_is_a_config_error(tmp_path):
     config = tmp_path / "appliance.toml"
     config.write_text("cleanup_start_free_bytes = 5\ncleanup_stop_free_bytes = 4\n")
     assert main(["cleanup", "--dry-run", "--config", str(config), "--data-dir", str(tmp_path)]) == 2
-
-
-def test_the_cleanup_benchmark_runs_and_prints_its_figures(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("appliance.bench.INDEX_SIZES", (1_000, 3_000))
-    monkeypatch.setattr("appliance.bench.DELETED", 200)
-    monkeypatch.setattr("appliance.bench.WEB_REQUESTS", 20)
-    assert main(["bench", "--data-dir", str(tmp_path), "--json"]) == 0
-    figures = json.loads(capsys.readouterr().out)
-    assert set(figures["select_batch_ms"]) == {"1000", "3000"}
-    assert "USING INDEX idx_captures_protected_seq" in figures["select_plan"]
-    assert figures["delete_s"] > 0 and figures["unlink_s"] > 0 and figures["delete_vs_unlink"] > 0
-    assert list(tmp_path.iterdir()) == []  # its scratch folder is gone
 
 
 def test_files_that_cannot_be_deleted_stop_cleanup_instead_of_emptying_the_index(store, photo, faulty_disk,

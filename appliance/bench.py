@@ -782,9 +782,9 @@ def field_figures(data_dir: Path, ingest: dict) -> dict:
     defaults = config_module.load()
     usage = shutil.disk_usage(data_dir)
     per_capture = ingest["photo_bytes"] + ingest["thumbnail_bytes"] + ingest["index_bytes_per_capture"]
-    hours = {}
+    hours, starts = {}, {}
     for per_hour in (FIELD_CAPTURES_PER_HOUR, defaults.max_captures_per_minute * 60):
-        start = decide(
+        starts[per_hour] = decide(
             usage.total,
             usage.free,
             Policy.from_config(defaults),
@@ -792,20 +792,13 @@ def field_figures(data_dir: Path, ingest: dict) -> dict:
             cleaning=False,
             capture_bytes=per_capture,
         ).start_bytes
-        hours[per_hour] = round(max(0, usage.free - start) / (per_capture * per_hour), 1)
+        hours[per_hour] = round(max(0, usage.free - starts[per_hour]) / (per_capture * per_hour), 1)
     return {
         "captures_per_minute": round(ingest["store_per_s"] * 60),
         "rate_limit_per_minute": defaults.max_captures_per_minute,
         "bytes_per_capture": per_capture,
         "free_bytes": usage.free,
-        "cleanup_start_free_bytes": decide(
-            usage.total,
-            usage.free,
-            Policy.from_config(defaults),
-            per_capture * FIELD_CAPTURES_PER_HOUR,
-            cleaning=False,
-            capture_bytes=per_capture,
-        ).start_bytes,
+        "cleanup_start_free_bytes": starts[FIELD_CAPTURES_PER_HOUR],
         "hours_to_cleanup": hours,
     }
 

@@ -384,7 +384,12 @@ def make_app(
         # An id is never reused and its files never change: cache them for good.
         etag = f'"{row["sha256"] if extension == "jpg" else row["id"]}"'
         headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-        if bottle.request.get_header("If-None-Match") == etag:
+        # RFC 9110 13.1.2: a list of tags, or "*"; a weak W/ tag matches too.
+        asked = {
+            tag.strip().removeprefix("W/")
+            for tag in bottle.request.get_header("If-None-Match", "").split(",")
+        }
+        if etag in asked or "*" in asked:
             return bottle.HTTPResponse(status=304, **headers)
         response = bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
         for key, value in headers.items():

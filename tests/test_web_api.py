@@ -691,6 +691,8 @@ def test_files_are_served_immutable_with_an_etag_and_304_when_unchanged(
     assert not_modified.body == b"" and not_modified.headers["ETag"] == etag
     assert "immutable" in not_modified.headers["Cache-Control"]
     assert app.get(url, headers={"If-None-Match": '"something else"'}, status=200).body == response.body
+    app.get(url, headers={"If-None-Match": f'"other", W/{etag}'}, status=304)
+    app.get(url, headers={"If-None-Match": "*"}, status=304)
 
 
 def test_media_etag_is_the_photos_sha256(client, captures, store):

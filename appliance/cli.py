@@ -1,12 +1,14 @@
 """The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
 and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now,
-``appliance protect``/``unprotect`` keep captures from cleanup or not, and ``appliance config``
-prints or checks config files.
+``appliance protect``/``unprotect`` keep captures from cleanup or not, ``appliance export
+camtrap-dp`` writes a Camtrap DP data package, and ``appliance config`` prints or checks config files.
 
 ``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
 Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
 data directory unusable), 2 for a bad config or command line.  Of ``check``: 0 when every check is
-ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.
+ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.  Of
+``export``: 0 on success, 1 when writing fails, 2 for a bad config or command line, settings the
+export needs that are not set, or an output folder that is not empty.
 """
 
 import argparse
@@ -28,8 +30,9 @@ from gpiozero.exc import GPIOZeroError
 from appliance import config as config_module
 from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
-from appliance.exc import ApplianceError, ConfigError
+from appliance.exc import ApplianceError, ConfigError, ExportError
 from appliance.exif import Identity
+from appliance.export import MEDIA_MODES, export_camtrap_dp
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
@@ -109,8 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     action.add_argument("--print-defaults", action="store_true", help="print every setting, commented")
     action.add_argument("--check", nargs="*", type=Path, metavar="FILE",
                         help="check FILE (default: the files the appliance would read)")  # fmt: skip
+    exporting = commands.add_parser("export", help="export captures for other tools")
+    formats = exporting.add_subparsers(dest="format", required=True)
+    camtrap_dp = formats.add_parser(
+        "camtrap-dp", help="write a Camtrap DP data package (runs beside the appliance; only reads)"
+    )
+    camtrap_dp.add_argument("outdir", type=Path, metavar="OUTDIR", help="new or empty folder to write")
+    camtrap_dp.add_argument("--since", type=_iso_time, metavar="ISO",
+                            help="first capture time included, e.g. 2026-05-01 or 2026-05-01T18:00+02:00 "
+                                 "(no offset: UTC)")  # fmt: skip
+    camtrap_dp.add_argument(
+        "--until", type=_iso_time, metavar="ISO", help="capture time excluded (same forms)"
+    )
+    camtrap_dp.add_argument("--media", choices=MEDIA_MODES, default="copy",
+                            help="copy the photos (default), hard-link them, or write none")  # fmt: skip
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, protect, unprotect):
+    for command in (run, check, cleanup, protect, unprotect, camtrap_dp):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )
@@ -129,6 +146,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="override web_host")
     run.add_argument("--port", type=int, help="override web_port")
     return parser
+
+
+def _iso_time(text: str) -> datetime.datetime:
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _load_config(args) -> config_module.Config:
@@ -393,7 +418,8 @@ def run(
             changed = {
                 f.name for f in config_module.settings() if getattr(new, f.name) != getattr(config, f.name)
             }
-            later = changed - LIVE_SETTINGS
+            # The deployment settings are read only by `appliance export`: nothing to restart.
+            later = changed - LIVE_SETTINGS - config_module.DEPLOYMENT_SETTINGS
             try:
                 running = dataclasses.replace(new, **{key: getattr(config, key) for key in later})
             except ConfigError as exc:
@@ -401,7 +427,7 @@ def run(
                 return
             apply(running)
             config = running
-            log.info("config reloaded: %s", ", ".join(sorted(changed & LIVE_SETTINGS)) or "nothing changed")
+            log.info("config reloaded: %s", ", ".join(sorted(changed - later)) or "nothing changed")
             if later:
                 log.warning("config: %s changed, which takes a restart", ", ".join(sorted(later)))
 
@@ -492,6 +518,38 @@ def protect(config: config_module.Config, capture_ids: list[str], protected: boo
     return 1 if unknown else 0
 
 
+def export(config: config_module.Config, args) -> int:
+    """``appliance export camtrap-dp``: write the package and print a one-line summary.  Returns
+    0, or 2 (with the reason on standard error) for an :class:`~appliance.exc.ExportError`."""
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 100 == 0:
+                end = "\n" if done == total else ""
+                print(f"\rexporting: {done}/{total} captures", end=end, file=sys.stderr, flush=True)
+
+    try:
+        summary = export_camtrap_dp(
+            config,
+            IndexReader(Path(config.data_dir)),
+            args.outdir,
+            since=args.since,
+            until=args.until,
+            media=args.media,
+            progress=progress,
+        )
+    except ExportError as exc:
+        print(f"appliance: export: {exc}", file=sys.stderr)
+        return 2
+    skipped = f", {summary['skipped']} deleted meanwhile and left out" if summary["skipped"] else ""
+    print(
+        f"{args.outdir}: {summary['captures']} captures, {summary['events']} events, "
+        f"{summary['bytes']} bytes of media{skipped}"
+    )
+    return 0
+
+
 def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
     progress = None
     if sys.stderr.isatty():
@@ -537,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "cleanup":
             return cleanup(config, dry_run=args.dry_run)
+        if args.command == "export":
+            return export(config, args)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))

@@ -11,6 +11,7 @@ from any computer with a card reader.
 """
 
 import dataclasses
+import datetime
 import json
 import re
 import textwrap
@@ -31,7 +32,8 @@ _BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
 def _setting(default, doc: str, check=None, *, kind=None):
     """A config field: ``doc`` is the one-line description shown in the README and by tests;
     ``check(value)`` returns an error string or None; ``kind`` is the TOML type when the default's
-    type is not enough (float settings accept integers)."""
+    type is not enough (float settings accept integers), or a tuple of types any of which is
+    accepted (``(float, str)``: a number, or "" for unset)."""
     return field(
         default=default,
         metadata={"doc": doc, "check": check, "kind": kind or type(default)},
@@ -81,6 +83,36 @@ def _windows(value):
     except ValueError as exc:
         return f"has {exc}"
     return None
+
+
+def _optional(check):
+    """``check`` for a number setting that also takes "" (unset)."""
+
+    def check_optional(value):
+        if isinstance(value, str):
+            return None if value == "" else 'must be a number, or "" when not set'
+        return check(value)
+
+    return check_optional
+
+
+def _iso_datetime_or_empty(value):
+    try:
+        if value == "" or datetime.datetime.fromisoformat(value).tzinfo is not None:
+            return None
+    except ValueError:
+        pass
+    return 'must be an ISO 8601 date and time with a UTC offset, e.g. "2026-05-01T18:00:00+02:00", or ""'
+
+
+# Camtrap DP 1.0 enums (deployments-table-schema.json, camtrap-dp-profile.json).
+FEATURE_TYPES = (
+    "roadPaved", "roadDirt", "trailHiking", "trailGame", "roadUnderpass", "roadOverpass", "roadBridge",
+    "culvert", "burrow", "nestSite", "carcass", "waterSource", "fruitingTree",
+)  # fmt: skip
+SAMPLING_DESIGNS = (
+    "simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted", "opportunistic",
+)  # fmt: skip
 
 
 def _at_least(low):
@@ -301,6 +333,94 @@ class Config:
         lambda v: None if v == "" or len(v) >= 12 else "must be at least 12 characters (or empty)",
     )
 
+    # Deployment metadata for `appliance export camtrap-dp`, named after the Camtrap DP terms.
+    deployment_id: str = _setting(
+        "",
+        'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or '
+        '"appliance") and the date of the deployment start, e.g. "appliance-20260501".',
+    )
+    location_name: str = _setting("", 'Camtrap DP locationName, e.g. "Oak ridge, north edge"; "": none.')
+    location_id: str = _setting("", 'Camtrap DP locationID, shared by deployments at one place; "": none.')
+    latitude: float | str = _setting(
+        "",
+        'Latitude of the camera in decimal degrees (WGS84); "": not set (the export refuses: '
+        "Camtrap DP requires it).",
+        _optional(_between(-90, 90)),
+        kind=(float, str),
+    )
+    longitude: float | str = _setting(
+        "",
+        'Longitude of the camera in decimal degrees (WGS84); "": not set (the export refuses: '
+        "Camtrap DP requires it).",
+        _optional(_between(-180, 180)),
+        kind=(float, str),
+    )
+    coordinate_uncertainty_m: int | str = _setting(
+        "",
+        'Uncertainty of latitude/longitude in metres (Camtrap DP coordinateUncertainty); "": unknown.',
+        _optional(_at_least(1)),
+        kind=(int, str),
+    )
+    camera_height_m: float | str = _setting(
+        "",
+        'Height of the camera above the ground in metres; "": unknown.',
+        _optional(_at_least(0)),
+        kind=(float, str),
+    )
+    camera_tilt_deg: int | str = _setting(
+        "",
+        'Tilt of the camera in degrees, -90 (down) to 90 (up), 0 level; "": unknown.',
+        _optional(_between(-90, 90)),
+        kind=(int, str),
+    )
+    camera_heading_deg: int | str = _setting(
+        "",
+        'Compass heading the camera faces in degrees, 0 (north) to 360, clockwise; "": unknown.',
+        _optional(_between(0, 360)),
+        kind=(int, str),
+    )
+    setup_by: str = _setting("", 'Who set the camera up (Camtrap DP setupBy); "": none.')
+    habitat: str = _setting("", 'Short description of the habitat at the camera; "": none.')
+    feature_type: str = _setting(
+        "",
+        'Camtrap DP featureType the camera watches, e.g. "trailGame" or "waterSource"; "": none.',
+        _one_of(("", *FEATURE_TYPES)),
+    )
+    bait_use: bool = _setting(False, "Bait or lure was used at the camera (Camtrap DP baitUse).")
+    deployment_start: str = _setting(
+        "",
+        'Start of the deployment, ISO 8601 with a UTC offset (e.g. "2026-05-01T18:00:00+02:00"); '
+        '"": the first exported capture.',
+        _iso_datetime_or_empty,
+    )
+    deployment_end: str = _setting(
+        "",
+        'End of the deployment, ISO 8601 with a UTC offset; "": the last exported capture.',
+        _iso_datetime_or_empty,
+    )
+    project_title: str = _setting("", 'Title of the project in the exported package; "": the deployment id.')
+    sampling_design: str = _setting(
+        "opportunistic",
+        "Camtrap DP samplingDesign of the project.",
+        _one_of(SAMPLING_DESIGNS),
+    )
+    contributors: tuple[str, ...] = _setting(
+        (),
+        'People or organisations of the exported package, e.g. ["Ada Lovelace", "Field Station"]; '
+        "the first is the contact, the others contributors.",
+        lambda v: None if all(isinstance(n, str) and n for n in v) else "must be a list of names",
+        kind=list,
+    )
+    data_license: str = _setting(
+        "",
+        'Licence of the exported data (SPDX id, e.g. "CC0-1.0"); "": none (set both licences or neither).',
+    )
+    media_license: str = _setting(
+        "",
+        'Licence of the exported photos (SPDX id, e.g. "CC-BY-4.0"); "": none (set both licences or '
+        "neither).",
+    )
+
     def __post_init__(self):
         pins = {}
         for key in ("button_pin", "motion_pin", "flash_pin", "uv_pin"):
@@ -322,6 +442,10 @@ class Config:
             )
         if self.simulate_replay_dir and not self.simulate:
             raise ConfigError("simulate_replay_dir: only used in simulation (simulate = true)")
+        if bool(self.data_license) != bool(self.media_license):
+            raise ConfigError(
+                "data_license, media_license: set both (Camtrap DP wants one of each) or neither"
+            )
         if self.cleanup_stop_free_percent < self.cleanup_start_free_percent:
             raise ConfigError(
                 "cleanup_stop_free_percent: must be at least cleanup_start_free_percent "
@@ -332,6 +456,17 @@ class Config:
                 "cleanup_stop_free_bytes: must be at least cleanup_start_free_bytes "
                 f"({self.cleanup_stop_free_bytes} < {self.cleanup_start_free_bytes})"
             )
+
+
+# The deployment metadata, read only by `appliance export camtrap-dp`.
+DEPLOYMENT_SETTINGS = frozenset(
+    (
+        "deployment_id", "location_name", "location_id", "latitude", "longitude",
+        "coordinate_uncertainty_m", "camera_height_m", "camera_tilt_deg", "camera_heading_deg", "setup_by",
+        "habitat", "feature_type", "bait_use", "deployment_start", "deployment_end", "project_title",
+        "sampling_design", "contributors", "data_license", "media_license",
+    )
+)  # fmt: skip
 
 
 def settings() -> list[dataclasses.Field]:
@@ -349,16 +484,18 @@ def check_value(key: str, value):
     if key not in fields:
         raise ConfigError(f"{key}: unknown key")
     kind = fields[key].metadata["kind"]
-    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    kinds = kind if isinstance(kind, tuple) else (kind,)  # a tuple: any of these (e.g. float or "")
+    ok = isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
     check = fields[key].metadata["check"]
     problem = check(value) if check else None
     if problem:
         raise ConfigError(f"{key}: {value!r} {problem}")
-    return tuple(value) if kind is list else value
+    return tuple(value) if isinstance(value, list) else value
 
 
 def default_paths(paths=DEFAULT_PATHS) -> list[Path]:

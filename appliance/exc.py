@@ -11,3 +11,8 @@ class ConfigError(ApplianceError, ValueError):
 
 class StoreError(ApplianceError, OSError):
     """The capture store could not write or read a capture."""
+
+
+class ExportError(ApplianceError, ValueError):
+    """An export cannot be made as asked: settings it needs are missing, or the output folder is
+    not empty.  Nothing has been written."""

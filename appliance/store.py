@@ -994,3 +994,34 @@ class IndexReader:
             return list(
                 db["captures"].rows_where(" AND ".join(where), args, order_by="seq DESC", limit=limit)
             )
+
+    def _range(self, since: datetime.datetime | None, until: datetime.datetime | None) -> tuple[str, list]:
+        where, args = ["1"], []
+        if since is not None:
+            where.append("captured_at >= ?")
+            args.append(iso_utc(since))
+        if until is not None:
+            where.append("captured_at < ?")
+            args.append(iso_utc(until))
+        return " AND ".join(where), args
+
+    def span_between(
+        self, since: datetime.datetime | None, until: datetime.datetime | None
+    ) -> tuple[int, str | None, str | None]:
+        """``(count, first captured_at, last captured_at)`` of the captures with ``since <=
+        captured_at < until`` (aware datetimes; None: no bound); None for the times when none."""
+        where, args = self._range(since, until)
+        with self._db() as db:
+            return tuple(
+                db.execute(
+                    f"SELECT COUNT(*), MIN(captured_at), MAX(captured_at) FROM captures WHERE {where}", args
+                ).fetchone()
+            )
+
+    def iter_between(self, since: datetime.datetime | None, until: datetime.datetime | None):
+        """Yield the captures with ``since <= captured_at < until`` (None: no bound) as dicts of all
+        columns, in ``captured_at`` order (then ``seq``), from one read-only snapshot of the index,
+        without holding them all in memory."""
+        where, args = self._range(since, until)
+        with self._db() as db:
+            yield from db.query(f"SELECT * FROM captures WHERE {where} ORDER BY captured_at, seq", args)

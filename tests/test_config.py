@@ -155,3 +155,28 @@ def test_config_check_also_checks_the_files_together(tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"{etc}: ok" in captured.out and f"{boot}: ok" in captured.out
     assert "burst_count: a burst of 10 exceeds max_captures_per_minute (5)" in captured.err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('latitude = "51.5"', "latitude: '51.5' must be a number, or \"\" when not set"),
+        ("longitude = 181", "longitude: 181.0 must be between -180 and 180"),
+        ("camera_tilt_deg = 12.5", "camera_tilt_deg: expected int or str, got float 12.5"),
+        (
+            'deployment_start = "2026-05-01T18:00:00"',
+            "deployment_start: .* must be an ISO 8601 date and time",
+        ),
+        ('feature_type = "trail"', "feature_type: 'trail' must be one of"),
+        ('data_license = "CC0-1.0"', "data_license, media_license: set both"),
+    ],
+)
+def test_deployment_settings_are_checked(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text + "\n"))
+
+
+def test_deployment_coordinates_take_numbers_or_stay_unset(tmp_path):
+    cfg = config.load(write(tmp_path, "latitude = 51\nlongitude = -4.5\ncamera_heading_deg = 285\n"))
+    assert (cfg.latitude, cfg.longitude, cfg.camera_heading_deg) == (51.0, -4.5, 285)
+    assert config.load(None).latitude == ""

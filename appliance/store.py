@@ -610,9 +610,17 @@ class CaptureStore:
         """Copy the WAL into the database and truncate it (``PRAGMA wal_checkpoint(TRUNCATE)``).
 
         Returns SQLite's ``(busy, wal_frames, checkpointed_frames)``; busy is 1 when a reader kept
-        it from finishing, which is harmless: the next checkpoint catches up.
+        it from finishing, which is harmless: the next checkpoint catches up.  It never waits: a
+        TRUNCATE checkpoint calls the busy handler until every reader is on the newest snapshot
+        (https://sqlite.org/c3ref/wal_checkpoint_v2.html), and an export streaming for an hour
+        holds one, so with Python's default 5 s timeout each checkpoint would stall the main loop.
         """
-        return tuple(self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        timeout_ms = self.db.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.db.execute("PRAGMA busy_timeout = 0")
+        try:
+            return tuple(self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
     def close(self, *, clean: bool = True) -> None:
         """Checkpoint, close the database, and write the clean-shutdown marker, unless ``clean`` is

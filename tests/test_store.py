@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -182,6 +183,22 @@ def test_checkpoint_truncates_the_wal(store, photo, clock):
     busy, _, _ = store.checkpoint()
     assert busy == 0 and wal.stat().st_size == 0
     assert IndexReader(store.data_dir).counts(clock.wall)["total"] == 5
+
+
+def test_checkpoint_does_not_wait_for_a_long_reader(store, photo, clock):
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    reader = sqlite3.connect((store.data_dir / DB_NAME).as_uri() + "?mode=ro", uri=True)
+    reader.execute("BEGIN")  # an open read transaction, as an export holds
+    reader.execute("SELECT COUNT(*) FROM captures").fetchone()
+    store.add(photo, None, timestamp=clock.now(), trigger="button")
+    started = time.monotonic()
+    busy, _, _ = store.checkpoint()
+    waited = time.monotonic() - started
+    reader.close()
+    # With the busy handler it would wait the whole timeout (5 s) for the reader.
+    assert busy == 1 and waited < 1.0
+    assert store.db.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert store.checkpoint()[0] == 0
 
 
 def test_unknown_trigger_is_rejected(store, photo, clock):

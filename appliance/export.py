@@ -1,31 +1,41 @@
 """Camtrap DP export: the captures of a time range as a Camera Trap Data Package.
 
 Camtrap DP 1.0.2 is the TDWG standard read by camtrapdp/camtraptor (R), Agouti, Wildlife Insights
-and GBIF (https://camtrap-dp.tdwg.org).  :func:`export_camtrap_dp` writes into a new folder:
+and GBIF (https://camtrap-dp.tdwg.org).  A package holds:
 
 - ``datapackage.json``: the package descriptor (profile, contributors, project, licences, spatial,
   temporal and taxonomic coverage), whose resources point at the official table schemas;
 - ``deployments.csv``: one deployment, from the deployment settings of the config;
+- ``media/``: the photos, ``<id>.jpg``, byte for byte as the store keeps them (or none);
 - ``media.csv``: one row per capture;
-- ``observations.csv``: one event-level ``unclassified`` observation per trigger (burst);
-- ``media/``: the photos, ``<id>.jpg``, hard-linked or copied from the store (or none).
+- ``observations.csv``: one event-level ``unclassified`` observation per trigger (burst).
 
-The index is only read (:class:`~appliance.store.IndexReader`), so an export may run beside the
-running appliance.  The package is built in a hidden folder beside ``outdir`` and renamed into
-place at the end: a failed export leaves nothing behind, and an existing non-empty folder is never
-overwritten.
+:class:`Package` reads it all from one snapshot of the index (:class:`~appliance.store.Snapshot`),
+so an export may run beside the running appliance and its rows, events and photos agree; a photo
+that cleanup deletes while the export runs is left out of the media and its rows.  Each photo is
+opened before it is written, so it cannot vanish halfway.  The package is written as a folder by
+:func:`export_camtrap_dp` (built in a hidden folder beside it, renamed into place at the end: a
+failed export leaves nothing behind, and a non-empty folder is never overwritten), or streamed as a
+ZIP archive by :func:`zip_stream` (zipstream-ng: one photo at a time, never the whole archive in
+memory or on disk).
 """
 
 import csv
 import datetime
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from zipstream import ZipStream
 
 from appliance import __version__
 from appliance.config import Config
@@ -37,6 +47,10 @@ log = logging.getLogger(__name__)
 CAMTRAP_DP_VERSION = "1.0.2"
 SCHEMA_URL = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{CAMTRAP_DP_VERSION}/"
 MEDIA_MODES = ("copy", "link", "none")
+# Bytes read from a photo at a time when streaming it.
+CHUNK_BYTES = 1 << 16
+# CSV rows written between two chunks of a table.
+CSV_ROWS_PER_CHUNK = 256
 
 # Column order of the Camtrap DP 1.0.2 table schemas (and of its example package).
 DEPLOYMENT_FIELDS = (
@@ -64,8 +78,241 @@ def _timestamp(moment: datetime.datetime) -> str:
     return moment.isoformat(timespec="seconds")
 
 
+def _stamp(captured_at: str) -> str:
+    return _timestamp(datetime.datetime.fromisoformat(captured_at))
+
+
 def _bool(value) -> str:
     return "true" if value else "false"
+
+
+def _csv_chunks(fields: tuple[str, ...], rows) -> Iterator[bytes]:
+    """The CSV text of ``rows`` (dicts; missing fields empty) as UTF-8 chunks of a few rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, restval="")
+    writer.writeheader()
+    for n, row in enumerate(rows, 1):
+        writer.writerow(row)
+        if n % CSV_ROWS_PER_CHUNK == 0:
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue().encode()
+
+
+@dataclass
+class Member:
+    """One file of the package: ``name`` is its path inside it (``media/<id>.jpg``,
+    ``media.csv``...).  Either ``chunks`` (its bytes, produced as they are read) or a photo:
+    ``photo`` open for reading, ``source`` its path in the store, ``size`` its length in bytes."""
+
+    name: str
+    chunks: Iterator[bytes] | None = None
+    photo: BinaryIO | None = None
+    source: Path | None = None
+    size: int | None = None
+
+
+class Package:
+    """The Camtrap DP package of the captures with ``since <= captured_at < until`` (aware
+    datetimes; None: no bound) in ``reader``'s index, with ``media`` ``"copy"`` or ``"link"`` (the
+    photos are members) or ``"none"`` (metadata only; filePath still names ``media/<id>.jpg``).
+
+    Checks everything the export needs on construction, and raises
+    :class:`~appliance.exc.ExportError` when latitude/longitude are not set, the data directory
+    holds no index, or the deployment's dates cannot be found (no captures and no configured
+    dates).  Holds a snapshot of the index until :meth:`close` (or the end of a ``with``).
+    Once :meth:`members` is exhausted, :attr:`captures`, :attr:`events`, :attr:`bytes` and
+    :attr:`skipped` (photos deleted meanwhile) say what the package holds.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reader: IndexReader,
+        *,
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        media: str = "copy",
+        now: datetime.datetime | None = None,
+    ):
+        if media not in MEDIA_MODES:
+            raise ExportError(f"media: {media!r} must be one of {', '.join(MEDIA_MODES)}")
+        missing = [key for key in ("latitude", "longitude") if getattr(config, key) == ""]
+        if missing:
+            raise ExportError(
+                f"{', '.join(missing)}: not set in the config; Camtrap DP requires the camera's "
+                "position (decimal degrees, e.g. latitude = 51.496, longitude = 4.774)"
+            )
+        if not (reader.data_dir / DB_NAME).is_file():
+            raise ExportError(f"{reader.data_dir}: no capture index ({DB_NAME}); check data_dir")
+        self.config, self.data_dir, self.media = config, reader.data_dir, media
+        self.since, self.until = since, until
+        self._snapshot = reader.snapshot()
+        try:
+            self.span = self._snapshot.span(since, until)
+            start = config.deployment_start or self.span["first"]
+            end = config.deployment_end or self.span["last"]
+            if start is None or end is None:
+                raise ExportError(
+                    "no captures in the range, and deployment_start/deployment_end are not set: "
+                    "the deployment's dates are unknown"
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.start = datetime.datetime.fromisoformat(start)
+        self.end = datetime.datetime.fromisoformat(end)
+        self.deployment_id = config.deployment_id or f"{config.camera_id or 'appliance'}-{self.start:%Y%m%d}"
+        # Data Package names: lower-case letters, digits, "-", "_" and ".".
+        self.name = re.sub(r"[^a-z0-9._-]+", "-", self.deployment_id.lower()).strip("-") or "appliance"
+        self.created = now or datetime.datetime.now(datetime.UTC)
+        self.captures = self.events = self.bytes = 0
+        self.skipped: list[str] = []
+
+    def __enter__(self) -> "Package":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._snapshot.close()
+
+    @property
+    def total(self) -> int:
+        """Captures in range when the snapshot was taken."""
+        return self.span["count"]
+
+    def summary(self) -> dict:
+        """``{"captures": n, "events": n, "bytes": media bytes, "skipped": n}``."""
+        return {"captures": self.captures, "events": self.events, "bytes": self.bytes,
+                "skipped": len(self.skipped)}  # fmt: skip
+
+    def members(self, progress: Callable[[int, int], None] | None = None) -> Iterator[Member]:
+        """Yield the package's files: the descriptor and deployments, then each photo (open until
+        the next member is asked for), then media.csv and observations.csv, whose chunks must be
+        consumed in that order.  ``progress(done, total)`` is called per capture, as the photos
+        (or, with ``media="none"``, the media rows) are produced."""
+        yield Member("datapackage.json", iter([json.dumps(self._descriptor(), indent=2).encode() + b"\n"]))
+        yield Member("deployments.csv", _csv_chunks(DEPLOYMENT_FIELDS, [self._deployment()]))
+        if self.media != "none":
+            for done, capture in enumerate(self._snapshot.captures(self.since, self.until), 1):
+                if progress:
+                    progress(done, self.total)
+                source = self.data_dir / capture["media_path"]
+                member = Member(f"media/{capture['id']}.jpg", source=source, size=capture["bytes"])
+                try:
+                    with open(source, "rb") as member.photo:  # open: cleanup cannot take it away now
+                        yield member
+                except FileNotFoundError:
+                    log.warning("capture %s left out: deleted while exporting", capture["id"])
+                    self.skipped.append(capture["id"])
+                    continue
+                self.bytes += capture["bytes"]
+        yield Member("media.csv", _csv_chunks(MEDIA_FIELDS, self._media_rows(progress)))
+        yield Member("observations.csv", _csv_chunks(OBSERVATION_FIELDS, self._observations()))
+
+    def _media_rows(self, progress) -> Iterator[dict]:
+        for capture in self._snapshot.captures(self.since, self.until, self.skipped):
+            self.captures += 1
+            if progress and self.media == "none":
+                progress(self.captures, self.total)
+            metadata = json.loads(capture["metadata"] or "{}")
+            exif = metadata.get("exif")
+            yield {
+                "mediaID": capture["id"],
+                "deploymentID": self.deployment_id,
+                "captureMethod": capture["capture_method"] or "",
+                "timestamp": _stamp(capture["captured_at"]),
+                "filePath": f"media/{capture['id']}.jpg",
+                "filePublic": "false",
+                # An imported photo keeps the name it had.
+                "fileName": metadata.get("import", {}).get("name") or f"{capture['id']}.jpg",
+                "fileMediatype": "image/jpeg",
+                "exifData": json.dumps(exif, default=str) if exif else "",
+                "favorite": _bool(capture["protected"]),
+            }
+
+    def _observations(self) -> Iterator[dict]:
+        for event_id, first, last in self._snapshot.events(self.since, self.until, self.skipped):
+            self.events += 1
+            yield {
+                "observationID": event_id,
+                "deploymentID": self.deployment_id,
+                "eventID": event_id,
+                "eventStart": _stamp(first),
+                "eventEnd": _stamp(last),
+                "observationLevel": "event",
+                "observationType": "unclassified",
+            }
+
+    def _deployment(self) -> dict:
+        config = self.config
+        return {
+            "deploymentID": self.deployment_id,
+            "locationID": config.location_id,
+            "locationName": config.location_name,
+            "latitude": config.latitude,
+            "longitude": config.longitude,
+            "coordinateUncertainty": config.coordinate_uncertainty_m,
+            "deploymentStart": _timestamp(self.start),
+            "deploymentEnd": _timestamp(self.end),
+            "setupBy": config.setup_by,
+            "cameraID": config.camera_id,
+            "cameraModel": config.camera_model,
+            "cameraHeight": config.camera_height_m,
+            "cameraTilt": config.camera_tilt_deg,
+            "cameraHeading": config.camera_heading_deg,
+            "timestampIssues": _bool(self.span["clock_issues"]),
+            "baitUse": _bool(config.bait_use),
+            "featureType": config.feature_type,
+            "habitat": config.habitat,
+        }
+
+    def _descriptor(self) -> dict:
+        config = self.config
+        resources = [
+            {
+                "name": name,
+                "path": f"{name}.csv",
+                "profile": "tabular-data-resource",
+                "format": "csv",
+                "mediatype": "text/csv",
+                "encoding": "utf-8",
+                "schema": f"{SCHEMA_URL}{name}-table-schema.json",
+            }
+            for name in ("deployments", "media", "observations")
+        ]
+        title = config.project_title or self.deployment_id
+        descriptor = {
+            "resources": resources,
+            "profile": f"{SCHEMA_URL}camtrap-dp-profile.json",
+            "name": self.name,
+            "created": _timestamp(self.created.astimezone(datetime.UTC).replace(microsecond=0)),
+            "title": title,
+            "contributors": [
+                {"title": name, "role": "contact" if i == 0 else "contributor"}
+                for i, name in enumerate(config.contributors)
+            ],
+            "sources": [{"title": "camtrap-appliance", "version": __version__}],
+            "project": {
+                "title": title,
+                "samplingDesign": config.sampling_design,
+                "captureMethod": self.span["capture_methods"] or ["activityDetection"],
+                "individualAnimals": False,
+                "observationLevel": ["event"],
+            },
+            "spatial": {"type": "Point", "coordinates": [config.longitude, config.latitude]},
+            "temporal": {"start": self.start.date().isoformat(), "end": self.end.date().isoformat()},
+            "taxonomic": [],
+        }
+        if config.data_license:
+            descriptor["licenses"] = [
+                {"name": config.data_license, "scope": "data"},
+                {"name": config.media_license, "scope": "media"},
+            ]
+        return descriptor
 
 
 def _check_outdir(outdir: Path) -> None:
@@ -73,16 +320,18 @@ def _check_outdir(outdir: Path) -> None:
         raise ExportError(f"{outdir}: exists and is not an empty folder; refusing to overwrite it")
 
 
-def _place_media(source: Path, target: Path, mode: str) -> None:
-    if mode == "link":
+def _write_member(member: Member, target: Path, link: bool) -> None:
+    if member.photo is not None and link:
         try:
-            os.link(source, target)
+            os.link(member.source, target)
             return
-        except FileNotFoundError:
-            raise
-        except OSError:  # another filesystem (EXDEV), or one without hard links
+        except OSError:  # another filesystem (EXDEV), one without hard links, or deleted just now
             pass
-    shutil.copyfile(source, target)
+    with open(target, "wb") as out:
+        if member.photo is not None:
+            shutil.copyfileobj(member.photo, out, CHUNK_BYTES)
+        else:
+            out.writelines(member.chunks)
 
 
 def export_camtrap_dp(
@@ -96,198 +345,49 @@ def export_camtrap_dp(
     progress: Callable[[int, int], None] | None = None,
     now: datetime.datetime | None = None,
 ) -> dict:
-    """Write the captures with ``since <= captured_at < until`` (aware datetimes; None: no bound)
-    as a Camtrap DP package into ``outdir``, which must not exist or be empty.
+    """Write the :class:`Package` of the captures in range (arguments as there) into ``outdir``,
+    which must not exist or be empty.  ``media="link"`` makes hard links (copies across
+    filesystems).  ``progress(done, total)`` is called per capture.
 
-    ``media``: ``"copy"`` the photos, ``"link"`` them (hard links, copies across filesystems), or
-    ``"none"`` (metadata only; filePath still names ``media/<id>.jpg``).  ``progress(done, total)``
-    is called as captures are written.  Captures deleted by cleanup while the export runs are
-    left out and logged (with ``"none"``, only those gone from the index before it is read).
-
-    Returns ``{"captures": n, "events": n, "bytes": media bytes written, "skipped": n}``.  Raises
-    :class:`~appliance.exc.ExportError` (nothing written) when latitude/longitude are not set, the
-    data directory holds no index, the deployment dates cannot be found (no captures and no
-    configured dates) or ``outdir`` is not empty; ``OSError`` when writing fails (the partial
-    package is removed).
+    Returns :meth:`Package.summary`.  Raises :class:`~appliance.exc.ExportError` (nothing
+    written) as :class:`Package` does, or when ``outdir`` is not empty; ``OSError`` when writing
+    fails (the partial package is removed).
     """
-    if media not in MEDIA_MODES:
-        raise ExportError(f"media: {media!r} must be one of {', '.join(MEDIA_MODES)}")
-    missing = [key for key in ("latitude", "longitude") if getattr(config, key) == ""]
-    if missing:
-        raise ExportError(
-            f"{', '.join(missing)}: not set in the config; Camtrap DP requires the camera's position "
-            "(decimal degrees, e.g. latitude = 51.496, longitude = 4.774)"
-        )
-    if not (reader.data_dir / DB_NAME).is_file():
-        raise ExportError(f"{reader.data_dir}: no capture index ({DB_NAME}); check data_dir")
     outdir = Path(outdir)
     _check_outdir(outdir)
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=outdir.parent))
-    try:
-        summary = _write_package(config, reader, work, since, until, media, progress, now)
-        _check_outdir(outdir)  # again: it may have been filled meanwhile
-        # mkdtemp's folder is private (0700): give the package the empty folder's mode, or 0755.
-        os.chmod(work, outdir.stat().st_mode & 0o7777 if outdir.exists() else 0o755)
-        # Replaces an empty folder; fails (ENOTEMPTY) rather than overwrite one filled just now.
-        os.rename(work, outdir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return summary
-
-
-def _write_package(config, reader, work, since, until, media, progress, now) -> dict:
-    total, first, last = reader.span_between(since, until)
-    start = config.deployment_start or first
-    end = config.deployment_end or last
-    if start is None or end is None:
-        raise ExportError(
-            "no captures in the range, and deployment_start/deployment_end are not set: "
-            "the deployment's dates are unknown"
-        )
-    start, end = datetime.datetime.fromisoformat(start), datetime.datetime.fromisoformat(end)
-    deployment_id = config.deployment_id or f"{config.camera_id or 'appliance'}-{start:%Y%m%d}"
-    data_dir = reader.data_dir
-    if media != "none":
-        (work / "media").mkdir()
-    events: dict[str, list[str]] = {}  # event id -> [first timestamp, last timestamp]
-    methods = set()
-    done = written_bytes = skipped = 0
-    timestamp_issues = False
-    with open(work / "media.csv", "w", newline="", encoding="utf-8") as rows_file:
-        rows = csv.DictWriter(rows_file, MEDIA_FIELDS)
-        rows.writeheader()
-        for capture in reader.iter_between(since, until):
-            done += 1
-            if progress:
-                progress(done, max(total, done))
-            name = f"{capture['id']}.jpg"
+    with Package(config, reader, since=since, until=until, media=media, now=now) as package:
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", suffix=".partial", dir=outdir.parent))
+        try:
             if media != "none":
-                try:
-                    _place_media(data_dir / capture["media_path"], work / "media" / name, media)
-                except FileNotFoundError:
-                    log.warning("capture %s left out: deleted while exporting", capture["id"])
-                    skipped += 1
-                    continue
-                written_bytes += capture["bytes"]
-            stamp = _timestamp(datetime.datetime.fromisoformat(capture["captured_at"]))
-            timestamp_issues |= not capture["clock_synced"]
-            if capture["capture_method"]:
-                methods.add(capture["capture_method"])
-            event_id = capture["event_id"] or capture["id"]
-            events.setdefault(event_id, [stamp, stamp])[1] = stamp
-            exif = json.loads(capture["metadata"] or "{}").get("exif")
-            rows.writerow(
-                {
-                    "mediaID": capture["id"],
-                    "deploymentID": deployment_id,
-                    "captureMethod": capture["capture_method"] or "",
-                    "timestamp": stamp,
-                    "filePath": f"media/{name}",
-                    "filePublic": "false",
-                    "fileName": name,
-                    "fileMediatype": "image/jpeg",
-                    "exifData": json.dumps(exif, default=str) if exif else "",
-                    "favorite": _bool(capture["protected"]),
-                    "mediaComments": "",
-                }
-            )
-
-    _write_csv(
-        work / "deployments.csv",
-        DEPLOYMENT_FIELDS,
-        [
-            {
-                "deploymentID": deployment_id,
-                "locationID": config.location_id,
-                "locationName": config.location_name,
-                "latitude": config.latitude,
-                "longitude": config.longitude,
-                "coordinateUncertainty": config.coordinate_uncertainty_m,
-                "deploymentStart": _timestamp(start),
-                "deploymentEnd": _timestamp(end),
-                "setupBy": config.setup_by,
-                "cameraID": config.camera_id,
-                "cameraModel": config.camera_model,
-                "cameraHeight": config.camera_height_m,
-                "cameraTilt": config.camera_tilt_deg,
-                "cameraHeading": config.camera_heading_deg,
-                "timestampIssues": _bool(timestamp_issues),
-                "baitUse": _bool(config.bait_use),
-                "featureType": config.feature_type,
-                "habitat": config.habitat,
-            }
-        ],
-    )
-    _write_csv(
-        work / "observations.csv",
-        OBSERVATION_FIELDS,
-        (
-            {
-                "observationID": event_id,
-                "deploymentID": deployment_id,
-                "eventID": event_id,
-                "eventStart": event_start,
-                "eventEnd": event_end,
-                "observationLevel": "event",
-                "observationType": "unclassified",
-            }
-            for event_id, (event_start, event_end) in events.items()
-        ),
-    )
-    descriptor = _descriptor(config, deployment_id, start, end, methods, now)
-    (work / "datapackage.json").write_text(json.dumps(descriptor, indent=2) + "\n", encoding="utf-8")
-    return {"captures": done - skipped, "events": len(events), "bytes": written_bytes, "skipped": skipped}
+                (work / "media").mkdir()
+            for member in package.members(progress):
+                _write_member(member, work / member.name, link=media == "link")
+            _check_outdir(outdir)  # again: it may have been filled meanwhile
+            # mkdtemp's folder is private (0700): give the package the empty folder's mode, or 0755.
+            os.chmod(work, outdir.stat().st_mode & 0o7777 if outdir.exists() else 0o755)
+            # Replaces an empty folder; fails (ENOTEMPTY) rather than overwrite one filled just now.
+            os.rename(work, outdir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return package.summary()
 
 
-def _write_csv(path: Path, fields: tuple[str, ...], rows) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _descriptor(config, deployment_id, start, end, methods, now) -> dict:
-    now = now or datetime.datetime.now(datetime.UTC)
-    resources = [
-        {
-            "name": name,
-            "path": f"{name}.csv",
-            "profile": "tabular-data-resource",
-            "format": "csv",
-            "mediatype": "text/csv",
-            "encoding": "utf-8",
-            "schema": f"{SCHEMA_URL}{name}-table-schema.json",
-        }
-        for name in ("deployments", "media", "observations")
-    ]
-    descriptor = {
-        "resources": resources,
-        "profile": f"{SCHEMA_URL}camtrap-dp-profile.json",
-        # Data Package names: lower-case letters, digits, "-", "_" and ".".
-        "name": re.sub(r"[^a-z0-9._-]+", "-", deployment_id.lower()).strip("-") or "appliance",
-        "created": _timestamp(now.astimezone(datetime.UTC).replace(microsecond=0)),
-        "title": config.project_title or deployment_id,
-        "contributors": [
-            {"title": name, "role": "contact" if i == 0 else "contributor"}
-            for i, name in enumerate(config.contributors)
-        ],
-        "sources": [{"title": "camtrap-appliance", "version": __version__}],
-        "project": {
-            "title": config.project_title or deployment_id,
-            "samplingDesign": config.sampling_design,
-            "captureMethod": sorted(methods) or ["activityDetection"],
-            "individualAnimals": False,
-            "observationLevel": ["event"],
-        },
-        "spatial": {"type": "Point", "coordinates": [config.longitude, config.latitude]},
-        "temporal": {"start": start.date().isoformat(), "end": end.date().isoformat()},
-        "taxonomic": [],
-    }
-    if config.data_license:
-        descriptor["licenses"] = [
-            {"name": config.data_license, "scope": "data"},
-            {"name": config.media_license, "scope": "media"},
-        ]
-    return descriptor
+def zip_stream(package: Package) -> Iterator[bytes]:
+    """The ZIP archive of ``package``, produced as it is read: each photo is streamed from its
+    file in chunks of :data:`CHUNK_BYTES` and stored as it is (a JPEG does not deflate), the tables
+    are deflated.  Memory stays a few chunks whatever the package's size.  Closes the package at
+    the end, and when the consumer stops early (a client that disconnects)."""
+    stream = ZipStream(compress_type=zipfile.ZIP_STORED)
+    try:
+        for member in package.members():
+            if member.photo is not None:
+                chunks = iter(lambda photo=member.photo: photo.read(CHUNK_BYTES), b"")
+                stream.add(chunks, member.name, size=member.size)
+            else:
+                stream.add(member.chunks, member.name, compress_type=zipfile.ZIP_DEFLATED)
+            yield from stream.all_files()
+        yield from stream.footer()
+    finally:
+        package.close()

@@ -1003,7 +1003,39 @@ class IndexReader:
                 db["captures"].rows_where(" AND ".join(where), args, order_by="seq DESC", limit=limit)
             )
 
-    def _range(self, since: datetime.datetime | None, until: datetime.datetime | None) -> tuple[str, list]:
+    def snapshot(self) -> "Snapshot":
+        """A :class:`Snapshot` of the index as it is now (close it, or use it in a ``with``)."""
+        return Snapshot(sqlite3.connect(self._uri, uri=True))
+
+
+class Snapshot:
+    """One read transaction on the index: every query sees the index as it was when the snapshot
+    opened, whatever the main loop commits meanwhile (WAL readers are never blocked, nor block the
+    writer; only a checkpoint cannot pass them, see :meth:`CaptureStore.checkpoint`).  For an
+    export, so that the rows, events and photos it writes agree.  Times are ``since <= captured_at
+    < until`` (aware datetimes; None: no bound).  A context manager; :meth:`close` ends it.
+    """
+
+    def __init__(self, connection: sqlite3.Connection):
+        self._db = sqlite_utils.Database(connection, execute_plugins=False)
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute("SELECT 1 FROM captures LIMIT 1").fetchall()  # the read starts here
+        except BaseException:
+            connection.close()
+            raise
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @staticmethod
+    def _range(since, until, exclude) -> tuple[str, list]:
         where, args = ["1"], []
         if since is not None:
             where.append("captured_at >= ?")
@@ -1011,25 +1043,47 @@ class IndexReader:
         if until is not None:
             where.append("captured_at < ?")
             args.append(iso_utc(until))
+        if exclude:
+            where.append("id NOT IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(list(exclude)))
         return " AND ".join(where), args
 
-    def span_between(
-        self, since: datetime.datetime | None, until: datetime.datetime | None
-    ) -> tuple[int, str | None, str | None]:
-        """``(count, first captured_at, last captured_at)`` of the captures with ``since <=
-        captured_at < until`` (aware datetimes; None: no bound); None for the times when none."""
-        where, args = self._range(since, until)
-        with self._db() as db:
-            return tuple(
-                db.execute(
-                    f"SELECT COUNT(*), MIN(captured_at), MAX(captured_at) FROM captures WHERE {where}", args
-                ).fetchone()
-            )
+    def span(self, since: datetime.datetime | None, until: datetime.datetime | None) -> dict:
+        """``{"count": n, "first": captured_at, "last": captured_at, "clock_issues": bool,
+        "capture_methods": [sorted methods]}`` of the captures in range; first and last are None
+        when there are none, and clock_issues tells whether any was taken with an unsynchronised
+        clock."""
+        where, args = self._range(since, until, ())
+        count, first, last, issues = self._db.execute(
+            "SELECT COUNT(*), MIN(captured_at), MAX(captured_at), "
+            f"COALESCE(MAX(clock_synced = 0), 0) FROM captures WHERE {where}",
+            args,
+        ).fetchone()
+        methods = self._db.execute(
+            f"SELECT DISTINCT capture_method FROM captures WHERE {where} AND capture_method IS NOT NULL",
+            args,
+        ).fetchall()
+        return {
+            "count": count,
+            "first": first,
+            "last": last,
+            "clock_issues": bool(issues),
+            "capture_methods": sorted(method for (method,) in methods),
+        }
 
-    def iter_between(self, since: datetime.datetime | None, until: datetime.datetime | None):
-        """Yield the captures with ``since <= captured_at < until`` (None: no bound) as dicts of all
-        columns, in ``captured_at`` order (then ``seq``), from one read-only snapshot of the index,
-        without holding them all in memory."""
-        where, args = self._range(since, until)
-        with self._db() as db:
-            yield from db.query(f"SELECT * FROM captures WHERE {where} ORDER BY captured_at, seq", args)
+    def captures(self, since, until, exclude=()):
+        """Yield the captures in range, but those whose id is in ``exclude``, as dicts of all
+        columns in ``captured_at`` order (then ``seq``), without holding them all in memory."""
+        where, args = self._range(since, until, exclude)
+        yield from self._db.query(f"SELECT * FROM captures WHERE {where} ORDER BY captured_at, seq", args)
+
+    def events(self, since, until, exclude=()):
+        """Yield ``(event id, first captured_at, last captured_at)`` of the events (a trigger's
+        burst; a capture without one is its own) of the captures in range, but ``exclude``,
+        in the order of their first capture."""
+        where, args = self._range(since, until, exclude)
+        yield from self._db.execute(
+            "SELECT COALESCE(event_id, id) AS event, MIN(captured_at), MAX(captured_at) FROM captures "
+            f"WHERE {where} GROUP BY event ORDER BY MIN(captured_at), MIN(seq)",
+            args,
+        )

@@ -32,7 +32,7 @@ from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
 from appliance.exc import ApplianceError, ConfigError, ExportError
 from appliance.exif import Identity
-from appliance.export import MEDIA_MODES, export_camtrap_dp
+from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
@@ -150,10 +150,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _iso_time(text: str) -> datetime.datetime:
     try:
-        moment = datetime.datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _load_config(args) -> config_module.Config:
@@ -324,6 +323,7 @@ def run(
             hardware_status=hardware_status,
             submit=events.put,
             token=config.web_token,
+            config=config,
         )
         host = config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
         server = WebServer(app, host, config.web_port)

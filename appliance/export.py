@@ -73,6 +73,13 @@ OBSERVATION_FIELDS = (
 )  # fmt: skip
 
 
+def parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 date or time (``2026-05-01``, ``2026-05-01T18:00+02:00``) as an aware datetime;
+    one without an offset is UTC.  Raises ``ValueError`` for anything else."""
+    moment = datetime.datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
 def _timestamp(moment: datetime.datetime) -> str:
     # Whole seconds: the table schemas' datetime format is %Y-%m-%dT%H:%M:%S%z.
     return moment.isoformat(timespec="seconds")

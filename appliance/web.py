@@ -11,6 +11,9 @@ Pages: ``GET /`` (status), ``GET /captures`` (gallery: ``?before=SEQ&day=YYYY-MM
 API: ``GET /api/status``, ``GET /api/captures``, ``GET /api/captures/<id>``, ``GET /healthz``,
 ``GET /metrics`` (Prometheus text format); with ``web_token`` set, ``POST /api/capture``,
 ``POST /api/captures/<id>/protect`` and ``/unprotect``.
+Export: ``GET /export/camtrap-dp.zip?since=ISO&until=ISO&media=copy|none``, the Camtrap DP package
+(:mod:`appliance.export`) streamed as a ZIP archive; with ``web_token`` set, only when logged in or
+with the Bearer token.
 Files: ``GET /thumbnails/<id>.webp``, ``GET /media/<id>.jpg`` (immutable: ETag and a year's
 Cache-Control).
 """
@@ -34,6 +37,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance import __version__
 from appliance.cleanup import free_percent
+from appliance.config import Config
+from appliance.exc import ExportError
+from appliance.export import Package, parse_time, zip_stream
 from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
 from appliance.store import TRIGGERS, IndexReader
@@ -137,6 +143,7 @@ def make_app(
     disk_usage: Callable[[Path], object] = system.disk_usage,
     submit: Callable[[Request], None] | None = None,
     token: str = "",
+    config: Config | None = None,
 ) -> bottle.Bottle:
     """Build the web app.
 
@@ -149,7 +156,8 @@ def make_app(
     "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as
     :func:`hw.system.disk_usage` (None when unknown), for the data directory's filesystem;
     ``submit(request)``: hands an action to the main loop (None: actions are off); ``token``: the
-    ``web_token`` actions need ("": actions are off).
+    ``web_token`` actions (and the export) need ("": actions are off, the export is open);
+    ``config``: the deployment settings of the export (None: no export, 404).
     """
     app = bottle.Bottle()
     health = health or Health()
@@ -245,7 +253,8 @@ def make_app(
 
     @app.get("/")
     def index():
-        return render("status", refresh_s=REFRESH_S, **status())
+        export_on = config is not None and (not token or authorised())
+        return render("status", refresh_s=REFRESH_S, export_on=export_on, **status())
 
     @app.get("/favicon.ico")
     def favicon():
@@ -349,6 +358,26 @@ def make_app(
         protect(capture_id, verb == "protect")
         bottle.redirect(f"/captures/{capture_id}", 303)
 
+    @app.get("/export/camtrap-dp.zip")
+    def export_zip():
+        if config is None:
+            raise bottle.HTTPError(404, "no export here")
+        if token and not authorised():
+            raise bottle.HTTPError(401, "log in or send Authorization: Bearer <web_token>")
+        media = bottle.request.query.get("media") or "copy"
+        if media not in ("copy", "none"):
+            raise bottle.HTTPError(400, f"bad media: {media[:40]!r} (copy or none)")
+        since, until = _query("since", parse_time), _query("until", parse_time)
+        try:
+            package = Package(config, reader, since=since, until=until, media=media)
+        except ExportError as exc:
+            raise bottle.HTTPError(409, str(exc)) from None
+        log.info("export: streaming %d captures as %s.zip", package.total, package.name)
+        bottle.response.content_type = "application/zip"
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{package.name}.zip"')
+        bottle.response.set_header("Cache-Control", "no-store")
+        return zip_stream(package)
+
     @app.get("/login")
     def login_form():
         return render("login", failed=False)
@@ -415,7 +444,7 @@ def make_app(
         bottle.response.content_type = "text/plain; charset=utf-8"
         return f"{error.status_code} {error.body}\n"
 
-    for code in (400, 401, 403, 404, 405, 413, 500, 503):
+    for code in (400, 401, 403, 404, 405, 409, 413, 500, 503):
         app.error(code)(plain_error)
     return _with_security_headers(app)
 

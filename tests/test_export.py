@@ -3,16 +3,26 @@ offline validator of ../shared/camtrap-dp and read back."""
 
 import csv
 import datetime
+import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import tracemalloc
+import urllib.parse
+import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
+from appliance import config as config_module
 from appliance.cli import main
+from appliance.export import Package, zip_stream
 from appliance.store import IndexReader
+from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "camtrap-dp" / "validate_offline.py"
@@ -172,3 +182,163 @@ def test_the_export_only_reads_the_index_beside_the_running_store(tmp_path, stor
     store.add(photo, None, timestamp=ManualClock().now(), trigger="manual")
     assert len(IndexReader(store.data_dir).latest(100)) == len(filled) + 1
     assert len(read_csv(tmp_path / "package" / "media.csv")) == len(filled)
+
+
+# The streamed ZIP (GET /export/camtrap-dp.zip) -------------------------------------------------
+
+
+def deployment(tmp_path, text=DEPLOYMENT):
+    path = tmp_path / "deployment.toml"
+    path.write_text(text)
+    return config_module.load(path)
+
+
+@pytest.fixture
+def serve(tmp_path, store):
+    """Serve the store's web app on 127.0.0.1 (real HTTP) with the deployment config; returns
+    ``url(path)``.  Keyword arguments go to make_app."""
+    servers = []
+
+    def start(**options):
+        app = make_app(
+            IndexReader(store.data_dir),
+            mode="simulation",
+            started_monotonic=0,
+            config=deployment(tmp_path),
+            **options,
+        )
+        servers.append(WebServer(app, "127.0.0.1", 0))
+        return lambda path: servers[-1].url.rstrip("/") + path
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def download(url, path, **kwargs) -> requests.Response:
+    with requests.get(url, stream=True, timeout=30, **kwargs) as response:
+        if response.ok:
+            with open(path, "wb") as out:
+                for chunk in response.iter_content(1 << 16):
+                    out.write(chunk)
+        return response
+
+
+def test_the_streamed_zip_is_a_valid_archive_whose_package_validates(tmp_path, store, filled, serve):
+    url = serve()
+    archive = tmp_path / "package.zip"
+    response = download(url("/export/camtrap-dp.zip"), archive)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="ridge-2026.zip"'
+    assert "Content-Length" not in response.headers  # streamed (chunked), never built first
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None  # every member's CRC checks
+        names = zf.namelist()
+        zf.extractall(tmp_path / "unzipped")
+    assert names[:2] == ["datapackage.json", "deployments.csv"]
+    assert sorted(names[2:-2]) == sorted(f"media/{r['id']}.jpg" for r in filled)
+    assert names[-2:] == ["media.csv", "observations.csv"]
+    result = validate(tmp_path / "unzipped")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The same package as the folder export (but for the time it was created).
+    assert export(tmp_path, store, tmp_path / "folder") == 0
+    for name in ("deployments.csv", "media.csv", "observations.csv"):
+        assert (tmp_path / "unzipped" / name).read_bytes() == (tmp_path / "folder" / name).read_bytes()
+    for row in filled:
+        unzipped = tmp_path / "unzipped" / "media" / f"{row['id']}.jpg"
+        assert unzipped.read_bytes() == (store.data_dir / row["media_path"]).read_bytes()
+
+
+def test_the_zip_takes_a_range_and_media_none(tmp_path, store, filled, serve):
+    url = serve()
+    archive = tmp_path / "day.zip"
+    query = "?since=2026-06-02&media=none"
+    assert download(url("/export/camtrap-dp.zip" + query), archive).status_code == 200
+    with zipfile.ZipFile(archive) as zf:
+        assert not [name for name in zf.namelist() if name.startswith("media/")]
+        media = list(csv.DictReader(io.TextIOWrapper(zf.open("media.csv"), "utf-8")))
+    assert [m["mediaID"] for m in media] == [r["id"] for r in filled[4:]]
+    for bad in ("?since=yesterday", "?media=link", "?until=2026-13-01"):
+        response = requests.get(url("/export/camtrap-dp.zip" + bad), timeout=10)
+        assert response.status_code == 400 and "bad" in response.text
+
+
+def test_the_zip_needs_the_token_when_one_is_set(tmp_path, store, filled, serve):
+    url = serve(token="s3cret", submit=lambda request: None)
+    response = requests.get(url("/export/camtrap-dp.zip"), timeout=10)
+    assert response.status_code == 401
+    assert "Download all as Camtrap DP" not in requests.get(url("/"), timeout=10).text
+    archive = tmp_path / "package.zip"
+    response = download(url("/export/camtrap-dp.zip"), archive, headers={"Authorization": "Bearer s3cret"})
+    assert response.status_code == 200 and zipfile.is_zipfile(archive)
+
+
+def test_the_zip_is_refused_with_the_reason_when_settings_are_missing(tmp_path, store, filled):
+    app = make_app(IndexReader(store.data_dir), mode="simulation", started_monotonic=0,
+                   config=deployment(tmp_path, 'deployment_id = "x"\n'))  # fmt: skip
+    server = WebServer(app, "127.0.0.1", 0)
+    try:
+        response = requests.get(server.url + "export/camtrap-dp.zip", timeout=10)
+        assert response.status_code == 409
+        assert "latitude, longitude: not set in the config" in response.text
+        assert "Download all as Camtrap DP" in requests.get(server.url, timeout=10).text
+    finally:
+        server.stop()
+
+
+def test_the_zip_streams_one_photo_at_a_time(tmp_path, store, photo, clock):
+    """40 photos (about 13 MB) go through in a few chunks of memory: the archive is never built."""
+    for _ in range(40):
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    size = 0
+    tracemalloc.start()
+    try:
+        with Package(deployment(tmp_path), IndexReader(store.data_dir)) as package:
+            for chunk in zip_stream(package):
+                size += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size > 40 * len(photo)
+    assert peak < 2 << 20, f"peak {peak} bytes while streaming {size} bytes"
+
+
+def test_a_photo_deleted_while_streaming_is_left_out_and_the_rest_agrees(tmp_path, store, filled):
+    """Cleanup may delete captures while a download runs: the snapshot still lists them, but the
+    package leaves out those whose photo is gone before it is reached, rows and events included."""
+    with Package(deployment(tmp_path), IndexReader(store.data_dir)) as package:
+        stream = zip_stream(package)
+        head = next(stream)
+        gone = filled[4]  # a timelapse capture, its own event
+        assert store.delete([gone]) == (gone["bytes"], [])
+        assert not (store.data_dir / gone["media_path"]).exists()
+        archive = tmp_path / "package.zip"
+        archive.write_bytes(head + b"".join(stream))
+        assert package.summary()["skipped"] == 1
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    media = read_csv(tmp_path / "unzipped" / "media.csv")
+    assert [m["mediaID"] for m in media] == [r["id"] for r in filled if r is not gone]
+    assert gone["id"] not in {o["eventID"] for o in read_csv(tmp_path / "unzipped" / "observations.csv")}
+    assert not (tmp_path / "unzipped" / "media" / f"{gone['id']}.jpg").exists()
+    result = validate(tmp_path / "unzipped")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_client_that_goes_away_ends_the_snapshot(tmp_path, store, photo, clock, serve):
+    """A download dropped halfway closes its read transaction, so the WAL checkpoints again."""
+    for _ in range(60):  # about 20 MB: more than the socket buffers hold
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    url = urllib.parse.urlsplit(serve()("/export/camtrap-dp.zip"))
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((url.hostname, url.port))
+        client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+        assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
+    deadline = time.monotonic() + 10
+    while store.checkpoint()[0] == 1:
+        assert time.monotonic() < deadline, "the snapshot of a dropped download was never closed"
+        time.sleep(0.1)

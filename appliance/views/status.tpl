@@ -42,4 +42,8 @@
 </dl>
 <h2>Latest captures</h2>
 % include("grid.tpl", captures=latest)
-<p><a href="/captures">All captures</a> · <a href="/api/status">JSON</a></p>
+<p><a href="/captures">All captures</a> · <a href="/api/status">JSON</a>
+% if export_on:
+ · <a href="/export/camtrap-dp.zip" download>Download all as Camtrap DP (ZIP)</a>
+% end
+</p>

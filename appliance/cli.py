@@ -1,14 +1,17 @@
 """The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
 and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now,
 ``appliance protect``/``unprotect`` keep captures from cleanup or not, ``appliance export
-camtrap-dp`` writes a Camtrap DP data package, and ``appliance config`` prints or checks config files.
+camtrap-dp`` writes a Camtrap DP data package, ``appliance import`` indexes a folder of photos from
+elsewhere, and ``appliance config`` prints or checks config files.
 
 ``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
 Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
 data directory unusable), 2 for a bad config or command line.  Of ``check``: 0 when every check is
 ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.  Of
 ``export``: 0 on success, 1 when writing fails, 2 for a bad config or command line, settings the
-export needs that are not set, or an output folder that is not empty.
+export needs that are not set, or an output folder that is not empty.  Of ``import``: 0 when every
+file was looked at (skipped files included), 1 when it stopped early (free space, the store, an
+interrupt), 2 for a bad config or command line.
 """
 
 import argparse
@@ -30,12 +33,13 @@ from gpiozero.exc import GPIOZeroError
 from appliance import config as config_module
 from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
-from appliance.exc import ApplianceError, ConfigError, ExportError
+from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError
 from appliance.exif import Identity
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
+from appliance.importer import import_photos
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
-from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
+from appliance.store import CHECKPOINT_INTERVAL_S, TRIGGERS, IndexReader
 from appliance.web import WebServer, make_app
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
@@ -126,8 +130,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     camtrap_dp.add_argument("--media", choices=MEDIA_MODES, default="copy",
                             help="copy the photos (default), hard-link them, or write none")  # fmt: skip
+    importing = commands.add_parser(
+        "import", help="index a folder of photos from an earlier unit or another camera (stop the appliance)"
+    )
+    importing.add_argument("folder", type=Path, metavar="DIR", help="folder of photos (searched recursively)")
+    importing.add_argument(
+        "--trigger",
+        choices=[t for t in TRIGGERS if t != "unknown"],
+        default="import",
+        help="trigger recorded for the photos (default: import; motion and button give Camtrap DP "
+        "captureMethod activityDetection, timelapse timeLapse)",
+    )
+    importing.add_argument(
+        "--utc-offset",
+        type=_utc_offset,
+        metavar="+HH:MM",
+        help="zone of EXIF times that carry no offset, e.g. +01:00 or =-05:30 (default: this machine's zone)",
+    )
+    importing.add_argument(
+        "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
+    )
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, protect, unprotect, camtrap_dp):
+    for command in (run, check, cleanup, protect, unprotect, camtrap_dp, importing):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )
@@ -153,6 +177,13 @@ def _iso_time(text: str) -> datetime.datetime:
         return parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+
+
+def _utc_offset(text: str) -> datetime.tzinfo:
+    try:
+        return datetime.datetime.strptime(text, "%z").tzinfo
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UTC offset like +01:00 or -0530: {text!r}") from None
 
 
 def _load_config(args) -> config_module.Config:
@@ -323,7 +354,7 @@ def run(
             hardware_status=hardware_status,
             submit=events.put,
             token=config.web_token,
-            config=config,
+            export_config=lambda: config,  # the reloaded one after a SIGHUP
         )
         host = config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
         server = WebServer(app, host, config.web_port)
@@ -418,8 +449,9 @@ def run(
             changed = {
                 f.name for f in config_module.settings() if getattr(new, f.name) != getattr(config, f.name)
             }
-            # The deployment settings are read only by `appliance export`: nothing to restart.
-            later = changed - LIVE_SETTINGS - config_module.DEPLOYMENT_SETTINGS
+            # The deployment settings are read at each export (the web's reads the current
+            # config), import_convert only by `appliance import`: nothing to restart.
+            later = changed - LIVE_SETTINGS - config_module.EXPORT_IMPORT_SETTINGS
             try:
                 running = dataclasses.replace(new, **{key: getattr(config, key) for key in later})
             except ConfigError as exc:
@@ -550,6 +582,61 @@ def export(config: config_module.Config, args) -> int:
     return 0
 
 
+def import_command(config: config_module.Config, args) -> int:
+    """``appliance import``: import (or with ``--dry-run`` only look at) the photos of a folder,
+    listing each skipped file with its reason, then a summary.  Ctrl-C (or SIGTERM) ends it after
+    the photo being stored.  Returns 0, 1 when it stopped early, 2 when DIR is not a folder."""
+    if not args.folder.is_dir():
+        print(f"appliance: import: {args.folder}: not a folder", file=sys.stderr)
+        return 2
+    data_dir = Path(config.data_dir)
+    interrupted = []
+    progress = None
+    if sys.stderr.isatty():
+
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 10 == 0:
+                end = "\n" if done == total else ""
+                print(f"\rimporting: {done}/{total} files", end=end, file=sys.stderr, flush=True)
+
+    options = {
+        "trigger": args.trigger,
+        "convert": config.import_convert,
+        "jpeg_quality": config.jpeg_quality,
+        "max_px": config.thumbnail_max_px,
+        "assume": args.utc_offset or "local",
+        "min_free_bytes": config.capture_min_free_bytes,
+        "progress": progress,
+        "stop_requested": lambda: bool(interrupted),
+    }
+    with contextlib.ExitStack() as stack:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.signal(signum, lambda signum, frame: interrupted.append(signum))
+            stack.callback(signal.signal, signum, previous)
+        store = None
+        if not args.dry_run:
+            try:
+                store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
+            except StoreError as exc:  # the appliance runs (the store's lock), most likely
+                print(f"appliance: import: {exc}", file=sys.stderr)
+                return 1
+            stack.callback(store.close)
+        summary = import_photos(args.folder, IndexReader(data_dir), store, **options)
+    for path, reason in summary.skipped:
+        print(f"skipped  {path}: {reason}")
+    for path, note in summary.notes:
+        print(f"note     {path}: {note}")
+    verb = "would import" if args.dry_run else "imported"
+    print(
+        f"{args.folder}: {verb} {summary.imported} photos, {summary.duplicates} duplicates, "
+        f"{len(summary.skipped)} skipped, of {summary.files} files"
+    )
+    if summary.stopped:
+        print(f"appliance: import: {summary.stopped}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
     progress = None
     if sys.stderr.isatty():
@@ -597,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             return cleanup(config, dry_run=args.dry_run)
         if args.command == "export":
             return export(config, args)
+        if args.command == "import":
+            return import_command(config, args)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))

@@ -420,6 +420,11 @@ class Config:
         'Licence of the exported photos (SPDX id, e.g. "CC-BY-4.0"); "": none (set both licences or '
         "neither).",
     )
+    import_convert: bool = _setting(
+        True,
+        "appliance import: convert images that are not JPEG (PNG, TIFF, WebP...) to JPEG at "
+        "jpeg_quality, upright; false: skip them.",
+    )
 
     def __post_init__(self):
         pins = {}
@@ -458,13 +463,14 @@ class Config:
             )
 
 
-# The deployment metadata, read only by `appliance export camtrap-dp`.
-DEPLOYMENT_SETTINGS = frozenset(
+# The deployment metadata, read at each export (`appliance export camtrap-dp`, the web's ZIP), and
+# what only `appliance import` reads: none of them needs a restart.
+EXPORT_IMPORT_SETTINGS = frozenset(
     (
         "deployment_id", "location_name", "location_id", "latitude", "longitude",
         "coordinate_uncertainty_m", "camera_height_m", "camera_tilt_deg", "camera_heading_deg", "setup_by",
         "habitat", "feature_type", "bait_use", "deployment_start", "deployment_end", "project_title",
-        "sampling_design", "contributors", "data_license", "media_license",
+        "sampling_design", "contributors", "data_license", "media_license", "import_convert",
     )
 )  # fmt: skip
 

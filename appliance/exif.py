@@ -1,7 +1,10 @@
-"""EXIF for the photos the appliance takes itself (replayed and imported photos keep their own bytes).
+"""EXIF: written into the photos the appliance takes, read from photos it imports or recovers.
 
 :func:`describe` says what a photo carries, as EXIF tag names and JSON-serialisable values, so the
 same dict can go into the index row; :func:`embed` puts it into the JPEG without re-encoding it.
+:func:`read` takes the same fields (and a few more cameras write) from any photo, whatever state its
+EXIF block is in; :func:`original_time` says when it was taken.  Replayed and imported photos keep
+their own bytes.
 
 Tags (Exif 2.32, CIPA DC-008-2019): ``DateTimeOriginal`` in local time with ``OffsetTimeOriginal``
 (``+HH:MM``) and ``SubsecTimeOriginal`` (milliseconds), ``Make``, ``Model`` and ``Software`` of the
@@ -11,6 +14,8 @@ gain, as picamera2's own EXIF does).
 """
 
 import datetime
+import math
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -22,6 +27,14 @@ _SOI = b"\xff\xd8"
 _EXIF_HEADER = b"Exif\x00\x00"
 _APP0, _APP1 = 0xE0, 0xE1
 _IFD0_TAGS = ("Make", "Model", "Software")
+# What :func:`read` keeps of a photo's EXIF (IFD0 and the Exif sub-IFD): who took it, when, and
+# how; enough for Camtrap DP's exifData without a maker note's kilobytes.
+READ_TAGS = frozenset(
+    (*_IFD0_TAGS, "Orientation", "BodySerialNumber", "DateTimeOriginal", "OffsetTimeOriginal",
+     "SubsecTimeOriginal", "ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength", "Flash")
+)  # fmt: skip
+# Characters kept of a text field: cameras pad Make and Model with NULs, hostile files with more.
+MAX_TEXT = 128
 
 
 @dataclass(frozen=True)
@@ -98,3 +111,66 @@ def embed(jpeg: bytes, fields: dict) -> bytes:
             head.append(segment)
         pos = end
     return b"".join([_SOI, jfif, ours, *head, jpeg[pos:]])
+
+
+def _plain(value):
+    """An EXIF value as JSON's types: text without NUL padding, numbers (a rational as a float),
+    lists of those; None for what has no such form (binary blobs, x/0 rationals)."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, str):
+        text = value.replace("\x00", " ").strip()
+        return text[:MAX_TEXT] if text.isprintable() else None
+    if isinstance(value, tuple):
+        items = [_plain(item) for item in value[:8]]
+        return None if None in items else items
+    try:
+        number = float(value)  # IFDRational, int, float
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return int(number) if isinstance(value, int) else number
+
+
+def read(image: Image.Image) -> dict:
+    """The fields of :data:`READ_TAGS` that ``image`` (an open Pillow image) carries, as ``{tag
+    name: str | int | float | list}``; unreadable or binary values are left out, text is stripped
+    of NUL padding and cut to :data:`MAX_TEXT` characters.
+
+    Raises ``ValueError`` naming the reason when the EXIF block cannot be parsed at all.
+    """
+    try:
+        with warnings.catch_warnings(action="ignore"):  # Pillow warns of each damaged entry
+            exif = image.getexif()
+            tags = [*exif.items(), *exif.get_ifd(ExifTags.IFD.Exif).items()]
+    except Exception as exc:  # Pillow's TIFF parser raises any kind of error on hostile bytes
+        raise ValueError(f"EXIF unreadable: {type(exc).__name__}: {exc}") from exc
+    fields = {}
+    for tag, value in tags:
+        name = ExifTags.TAGS.get(tag)
+        if name in READ_TAGS and (plain := _plain(value)) is not None:
+            fields[name] = plain
+    return fields
+
+
+def original_time(fields: dict, assume: datetime.tzinfo | str | None = None) -> datetime.datetime | None:
+    """When the photo was taken, from :func:`read`'s ``DateTimeOriginal``, ``OffsetTimeOriginal``
+    and ``SubsecTimeOriginal`` (Exif 2.32), as an aware datetime.  A time without its offset is
+    taken to be in ``assume``: a tzinfo, or ``"local"`` for this machine's zone (with its summer
+    time rules); with None such a time is ambiguous, and the result None.  None as well when the
+    fields are missing or not a valid date (cameras never set write ``0000:00:00 00:00:00``).
+    """
+    taken, offset = fields.get("DateTimeOriginal"), fields.get("OffsetTimeOriginal")
+    subsec = str(fields.get("SubsecTimeOriginal", "0")).strip()
+    if not isinstance(taken, str) or not (offset or assume):
+        return None
+    try:
+        if offset:
+            moment = datetime.datetime.strptime(f"{taken} {offset}", "%Y:%m:%d %H:%M:%S %z")
+        else:
+            naive = datetime.datetime.strptime(taken, "%Y:%m:%d %H:%M:%S")
+            moment = naive.astimezone() if assume == "local" else naive.replace(tzinfo=assume)
+        return moment + datetime.timedelta(seconds=float(f"0.{subsec}") if subsec.isdigit() else 0)
+    except (ValueError, OverflowError):
+        return None

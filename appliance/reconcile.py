@@ -48,9 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import schedule
-from PIL import ExifTags, Image
+from PIL import Image
 
-from appliance import thumbnails
+from appliance import exif, thumbnails
 from appliance.exc import StoreError
 from appliance.store import (
     SHARDS,
@@ -524,7 +524,10 @@ class _Repair:
                     raise ValueError(f"{image.format} is not JPEG")
                 image.draft("RGB", (self.max_px, self.max_px))
                 image.load()  # a truncated photo fails here
-                taken = _exif_time(image)
+                try:
+                    taken = exif.original_time(exif.read(image))
+                except ValueError:  # a damaged EXIF block: the file's time will do
+                    taken = None
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             self._set_aside_photo(capture_id, str(exc))
             if thumb_size is not None:
@@ -570,19 +573,3 @@ def _thumbnail_intact(data_dir: Path, capture_id: str, size: int) -> bool:
         and header[8:12] == b"WEBP"
         and int.from_bytes(header[4:8], "little") + 8 == size
     )
-
-
-def _exif_time(image: Image.Image) -> datetime.datetime | None:
-    """DateTimeOriginal + OffsetTimeOriginal (+ SubsecTimeOriginal) as an aware datetime, or None
-    when the photo does not carry both (a time without its offset is ambiguous)."""
-    exif = image.getexif().get_ifd(ExifTags.IFD.Exif)
-    taken = exif.get(ExifTags.Base.DateTimeOriginal)
-    offset = exif.get(ExifTags.Base.OffsetTimeOriginal)
-    subsec = str(exif.get(ExifTags.Base.SubsecTimeOriginal, "0")).strip() or "0"
-    if not taken or not offset:
-        return None
-    try:
-        moment = datetime.datetime.strptime(f"{taken} {offset}", "%Y:%m:%d %H:%M:%S %z")
-        return moment + datetime.timedelta(seconds=float(f"0.{subsec}"))
-    except ValueError:
-        return None

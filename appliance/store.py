@@ -46,6 +46,7 @@ import os
 import re
 import sqlite3
 import uuid
+import warnings
 from pathlib import Path
 
 import sqlite_utils
@@ -66,8 +67,9 @@ RESERVE_NAME = ".reserve"
 RESERVE_BYTES = 8 << 20
 LOCK_NAME = ".lock"
 DAMAGED_DIR = "damaged"
-# "unknown": a photo found on disk without its row (a crash between its rename and its commit).
-TRIGGERS = ("button", "motion", "timelapse", "manual", "unknown")
+# "unknown": a photo found on disk without its row (a crash between its rename and its commit);
+# "import": a photo from elsewhere (appliance import).
+TRIGGERS = ("button", "motion", "timelapse", "manual", "unknown", "import")
 # Camtrap DP 1.0 media.captureMethod of each trigger (none for a photo recovered from disk).
 CAPTURE_METHODS = {
     "button": "activityDetection",
@@ -75,6 +77,7 @@ CAPTURE_METHODS = {
     "manual": "activityDetection",
     "timelapse": "timeLapse",
     "unknown": None,
+    "import": None,  # unknown: another camera's reason
 }
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
@@ -195,6 +198,12 @@ def m006_counts_for_the_status_page(db: sqlite_utils.Database) -> None:
     )
     # The gallery filtered by trigger, newest first: keyset pages in O(log n + page).
     db["captures"].create_index(["trigger", "seq"])
+
+
+@migrations()
+def m007_content_hash_lookup(db: sqlite_utils.Database) -> None:
+    # appliance import finds a photo already in the index by its SHA-256 in O(log n).
+    db["captures"].create_index(["sha256"])
 
 
 class NewerDatabaseError(StoreError):
@@ -907,7 +916,8 @@ def jpeg_size(jpeg: bytes) -> tuple[int, int]:
     """``(width, height)`` in pixels from the header (the pixels are not decoded); ``(0, 0)`` when
     the header cannot be read."""
     try:
-        with Image.open(io.BytesIO(jpeg)) as image:
+        # Opening parses the EXIF block for the DPI: any warnings about its state are not ours.
+        with warnings.catch_warnings(action="ignore"), Image.open(io.BytesIO(jpeg)) as image:
             return image.size
     except (OSError, ValueError):
         return (0, 0)
@@ -938,6 +948,12 @@ class IndexReader:
         with self._db() as db:
             rows = list(db["captures"].rows_where("id = ?", [capture_id]))
         return rows[0] if rows else None
+
+    def with_sha256(self, sha256: str) -> str | None:
+        """The id of a capture whose photo has this SHA-256 (hex), or None (index m007)."""
+        with self._db() as db:
+            row = db.execute("SELECT id FROM captures WHERE sha256 = ? LIMIT 1", [sha256]).fetchone()
+        return row[0] if row else None
 
     def cleanup_totals(self) -> tuple[int, int]:
         """``(runs, bytes freed)`` over every cleanup run recorded."""

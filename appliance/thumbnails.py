@@ -28,8 +28,10 @@ def from_frame(frame: Image.Image, max_px: int) -> bytes:
     return _encode(frame.convert("RGB"), max_px)
 
 
-def from_jpeg(jpeg: bytes, max_px: int) -> bytes:
-    """Encode the JPEG ``jpeg`` as an upright WebP no larger than ``max_px`` on its longest edge.
+def from_jpeg(jpeg: bytes, max_px: int, *, upright: bool = True) -> bytes:
+    """Encode the JPEG ``jpeg`` as a WebP no larger than ``max_px`` on its longest edge, turned
+    upright by its EXIF orientation (``upright=False``: as stored, for a photo whose EXIF cannot
+    be read).
 
     Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` included) or ``ValueError`` when the
     bytes are not a decodable image.
@@ -37,8 +39,8 @@ def from_jpeg(jpeg: bytes, max_px: int) -> bytes:
     with Image.open(io.BytesIO(jpeg)) as image:
         # Draft to the square box so a photo rotated by its EXIF orientation is still large enough.
         image.draft("RGB", (max_px, max_px))
-        upright = ImageOps.exif_transpose(image).convert("RGB")
-    return _encode(upright, max_px)
+        frame = (ImageOps.exif_transpose(image) if upright else image).convert("RGB")
+    return _encode(frame, max_px)
 
 
 def make(jpeg: bytes, frame: Image.Image | None, max_px: int) -> bytes:

@@ -143,7 +143,7 @@ def make_app(
     disk_usage: Callable[[Path], object] = system.disk_usage,
     submit: Callable[[Request], None] | None = None,
     token: str = "",
-    config: Config | None = None,
+    export_config: Callable[[], Config] | None = None,
 ) -> bottle.Bottle:
     """Build the web app.
 
@@ -157,7 +157,8 @@ def make_app(
     :func:`hw.system.disk_usage` (None when unknown), for the data directory's filesystem;
     ``submit(request)``: hands an action to the main loop (None: actions are off); ``token``: the
     ``web_token`` actions (and the export) need ("": actions are off, the export is open);
-    ``config``: the deployment settings of the export (None: no export, 404).
+    ``export_config()``: the config whose deployment settings the export uses, read at each
+    export (None: no export, 404).
     """
     app = bottle.Bottle()
     health = health or Health()
@@ -253,7 +254,7 @@ def make_app(
 
     @app.get("/")
     def index():
-        export_on = config is not None and (not token or authorised())
+        export_on = export_config is not None and (not token or authorised())
         return render("status", refresh_s=REFRESH_S, export_on=export_on, **status())
 
     @app.get("/favicon.ico")
@@ -360,7 +361,7 @@ def make_app(
 
     @app.get("/export/camtrap-dp.zip")
     def export_zip():
-        if config is None:
+        if export_config is None:
             raise bottle.HTTPError(404, "no export here")
         if token and not authorised():
             raise bottle.HTTPError(401, "log in or send Authorization: Bearer <web_token>")
@@ -369,7 +370,7 @@ def make_app(
             raise bottle.HTTPError(400, f"bad media: {media[:40]!r} (copy or none)")
         since, until = _query("since", parse_time), _query("until", parse_time)
         try:
-            package = Package(config, reader, since=since, until=until, media=media)
+            package = Package(export_config(), reader, since=since, until=until, media=media)
         except ExportError as exc:
             raise bottle.HTTPError(409, str(exc)) from None
         log.info("export: streaming %d captures as %s.zip", package.total, package.name)

@@ -204,7 +204,7 @@ def serve(tmp_path, store):
             IndexReader(store.data_dir),
             mode="simulation",
             started_monotonic=0,
-            config=deployment(tmp_path),
+            export_config=lambda: deployment(tmp_path),
             **options,
         )
         servers.append(WebServer(app, "127.0.0.1", 0))
@@ -276,7 +276,7 @@ def test_the_zip_needs_the_token_when_one_is_set(tmp_path, store, filled, serve)
 
 def test_the_zip_is_refused_with_the_reason_when_settings_are_missing(tmp_path, store, filled):
     app = make_app(IndexReader(store.data_dir), mode="simulation", started_monotonic=0,
-                   config=deployment(tmp_path, 'deployment_id = "x"\n'))  # fmt: skip
+                   export_config=lambda: deployment(tmp_path, 'deployment_id = "x"\n'))  # fmt: skip
     server = WebServer(app, "127.0.0.1", 0)
     try:
         response = requests.get(server.url + "export/camtrap-dp.zip", timeout=10)

@@ -101,6 +101,7 @@ def _rgb(image: Image.Image) -> Image.Image:
 def read_photo(
     path: Path,
     data: bytes,
+    mtime: float,
     *,
     convert: bool,
     jpeg_quality: int,
@@ -108,20 +109,21 @@ def read_photo(
     assume: datetime.tzinfo | str | None,
     is_duplicate: Callable[[bytes], bool],
 ) -> Photo | None:
-    """The :class:`Photo` to store for the file at ``path`` holding ``data``, or None when
+    """The :class:`Photo` to store for the file at ``path`` holding ``data`` and last modified at
+    ``mtime`` (seconds since the epoch), or None when
     ``is_duplicate(jpeg bytes)`` says it is already in.  ``assume``: the zone of an EXIF time
     without offset (see :func:`appliance.exif.original_time`).  Raises :class:`Skip` with the
     reason, and whatever Pillow raises on a damaged file (the caller skips it too)."""
     with warnings.catch_warnings(record=True) as caught:  # Pillow warns of damaged EXIF entries
         warnings.simplefilter("always")
-        photo = _read_photo(path, data, convert, jpeg_quality, max_px, assume, is_duplicate)
+        photo = _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate)
     damage = [str(w.message).strip() for w in caught if issubclass(w.category, UserWarning)]
     if photo is not None and damage and not photo.note:
         photo.note = f"EXIF partly damaged, kept what could be read (Pillow: {damage[0]})"
     return photo
 
 
-def _read_photo(path, data, convert, jpeg_quality, max_px, assume, is_duplicate) -> Photo | None:
+def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate) -> Photo | None:
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -159,7 +161,7 @@ def _read_photo(path, data, convert, jpeg_quality, max_px, assume, is_duplicate)
     if taken is None and (taken := exif.original_time(fields, assume)) is not None:
         source = f"EXIF DateTimeOriginal, offset assumed {taken.isoformat()[-6:]}"
     if taken is None:
-        taken = datetime.datetime.fromtimestamp(os.stat(path).st_mtime, datetime.UTC)
+        taken = datetime.datetime.fromtimestamp(mtime, datetime.UTC)
         source = "file mtime"
     metadata["import"]["time_source"] = source
     if fields:
@@ -214,7 +216,7 @@ def import_photos(
         try:
             photo = read_photo(
                 path,
-                _read(path),
+                *_read(path),
                 convert=convert,
                 jpeg_quality=jpeg_quality,
                 max_px=max_px,
@@ -252,7 +254,9 @@ def import_photos(
     return summary
 
 
-def _read(path: Path) -> bytes:
+def _read(path: Path) -> tuple[bytes, float]:
+    """The bytes of the file at ``path`` and its mtime; raises :class:`Skip` for a file that is
+    not regular, empty, too large or unreadable."""
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -261,6 +265,12 @@ def _read(path: Path) -> bytes:
             raise Skip("empty file")
         if st.st_size > MAX_FILE_BYTES:
             raise Skip(f"larger than {MAX_FILE_BYTES >> 20} MiB")
-        return path.read_bytes()
+        # Non-blocking, and checked again once open: a file replaced by a FIFO since the stat must
+        # not hang the import.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            st = os.fstat(file.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+                raise Skip("changed while being read")
+            return file.read(), st.st_mtime
     except OSError as exc:
         raise Skip(f"cannot read: {exc.strerror or exc}") from None

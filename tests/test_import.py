@@ -184,7 +184,7 @@ def messy(tmp_path, samples, photo) -> dict[str, str]:
     os.symlink(folder / "gone.jpg", folder / "dangling.jpg")
     made["dangling.jpg"] = "cannot read: No such file or directory"
     os.symlink(folder, folder / "sub" / "loop")  # a folder link back up: never followed
-    made["sub/loop"] = "cannot read" if os.geteuid() else "not a regular file"
+    made["sub/loop"] = "not a regular file"
     return made
 
 

@@ -29,9 +29,19 @@ The capture path (issue 8), with one photo (``--photo``, or a synthetic 12 MP on
   index and with the web figures' index of 1,000,000 captures, each after a clean shutdown.
 - Field figures for the card under the data directory: captures per minute the storage sustains
   with this photo, and hours of capturing until cleanup would start.
+
+Import and export (issue 9), with :data:`TRANSFER_PHOTOS` distinct copies of the photo:
+
+- ``appliance import`` of a folder of them, against the bare way to store such files (read each,
+  make its thumbnail from the JPEG, :meth:`CaptureStore.add`): what identifying, EXIF, the
+  duplicate lookup and the checks add.
+- The streamed Camtrap DP ZIP of those captures, against reading the same photos and computing
+  their CRC-32, which every ZIP writer must; and the peak of Python's allocations while streaming
+  (``tracemalloc``), which must not depend on the size of the package.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import http.client
@@ -50,6 +60,8 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import schedule
@@ -61,6 +73,8 @@ from appliance import thumbnails
 from appliance.cleanup import BATCH_SIZE, Policy, decide
 from appliance.exc import ApplianceError
 from appliance.exif import Identity
+from appliance.export import CHUNK_BYTES, Package, zip_stream
+from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
 from appliance.web import PAGE_SIZE, WebServer, make_app
@@ -110,6 +124,12 @@ LATENCY_P99_RATIO_TARGET = 1.5
 PEAK_RSS_TARGET_BYTES = 80 << 20  # a Pi Zero 2 W has 512 MiB in all
 RSS_GROWTH_TARGET_BYTES = 5 << 20
 STARTUP_RATIO_TARGET = 1.2
+# Issue 9 sets no speed target; these say the import costs little beyond storing the photos, and
+# the ZIP little beyond what its format needs, in memory bounded whatever the package's size.
+TRANSFER_PHOTOS = 50
+IMPORT_RATIO_TARGET = 0.8
+EXPORT_RATIO_TARGET = 1.5
+EXPORT_PEAK_TARGET_BYTES = 4 << 20
 # Config for the start-up runs: cleanup, timelapse and simulated triggers all out of the way.
 STARTUP_CONFIG = """\
 trigger_cooldown_s = 0
@@ -830,6 +850,92 @@ def verdicts(figures: dict) -> dict:
             figures["field"]["captures_per_minute"], ">=", figures["field"]["rate_limit_per_minute"]
         ),
         "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", SELECT_RATIO_TARGET),
+        "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", IMPORT_RATIO_TARGET),
+        "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", EXPORT_RATIO_TARGET),
+        "zip_peak_mib": verdict(
+            round(figures["transfer"]["zip_peak_bytes"] / 2**20, 2), "<=", EXPORT_PEAK_TARGET_BYTES / 2**20
+        ),
+    }
+
+
+def transfer_figures(scratch: Path, photo: bytes) -> dict:
+    """``appliance import`` and the Camtrap DP ZIP, with :data:`TRANSFER_PHOTOS` distinct copies of
+    ``photo`` (bytes appended after its end) in ``scratch``.  Each way runs in two halves, in the
+    order ABBA, so that a busy moment weighs on both alike.
+
+    Returns ``transfer``: ``photos``, ``import_per_s`` and ``bare_per_s`` (photos stored per
+    second), ``import_ratio`` (import / bare), ``zip_mb_per_s`` and ``read_crc_mb_per_s``,
+    ``zip_ratio`` (time to stream the ZIP / time to read and CRC the photos), ``zip_bytes``,
+    ``zip_peak_bytes`` (tracemalloc peak while streaming, in a third, untimed run: tracing slows
+    every allocation).
+    """
+    halves = [scratch / "first", scratch / "second"]
+    for half, folder in enumerate(halves):
+        folder.mkdir()
+        for n in range(half, TRANSFER_PHOTOS, 2):
+            (folder / f"{n:04d}.jpg").write_bytes(photo + n.to_bytes(4, "big"))
+    max_px, clock = config_module.load().thumbnail_max_px, SystemClock()
+    bare, imported = CaptureStore(scratch / "bare"), CaptureStore(scratch / "imported")
+    seconds = {"bare": 0.0, "import": 0.0, "zip": 0.0, "read": 0.0}
+    try:
+        for step, folder in [("bare", halves[0]), ("import", halves[0]), ("import", halves[1]),
+                             ("bare", halves[1])]:  # fmt: skip
+            _progress(f"import: {TRANSFER_PHOTOS} photos, {step}")
+            started = time.perf_counter()
+            if step == "bare":
+                for path in sorted(folder.iterdir()):
+                    jpeg = path.read_bytes()
+                    thumbnail = thumbnails.from_jpeg(jpeg, max_px)
+                    bare.add(jpeg, thumbnail, timestamp=clock.now(), trigger="import")
+            else:
+                summary = import_photos(folder, IndexReader(scratch / "imported"), imported, max_px=max_px)
+                if summary.skipped or summary.duplicates:
+                    raise ApplianceError(f"bench: import skipped photos: {summary.skipped}")
+            seconds[step] += time.perf_counter() - started
+    finally:
+        bare.close()
+        imported.close()
+    _progress("export: the Camtrap DP ZIP")
+    reader = IndexReader(scratch / "imported")
+    config = dataclasses.replace(config_module.load(), latitude=51.496, longitude=4.774)
+
+    def stream_zip() -> int:
+        return sum(len(chunk) for chunk in zip_stream(Package(config, reader)))
+
+    def read_and_crc() -> None:
+        crc = 0
+        for row in reader.latest(TRANSFER_PHOTOS):
+            with open(scratch / "imported" / row["media_path"], "rb") as file:
+                for chunk in iter(lambda file=file: file.read(CHUNK_BYTES), b""):
+                    crc = zlib.crc32(chunk, crc)
+
+    for step in ("read", "zip", "zip", "read"):
+        started = time.perf_counter()
+        if step == "zip":
+            stream_zip()
+        else:
+            read_and_crc()
+        seconds[step] += time.perf_counter() - started
+    tracemalloc.start()
+    try:
+        zip_bytes = stream_zip()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        _progress("")
+    photo_bytes = TRANSFER_PHOTOS * len(photo)
+    return {
+        "transfer": {
+            "photos": TRANSFER_PHOTOS,
+            "import_per_s": round(TRANSFER_PHOTOS / seconds["import"], 2),
+            "bare_per_s": round(TRANSFER_PHOTOS / seconds["bare"], 2),
+            "import_ratio": round(seconds["bare"] / seconds["import"], 3),
+            "zip_bytes": zip_bytes,
+            "zip_mb_per_s": round(2 * zip_bytes / seconds["zip"] / 1e6, 1),
+            "read_crc_mb_per_s": round(2 * photo_bytes / seconds["read"] / 1e6, 1),
+            "zip_ratio": round(seconds["zip"] / seconds["read"], 3),
+            "zip_peak_bytes": peak,
+        }
     }
 
 
@@ -851,6 +957,8 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
         )
         shutil.rmtree(Path(scratch) / "latency")
     figures["field"] = field_figures(data_dir, figures["ingest"])
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
+        figures |= transfer_figures(Path(scratch), photo)
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= cleanup_figures(Path(scratch))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
@@ -969,6 +1077,18 @@ def print_table(figures: dict, photo_name: str) -> None:
     print(
         f"    {field['bytes_per_capture'] / 1e6:.2f} MB per capture; {field['free_bytes'] / 1e9:.1f} GB free,"
         f" cleanup starts below {field['cleanup_start_free_bytes'] / 1e9:.1f} GB (default config)"
+    )
+    transfer = figures["transfer"]
+    _line(f"import: appliance import / bare store ({transfer['photos']} photos)",
+          f"{transfer['import_ratio']:.2f}", "import_ratio", figures)  # fmt: skip
+    print(f"    {transfer['import_per_s']:.1f} photos/s imported, {transfer['bare_per_s']:.1f} stored bare")
+    _line("export: streamed ZIP / read and CRC-32 of the photos", f"{transfer['zip_ratio']:.2f}",
+          "zip_ratio", figures)  # fmt: skip
+    _line(f"export: peak allocations streaming {transfer['zip_bytes'] / 1e6:.0f} MB of ZIP, MiB",
+          f"{transfer['zip_peak_bytes'] / 2**20:.2f}", "zip_peak_mib", figures)  # fmt: skip
+    print(
+        f"    ZIP {transfer['zip_mb_per_s']:,.0f} MB/s; "
+        f"read and CRC-32 {transfer['read_crc_mb_per_s']:,.0f} MB/s"
     )
 
 

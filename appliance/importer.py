@@ -110,10 +110,11 @@ def read_photo(
     is_duplicate: Callable[[bytes], bool],
 ) -> Photo | None:
     """The :class:`Photo` to store for the file at ``path`` holding ``data`` and last modified at
-    ``mtime`` (seconds since the epoch), or None when
-    ``is_duplicate(jpeg bytes)`` says it is already in.  ``assume``: the zone of an EXIF time
-    without offset (see :func:`appliance.exif.original_time`).  Raises :class:`Skip` with the
-    reason, and whatever Pillow raises on a damaged file (the caller skips it too)."""
+    ``mtime`` (seconds since the epoch), or None when ``is_duplicate(jpeg bytes)`` says it is
+    already in.  ``assume``: the zone of an EXIF time without offset (see
+    :func:`appliance.exif.original_time`).  A photo whose EXIF Pillow warned about carries a
+    ``note``.  Raises :class:`Skip` with the reason, and whatever Pillow raises on a damaged file
+    (the caller skips it too)."""
     with warnings.catch_warnings(record=True) as caught:  # Pillow warns of damaged EXIF entries
         warnings.simplefilter("always")
         photo = _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate)

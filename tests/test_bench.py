@@ -23,6 +23,9 @@ TARGETED = {
     "startup_ratio": ("<=", 1.2),
     "captures_per_minute": (">=", 30),
     "select_ratio_1m_vs_1k": ("<=", 1.5),
+    "import_ratio": (">=", 0.8),
+    "zip_ratio": ("<=", 1.5),
+    "zip_peak_mib": ("<=", 4.0),
 }
 # Small enough for a few seconds: the start-up's large index is the web's largest, 3,000 here.
 SMALL = {
@@ -33,6 +36,7 @@ SMALL = {
     "THUMBNAIL_RUNS": 3,
     "STARTUP_RUNS": 1,
     "SYNTHETIC_SIZE_PX": (1014, 760),
+    "TRANSFER_PHOTOS": 10,
 }
 
 

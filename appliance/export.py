@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -75,9 +76,15 @@ OBSERVATION_FIELDS = (
 
 def parse_time(text: str) -> datetime.datetime:
     """An ISO 8601 date or time (``2026-05-01``, ``2026-05-01T18:00+02:00``) as an aware datetime;
-    one without an offset is UTC.  Raises ``ValueError`` for anything else."""
+    one without an offset is UTC.  Raises ``ValueError`` for anything else, a time that has no
+    UTC equivalent (``9999-12-31T23:00-05:00``) included."""
     moment = datetime.datetime.fromisoformat(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    try:
+        moment.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range") from None
+    return moment
 
 
 def _timestamp(moment: datetime.datetime) -> str:
@@ -120,6 +127,13 @@ class Member:
     size: int | None = None
 
 
+def _close(snapshot, on_close) -> None:
+    try:
+        snapshot.close()
+    finally:
+        on_close()
+
+
 class Package:
     """The Camtrap DP package of the captures with ``since <= captured_at < until`` (aware
     datetimes; None: no bound) in ``reader``'s index, with ``media`` ``"copy"`` or ``"link"`` (the
@@ -128,9 +142,11 @@ class Package:
     Checks everything the export needs on construction, and raises
     :class:`~appliance.exc.ExportError` when latitude/longitude are not set, the data directory
     holds no index, or the deployment's dates cannot be found (no captures and no configured
-    dates).  Holds a snapshot of the index until :meth:`close` (or the end of a ``with``).
-    Once :meth:`members` is exhausted, :attr:`captures`, :attr:`events`, :attr:`bytes` and
-    :attr:`skipped` (photos deleted meanwhile) say what the package holds.
+    dates).  Holds a snapshot of the index until :meth:`close` (or the end of a ``with``, or its
+    garbage collection, so that a package never read cannot pin the WAL).  ``on_close()`` is
+    called once, when it is closed or when its construction fails.  Once :meth:`members` is
+    exhausted, :attr:`captures`, :attr:`events`, :attr:`bytes` and :attr:`skipped` (photos
+    deleted meanwhile, or unreadable) say what the package holds.
     """
 
     def __init__(
@@ -142,7 +158,40 @@ class Package:
         until: datetime.datetime | None = None,
         media: str = "copy",
         now: datetime.datetime | None = None,
+        on_close: Callable[[], None] = lambda: None,
     ):
+        try:
+            self._check(config, reader, media)
+            self._snapshot = reader.snapshot()
+        except BaseException:
+            on_close()
+            raise
+        self.config, self.data_dir, self.media = config, reader.data_dir, media
+        self.since, self.until = since, until
+        self._finalizer = weakref.finalize(self, _close, self._snapshot, on_close)
+        try:
+            self.span = self._snapshot.span(since, until)
+            start = config.deployment_start or self.span["first"]
+            end = config.deployment_end or self.span["last"]
+            if start is None or end is None:
+                raise ExportError(
+                    "no captures in the range, and deployment_start/deployment_end are not set: "
+                    "the deployment's dates are unknown"
+                )
+            self.start = datetime.datetime.fromisoformat(start)
+            self.end = datetime.datetime.fromisoformat(end)
+        except BaseException:
+            self.close()
+            raise
+        self.deployment_id = config.deployment_id or f"{config.camera_id or 'appliance'}-{self.start:%Y%m%d}"
+        # Data Package names: lower-case letters, digits, "-", "_" and ".".
+        self.name = re.sub(r"[^a-z0-9._-]+", "-", self.deployment_id.lower()).strip("-") or "appliance"
+        self.created = now or datetime.datetime.now(datetime.UTC)
+        self.captures = self.events = self.bytes = 0
+        self.skipped: list[str] = []
+
+    @staticmethod
+    def _check(config: Config, reader: IndexReader, media: str) -> None:
         if media not in MEDIA_MODES:
             raise ExportError(f"media: {media!r} must be one of {', '.join(MEDIA_MODES)}")
         missing = [key for key in ("latitude", "longitude") if getattr(config, key) == ""]
@@ -153,29 +202,6 @@ class Package:
             )
         if not (reader.data_dir / DB_NAME).is_file():
             raise ExportError(f"{reader.data_dir}: no capture index ({DB_NAME}); check data_dir")
-        self.config, self.data_dir, self.media = config, reader.data_dir, media
-        self.since, self.until = since, until
-        self._snapshot = reader.snapshot()
-        try:
-            self.span = self._snapshot.span(since, until)
-            start = config.deployment_start or self.span["first"]
-            end = config.deployment_end or self.span["last"]
-            if start is None or end is None:
-                raise ExportError(
-                    "no captures in the range, and deployment_start/deployment_end are not set: "
-                    "the deployment's dates are unknown"
-                )
-        except BaseException:
-            self.close()
-            raise
-        self.start = datetime.datetime.fromisoformat(start)
-        self.end = datetime.datetime.fromisoformat(end)
-        self.deployment_id = config.deployment_id or f"{config.camera_id or 'appliance'}-{self.start:%Y%m%d}"
-        # Data Package names: lower-case letters, digits, "-", "_" and ".".
-        self.name = re.sub(r"[^a-z0-9._-]+", "-", self.deployment_id.lower()).strip("-") or "appliance"
-        self.created = now or datetime.datetime.now(datetime.UTC)
-        self.captures = self.events = self.bytes = 0
-        self.skipped: list[str] = []
 
     def __enter__(self) -> "Package":
         return self
@@ -184,7 +210,7 @@ class Package:
         self.close()
 
     def close(self) -> None:
-        self._snapshot.close()
+        self._finalizer()  # once only, however often called
 
     @property
     def total(self) -> int:
@@ -210,12 +236,14 @@ class Package:
                 source = self.data_dir / capture["media_path"]
                 member = Member(f"media/{capture['id']}.jpg", source=source, size=capture["bytes"])
                 try:
-                    with open(source, "rb") as member.photo:  # open: cleanup cannot take it away now
-                        yield member
-                except FileNotFoundError:
-                    log.warning("capture %s left out: deleted while exporting", capture["id"])
+                    photo = open(source, "rb")  # noqa: SIM115 -- open: cleanup cannot take it away now
+                except OSError as exc:  # deleted by cleanup meanwhile, or unreadable (EIO, EACCES)
+                    log.warning("capture %s left out of the export: %s", capture["id"], exc)
                     self.skipped.append(capture["id"])
                     continue
+                with photo:
+                    member.photo = photo
+                    yield member
                 self.bytes += capture["bytes"]
         yield Member("media.csv", _csv_chunks(MEDIA_FIELDS, self._media_rows(progress)))
         yield Member("observations.csv", _csv_chunks(OBSERVATION_FIELDS, self._observations()))
@@ -396,5 +424,8 @@ def zip_stream(package: Package) -> Iterator[bytes]:
                 stream.add(member.chunks, member.name, compress_type=zipfile.ZIP_DEFLATED)
             yield from stream.all_files()
         yield from stream.footer()
+    except Exception:  # after the response has begun: the client only sees a truncated archive
+        log.exception("export: the ZIP stream of %s failed", package.name)
+        raise
     finally:
         package.close()

@@ -62,6 +62,8 @@ MAX_BODY_BYTES = 16 << 10
 MAX_HEADER_BYTES = 16 << 10
 # A client that sends nothing for this long is dropped, so slow clients cannot hold the threads.
 SOCKET_TIMEOUT_S = 5
+# ZIP downloads at once: each holds a server thread and reads the card; more wait (503).
+MAX_EXPORTS = 2
 _ID = re.compile(r"[0-9a-f]{32}")
 _FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
 SECURITY_HEADERS = [
@@ -164,6 +166,7 @@ def make_app(
     health = health or Health()
     session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
     actions_on = bool(token) and submit is not None
+    exports = threading.BoundedSemaphore(MAX_EXPORTS)
 
     def status() -> dict:
         usage = disk_usage(reader.data_dir)
@@ -208,7 +211,7 @@ def make_app(
 
     def credentials() -> str | None:
         """How the request is authorised: ``"bearer"``, ``"cookie"`` or None (not at all)."""
-        if not actions_on:
+        if not token:
             return None
         header = bottle.request.get_header("Authorization", "")
         if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
@@ -369,8 +372,12 @@ def make_app(
         if media not in ("copy", "none"):
             raise bottle.HTTPError(400, f"bad media: {media[:40]!r} (copy or none)")
         since, until = _query("since", parse_time), _query("until", parse_time)
+        if not exports.acquire(blocking=False):
+            raise bottle.HTTPError(503, f"{MAX_EXPORTS} downloads are under way; try again later")
         try:
-            package = Package(export_config(), reader, since=since, until=until, media=media)
+            package = Package(
+                export_config(), reader, since=since, until=until, media=media, on_close=exports.release
+            )
         except ExportError as exc:
             raise bottle.HTTPError(409, str(exc)) from None
         log.info("export: streaming %d captures as %s.zip", package.total, package.name)

@@ -553,14 +553,7 @@ def protect(config: config_module.Config, capture_ids: list[str], protected: boo
 def export(config: config_module.Config, args) -> int:
     """``appliance export camtrap-dp``: write the package and print a one-line summary.  Returns
     0, or 2 (with the reason on standard error) for an :class:`~appliance.exc.ExportError`."""
-    progress = None
-    if sys.stderr.isatty():
-
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 100 == 0:
-                end = "\n" if done == total else ""
-                print(f"\rexporting: {done}/{total} captures", end=end, file=sys.stderr, flush=True)
-
+    progress = _tty_progress(lambda done, total: f"exporting: {done}/{total} captures", every=100)
     try:
         summary = export_camtrap_dp(
             config,
@@ -574,7 +567,11 @@ def export(config: config_module.Config, args) -> int:
     except ExportError as exc:
         print(f"appliance: export: {exc}", file=sys.stderr)
         return 2
-    skipped = f", {summary['skipped']} deleted meanwhile and left out" if summary["skipped"] else ""
+    skipped = (
+        f", {summary['skipped']} left out (deleted meanwhile or unreadable: see the log)"
+        if summary["skipped"]
+        else ""
+    )
     print(
         f"{args.outdir}: {summary['captures']} captures, {summary['events']} events, "
         f"{summary['bytes']} bytes of media{skipped}"
@@ -591,14 +588,6 @@ def import_command(config: config_module.Config, args) -> int:
         return 2
     data_dir = Path(config.data_dir)
     interrupted = []
-    progress = None
-    if sys.stderr.isatty():
-
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 10 == 0:
-                end = "\n" if done == total else ""
-                print(f"\rimporting: {done}/{total} files", end=end, file=sys.stderr, flush=True)
-
     options = {
         "trigger": args.trigger,
         "convert": config.import_convert,
@@ -606,7 +595,7 @@ def import_command(config: config_module.Config, args) -> int:
         "max_px": config.thumbnail_max_px,
         "assume": args.utc_offset or "local",
         "min_free_bytes": config.capture_min_free_bytes,
-        "progress": progress,
+        "progress": _tty_progress(lambda done, total: f"importing: {done}/{total} files", every=10),
         "stop_requested": lambda: bool(interrupted),
     }
     with contextlib.ExitStack() as stack:
@@ -637,14 +626,22 @@ def import_command(config: config_module.Config, args) -> int:
     return 0
 
 
-def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
-    progress = None
-    if sys.stderr.isatty():
+def _tty_progress(describe: Callable[[int, int], str], every: int = 1) -> Callable[[int, int], None] | None:
+    """A ``progress(done, total)`` that rewrites one line of standard error with ``describe(done,
+    total)`` every ``every`` steps and at the end; None when standard error is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
 
-        def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int) -> None:
+        if done == total or done % every == 0:
             end = "\n" if done == total else ""
-            print(f"\rchecking the photos: {done * 100 // total:3d} %", end=end, file=sys.stderr, flush=True)
+            print(f"\r{describe(done, total)}", end=end, file=sys.stderr, flush=True)
 
+    return progress
+
+
+def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
+    progress = _tty_progress(lambda done, total: f"checking the photos: {done * 100 // total:3d} %")
     try:
         store, report = open_store(data_dir, thumbnail_max_px=thumbnail_max_px, full=True, progress=progress)
     except (ApplianceError, OSError) as exc:

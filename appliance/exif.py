@@ -163,14 +163,20 @@ def original_time(fields: dict, assume: datetime.tzinfo | str | None = None) -> 
     """
     taken, offset = fields.get("DateTimeOriginal"), fields.get("OffsetTimeOriginal")
     subsec = str(fields.get("SubsecTimeOriginal", "0")).strip()
-    if not isinstance(taken, str) or not (offset or assume):
+    if not isinstance(taken, str):
         return None
     try:
-        if offset:
-            moment = datetime.datetime.strptime(f"{taken} {offset}", "%Y:%m:%d %H:%M:%S %z")
-        else:
-            naive = datetime.datetime.strptime(taken, "%Y:%m:%d %H:%M:%S")
-            moment = naive.astimezone() if assume == "local" else naive.replace(tzinfo=assume)
-        return moment + datetime.timedelta(seconds=float(f"0.{subsec}") if subsec.isdigit() else 0)
+        naive = datetime.datetime.strptime(taken, "%Y:%m:%d %H:%M:%S")
+        naive += datetime.timedelta(seconds=float(f"0.{subsec}") if subsec.isdigit() else 0)
+    except (ValueError, OverflowError):
+        return None
+    try:  # an offset that does not parse ("  :  ", say) counts as none
+        return naive.replace(tzinfo=datetime.datetime.strptime(str(offset), "%z").tzinfo)
+    except ValueError:
+        pass
+    if assume is None:
+        return None
+    try:
+        return naive.astimezone() if assume == "local" else naive.replace(tzinfo=assume)
     except (ValueError, OverflowError):
         return None

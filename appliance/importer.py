@@ -7,8 +7,9 @@ or nothing of a photo, and is simply run again.
 
 1. Only regular files of at most :data:`MAX_FILE_BYTES` are read (a FIFO or a device would hang).
 2. Pillow identifies the file.  A JPEG is stored byte for byte (an MPO too: a JPEG with more
-   pictures after the first); any other image Pillow reads is converted to an upright JPEG when
-   ``import_convert`` is on, else skipped.  Past Pillow's decompression-bomb limit, skipped.
+   pictures after the first); any other image Pillow reads, up to :data:`CONVERT_MAX_PIXELS`, is
+   converted to an upright JPEG when ``import_convert`` is on, else skipped.  Past Pillow's
+   decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89 MP), skipped.
 3. A photo whose SHA-256 is already in the index (or earlier in this run) is a duplicate.
 4. The pixels are decoded at thumbnail scale: a truncated or damaged photo is skipped.  The
    thumbnail is upright by the EXIF orientation.
@@ -34,6 +35,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from appliance import exif, thumbnails
+from appliance.exc import StoreError
 from appliance.store import DB_NAME, CaptureStore, IndexReader
 from hw.clock import Timestamp
 from hw.system import disk_usage
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Larger files are skipped unread: a camera-trap JPEG is a few MB, a 100 MP one about 50 MB.
 MAX_FILE_BYTES = 64 << 20
+# Larger images are not converted: the full decode of a 24 MP RGBA image takes about 100 MB, what
+# a Pi Zero 2 W can spare.  (A JPEG is decoded at thumbnail scale, whatever its size.)
+CONVERT_MAX_PIXELS = 24_000_000
 JPEG_FORMATS = ("JPEG", "MPO")
 
 
@@ -117,6 +122,8 @@ def read_photo(
     (the caller skips it too)."""
     with warnings.catch_warnings(record=True) as caught:  # Pillow warns of damaged EXIF entries
         warnings.simplefilter("always")
+        # Past Image.MAX_IMAGE_PIXELS (89 MP) Pillow only warns, up to twice that: refuse it.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         photo = _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate)
     damage = [str(w.message).strip() for w in caught if issubclass(w.category, UserWarning)]
     if photo is not None and damage and not photo.note:
@@ -127,7 +134,7 @@ def read_photo(
 def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate) -> Photo | None:
     try:
         image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise Skip(f"too many pixels: {exc}") from None
     except Image.UnidentifiedImageError:
         raise Skip("not an image Pillow can read") from None
@@ -147,6 +154,11 @@ def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_dup
             thumbnail = thumbnails.from_jpeg(jpeg, max_px, upright=not note)
         elif not convert:
             raise Skip(f"{image.format} is not JPEG (import_convert = false)")
+        elif image.width * image.height > CONVERT_MAX_PIXELS:
+            raise Skip(
+                f"{image.format} of {image.width}x{image.height} is too large to convert "
+                f"(at most {CONVERT_MAX_PIXELS / 1e6:g} MP)"
+            )
         else:
             image.load()
             upright = _rgb(image if note else ImageOps.exif_transpose(image))
@@ -192,8 +204,8 @@ def import_photos(
     ``stop_requested()``: asked before each file, True ends the import there (for Ctrl-C, which
     must not interrupt a photo halfway into the store).
 
-    Returns the :class:`ImportSummary`.  Raises :class:`~appliance.exc.StoreError` when the store
-    fails (the photos before are imported, the one then is not).
+    Returns the :class:`ImportSummary`; a store that fails (the photos before it are imported,
+    the one then is not) ends the import, with the reason in ``stopped``.
     """
     summary = ImportSummary()
     paths = walk(folder, exclude=reader.data_dir.resolve())
@@ -244,13 +256,17 @@ def import_photos(
                     f"capture_min_free_bytes ({min_free_bytes}); {len(paths) - done + 1} files not looked at"
                 )
                 break
-            store.add(
-                photo.jpeg,
-                photo.thumbnail,
-                timestamp=Timestamp(photo.taken, clock_synced=False, boot_id="", since_boot_s=None),
-                trigger=trigger,
-                metadata=photo.metadata,
-            )
+            try:
+                store.add(
+                    photo.jpeg,
+                    photo.thumbnail,
+                    timestamp=Timestamp(photo.taken, clock_synced=False, boot_id="", since_boot_s=None),
+                    trigger=trigger,
+                    metadata=photo.metadata,
+                )
+            except StoreError as exc:  # nothing of this photo is left behind (see CaptureStore.add)
+                summary.stopped = f"stopped at {path}: {exc}"
+                break
         summary.imported += 1
     return summary
 
@@ -270,8 +286,9 @@ def _read(path: Path) -> tuple[bytes, float]:
         # not hang the import.
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
             st = os.fstat(file.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            data = file.read(MAX_FILE_BYTES + 1)
+            if not stat.S_ISREG(st.st_mode) or len(data) > MAX_FILE_BYTES:
                 raise Skip("changed while being read")
-            return file.read(), st.st_mtime
+            return data, st.st_mtime
     except OSError as exc:
         raise Skip(f"cannot read: {exc.strerror or exc}") from None

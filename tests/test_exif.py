@@ -9,6 +9,7 @@ from appliance import exif
 
 WHEN = datetime.datetime(2026, 6, 1, 21, 0, 5, 250000, tzinfo=datetime.UTC)
 PI = exif.Identity("Raspberry Pi", "imx708", "SN-0042")
+PLUS_ONE = datetime.timezone(datetime.timedelta(hours=1))
 
 
 def jpeg(size=(64, 48), **save_args) -> bytes:
@@ -67,3 +68,25 @@ def test_camera_metadata_missing_leaves_its_tags_out():
 def test_not_a_jpeg_or_a_truncated_header_is_a_value_error(data):
     with pytest.raises(ValueError, match="not a JPEG"):
         exif.embed(data, exif.describe(WHEN, PI))
+
+
+@pytest.mark.parametrize(
+    ("fields", "assume", "expected"),
+    [
+        ({"DateTimeOriginal": "2022:08:14 14:12:31", "OffsetTimeOriginal": "+03:00",
+          "SubsecTimeOriginal": "25"}, None, "2022-08-14T14:12:31.250000+03:00"),
+        ({"DateTimeOriginal": "2022:08:14 14:12:31"}, None, None),  # ambiguous
+        ({"DateTimeOriginal": "2022:08:14 14:12:31"}, PLUS_ONE, "2022-08-14T14:12:31+01:00"),
+        # An offset that does not parse counts as none.
+        ({"DateTimeOriginal": "2022:08:14 14:12:31", "OffsetTimeOriginal": "  :  "}, None, None),
+        ({"DateTimeOriginal": "2022:08:14 14:12:31", "OffsetTimeOriginal": "  :  "}, PLUS_ONE,
+         "2022-08-14T14:12:31+01:00"),
+        ({"DateTimeOriginal": "0000:00:00 00:00:00"}, PLUS_ONE, None),  # never set
+        ({"DateTimeOriginal": "2022:08:14 14:12:31", "SubsecTimeOriginal": "x"}, PLUS_ONE,
+         "2022-08-14T14:12:31+01:00"),
+        ({"DateTimeOriginal": 20220814}, PLUS_ONE, None),
+    ],
+)  # fmt: skip
+def test_original_time(fields, assume, expected):
+    moment = exif.original_time(fields, assume)
+    assert (moment.isoformat() if moment else None) == expected

@@ -175,6 +175,12 @@ def messy(tmp_path, samples, photo) -> dict[str, str]:
     # A PNG header claiming 40000 x 40000 pixels: Pillow's decompression-bomb limit.
     ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
     put("bomb.png", b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IEND", b""), "too many pixels")
+    # 100 MP: past Image.MAX_IMAGE_PIXELS, where Pillow only warns.
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0))
+    put("warned.png", b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IEND", b""), "too many pixels")
+    # 30 MP: a legal size, but more than a Pi Zero can decode whole to convert.
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 6000, 5000, 8, 6, 0, 0, 0))
+    put("large.png", b"\x89PNG\r\n\x1a\n" + ihdr + _png_chunk(b"IEND", b""), "PNG of 6000x5000 is too large")
     put("notes.txt", b"deployment notes\n", "not an image")
     put("random.jpg", os.urandom(4096), "not an image")
     put("empty.jpg", b"", "empty file")
@@ -309,3 +315,40 @@ def test_an_imported_camtrap_dp_burst_exports_as_the_official_example_has_it(tmp
         assert ours[name][1] == method == "activityDetection"
     [deployment] = read_csv(out / "deployments.csv")
     assert deployment["timestampIssues"] == "true"  # another camera's clock is not vouched for
+
+
+def test_times_without_offset_take_this_machines_zone_with_its_summer_time(tmp_path, burst_dir, monkeypatch):
+    monkeypatch.setenv("TZ", "Europe/Brussels")
+    time.tzset()
+    try:
+        assert run_import(tmp_path, burst_dir) == 0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    first = min(rows(tmp_path), key=lambda row: row["captured_at"])
+    # 2021:04:11 20:43:09 in Brussels is summer time, +02:00 (in winter it would be +01:00).
+    assert first["captured_at"] == "2021-04-11T18:43:09.000+00:00"
+    assert (
+        json.loads(first["metadata"])["import"]["time_source"]
+        == "EXIF DateTimeOriginal, offset assumed +02:00"
+    )
+
+
+def test_a_store_that_fails_ends_the_import_with_what_was_done(tmp_path, burst_dir, faulty_disk, capsys):
+    photos_renamed = []
+
+    def third_photo(step, path):
+        if step == "rename" and str(path).endswith(".jpg.tmp"):
+            photos_renamed.append(path)
+            return len(photos_renamed) == 3
+        return False
+
+    with faulty_disk(third_photo):
+        assert run_import(tmp_path, burst_dir) == 1
+    captured = capsys.readouterr()
+    assert "appliance: import: stopped at " in captured.err and "No space left on device" in captured.err
+    assert (
+        summary_line(captured.out) == f"{burst_dir}: imported 2 photos, 0 duplicates, 0 skipped, of 10 files"
+    )
+    assert len(rows(tmp_path)) == 2
+    assert_whole(tmp_path)

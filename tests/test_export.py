@@ -6,6 +6,7 @@ import datetime
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from test_end_to_end import start, status_url, wait_for_captures
 
 from appliance import config as config_module
 from appliance.cli import main
@@ -408,3 +410,39 @@ def test_a_package_never_read_closes_its_snapshot_when_dropped(tmp_path, store, 
         Package(deployment(tmp_path, 'deployment_id = "x"\n'), IndexReader(store.data_dir),
                 on_close=lambda: closed.append(2))  # fmt: skip
     assert closed == [1, 2]  # called when the construction fails, too
+
+
+def test_a_simulated_run_downloads_and_exports_packages_that_validate(tmp_path, burst_dir, run_config):
+    """The whole pipeline: a real `appliance run --simulate` taking bursts of replayed photos, its
+    ZIP downloaded over HTTP while it runs, then the folder export after it stopped."""
+    config = tmp_path / "config.toml"
+    config.write_text(run_config.read_text() + DEPLOYMENT + "burst_count = 3\nburst_interval_s = 0.1\n")
+    data_dir = tmp_path / "data"
+    process = start(data_dir, config, "--replay", str(burst_dir), "--trigger-interval-s", "0.3")
+    try:
+        url = status_url(process)
+        wait_for_captures(url, 9)
+        assert "Download all as Camtrap DP" in requests.get(url, timeout=10).text
+        assert download(url + "export/camtrap-dp.zip", tmp_path / "live.zip").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert process.returncode == 0
+    with zipfile.ZipFile(tmp_path / "live.zip") as zf:
+        assert zf.testzip() is None
+        zf.extractall(tmp_path / "live")
+    result = validate(tmp_path / "live")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert main(["export", "camtrap-dp", str(tmp_path / "after"), "--config", str(config),
+                 "--data-dir", str(data_dir)]) == 0  # fmt: skip
+    result = validate(tmp_path / "after")
+    assert result.returncode == 0, result.stdout + result.stderr
+    media = read_csv(tmp_path / "after" / "media.csv")
+    assert len(media) == len(IndexReader(data_dir).latest(10_000)) >= 9
+    assert {m["captureMethod"] for m in media} == {"activityDetection"}
+    events = read_csv(tmp_path / "after" / "observations.csv")
+    rows = {r["id"]: r for r in IndexReader(data_dir).latest(10_000)}
+    sizes = sorted({sum(1 for r in rows.values() if r["event_id"] == e["eventID"]) for e in events})
+    assert sizes[-1] == 3  # bursts of 3 share one event (the last may be cut short by the stop)
+    assert len(events) == len({r["event_id"] for r in rows.values()})

@@ -106,7 +106,7 @@ CAPTURES = 10_000  # --captures: stored by the ingest run, and as many bare dura
 MIN_CAPTURES = 100
 ROUND = 100  # captures per round; the store and the bare writes alternate rounds
 # The RSS growth is measured from this capture to the last (from a quarter of the run when it is
-# shorter than 10,000 captures: CI's --captures 2000 measures from capture 500).
+# shorter than 10,000 captures: CI's --captures 1000 measures from capture 250).
 GROWTH_FROM = 1_000
 THUMBNAIL_RUNS = 15  # of each way, interleaved; the figures are medians
 LATENCY_TRIGGERS = 200  # at most; a short run presses captures // 20 times (CI: 100)

@@ -373,7 +373,9 @@ def make_app(
             raise bottle.HTTPError(400, f"bad media: {media[:40]!r} (copy or none)")
         since, until = _query("since", parse_time), _query("until", parse_time)
         if not exports.acquire(blocking=False):
-            raise bottle.HTTPError(503, f"{MAX_EXPORTS} downloads are under way; try again later")
+            raise bottle.HTTPError(
+                503, f"{MAX_EXPORTS} downloads are under way; try again later", Retry_After="60"
+            )
         try:
             package = Package(
                 export_config(), reader, since=since, until=until, media=media, on_close=exports.release

@@ -369,6 +369,7 @@ def test_downloads_at_once_are_limited_and_the_rest_told_to_wait(tmp_path, store
         assert first.status_code == second.status_code == 200
         busy = requests.get(url("/export/camtrap-dp.zip"), timeout=10)
         assert busy.status_code == 503 and "2 downloads are under way" in busy.text
+        assert busy.headers["Retry-After"] == "60"
         assert requests.get(url("/api/status"), timeout=10).status_code == 200  # the page still answers
         for _ in first.iter_content(1 << 20):  # the first one finishes: its place is free again
             pass

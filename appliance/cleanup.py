@@ -33,7 +33,6 @@ import dataclasses
 import datetime
 import errno
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -477,19 +476,28 @@ class Cleanup:
         self._runs[kind], self.last_run = None, run
 
     def _remove_orphan_temps(self) -> None:
-        """Remove temporary files older than an hour from the next shard (one per check)."""
+        """Remove temporary files older than an hour from the next shard (one per check); a
+        symlink at such a name, or a shard folder that is one, is left alone."""
         shard = SHARDS[self._next_shard]
         self._next_shard = (self._next_shard + 1) % len(SHARDS)
         cutoff = time.time() - ORPHAN_TEMP_AGE_S
         for kind in ("media", "thumbnails"):
             try:
-                entries = list(os.scandir(self._store.data_dir / kind / shard))
+                with self._store.files.folder(f"{kind}/{shard}") as folder:
+                    for entry in folder.entries():
+                        try:
+                            if (
+                                TEMP_NAME.fullmatch(entry.name)
+                                and entry.is_file(follow_symlinks=False)
+                                and entry.stat(follow_symlinks=False).st_mtime < cutoff
+                            ):
+                                folder.unlink(entry.name)
+                                log.info(
+                                    "cleanup: removed the orphan temporary file %s", folder.path(entry.name)
+                                )
+                        except FileNotFoundError:
+                            continue
+                        except OSError as exc:
+                            log.warning("cleanup: cannot remove %s: %s", folder.path(entry.name), exc)
             except OSError:
                 continue
-            for entry in entries:
-                try:
-                    if TEMP_NAME.fullmatch(entry.name) and entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                        log.info("cleanup: removed the orphan temporary file %s", entry.path)
-                except OSError as exc:
-                    log.warning("cleanup: cannot remove %s: %s", entry.path, exc)

@@ -39,7 +39,7 @@ from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
-from appliance.store import CHECKPOINT_INTERVAL_S, TRIGGERS, IndexReader
+from appliance.store import CHECKPOINT_INTERVAL_S, TRIGGERS, IndexReader, unsafe_layout
 from appliance.web import WebServer, make_app
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
@@ -60,8 +60,9 @@ from hw.triggers import (
 
 log = logging.getLogger("appliance")
 
-# Seconds between two steps (of at most 0.1 s each) of a full check run beside capturing.
-FULL_CHECK_STEP_INTERVAL_S = 1.0
+# Seconds between two steps of a full check run beside capturing (each of about
+# reconcile.STEP_BUDGET_S, cut short when a trigger waits).
+FULL_CHECK_STEP_INTERVAL_S = 0.1
 # The settings a reload (SIGHUP) applies while running; any other change needs a restart.
 LIVE_SETTINGS = frozenset(
     (
@@ -255,11 +256,29 @@ def _make_camera(config: config_module.Config):
 
 
 def _preflight(config: config_module.Config) -> list[Check]:
-    return preflight(
+    checks = preflight(
         Path(config.data_dir),
         data_mount=config.data_mount,
         min_free_bytes=config.capture_min_free_bytes,
         simulate=config.simulate,
+    )
+    if not any(check.level == FATAL for check in checks):
+        checks.append(_check_layout(Path(config.data_dir)))
+    return checks
+
+
+def _check_layout(data_dir: Path) -> Check:
+    """The data directory is a closed world: no symlink (nor a file) where a folder of its layout
+    or a shard folder belongs, nor at the names of the index and its files."""
+    unsafe = unsafe_layout(data_dir)
+    if not unsafe:
+        return Check("data layout", OK, "no symlink inside the data directory")
+    names = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
+    return Check(
+        "data layout",
+        FATAL,
+        f"{names} in {data_dir} would lead out of it (a symlink, or a file where a folder belongs): "
+        "move them out of the data directory (to keep the data elsewhere, set data_dir to that place)",
     )
 
 
@@ -417,7 +436,10 @@ def run(
             scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
         if reconciliation.full_check_due:
             # In short steps between captures: capturing starts now, the check ends a little later.
-            full_check = FullCheck(store, reconciliation, config.thumbnail_max_px)
+            full_check = FullCheck(
+                store, reconciliation, config.thumbnail_max_px, busy=lambda: not events.empty()
+            )
+            stack.callback(full_check.close)
             scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
 
         def apply(new: config_module.Config) -> None:

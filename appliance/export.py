@@ -40,6 +40,7 @@ from zipstream import ZipStream
 
 from appliance import __version__
 from appliance.config import Config
+from appliance.datadir import DataDir
 from appliance.exc import ExportError
 from appliance.store import DB_NAME, IndexReader
 
@@ -167,6 +168,7 @@ class Package:
             on_close()
             raise
         self.config, self.data_dir, self.media = config, reader.data_dir, media
+        self._files = DataDir(reader.data_dir)
         self.since, self.until = since, until
         self._finalizer = weakref.finalize(self, _close, self._snapshot, on_close)
         try:
@@ -236,8 +238,9 @@ class Package:
                 source = self.data_dir / capture["media_path"]
                 member = Member(f"media/{capture['id']}.jpg", source=source, size=capture["bytes"])
                 try:
-                    photo = open(source, "rb")  # noqa: SIM115 -- open: cleanup cannot take it away now
-                except OSError as exc:  # deleted by cleanup meanwhile, or unreadable (EIO, EACCES)
+                    # Open: cleanup cannot take it away now.  Never through a symlink.
+                    photo = self._files.open_read(capture["media_path"])
+                except OSError as exc:  # deleted by cleanup meanwhile, unreadable (EIO, EACCES), a symlink
                     log.warning("capture %s left out of the export: %s", capture["id"], exc)
                     self.skipped.append(capture["id"])
                     continue
@@ -358,7 +361,13 @@ def _check_outdir(outdir: Path) -> None:
 def _write_member(member: Member, target: Path, link: bool) -> None:
     if member.photo is not None and link:
         try:
-            os.link(member.source, target)
+            # The very file opened (through no symlink): /proc/self/fd/N names it.  A dir_fd makes
+            # Python call linkat(2) with AT_SYMLINK_FOLLOW; plain link(2) would not follow it.
+            fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.link(str(member.photo.fileno()), target, src_dir_fd=fds, follow_symlinks=True)
+            finally:
+                os.close(fds)
             return
         except OSError:  # another filesystem (EXDEV), one without hard links, or deleted just now
             pass

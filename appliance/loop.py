@@ -21,7 +21,7 @@ import schedule
 from appliance import exif, thumbnails
 from appliance.cleanup import Cleanup
 from appliance.exc import StoreError
-from appliance.store import CaptureStore, CorruptDatabaseError, new_id
+from appliance.store import CaptureStore, CorruptDatabaseError, IndexGoneError, new_id
 from boot.systemd import Notifier
 from hw.camera import Camera
 from hw.clock import SystemClock
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # Longest wait on the queue: bounds how long a stop request waits when nothing happens.
 MAX_WAIT_S = 0.5
 # Failures that no retry can mend: the loop stops and the process exits 1 for systemd to restart it
-# (a damaged index is rebuilt at the next start; a camera that failed too often is opened afresh).
-FATAL = (CorruptDatabaseError, CameraFailed)
+# (a damaged index is rebuilt at the next start, an index removed under the running appliance is
+# checked; a camera that failed too often is opened afresh).
+FATAL = (CorruptDatabaseError, IndexGoneError, CameraFailed)
 # A wall clock that moves this much more or less than the monotonic clock between two iterations
 # has jumped (NTP's first sync on a Pi without a real-time clock, or a manual change).
 CLOCK_JUMP_S = 60.0
@@ -224,6 +225,9 @@ class MainLoop:
         if isinstance(exc, CorruptDatabaseError):
             self.health.set("storage", str(exc))
             reason = "the index is damaged; a restart rebuilds it"
+        elif isinstance(exc, IndexGoneError):
+            self.health.set("storage", str(exc))
+            reason = "the index file was removed or replaced; a restart checks the store"
         else:
             self.health.set("camera", str(exc))
             reason = "the camera failed; a restart opens it afresh"
@@ -243,7 +247,7 @@ class MainLoop:
         except (StoreError, sqlite3.Error) as exc:
             log.error("%s asked from the status page failed: %s", request.action, exc)
             request.error = str(exc)
-            if isinstance(exc, CorruptDatabaseError):
+            if isinstance(exc, FATAL):
                 self._stop_fatal(exc)
         finally:
             request.done.set()
@@ -336,7 +340,7 @@ class MainLoop:
                 metadata=metadata,
                 event_id=event_id,
             )
-        except CorruptDatabaseError as exc:
+        except (CorruptDatabaseError, IndexGoneError) as exc:
             log.error("capture for %s trigger: %s", event.source, exc)
             self._stop_fatal(exc)
             return None

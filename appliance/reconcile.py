@@ -4,14 +4,14 @@
 scopes (:attr:`Reconciliation.scope`):
 
 ``"none"``
-    The last writer closed cleanly (the store's clean-shutdown marker): nothing is read.
+    The last writer closed cleanly (the store's clean-shutdown marker): no file is read (the
+    store's ``PRAGMA quick_check`` still reads the index, at every start).
 ``"interrupted"``
-    After a crash or a power cut: ``PRAGMA quick_check``, then only the captures whose writes the
-    crash can have interrupted, which the store lists in its ``in_flight`` table (the id reserved
-    for the next capture, and a deletion batch).  Its file work does not grow with the number of
-    captures; quick_check reads the database once (about 0.6 s for 1,000,000 captures on a laptop).
-    A :class:`FullCheck` is then due (:attr:`Reconciliation.full_check_due`): ``appliance run``
-    does it a shard at a time between captures, so that capturing starts at once.
+    After a crash or a power cut: only the captures whose writes the crash can have interrupted,
+    which the store lists in its ``in_flight`` table (the id reserved for the next capture, and a
+    deletion batch).  Its file work does not grow with the number of captures.  A
+    :class:`FullCheck` is then due (:attr:`Reconciliation.full_check_due`): ``appliance run`` does
+    it beside capturing, so that capturing starts at once.
 ``"full"``
     ``appliance check`` (``full=True``) or a damaged index: every shard folder is listed and every
     capture checked as below, before the store is returned.
@@ -32,54 +32,72 @@ For each capture checked:
 A damaged index (``SQLITE_CORRUPT``, ``SQLITE_NOTADB`` or a failed quick_check) is moved to
 ``damaged/`` (never deleted); the rows SQLite can still read from it are salvaged (so ``protected``
 and ``seq`` survive) and the index is rebuilt from them and a full check.  Files the appliance does
-not recognise are left alone and listed.
+not recognise, and anything that is not a regular file (a symlink above all), are left alone and
+listed: nothing outside the data directory is ever read, moved or removed
+(:mod:`appliance.datadir`).
+
+A full check reads in a worker thread (listing the folders, reading and decoding the photos,
+hashing them, making thumbnails: the work that costs) and hands what it found to the store's own
+thread, which checks that each finding still holds (capturing and cleanup go on meanwhile) and
+carries it out in steps of about :data:`STEP_BUDGET_S`, committing each step.  Photos found without
+a row wait in the table ``recovery``; once every shard has been looked at, they are indexed in the
+order they were taken, :data:`RECOVERY_BATCH` per commit.  The next shard to look at is committed
+with each shard's last changes, so a full check cut short (a stop, a kill, a power cut) goes on
+where it was at the next start.
 """
 
+import contextlib
 import datetime
 import hashlib
 import io
+import json
 import logging
-import os
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import schedule
 from PIL import Image
 
 from appliance import exif, thumbnails
+from appliance.datadir import DataDir, Folder, UnsafePath, temp_name
 from appliance.exc import StoreError
 from appliance.store import (
+    DB_NAME,
+    RECOVERED_COLUMNS,
     SHARDS,
     TEMP_NAME,
     CaptureStore,
-    CorruptDatabaseError,
-    fsync_dir,
     iso_utc,
     jpeg_size,
     media_path,
-    publish,
     set_aside,
     thumbnail_path,
 )
 
 log = logging.getLogger(__name__)
 
-# The columns of a recovered photo's row: every column of ``captures`` but seq, boot_id, since_boot_s.
-_RECOVERED_COLUMNS = (
-    "id", "captured_at", "clock_synced", "trigger", "media_path", "thumbnail_path", "bytes", "width",
-    "height", "sha256", "protected", "recovered", "metadata", "capture_method", "event_id",
-)  # fmt: skip
 _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
 _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
-# Seconds a full check beside capturing goes on per step (at least one shard folder, however long).
-STEP_BUDGET_S = 0.1
-# Tries of a shard folder that fails (an I/O error) before a full check leaves it for the next start.
+# Seconds of the store's thread a full check step may take beside capturing (at least one
+# finding, however long): a trigger that comes meanwhile waits at most about this long.
+STEP_BUDGET_S = 0.02
+# Findings the worker hands over at a time, and how many such hand-overs may wait: bounds the
+# memory a full check holds (each may carry a thumbnail of a few kB).
+CHUNK = 32
+QUEUED_CHUNKS = 4
+# Recovered photos indexed per commit once every shard has been looked at.
+RECOVERY_BATCH = 256
+# Tries of a shard folder that cannot be listed (an I/O error) before a full check leaves it for
+# the next start.
 MAX_SHARD_FAILURES = 3
+# Seconds the worker waits before trying a failed shard again.
+SHARD_RETRY_S = 1.0
 
 
 @dataclass
@@ -159,7 +177,7 @@ class Reconciliation:
 
 
 def open_store(
-    data_dir: Path,
+    data_dir,
     *,
     thumbnail_max_px: int,
     full: bool = False,
@@ -171,27 +189,29 @@ def open_store(
     re-created thumbnails; ``progress(done, total)``: called after each of the 256 shards of a full
     check.  Returns the open store and what was done.  Raises :class:`~appliance.exc.StoreError`
     (and its subclass :class:`~appliance.store.NewerDatabaseError`) when the store cannot be
-    opened, or ``OSError`` when a repair cannot be written.
+    opened, or ``OSError`` when a repair cannot be written.  An exception raised meanwhile (a
+    stop asked for by a signal handler, say) leaves the store closed and marked for checking.
     """
     started = time.monotonic()
     report = Reconciliation()
-    store = CaptureStore(data_dir, check=True if full else None)
+    store = CaptureStore(data_dir)
     try:
         with store.guard():
             if store.rebuilt:
                 report.database_set_aside = store.rebuilt["set_aside"]
                 report.rows_salvaged = store.rebuilt["rows_salvaged"]
                 report.scope = "full"
-            elif full or (store.created and any((store.data_dir / "media").iterdir())):
+            elif full or (store.created and _has_photos(store.files)):
                 report.scope = "full"  # asked for, or photos without an index: index them first
             elif not store.shutdown_was_clean and not store.created:
                 report.scope = "interrupted"
             report.full_check_due = report.scope == "interrupted" or store.full_check_pending
             if report.scope != "none":
                 _finish_interrupted_writes(store, report, thumbnail_max_px)
-            if report.scope == "full":
-                FullCheck(store, report, thumbnail_max_px).run(progress)
-                report.full_check_due = store.full_check_pending
+        if report.scope == "full":
+            with FullCheck(store, report, thumbnail_max_px, restart=True) as check:
+                check.run(progress)
+            report.full_check_due = store.full_check_pending
         if report.unreadable:
             store.mark_unclean()  # so that the next start tries them again
     except BaseException as exc:
@@ -203,373 +223,644 @@ def open_store(
     return store, report
 
 
+def _has_photos(files: DataDir) -> bool:
+    with files.folder("media") as media:
+        return bool(media.entries())
+
+
 def _finish_interrupted_writes(store: CaptureStore, report: Reconciliation, max_px: int) -> None:
-    """Make the captures in the store's ``in_flight`` table agree with their files."""
-    in_flight = store.in_flight()
-    repair = _Repair(store, report, max_px)
-    done = [
-        capture_id
-        for capture_id, reason in in_flight.items()
-        if repair.capture(capture_id, deleting=reason == "delete")
-    ]
-    repair.commit()
-    repair.commit_recovered()
-    store.forget_in_flight(done)  # one that could not be read is tried again at the next start
-
-
-class FullCheck:
-    """A full check of every capture, one shard folder (1/256 of the captures) at a time, so that
-    ``appliance run`` can do it between captures (:meth:`step`) and ``appliance check`` at once
-    (:meth:`run`).  Call it only from the store's own thread, after :func:`open_store`.
-
-    Progress and findings go to ``report``.  The store's ``full_check_pending`` flag is set while it
-    runs, so one that is interrupted (by a crash or a stop) is due again at the next start.
-    Photos found without a row are indexed at the end, in the order they were taken.  A shard that
-    fails (an I/O error) is tried again, and after :data:`MAX_SHARD_FAILURES` tries left for the
-    next start (``report.shards_skipped``).  Damage to the index raises
-    :class:`~appliance.store.CorruptDatabaseError`.
-    """
-
-    def __init__(self, store: CaptureStore, report: Reconciliation, max_px: int):
-        self._store, self._report = store, report
-        self._repair = _Repair(store, report, max_px)
-        self._next = 0  # the shard to check next; len(SHARDS): the finish is next
-        self._failures = 0
-        self.done = False
-        report.full_check_progress = 0.0
-
-    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Check every shard now.  ``progress(done, total)`` is called after each."""
-        while not self.done:
-            self._work()
-            if progress:
-                progress(self._next, len(SHARDS))
-
-    def step(self, budget_s: float = STEP_BUDGET_S):
-        """Check shards for about ``budget_s`` seconds (at least one shard, however long it
-        takes).  Returns ``schedule.CancelJob`` once all are done (so that a scheduled step stops
-        itself), else None."""
-        started = time.monotonic()
-        try:
-            self._work()
-            while not self.done and time.monotonic() < started + budget_s:
-                self._work()
-        finally:
-            self._report.duration_s += time.monotonic() - started
-        if not self.done:
-            return None
-        level = logging.WARNING if self._report.repairs or self._report.shards_skipped else logging.INFO
-        log.log(level, "capture store: %s", self._report.summary())
-        return schedule.CancelJob
-
-    def _work(self) -> None:
-        """Check the next shard, or finish; on an I/O error, undo what it counted and try again
-        next time, until it has failed too often."""
-        before = {key: value if isinstance(value, int) else len(value)
-                  for key, value in vars(self._report).items() if isinstance(value, int | list)}  # fmt: skip
-        try:
-            with self._store.guard():
-                if self._next < len(SHARDS):
-                    self._check_shard(SHARDS[self._next])
-                else:
-                    self._repair.commit_recovered()
-                    self._store.full_check_pending = bool(self._report.shards_skipped)
-                    self.done = True
-        except (OSError, sqlite3.Error) as exc:
-            if isinstance(exc, CorruptDatabaseError):
-                raise
-            self._repair.reset()
-            for key, value in before.items():
-                if isinstance(getattr(self._report, key), list):
-                    del getattr(self._report, key)[value:]
-                else:
-                    setattr(self._report, key, value)
-            self._failures += 1
-            what = f"shard {SHARDS[self._next]}" if self._next < len(SHARDS) else "the finish"
-            if self._failures < MAX_SHARD_FAILURES:
-                log.warning("full check: %s failed (%s); trying again", what, exc)
-                raise
-            log.error(
-                "full check: %s failed %d times (%s); left for the next start", what, self._failures, exc
-            )
-            if self._next == len(SHARDS):
-                self.done = True
-            else:
-                self._report.shards_skipped.append(SHARDS[self._next])
-        else:
-            if self.done:
-                return
-        self._next += 1
-        self._failures = 0
-        self._report.full_check_progress = min(1.0, self._next / len(SHARDS))
-
-    def _check_shard(self, shard: str) -> None:
-        store, report, data_dir = self._store, self._report, self._store.data_dir
-        if self._next == 0:
-            store.full_check_pending = True
-            for kind in ("media", "thumbnails"):
-                for entry in os.scandir(data_dir / kind):
-                    if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
-                        _remove_temp_or_note_stray(Path(entry.path), data_dir, report)
-        photos = _list(data_dir / "media" / shard, _MEDIA_NAME, data_dir, report)
-        thumbs = _list(data_dir / "thumbnails" / shard, _THUMBNAIL_NAME, data_dir, report)
-        rows = self._repair.rows_of_shard(shard)
-        reserved = store.in_flight()  # the next capture's id: no files yet, nothing to do
-        for capture_id in (rows.keys() | photos.keys() | thumbs.keys()) - reserved.keys():
-            self._repair.capture(capture_id, photos.get(capture_id), thumbs.get(capture_id), rows)
-        self._repair.commit()
-
-
-def _remove_temp_or_note_stray(path: Path, data_dir: Path, report: Reconciliation) -> bool:
-    """Remove ``path`` if it is one of our temporary files (True), else note it as stray."""
-    if TEMP_NAME.fullmatch(path.name) and path.is_file():
-        path.unlink()
-        report.temp_removed += 1
-        return True
-    report.stray.append(path.relative_to(data_dir).as_posix())
-    log.warning("reconciliation: unknown file %s left alone", path)
-    return False
-
-
-def _list(folder: Path, pattern: re.Pattern, data_dir: Path, report: Reconciliation) -> dict[str, int]:
-    """``{capture id: size in bytes}`` of the files in ``folder`` named by ``pattern``; temporary
-    files are removed and others noted as stray."""
-    found = {}
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):  # a file in its place is listed as stray
-        return found
-    removed = False
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match and entry.is_file(follow_symlinks=False):
-            found[match[1]] = entry.stat(follow_symlinks=False).st_size
-        else:
-            removed |= _remove_temp_or_note_stray(Path(entry.path), data_dir, report)
-    if removed:
-        fsync_dir(folder)
-    return found
-
-
-class _Repair:
-    """Decides, capture by capture, what makes its row and its files agree; collects the index
-    changes so that they are committed together (per shard)."""
-
-    def __init__(self, store: CaptureStore, report: Reconciliation, max_px: int):
-        self.store, self.report, self.max_px = store, report, max_px
-        self.data_dir = store.data_dir
-        self.dropped: list[str] = []
-        self.thumbnails_set: dict[str, str | None] = {}
-        self.touched: set[Path] = set()  # folders with files removed, to fsync before committing
-        # Rows of recovered photos wait in a temporary table (on disk, not in memory: a rebuilt
-        # index may recover every photo) until they get their seq in the order they were taken.
-        store.db.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS recovered ({', '.join(_RECOVERED_COLUMNS)}, PRIMARY KEY (id))"
-        )
-
-    def rows_of_shard(self, shard: str) -> dict[str, dict]:
-        # Ids are hex, so a shard's ids are those from "ab" up to (not including) "ab" + 1 in ASCII.
-        upper = shard[0] + chr(ord(shard[1]) + 1)
-        query = "SELECT id, bytes, thumbnail_path FROM captures WHERE id >= ? AND id < ?"
-        return {row["id"]: row for row in self.store.db.query(query, [shard, upper])}
-
-    def capture(
-        self,
-        capture_id: str,
-        photo_size: int | None = None,
-        thumb_size: int | None = None,
-        rows: dict[str, dict] | None = None,
-        *,
-        deleting: bool = False,
-    ) -> bool:
-        """Make one capture consistent.  ``photo_size``, ``thumb_size``: sizes of its files from
-        a folder listing (None: missing), and ``rows`` the rows of its shard; without ``rows``
-        both are looked up here, and its temporary files removed.  ``deleting``: its deletion was
-        interrupted.  Returns False when a file could not be read or removed (an I/O error,
-        logged): the capture is left as it is, for a later check."""
-        try:
-            if rows is None:
-                photo_size, thumb_size = self._stat(capture_id)
-                rows = {r["id"]: r for r in self.store.db.query(
-                    "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
-                )}  # fmt: skip
-            self._capture(capture_id, photo_size, thumb_size, rows.get(capture_id), deleting)
-        except OSError as exc:
-            log.error("reconciliation: capture %s left as it is for now: %s", capture_id, exc)
-            self.report.unreadable.append(capture_id)
-            return False
-        return True
-
-    def _capture(self, capture_id, photo_size, thumb_size, row, deleting) -> None:
-        report = self.report
-        if deleting and row is None:
-            for rel, size in ((media_path(capture_id), photo_size), (thumbnail_path(capture_id), thumb_size)):
-                if size is not None:
-                    self._unlink(rel)
-                # Even with nothing left to remove, an earlier removal may not be durable yet.
-                if (self.data_dir / rel).parent.is_dir():
-                    self.touched.add((self.data_dir / rel).parent)
-            report.deletions_finished += photo_size is not None or thumb_size is not None
-        elif row is None and photo_size is not None:
-            recovered = self._recover(capture_id, thumb_size)
-            if recovered is not None:
-                self.store.db.execute(
-                    f"INSERT OR REPLACE INTO temp.recovered ({', '.join(recovered)}) "
-                    f"VALUES ({', '.join('?' * len(recovered))})",
-                    list(recovered.values()),
-                )
-        elif row is None:
-            if thumb_size is not None:  # a thumbnail of nothing
-                self._unlink(thumbnail_path(capture_id))
-                report.thumbnails_removed += 1
-        elif photo_size is None or photo_size != row["bytes"]:
-            if photo_size is None:
-                log.warning("reconciliation: photo of capture %s is missing; dropping its row", capture_id)
-                report.rows_dropped += 1
-            else:
-                self._set_aside_photo(capture_id, f"{photo_size} bytes instead of {row['bytes']}")
-            self.dropped.append(capture_id)
-            if thumb_size is not None:
-                self._unlink(thumbnail_path(capture_id))
-                report.thumbnails_removed += 1
-        elif thumb_size is None or not _thumbnail_intact(self.data_dir, capture_id, thumb_size):
-            jpeg = (self.data_dir / media_path(capture_id)).read_bytes()
-            self.thumbnails_set[capture_id] = self._remake_thumbnail(capture_id, jpeg)
-            report.thumbnails_remade += self.thumbnails_set[capture_id] is not None
-        elif row["thumbnail_path"] is None:  # made, but its row was not updated before a crash
-            self.thumbnails_set[capture_id] = thumbnail_path(capture_id)
-
-    def _stat(self, capture_id: str) -> tuple[int | None, int | None]:
-        """Sizes of the photo and thumbnail (None: missing), after removing their temporary files."""
-        sizes = []
+    """Make the captures in the store's ``in_flight`` table agree with their files, now."""
+    apply = _Apply(store, report)
+    done = []
+    for capture_id, reason in store.in_flight().items():
         for rel in (media_path(capture_id), thumbnail_path(capture_id)):
-            path = self.data_dir / rel
-            temp = path.with_name(f".{path.name}.tmp")
-            if temp.exists():
-                self._unlink(temp.relative_to(self.data_dir))
-                self.report.temp_removed += 1
-            try:
-                sizes.append(path.stat().st_size)
-            except FileNotFoundError:
-                sizes.append(None)
-        return tuple(sizes)
+            folder, _, name = rel.rpartition("/")
+            apply.carry_out(_Finding(capture_id, "temp", folder=folder, name=temp_name(name)))
+        finding = _inspect_one(store, capture_id, max_px, deleting=reason == "delete")
+        apply.carry_out(finding)
+        if finding.action != "unreadable":  # else it stays, to be tried again at the next start
+            done.append(capture_id)
+    apply.commit()
+    apply.index_queued_now()
+    store.forget_in_flight(done)
 
-    def _unlink(self, rel) -> None:
-        path = self.data_dir / rel
-        path.unlink()
-        self.touched.add(path.parent)
 
-    def commit(self) -> None:
-        """Make the removals durable, then commit the dropped rows and new thumbnail paths."""
-        for folder in self.touched:
-            fsync_dir(folder)
-        if self.dropped or self.thumbnails_set:
-            with self.store.db.atomic():
-                db = self.store.db.conn
-                db.executemany("DELETE FROM captures WHERE id = ?", [(i,) for i in self.dropped])
-                db.executemany(
-                    "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
-                    [(path, i) for i, path in self.thumbnails_set.items()],
-                )
-        self.reset()
+# --- What a capture needs: found in the worker (or at once for in-flight ids) ----------------------
 
-    def reset(self) -> None:
-        """Forget the changes collected and not committed (after a failure)."""
-        self.dropped, self.thumbnails_set, self.touched = [], {}, set()
 
-    def commit_recovered(self) -> None:
-        """Index the recovered photos after every indexed capture, in the order they were taken."""
-        store, columns = self.store, ", ".join(_RECOVERED_COLUMNS)
-        count = store.db.execute("SELECT COUNT(*) FROM temp.recovered").fetchone()[0]
-        if not count:
-            return
-        with store.db.atomic():
-            store.db.execute(
-                f"INSERT INTO captures (seq, {columns}) SELECT ? + ROW_NUMBER() OVER "
-                f"(ORDER BY captured_at, id), {columns} FROM temp.recovered",
-                [store.last_seq],
-            )
-            store.db.execute("DELETE FROM temp.recovered")
-            store.db["counters"].update("last_seq", {"value": store.last_seq + count})
-        store.last_seq += count
-        self.report.recovered += count
+@dataclass
+class _Finding:
+    """What one capture needs, as found by reading its files and its row.  ``seen`` is what the
+    decision rests on: the row's presence, the photo's ``(size, mtime_ns)`` and the thumbnail's
+    size (None: missing); the store's thread carries the finding out only while that still holds.
+    ``webp``: a thumbnail to publish; ``recovered``: the row of a photo found without one (no seq
+    yet); ``name``/``folder``: the file of a temporary or unknown entry."""
 
-    def _remake_thumbnail(self, capture_id: str, jpeg: bytes) -> str | None:
-        """Write a new thumbnail of ``jpeg``; its relative path, or None if the photo does not decode."""
+    capture_id: str
+    action: str
+    seen: tuple = ()
+    reason: str = ""
+    webp: bytes | None = None
+    recovered: dict | None = None
+    folder: str = ""
+    name: str = ""
+
+
+def _photo_state(folder: Folder | None, name: str) -> tuple[int, int] | None:
+    if folder is None:
+        return None
+    try:
+        st = folder.lstat(name)
+    except FileNotFoundError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _inspect_one(store: CaptureStore, capture_id: str, max_px: int, *, deleting: bool) -> _Finding:
+    """:func:`_inspect` of one capture, now, in the store's thread (an in-flight id)."""
+    files = store.files
+    try:
+        photo, thumb_size = _states(files, capture_id)
+        row = store.db.execute(
+            "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
+        ).fetchone()
+        row = dict(zip(("id", "bytes", "thumbnail_path"), row, strict=True)) if row else None
+        return _inspect(files, capture_id, row, photo, thumb_size, max_px, deleting=deleting)
+    except OSError as exc:
+        return _Finding(capture_id, "unreadable", reason=str(exc))
+
+
+def _states(files: DataDir, capture_id: str) -> tuple[tuple[int, int] | None, int | None]:
+    """The photo's ``(size, mtime_ns)`` and the thumbnail's size (None: missing, or not a regular
+    file reached without a symlink: not one of ours)."""
+    found = []
+    for rel in (media_path(capture_id), thumbnail_path(capture_id)):
+        parent, _, name = rel.rpartition("/")
         try:
-            webp = thumbnails.from_jpeg(jpeg, self.max_px)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.warning("reconciliation: no thumbnail for capture %s: %s", capture_id, exc)
-            return None
-        path = self.data_dir / thumbnail_path(capture_id)
-        path.parent.mkdir(exist_ok=True)
-        publish(path, webp)
-        return thumbnail_path(capture_id)
+            with files.folder(parent) as folder:
+                size = folder.regular_size(name)
+                found.append(None if size is None else _photo_state(folder, name))
+        except (FileNotFoundError, UnsafePath):
+            found.append(None)
+    photo, thumb = found
+    return photo, None if thumb is None else thumb[0]
 
-    def _set_aside_photo(self, capture_id: str, reason: str) -> None:
-        [moved] = set_aside([self.data_dir / media_path(capture_id)], self.data_dir)
-        log.warning(
-            "reconciliation: photo of capture %s is damaged (%s); moved to %s", capture_id, reason, moved
+
+def _inspect(
+    files: DataDir,
+    capture_id: str,
+    row: dict | None,
+    photo: tuple[int, int] | None,
+    thumb_size: int | None,
+    max_px: int,
+    *,
+    deleting: bool = False,
+) -> _Finding:
+    """Decide what ``capture_id`` needs from its ``row`` (None: none), its photo's ``(size,
+    mtime_ns)`` and its thumbnail's size (None: missing), and do the costly part (read, decode,
+    hash, make a thumbnail) without changing anything.  ``deleting``: its deletion was
+    interrupted.  Raises ``OSError`` when a file cannot be read."""
+    seen = (row is not None, photo, thumb_size)
+    finding = _Finding(capture_id, "ok", seen)
+    if deleting and row is None:
+        finding.action = "finish deletion"
+    elif row is None and photo is not None:
+        finding.action, finding.reason, finding.recovered, finding.webp = _recover(
+            files, capture_id, photo, thumb_size, max_px
         )
-        self.report.damaged += 1
-
-    def _recover(self, capture_id: str, thumb_size: int | None) -> dict | None:
-        """The index row for an unindexed photo (seq not yet given), or None when it is damaged
-        (then it is set aside, and its thumbnail removed)."""
-        path = self.data_dir / media_path(capture_id)
-        jpeg = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(jpeg)) as image:
-                if image.format != "JPEG":
-                    raise ValueError(f"{image.format} is not JPEG")
-                image.draft("RGB", (self.max_px, self.max_px))
-                image.load()  # a truncated photo fails here
-                try:
-                    taken = exif.original_time(exif.read(image))
-                except ValueError:  # a damaged EXIF block: the file's time will do
-                    taken = None
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            self._set_aside_photo(capture_id, str(exc))
-            if thumb_size is not None:
-                self._unlink(thumbnail_path(capture_id))
-                self.report.thumbnails_removed += 1
-            return None
-        if thumb_size is not None and _thumbnail_intact(self.data_dir, capture_id, thumb_size):
-            thumb = thumbnail_path(capture_id)
-        else:
-            thumb = self._remake_thumbnail(capture_id, jpeg)
-            self.report.thumbnails_remade += thumb is not None
-        if taken is None:
-            taken = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
-        width, height = jpeg_size(jpeg)
-        log.warning("reconciliation: photo %s had no row; indexed it as recovered", path)
-        return {
-            "id": capture_id,
-            "captured_at": iso_utc(taken),
-            "clock_synced": 0,
-            "trigger": "unknown",
-            "media_path": media_path(capture_id),
-            "thumbnail_path": thumb,
-            "bytes": len(jpeg),
-            "width": width,
-            "height": height,
-            "sha256": hashlib.sha256(jpeg).hexdigest(),
-            "protected": 0,
-            "recovered": 1,
-            "metadata": "{}",
-            "capture_method": None,  # unknown: what triggered it was in the lost row
-            "event_id": capture_id,
-        }
+    elif row is None:
+        finding.action = "ok" if thumb_size is None else "remove thumbnail"
+    elif photo is None:
+        finding.action = "drop row"
+    elif photo[0] != row["bytes"]:
+        finding.action, finding.reason = "wrong size", f"{photo[0]} bytes instead of {row['bytes']}"
+    elif thumb_size is None or not _thumbnail_intact(files, capture_id, thumb_size):
+        finding.action = "remake thumbnail"
+        finding.webp, finding.reason = _thumbnail_of(files.read_bytes(media_path(capture_id)), max_px)
+    elif row["thumbnail_path"] is None:  # made, but its row was not updated before a crash
+        finding.action = "thumbnail path"
+    return finding
 
 
-def _thumbnail_intact(data_dir: Path, capture_id: str, size: int) -> bool:
+def _thumbnail_of(jpeg: bytes, max_px: int) -> tuple[bytes | None, str]:
+    """A WebP thumbnail of ``jpeg``, or None with the reason when the photo does not decode."""
+    try:
+        return thumbnails.from_jpeg(jpeg, max_px), ""
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return None, str(exc)
+
+
+def _recover(files: DataDir, capture_id: str, photo, thumb_size, max_px: int):
+    """``(action, reason, row, webp)`` for a photo found without its row: ``"recover"`` with the
+    row it gets (no seq yet) and a thumbnail to publish (None when its own is intact), or
+    ``"damaged"`` with why, when it does not decode as a JPEG."""
+    jpeg = files.read_bytes(media_path(capture_id))
+    try:
+        with Image.open(io.BytesIO(jpeg)) as image:
+            if image.format != "JPEG":
+                raise ValueError(f"{image.format} is not JPEG")
+            image.draft("RGB", (max_px, max_px))
+            image.load()  # a truncated photo fails here
+            try:
+                taken = exif.original_time(exif.read(image))
+            except ValueError:  # a damaged EXIF block: the file's time will do
+                taken = None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return "damaged", str(exc), None, None
+    webp = None
+    if thumb_size is None or not _thumbnail_intact(files, capture_id, thumb_size):
+        webp, _ = _thumbnail_of(jpeg, max_px)
+    if taken is None:
+        taken = datetime.datetime.fromtimestamp(photo[1] / 1e9, datetime.UTC)
+    width, height = jpeg_size(jpeg)
+    row = {
+        "id": capture_id,
+        "captured_at": iso_utc(taken),
+        "clock_synced": 0,
+        "trigger": "unknown",
+        "media_path": media_path(capture_id),
+        "thumbnail_path": None,  # set when it is carried out: the thumbnail there, or the new one
+        "bytes": len(jpeg),
+        "width": width,
+        "height": height,
+        "sha256": hashlib.sha256(jpeg).hexdigest(),
+        "protected": 0,
+        "recovered": 1,
+        "metadata": "{}",
+        "capture_method": None,  # unknown: what triggered it was in the lost row
+        "event_id": capture_id,
+    }
+    return "recover", "", row, webp
+
+
+def _thumbnail_intact(files: DataDir, capture_id: str, size: int) -> bool:
     # A WebP file is a RIFF container: "RIFF", the size of what follows (little-endian), "WEBP"
     # (https://developers.google.com/speed/webp/docs/riff_container).  Truncation or a zeroed
     # block, the ways a card damages a file, break this.
-    with open(data_dir / thumbnail_path(capture_id), "rb") as f:
+    with files.open_read(thumbnail_path(capture_id)) as f:
         header = f.read(12)
     return (
         header[:4] == b"RIFF"
         and header[8:12] == b"WEBP"
         and int.from_bytes(header[4:8], "little") + 8 == size
     )
+
+
+# --- Carrying findings out: in the store's thread, after checking they still hold ----------------
+
+
+class _Apply:
+    """Carries out findings in the store's own thread.  Each is first checked against the files
+    and the row as they are now (one ``lstat`` each and a lookup by id); one that no longer holds
+    was overtaken by the appliance's own work (a capture, a deletion) and is dropped.  File
+    changes are made at once; index changes are collected and committed by :meth:`commit`, after
+    the folders touched are fsynced."""
+
+    def __init__(self, store: CaptureStore, report: Reconciliation, skip: Callable[[], dict] | None = None):
+        self.store, self.report = store, report
+        self._skip = skip  # ids not to touch (the in_flight table), read once per commit
+        self._skipping: dict | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the index changes collected and not committed."""
+        self.dropped: list[str] = []
+        self.thumbnails_set: dict[str, str | None] = {}
+        self.queued: list[dict] = []
+        self.touched: set[str] = set()  # folders with files removed or published, to fsync first
+
+    def carry_out(self, finding: _Finding) -> None:
+        """Carry ``finding`` out if it still holds.  Raises ``OSError`` when a file cannot be
+        changed (then nothing of it is committed)."""
+        report, files, sid = self.report, self.store.files, finding.capture_id
+        if finding.action == "stray":
+            report.stray.append(f"{finding.folder}/{finding.name}" if finding.folder else finding.name)
+            log.warning("reconciliation: %s left alone (%s)", files.root / finding.folder / finding.name,
+                        finding.reason or "unknown file")  # fmt: skip
+            return
+        if finding.action == "temp":
+            try:
+                with files.folder(finding.folder) as folder:
+                    folder.unlink(finding.name)
+            except FileNotFoundError:
+                return
+            self.touched.add(finding.folder)
+            report.temp_removed += 1
+            return
+        if finding.action == "unreadable":
+            log.error("reconciliation: capture %s left as it is for now: %s", sid, finding.reason)
+            report.unreadable.append(sid)
+            return
+        if self._skip is not None:
+            if self._skipping is None:
+                self._skipping = self._skip()
+            if sid in self._skipping:
+                return
+        if finding.action == "ok" or self._now(sid) != finding.seen:
+            return
+        media, thumb = media_path(sid), thumbnail_path(sid)
+        action = finding.action
+        if action == "finish deletion":
+            _, photo, thumb_size = finding.seen
+            for rel, present in ((media, photo is not None), (thumb, thumb_size is not None)):
+                self._remove(rel, present)
+            report.deletions_finished += photo is not None or thumb_size is not None
+        elif action == "recover":
+            row = dict(finding.recovered)
+            if finding.webp is not None:
+                self._publish(thumb, finding.webp)
+                report.thumbnails_remade += 1
+                row["thumbnail_path"] = thumb
+            elif finding.seen[2] is not None:
+                row["thumbnail_path"] = thumb  # its own, intact
+            log.warning("reconciliation: photo %s had no row; indexing it as recovered", files.root / media)
+            self.queued.append(row)
+        elif action == "damaged":
+            self._set_aside(sid, finding.reason)
+            self._remove_thumbnail(finding)
+        elif action == "remove thumbnail":
+            self._remove_thumbnail(finding)
+        elif action in ("drop row", "wrong size"):
+            if action == "drop row":
+                log.warning("reconciliation: photo of capture %s is missing; dropping its row", sid)
+                report.rows_dropped += 1
+            else:
+                self._set_aside(sid, finding.reason)
+            self.dropped.append(sid)
+            self._remove_thumbnail(finding)
+        elif action == "remake thumbnail":
+            if finding.webp is None:
+                log.warning("reconciliation: no thumbnail for capture %s: %s", sid, finding.reason)
+                self.thumbnails_set[sid] = None
+            else:
+                self._publish(thumb, finding.webp)
+                self.thumbnails_set[sid] = thumb
+                report.thumbnails_remade += 1
+        elif action == "thumbnail path":
+            self.thumbnails_set[sid] = thumb
+
+    def _now(self, capture_id: str) -> tuple:
+        row = self.store.db.execute("SELECT 1 FROM captures WHERE id = ?", [capture_id]).fetchone()
+        photo, thumb_size = _states(self.store.files, capture_id)
+        return (row is not None, photo, thumb_size)
+
+    def _remove(self, rel: str, present: bool = True) -> None:
+        parent, _, name = rel.rpartition("/")
+        try:
+            with self.store.files.folder(parent) as folder:
+                if present:
+                    with contextlib.suppress(FileNotFoundError, UnsafePath):  # never a symlink
+                        folder.unlink(name)
+                # Even with nothing left to remove, an earlier removal may not be durable yet.
+                self.touched.add(parent)
+        except FileNotFoundError:
+            pass
+
+    def _remove_thumbnail(self, finding: _Finding) -> None:
+        if finding.seen[2] is not None:
+            self._remove(thumbnail_path(finding.capture_id))
+            self.report.thumbnails_removed += 1
+
+    def _publish(self, rel: str, data: bytes) -> None:
+        parent, _, name = rel.rpartition("/")
+        with self.store.files.folder(parent.partition("/")[0]) as kind:
+            if kind.mkdir(parent.partition("/")[2]):
+                kind.fsync()
+        with self.store.files.folder(parent) as folder:
+            folder.publish(name, data)
+
+    def _set_aside(self, capture_id: str, reason: str) -> None:
+        [moved] = set_aside(self.store.files, [media_path(capture_id)])
+        log.warning(
+            "reconciliation: photo of capture %s is damaged (%s); moved to %s", capture_id, reason, moved
+        )
+        self.report.damaged += 1
+
+    def commit(self, counters: dict[str, int] | None = None) -> None:
+        """Make the removals durable, then commit the dropped rows, the new thumbnail paths, the
+        photos queued for recovery and ``counters`` (``{name: value}`` of the ``counters``
+        table) in one transaction."""
+        files = self.store.files
+        for rel in sorted(self.touched):
+            with contextlib.suppress(FileNotFoundError), files.folder(rel) as folder:
+                folder.fsync()
+        db = self.store.db
+        if self.dropped or self.thumbnails_set or self.queued or counters:
+            with db.atomic():
+                db.conn.executemany("DELETE FROM captures WHERE id = ?", [(i,) for i in self.dropped])
+                db.conn.executemany(
+                    "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
+                    [(path, i) for i, path in self.thumbnails_set.items()],
+                )
+                if self.queued:
+                    db["recovery"].insert_all(self.queued, replace=True)
+                for name, value in (counters or {}).items():
+                    db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
+        self.reset()
+        self._skipping = None
+
+    def index_recovered(self, limit: int) -> int:
+        """Index up to ``limit`` of the photos waiting in ``recovery``, the earliest taken first,
+        after every capture indexed so far, in one transaction; returns how many."""
+        store, columns = self.store, ", ".join(RECOVERED_COLUMNS)
+        with store.db.atomic():
+            ids = [row[0] for row in store.db.execute(
+                "SELECT id FROM recovery ORDER BY captured_at, id LIMIT ?", [limit]
+            ).fetchall()]  # fmt: skip
+            if not ids:
+                return 0
+            chosen = "SELECT value FROM json_each(?)"
+            store.db.execute(
+                f"INSERT INTO captures (seq, {columns}) SELECT ? + ROW_NUMBER() OVER "
+                f"(ORDER BY captured_at, id), {columns} FROM recovery WHERE id IN ({chosen})",
+                [store.last_seq, json.dumps(ids)],
+            )
+            store.db.execute(f"DELETE FROM recovery WHERE id IN ({chosen})", [json.dumps(ids)])
+            store.db["counters"].update("last_seq", {"value": store.last_seq + len(ids)})
+        store.last_seq += len(ids)
+        self.report.recovered += len(ids)
+        return len(ids)
+
+    def index_queued_now(self) -> None:
+        """Index every photo waiting in ``recovery`` now (after the in-flight ids of a start-up
+        were queued and committed), rather than at the end of a full check."""
+        while self.index_recovered(RECOVERY_BATCH):
+            pass
+
+
+# --- The full check -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    findings: list[_Finding]
+    shard_done: int | None = None  # the index of the shard whose last findings these are
+    skipped: bool = False  # that shard could not be listed and is left for the next start
+    error: BaseException | None = None  # what stopped the worker, for the store's thread to raise
+
+
+class FullCheck:
+    """A full check of every capture beside capturing (see the module docstring).
+
+    ``store``: the open store, used only from the thread that calls :meth:`step` or :meth:`run`
+    (the store's own); ``report``: where findings and progress go; ``max_px``: thumbnail size;
+    ``busy()``: true when the store's thread has better things to do (a trigger waiting), which
+    ends a step early; ``restart``: start again at the first shard (``appliance check``) rather
+    than go on where an interrupted check stopped.  A worker thread reads ahead, at most
+    :data:`QUEUED_CHUNKS` hand-overs.  Use it as a context manager, or call :meth:`close`, to stop
+    the worker.  The store's ``full_check_pending`` flag is set while it runs, so one that is
+    interrupted is due again at the next start.  A shard folder that cannot be listed is tried
+    :data:`MAX_SHARD_FAILURES` times, then left for the next start (``report.shards_skipped``).
+    Damage to the index raises :class:`~appliance.store.CorruptDatabaseError`.
+    """
+
+    def __init__(
+        self,
+        store: CaptureStore,
+        report: Reconciliation,
+        max_px: int,
+        *,
+        busy: Callable[[], bool] = lambda: False,
+        restart: bool = False,
+    ):
+        self._store, self._report, self._max_px, self._busy = store, report, max_px, busy
+        self._apply = _Apply(store, report, skip=store.in_flight)
+        self._uri = (store.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
+        with store.guard():
+            counters = dict(store.db.execute("SELECT name, value FROM counters").fetchall())
+            resume = (
+                not restart
+                and counters["full_check_pending"]
+                and (counters["full_check_shard"] < len(SHARDS) or self._queued())
+            )
+            self._next = counters["full_check_shard"] if resume else 0
+            self._skipped = counters["full_check_skipped"] if resume else 0
+            if not resume:
+                with store.db.atomic():
+                    for name, value in (("full_check_pending", 1), ("full_check_shard", 0),
+                                        ("full_check_skipped", 0)):  # fmt: skip
+                        store.db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
+        self._chunks: queue.Queue[_Chunk] = queue.Queue(QUEUED_CHUNKS)
+        self._pending: list[_Finding] = []
+        self._failures = 0  # of the worker at the shard self._next, in a row
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.done = False
+        report.full_check_progress = self._next / len(SHARDS)
+
+    def __enter__(self) -> "FullCheck":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker (it ends between two captures it reads); idempotent."""
+        self._stop.set()
+        if self._worker is not None:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._chunks.get_nowait()
+            self._worker.join()
+            self._worker = None
+
+    def run(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Check every shard now, then index the photos found without a row.  ``progress(done,
+        total)`` is called after each shard."""
+        shown = self._next
+        while not self.done:
+            self.step(budget_s=float("inf"), wait=True)
+            if progress and self._next != shown:
+                shown = self._next
+                progress(self._next, len(SHARDS))
+
+    def step(self, budget_s: float = STEP_BUDGET_S, *, wait: bool = False):
+        """Carry out what the worker found for about ``budget_s`` seconds (at least one finding,
+        then until the budget is spent or ``busy()``), committing once.  ``wait``: wait for the
+        worker rather than return when it has nothing ready.  Returns ``schedule.CancelJob`` once
+        the check is done (so that a scheduled step stops itself), else None."""
+        started = time.monotonic()
+        idle = self._worker is None or not (self._worker.is_alive() or self._chunks.qsize() or self._pending)
+        if idle and self._next < len(SHARDS):
+            self._worker = threading.Thread(target=self._read, name="full-check", daemon=True)
+            self._worker.start()
+        counters = {}
+        try:
+            with self._store.guard():
+                first = True
+                while not self.done and (
+                    first or (time.monotonic() - started < budget_s and not self._busy())
+                ):
+                    first = False
+                    if self._next < len(SHARDS):
+                        if not self._take(counters, wait):
+                            break
+                    else:
+                        self._apply.commit(counters)  # the last shard's queued photos first
+                        counters.clear()
+                        if not self._apply.index_recovered(RECOVERY_BATCH):
+                            self._finish(counters)
+                self._apply.commit(counters)
+        except BaseException:
+            self._apply.reset()
+            raise
+        finally:
+            self._report.duration_s += time.monotonic() - started
+        if not self.done:
+            return None
+        self.close()
+        level = logging.WARNING if self._report.repairs or self._report.shards_skipped else logging.INFO
+        log.log(level, "capture store: %s", self._report.summary())
+        return schedule.CancelJob
+
+    def _take(self, counters: dict, wait: bool) -> bool:
+        """Carry out one finding (or note a shard done); False when the worker has nothing ready."""
+        if not self._pending:
+            try:
+                chunk = self._chunks.get(timeout=1.0) if wait else self._chunks.get_nowait()
+            except queue.Empty:
+                return wait and self._worker is not None and self._worker.is_alive()
+            if chunk.error is not None:
+                # The worker has ended: the next step starts another where this one was, and after
+                # too many failures at one shard, leaves it for the next start.
+                self._worker = None
+                self._failures += 1
+                if isinstance(chunk.error, Exception) and self._failures >= MAX_SHARD_FAILURES:
+                    log.error("full check: shard %s failed %d times (%s); left for the next start",
+                              SHARDS[self._next], self._failures, chunk.error)  # fmt: skip
+                    self._pending = [_Finding("", "shard done", (self._next, True))]
+                    return True
+                raise chunk.error
+            self._pending = list(chunk.findings)
+            if chunk.shard_done is not None:
+                self._pending.append(_Finding("", "shard done", (chunk.shard_done, chunk.skipped)))
+        finding = self._pending.pop(0)
+        if finding.action == "shard done":
+            index, skipped = finding.seen
+            if skipped:
+                self._report.shards_skipped.append(SHARDS[index])
+                self._skipped += 1
+            self._next, self._failures = index + 1, 0
+            counters |= {"full_check_shard": self._next, "full_check_skipped": self._skipped}
+            self._report.full_check_progress = min(1.0, self._next / len(SHARDS))
+        else:
+            self._apply.carry_out(finding)
+        return True
+
+    def _finish(self, counters: dict) -> None:
+        # A shard left unread means the next start must look again, from the first.
+        self.done = True
+        counters |= {
+            "full_check_pending": int(self._skipped > 0),
+            "full_check_shard": 0,
+            "full_check_skipped": 0,
+        }
+        self._report.full_check_progress = 1.0
+
+    def _queued(self) -> bool:
+        return self._store.db.execute("SELECT 1 FROM recovery LIMIT 1").fetchone() is not None
+
+    # -- the worker's side: reads only --
+
+    def _read(self) -> None:
+        try:
+            connection = sqlite3.connect(self._uri, uri=True, check_same_thread=True)
+            with contextlib.closing(connection):
+                for index in range(self._next, len(SHARDS)):
+                    if self._stop.is_set():
+                        return
+                    self._read_shard(connection, index)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the store's thread, which raises it
+            self._put(_Chunk([], error=exc))
+
+    def _read_shard(self, connection: sqlite3.Connection, index: int) -> None:
+        shard = SHARDS[index]
+        for attempt in range(1, MAX_SHARD_FAILURES + 1):
+            try:
+                findings, listed = self._list_shard(index, shard)
+                break
+            except OSError as exc:
+                if attempt == MAX_SHARD_FAILURES:
+                    log.error("full check: shard %s failed %d times (%s); left for the next start",
+                              shard, attempt, exc)  # fmt: skip
+                    self._put(_Chunk([], shard_done=index, skipped=True))
+                    return
+                log.warning("full check: shard %s failed (%s); trying again", shard, exc)
+                if self._stop.wait(SHARD_RETRY_S):
+                    return
+        photos, thumbs = listed
+        with connection:  # one read transaction: the rows and in_flight agree with each other
+            connection.execute("BEGIN")
+            upper = shard[0] + chr(ord(shard[1]) + 1)
+            rows = {
+                r[0]: {"id": r[0], "bytes": r[1], "thumbnail_path": r[2]}
+                for r in connection.execute(
+                    "SELECT id, bytes, thumbnail_path FROM captures WHERE id >= ? AND id < ?", [shard, upper]
+                )
+            }
+            reserved = {r[0] for r in connection.execute("SELECT id FROM in_flight")}
+            queued = {r[0] for r in connection.execute(
+                "SELECT id FROM recovery WHERE id >= ? AND id < ?", [shard, upper]
+            )}  # fmt: skip
+        files = self._store.files
+        for capture_id in sorted((rows.keys() | photos.keys() | thumbs.keys()) - reserved - queued):
+            if self._stop.is_set():
+                return
+            try:
+                finding = _inspect(
+                    files, capture_id, rows.get(capture_id), photos.get(capture_id),
+                    thumbs.get(capture_id), self._max_px,
+                )  # fmt: skip
+            except OSError as exc:
+                finding = _Finding(capture_id, "unreadable", reason=str(exc))
+            if finding.action != "ok":
+                findings.append(finding)
+            if len(findings) >= CHUNK:
+                self._put(_Chunk(findings))
+                findings = []
+        self._put(_Chunk(findings, shard_done=index))
+
+    def _list_shard(self, index: int, shard: str) -> tuple[list[_Finding], tuple[dict, dict]]:
+        """The findings of the listing (temporary and unknown files) and ``({id: (size,
+        mtime_ns)} of the photos, {id: size} of the thumbnails)`` of a shard; the first shard also
+        looks at the tops of ``media/`` and ``thumbnails/``."""
+        findings = []
+        files = self._store.files
+        if index == 0:
+            for kind in ("media", "thumbnails"):
+                with contextlib.suppress(FileNotFoundError), files.folder(kind) as folder:
+                    for entry in folder.entries():
+                        if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
+                            findings.append(_entry_finding(kind, entry))
+        listed = []
+        for kind, pattern in (("media", _MEDIA_NAME), ("thumbnails", _THUMBNAIL_NAME)):
+            found = {}
+            try:
+                with files.folder(f"{kind}/{shard}") as folder:
+                    for entry in folder.entries():
+                        match = pattern.fullmatch(entry.name)
+                        if match and entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            found[match[1]] = (st.st_size, st.st_mtime_ns) if kind == "media" else st.st_size
+                        else:
+                            findings.append(_entry_finding(f"{kind}/{shard}", entry))
+            except FileNotFoundError:
+                pass
+            except UnsafePath:
+                pass  # listed as unknown at the top of the folder: not followed
+            listed.append(found)
+        return findings, tuple(listed)
+
+    def _put(self, chunk: _Chunk) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._chunks.put(chunk, timeout=0.2)
+                return
+
+
+def _entry_finding(folder: str, entry) -> _Finding:
+    """A temporary file of ours to remove, or an unknown entry to leave alone."""
+    if TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+        return _Finding("", "temp", folder=folder, name=entry.name)
+    kind = "" if entry.is_file(follow_symlinks=False) else "a symlink" if entry.is_symlink() else "not a file"
+    return _Finding("", "stray", folder=folder, name=entry.name, reason=kind)

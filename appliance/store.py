@@ -53,6 +53,7 @@ import sqlite_utils
 from PIL import Image
 
 from appliance import __version__
+from appliance.datadir import DataDir, Folder, UnsafePath
 from appliance.exc import StoreError
 from hw.clock import Timestamp
 
@@ -206,6 +207,33 @@ def m007_content_hash_lookup(db: sqlite_utils.Database) -> None:
     db["captures"].create_index(["sha256"])
 
 
+# The columns of a photo found on disk without its row, as the full check indexes it: every column
+# of ``captures`` but seq, boot_id and since_boot_s (the seq is given when it is indexed).
+RECOVERED_COLUMNS = {
+    "id": str, "captured_at": str, "clock_synced": int, "trigger": str, "media_path": str,
+    "thumbnail_path": str, "bytes": int, "width": int, "height": int, "sha256": str, "protected": int,
+    "recovered": int, "metadata": str, "capture_method": str, "event_id": str,
+}  # fmt: skip
+
+
+@migrations()
+def m008_resumable_full_check(db: sqlite_utils.Database) -> None:
+    # Photos a full check found without a row wait here, committed as they are found, until the
+    # check has looked at every shard; then they are indexed in the order they were taken.  With
+    # the next shard to look at and the count of shards it could not read, a full check cut short
+    # by a stop or a crash goes on where it was at the next start.
+    db["recovery"].create(RECOVERED_COLUMNS, pk="id")
+    db["recovery"].create_index(["captured_at", "id"])
+    db["counters"].insert_all(
+        [{"name": "full_check_shard", "value": 0}, {"name": "full_check_skipped", "value": 0}]
+    )
+
+
+class IndexGoneError(StoreError):
+    """The index file was removed or replaced while the store had it open: nothing more is
+    committed to it (see :meth:`CaptureStore.guard`)."""
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 
@@ -222,8 +250,15 @@ def is_corruption(exc: sqlite3.Error) -> bool:
 
 # Every shard folder name, in order: the first two hex characters of an id.
 SHARDS = [f"{n:02x}" for n in range(256)]
-# The name publish() gives a file while it is written: ".<final name>.tmp".
+# The name publish() gives a file while it is written: ".<final name>.tmp" (datadir.temp_name).
 TEMP_NAME = re.compile(r"\..+\.tmp")
+# The folders of the data directory, and the files at its top that SQLite and the store open by
+# name: none of them may be a symlink (see unsafe_layout).
+FOLDERS = ("media", "thumbnails", DAMAGED_DIR)
+TOP_FILES = (
+    DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", DB_NAME + REBUILD_SUFFIX,
+    LOCK_NAME, CLEAN_MARKER, RESERVE_NAME,
+)  # fmt: skip
 
 
 def shard_of(capture_id: str) -> str:
@@ -252,57 +287,81 @@ def iso_utc(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish(path: Path, data: bytes) -> None:
-    """Durably write ``data`` to ``path``: temporary name, fsync, rename, fsync the folder.
+    """Durably write ``data`` to ``path``: temporary name, fsync, rename, fsync the folder (see
+    :meth:`appliance.datadir.Folder.publish`).
 
     Either the whole new file is at ``path`` afterwards, or (on error or crash) the old state with
     at most a leftover ``.<name>.tmp``.  Raises ``OSError`` (``ENOSPC`` on a full disk).
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception:  # an error, not a signal: a dying process leaves the temp to reconciliation
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with DataDir(path.parent).folder() as folder:
+        folder.publish(path.name, data)
 
 
-def set_aside(paths: list[Path], data_dir: Path) -> list[Path]:
-    """Move the damaged files ``paths`` into ``data_dir/damaged/`` and return where they went.
+def set_aside(files: DataDir, rels: list[str]) -> list[Path]:
+    """Move the damaged regular files at ``rels`` (relative to the data directory ``files``) into
+    its ``damaged/`` folder, and return where they went.
 
     Names are kept, with ``.N`` inserted after the stem when taken; one N for the whole group, so a
-    database set aside stays beside its WAL.  Nothing is ever deleted: the user may still rescue it.
+    database set aside stays beside its WAL.  Nothing is ever deleted: the user may still rescue
+    it.  Raises :class:`~appliance.datadir.UnsafePath` for one that is not a regular file (a
+    symlink is never followed nor moved).
     """
-    damaged = data_dir / DAMAGED_DIR
-    damaged.mkdir(exist_ok=True)
+    with files.folder() as root:
+        if root.mkdir(DAMAGED_DIR):
+            root.fsync()
+    with files.folder(DAMAGED_DIR) as damaged:
+        n = _free_number(damaged, [rel.rpartition("/")[2] for rel in rels])
+        for rel in rels:
+            parent, _, name = rel.rpartition("/")
+            with files.folder(parent) as folder:
+                folder.move(name, damaged, _numbered(name, n))
+        damaged.fsync()
+        for parent in {rel.rpartition("/")[0] for rel in rels}:
+            with files.folder(parent) as folder:
+                folder.fsync()
+        return [damaged.path(_numbered(rel.rpartition("/")[2], n)) for rel in rels]
 
-    def target(path: Path, n: int) -> Path:
-        stem, dot, rest = path.name.partition(".")
-        return damaged / (path.name if n == 1 else f"{stem}.{n}{dot}{rest}")
 
+def _numbered(name: str, n: int) -> str:
+    stem, dot, rest = name.partition(".")
+    return name if n == 1 else f"{stem}.{n}{dot}{rest}"
+
+
+def _free_number(folder: Folder, names: list[str]) -> int:
+    """The lowest N for which no ``_numbered(name, N)`` of ``names`` exists in ``folder``."""
     n = 1
-    while any(target(path, n).exists() for path in paths):
+    while True:
+        for name in names:
+            try:
+                folder.lstat(_numbered(name, n))
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            return n
         n += 1
-    moved = []
-    for path in paths:
-        os.replace(path, target(path, n))
-        moved.append(target(path, n))
-    fsync_dir(damaged)
-    for folder in {path.parent for path in paths}:
-        fsync_dir(folder)
-    return moved
+
+
+def unsafe_layout(data_dir: Path) -> list[str]:
+    """What in ``data_dir`` would lead out of it, as paths relative to it: the folders of
+    :data:`FOLDERS` and the shard folders in ``media/`` and ``thumbnails/`` that are symlinks or
+    not folders, and the files of :data:`TOP_FILES` that are not regular files.  Empty when all is
+    well (or nothing exists yet).  Costs a listing of ``media/`` and ``thumbnails/``."""
+    files = DataDir(data_dir)
+    try:
+        unsafe = files.unsafe_entries(("",), frozenset(FOLDERS))
+        unsafe += files.unsafe_entries(tuple(f for f in ("media", "thumbnails") if f not in unsafe),
+                                       frozenset(SHARDS))  # fmt: skip
+        with files.folder() as root:
+            for name in TOP_FILES:
+                try:
+                    root.regular_size(name)
+                except UnsafePath:
+                    unsafe.append(name)
+    except FileNotFoundError:
+        return []
+    return unsafe
 
 
 def _salvage(db_path: Path) -> tuple[list[dict], int, dict[str, str]]:
@@ -396,29 +455,47 @@ class CaptureStore:
     Opening takes an exclusive lock on ``data_dir/.lock``, applies pending migrations, and consumes
     the clean-shutdown marker: :attr:`shutdown_was_clean` tells whether the last writer closed
     cleanly with the index matching the disk (if not, see :func:`appliance.reconcile.open_store`);
-    :attr:`created` whether the index did not exist before.  ``check``: run ``quick_check``
-    (True), not (False), or only when the last shutdown was not clean (None).  An index found
-    damaged (by quick_check, or already on opening) is set aside and rebuilt from what SQLite can
-    still read of it; :attr:`rebuilt` then says where it went and how many rows were salvaged, and
-    the photos must be checked in full.  Damage found later, by any method, raises
-    :class:`CorruptDatabaseError` and makes the next start check and rebuild.
+    :attr:`created` whether the index did not exist before.  ``check``: run ``PRAGMA
+    quick_check`` (True, the default: at every start, clean or not, so that pages damaged even
+    after a clean stop are found before anything reads them; about 0.5 s for 1,000,000
+    captures).  An index found damaged (by quick_check, or already on opening) is set aside and
+    rebuilt from what SQLite can still read of it; :attr:`rebuilt` then says where it went and how
+    many rows were salvaged, and the photos must be checked in full.  Damage found later, by any
+    method, raises :class:`CorruptDatabaseError` and makes the next start check and rebuild.
     :meth:`close` checkpoints the WAL and writes the marker again.
 
+    Files in the data directory are reached only through :attr:`files`
+    (:class:`~appliance.datadir.DataDir`): no symlink inside it is followed.  A data directory
+    with a symlink (or a file) where a folder of the layout or a shard folder should be, or a
+    symlink at the name of the index, its WAL, the lock or the marker, is refused
+    (:func:`unsafe_layout`).
+
     Raises :class:`NewerDatabaseError` for an index from a newer version, and :class:`StoreError`
-    when the folder or the database cannot be opened or another process holds the lock.
+    when the folder or the database cannot be opened, another process holds the lock, or the
+    layout is unsafe.
     """
 
-    def __init__(self, data_dir: Path, *, check: bool | None = None):
+    def __init__(self, data_dir: Path, *, check: bool = True):
         self.data_dir = Path(data_dir)
+        self.files = DataDir(self.data_dir)
         self.db_path = self.data_dir / DB_NAME
         self.db = None
+        self._db_identity: tuple[int, int] | None = None
         self.rebuilt: dict | None = None
         self._lock = self._take_lock()
         try:
+            unsafe = unsafe_layout(self.data_dir)
+            if unsafe:
+                raise UnsafePath(
+                    f"{self.data_dir}: {', '.join(unsafe[:5])}{' ...' if len(unsafe) > 5 else ''} would lead "
+                    "out of the data directory (a symlink, or a file where a folder belongs); move "
+                    "them out of it"
+                )
             if self._finish_interrupted_rebuild():
                 self.rebuilt = {"set_aside": str(self.data_dir / DAMAGED_DIR), "rows_salvaged": 0}
-            for sub in ("media", "thumbnails"):
-                (self.data_dir / sub).mkdir(exist_ok=True)
+            with self.files.folder() as root:
+                if [sub for sub in ("media", "thumbnails") if root.mkdir(sub)]:
+                    root.fsync()
             self.created = not self.db_path.exists()
             try:
                 self._open_index()
@@ -433,7 +510,7 @@ class CaptureStore:
                     with self.db.atomic():
                         self.db["counters"].update("last_seq", {"value": marker_seq})
                     self.last_seq = marker_seq
-                if check or (check is None and not (self.shutdown_was_clean or self.created)):
+                if check:
                     self.quick_check()
             except CorruptDatabaseError as exc:
                 log.error("%s; rebuilding the index from what SQLite can still read and the photos", exc)
@@ -447,7 +524,7 @@ class CaptureStore:
                 raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
             raise
         self._consistent = True
-        self._shards_made: set[Path] = set()
+        self._shards_made: set[str] = set()
         self._next_id: str | None = None
 
     def _open_index(self) -> None:
@@ -468,6 +545,8 @@ class CaptureStore:
             self.db.execute("PRAGMA synchronous=FULL")
             migrations.apply(self.db)
             self.last_seq = self.db["counters"].get("last_seq")["value"]
+            st = os.stat(self.db_path)
+            self._db_identity = (st.st_dev, st.st_ino)
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
@@ -483,7 +562,7 @@ class CaptureStore:
         self.db = None
         self._consume_clean_marker()  # from here on, a crash must not look like a clean stop
         new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
-        new.unlink(missing_ok=True)
+        new.unlink(missing_ok=True)  # not a symlink: unsafe_layout refused that
         rows, last_seq, in_flight = _salvage(self.db_path)
         db = sqlite_utils.Database(new)  # a rollback journal: one self-contained file once closed
         migrations.apply(db)
@@ -505,12 +584,10 @@ class CaptureStore:
             }
             db["in_flight"].insert_all([{"id": i, "reason": r} for i, r in in_flight.items()])
         db.close()
-        fsync_dir(self.data_dir)
         # The WAL first: left beside the new index, SQLite would replay it into it.
-        damaged = [self.db_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm", "")]
-        aside = set_aside([path for path in damaged if path.exists()], self.data_dir)[-1]
-        os.replace(new, self.db_path)
-        fsync_dir(self.data_dir)
+        damaged = [DB_NAME + suffix for suffix in ("-wal", "-shm", "")]
+        aside = set_aside(self.files, [name for name in damaged if (self.data_dir / name).exists()])[-1]
+        self._put_in_place(new)
         self._open_index()
         return {"set_aside": str(aside), "rows_salvaged": salvaged}
 
@@ -522,17 +599,38 @@ class CaptureStore:
         if self.db_path.exists():
             new.unlink()  # the crash came while it was being written: rebuild again
             return False
-        leftovers = [self.db_path.with_name(DB_NAME + suffix) for suffix in ("-wal", "-shm")]
-        if any(path.exists() for path in leftovers):
-            set_aside([path for path in leftovers if path.exists()], self.data_dir)
-        os.replace(new, self.db_path)
-        fsync_dir(self.data_dir)
+        self._put_in_place(new)
         return True
+
+    def _put_in_place(self, new: Path) -> None:
+        """Make the complete index ``new`` (in the data directory) the index, durably, after
+        setting aside a WAL left beside the old one (SQLite would replay it into the new one)."""
+        with self.files.folder() as root:
+            os.fsync(fd := root.open(new.name, os.O_RDONLY))
+            os.close(fd)
+            leftovers = [
+                DB_NAME + suffix
+                for suffix in ("-wal", "-shm")
+                if (self.data_dir / (DB_NAME + suffix)).exists()
+            ]
+            if leftovers:
+                set_aside(self.files, leftovers)
+            os.replace(new.name, DB_NAME, src_dir_fd=root.fd, dst_dir_fd=root.fd)
+            root.fsync()
 
     @contextlib.contextmanager
     def guard(self):
         """Context for work on the index: damage found inside becomes
-        :class:`CorruptDatabaseError`, and the next start checks and rebuilds the index."""
+        :class:`CorruptDatabaseError`, and the next start checks and rebuilds the index.
+
+        First it checks that the index file is still the one opened (the device and inode of
+        ``captures.db`` against those at opening: one ``stat``), so that nothing is committed into
+        a file removed or replaced under it, which would vanish with the process.  When it is not,
+        the index as this connection still sees it is written back (removed: in its place;
+        replaced: into ``damaged/``), the connection is closed, and :class:`IndexGoneError` is
+        raised: the process should stop, and the next start checks the store.
+        """
+        self._check_index_file()
         try:
             yield
         except sqlite3.Error as exc:
@@ -541,6 +639,60 @@ class CaptureStore:
             self._consistent = False
             raise CorruptDatabaseError(f"{self.db_path} is damaged: {exc}") from exc
 
+    def _check_index_file(self) -> None:
+        if self.db is None:
+            raise IndexGoneError(f"{self.db_path} is closed")
+        if self._db_identity is None:
+            return  # being opened or rebuilt
+        try:
+            st = os.stat(self.db_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == self._db_identity:
+            return
+        self._consistent = False
+        what = "replaced" if st is not None else "removed"
+        kept = self._rescue_index(replaced=st is not None)
+        raise IndexGoneError(f"{self.db_path} was {what} while the appliance ran; {kept}")
+
+    def _rescue_index(self, *, replaced: bool) -> str:
+        """Copy the index this connection still has open (``sqlite3`` backup: the database with
+        its WAL) back into the data directory, close the connection, and say where it went: in
+        place of a removed index (through :data:`REBUILD_SUFFIX`, so a crash halfway is finished
+        at the next start), or into ``damaged/`` beside a replaced one (which is left alone)."""
+        try:
+            if replaced:
+                with self.files.folder() as root:
+                    if root.mkdir(DAMAGED_DIR):
+                        root.fsync()
+                with self.files.folder(DAMAGED_DIR) as damaged:
+                    target = damaged.path(_numbered(DB_NAME, _free_number(damaged, [DB_NAME])))
+            else:
+                target = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
+                target.unlink(missing_ok=True)
+            copy = sqlite3.connect(target)
+            try:
+                self.db.conn.backup(copy)
+            finally:
+                copy.close()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("the index open in this process could not be copied back: %s", exc)
+            return f"its rows could not be copied back ({exc}); a restart rebuilds it from the photos"
+        finally:
+            # SQLite folds the WAL into the file it has open and removes the WAL by name.
+            self.db.close()
+            self.db = None
+        try:
+            if replaced:
+                with open(target, "rb") as f:
+                    os.fsync(f.fileno())
+                return f"the index this process had is kept as {target}; a restart checks the store"
+            self._put_in_place(target)
+        except OSError as exc:
+            log.error("the copy of the index could not be put in place: %s", exc)
+            return f"a copy of it is at {target}; a restart puts it in place"
+        return "it was written back from the copy this process still had open; a restart checks the store"
+
     def mark_unclean(self) -> None:
         """Have the next start check what it would after a crash (no clean-shutdown marker)."""
         self._consistent = False
@@ -548,7 +700,8 @@ class CaptureStore:
     def _take_lock(self):
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.data_dir / LOCK_NAME, "a+")  # noqa: SIM115 -- held until close()
+            with self.files.folder() as root:
+                lock = os.fdopen(root.open(LOCK_NAME, os.O_RDWR | os.O_CREAT), "r+")  # held until close()
         except OSError as exc:
             raise StoreError(f"cannot open the capture store in {self.data_dir}: {exc}") from exc
         try:
@@ -560,7 +713,8 @@ class CaptureStore:
             raise StoreError(
                 f"{self.data_dir} is in use by process {holder}: stop it first (one writer at a time)"
             ) from None
-        lock.truncate(0)
+        lock.seek(0)
+        lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
         return lock
@@ -568,15 +722,15 @@ class CaptureStore:
     def _consume_clean_marker(self) -> int | None:
         """Remove the marker durably (so a crash from now on is seen as one) and return the
         last seq it recorded, or None when there was no marker."""
-        marker = self.data_dir / CLEAN_MARKER
-        try:
-            last_seq = json.loads(marker.read_text())["last_seq"]
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
-            last_seq = None  # a marker we cannot read proves nothing
-        marker.unlink()
-        fsync_dir(self.data_dir)
+        with self.files.folder() as root:
+            try:
+                last_seq = json.loads(root.read_bytes(CLEAN_MARKER))["last_seq"]
+            except FileNotFoundError:
+                return None
+            except (ValueError, KeyError, TypeError):
+                last_seq = None  # a marker we cannot read proves nothing
+            root.unlink(CLEAN_MARKER)
+            root.fsync()
         return last_seq
 
     def quick_check(self) -> None:
@@ -631,33 +785,38 @@ class CaptureStore:
         finally:
             self.db.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
-    def close(self, *, clean: bool = True) -> None:
+    def close(self, *, clean: bool = True) -> bool:
         """Checkpoint, close the database, and write the clean-shutdown marker, unless ``clean`` is
         False or something went wrong that could leave a file without its row.  Releases the
-        lock.  Never raises: a failure is logged and the next start-up reconciles in full."""
+        lock.  Never raises: returns False when closing failed (logged; the next start-up
+        reconciles in full), True otherwise (also when already closed)."""
         if self._lock.closed:
-            return
-        self._consistent = self._consistent and clean
+            return True
+        self._consistent = self._consistent and clean and self.db is not None
         try:
             if self._consistent:
                 if self._next_id is not None:  # reserved, never used: it has no files
                     self.forget_in_flight([self._next_id])
                 self.checkpoint()
-            self.db.close()
+            if self.db is not None:
+                self.db.close()
+                self.db = None
             if self._consistent:
-                publish(self.data_dir / CLEAN_MARKER, json.dumps({"last_seq": self.last_seq}).encode())
+                self.files.publish(CLEAN_MARKER, json.dumps({"last_seq": self.last_seq}).encode())
         except (OSError, sqlite3.Error) as exc:
             log.error("capture store not closed cleanly, the next start will check it in full: %s", exc)
+            return False
         finally:
             self._lock.close()
+        return True
 
-    def _shard_dir(self, kind: str, capture_id: str) -> Path:
-        path = self.data_dir / kind / shard_of(capture_id)
-        if path not in self._shards_made:
-            path.mkdir(exist_ok=True)
-            fsync_dir(path.parent)  # once per shard and process: the folder's entry is durable
-            self._shards_made.add(path)
-        return path
+    def _make_shard(self, kind: str, capture_id: str) -> None:
+        shard = f"{kind}/{shard_of(capture_id)}"
+        if shard not in self._shards_made:
+            with self.files.folder(kind) as folder:
+                folder.mkdir(shard_of(capture_id))
+                folder.fsync()  # once per shard and process: the folder's entry is durable
+            self._shards_made.add(shard)
 
     def add(
         self,
@@ -691,8 +850,7 @@ class CaptureStore:
         except sqlite3.Error as exc:  # not damage: _reserve_id raises that as CorruptDatabaseError
             raise StoreError(f"capture not stored: {exc}") from exc
         capture_id = self._next_id
-        media = self.data_dir / media_path(capture_id)
-        thumb = self.data_dir / thumbnail_path(capture_id)
+        media, thumb = media_path(capture_id), thumbnail_path(capture_id)
         row = {
             "id": capture_id,
             "seq": self.last_seq + 1,
@@ -714,18 +872,18 @@ class CaptureStore:
             "event_id": event_id or capture_id,
         }
         try:
-            self._shard_dir("media", capture_id)
-            self._shard_dir("thumbnails", capture_id)
-            publish(media, jpeg)
+            self._make_shard("media", capture_id)
+            self._make_shard("thumbnails", capture_id)
+            self.files.publish(media, jpeg)
             if thumbnail:
-                publish(thumb, thumbnail)
+                self.files.publish(thumb, thumbnail)
             next_id = new_id()
             self.insert([row], in_flight={capture_id: None, next_id: "capture"})
             self._next_id = next_id
-        except CorruptDatabaseError as exc:
-            # Keep the files for the rebuild at the next start to index; never reuse the id.
+        except (CorruptDatabaseError, IndexGoneError) as exc:
+            # Keep the files for the next start to index; never reuse the id.
             self._next_id = None
-            raise CorruptDatabaseError(f"capture kept on disk but not indexed: {exc}") from exc
+            raise type(exc)(f"capture kept on disk but not indexed: {exc}") from exc
         except sqlite3.Error as exc:
             self._remove_unindexed(media, thumb)
             raise StoreError(f"capture not stored: {exc}") from exc
@@ -734,10 +892,14 @@ class CaptureStore:
             raise StoreError(f"capture not stored: {exc}") from exc
         return row
 
-    def _remove_unindexed(self, *paths: Path) -> None:
-        for path in paths:
+    def _remove_unindexed(self, *rels: str) -> None:
+        for rel in rels:
+            folder, _, name = rel.rpartition("/")
             try:
-                path.unlink(missing_ok=True)
+                with self.files.folder(folder) as f:
+                    f.unlink(name)
+            except FileNotFoundError:
+                continue
             except OSError:
                 # An unindexed file is harmless, but the next start must look for it.
                 self._consistent = False
@@ -805,28 +967,32 @@ class CaptureStore:
         return self._remove_files(ids) if ids else (0, [])
 
     def _remove_files(self, capture_ids: list[str]) -> tuple[int, list[str]]:
-        freed, folders, failed = 0, set(), []
+        freed, failed = 0, []
+        by_folder: dict[str, list[tuple[str, str]]] = {}
         for capture_id in capture_ids:
             for rel in (media_path(capture_id), thumbnail_path(capture_id)):
-                path = self.data_dir / rel
-                try:
-                    size = path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
-                    # Gone already, but perhaps not durably (a retry after a failed fsync).
-                    if path.parent.is_dir():
-                        folders.add(path.parent)
-                    continue
-                except OSError as exc:
-                    log.debug("cannot delete %s now: %s", path, exc)
-                    failed.append(capture_id)
-                    continue
-                freed += size
-                folders.add(path.parent)
-        # The unlinks must be on the card before the ids leave in_flight, or a power cut could
-        # bring the files back with nothing left to say they were being deleted.
-        for folder in folders:
-            fsync_dir(folder)
+                folder, _, name = rel.rpartition("/")
+                by_folder.setdefault(folder, []).append((capture_id, name))
+        for rel, names in sorted(by_folder.items()):
+            try:
+                with self.files.folder(rel) as folder:
+                    for capture_id, name in names:
+                        try:
+                            freed += folder.unlink(name)
+                        except FileNotFoundError:
+                            continue  # gone already, perhaps not durably (a retry after a failed fsync)
+                        except UnsafePath as exc:
+                            log.warning("%s", exc)  # a symlink under its name: not ours to remove
+                        except OSError as exc:
+                            log.debug("cannot delete %s now: %s", folder.path(name), exc)
+                            failed.append(capture_id)
+                    # The unlinks must be on the card before the ids leave in_flight, or a power
+                    # cut could bring the files back with nothing left to say they were going.
+                    folder.fsync()
+            except FileNotFoundError:
+                continue  # no such shard folder: none of these files is there
+            except UnsafePath as exc:
+                log.warning("%s", exc)
         self.forget_in_flight([i for i in capture_ids if i not in failed])
         return freed, sorted(set(failed))
 
@@ -860,27 +1026,31 @@ class CaptureStore:
         """Keep :data:`RESERVE_BYTES` allocated in ``.reserve``, for :meth:`release_reserve` to
         give back when the card is full to the last byte (SQLite needs room even to delete).
         Best effort: without the room for it now, it is made at a later call."""
-        path = self.data_dir / RESERVE_NAME
-        if path.exists():
-            return
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with self.files.folder() as root:
+                if root.regular_size(RESERVE_NAME) is not None:
+                    return
+                fd = root.open(RESERVE_NAME, os.O_WRONLY | os.O_CREAT, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse file
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        root.unlink(RESERVE_NAME)
+                    raise
+                finally:
+                    os.close(fd)
         except OSError:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            return  # made at a later call
 
     def release_reserve(self) -> bool:
         """Delete the reserve file; True if there was one to give back."""
-        try:
-            (self.data_dir / RESERVE_NAME).unlink()
-        except FileNotFoundError:
-            return False
-        fsync_dir(self.data_dir)
+        with self.files.folder() as root:
+            try:
+                root.unlink(RESERVE_NAME)
+            except FileNotFoundError:
+                return False
+            root.fsync()
         return True
 
     @_index_operation

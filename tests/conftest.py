@@ -117,48 +117,65 @@ def disk_full(step: str) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), step)
 
 
+def _where(path, dir_fd=None) -> str:
+    """The path a system call acts on: ``path`` relative to the folder ``dir_fd`` (as the store's
+    calls go, see appliance.datadir), or the folder a descriptor ``path`` is open on."""
+    if isinstance(path, int):
+        return os.readlink(f"/proc/self/fd/{path}")
+    if dir_fd is not None:
+        return os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+    return os.fspath(path)
+
+
 class FaultyDisk:
     """Makes a file-system step of the store (open, write, fsync, rename, folder open, unlink, list)
     raise ``error(step)``: the ``fail_at``-th step, the first of that name, with ``(name, n)`` the
-    n-th of that name, or every step for which ``fail_at(name, path)`` is true.  ``fail_at`` 0
-    never fails and only records the steps."""
+    n-th of that name, or every step for which ``fail_at(name, path)`` is true (``path``: the
+    file's whole path, whether the call named it or went through a folder's descriptor).
+    ``fail_at`` 0 never fails and only records the steps: ``steps`` their names in order,
+    ``paths`` what each acted on."""
 
     def __init__(self, monkeypatch, fail_at, error):
-        self.fail_at, self.error, self.steps = fail_at, error, []
-        real_open, real_fsync, real_replace, real_os_open, real_unlink, real_scandir = (
-            open, os.fsync, os.replace, os.open, os.unlink, os.scandir
-        )  # fmt: skip
+        self.fail_at, self.error, self.steps, self.paths = fail_at, error, [], []
+        real = {
+            name: getattr(os, name) for name in ("open", "write", "fsync", "replace", "unlink", "scandir")
+        }
+        real_open = open
         step = self.step
 
-        class File:
-            def __init__(self, *args, **kwargs):
-                step("open")
-                self._file = real_open(*args, **kwargs)
+        def os_open(path, flags, mode=0o777, *, dir_fd=None):
+            step("open folder" if flags & os.O_DIRECTORY else "open", _where(path, dir_fd))
+            return real["open"](path, flags, mode, dir_fd=dir_fd)
 
-            def write(self, data):
-                step("write")
-                return self._file.write(data)
+        def replace(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
+            step("rename", _where(src, src_dir_fd))
+            return real["replace"](src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
-            def __getattr__(self, name):
-                return getattr(self._file, name)
+        def unlink(path, *, dir_fd=None):
+            step("unlink", _where(path, dir_fd))
+            return real["unlink"](path, dir_fd=dir_fd)
 
-            def __enter__(self):
-                return self
+        def scandir(path="."):
+            step("list", _where(path))
+            return real["scandir"](path)
 
-            def __exit__(self, *exc):
-                self._file.close()
+        def builtin_open(file, *args, **kwargs):
+            step("open", _where(file))
+            return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr("appliance.store.open", File, raising=False)
-        monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync"), real_fsync(fd))[1])
-        monkeypatch.setattr(os, "replace", lambda a, b: (step("rename", a), real_replace(a, b))[1])
+        monkeypatch.setattr("appliance.store.open", builtin_open, raising=False)
+        monkeypatch.setattr(os, "open", os_open)
         monkeypatch.setattr(
-            os, "open", lambda p, *a, **k: (step("open folder", p), real_os_open(p, *a, **k))[1]
+            os, "write", lambda fd, data: (step("write", _where(fd)), real["write"](fd, data))[1]
         )
-        monkeypatch.setattr(os, "unlink", lambda p, *a, **k: (step("unlink", p), real_unlink(p, *a, **k))[1])
-        monkeypatch.setattr(os, "scandir", lambda p=".": (step("list", p), real_scandir(p))[1])
+        monkeypatch.setattr(os, "fsync", lambda fd: (step("fsync", _where(fd)), real["fsync"](fd))[1])
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "unlink", unlink)
+        monkeypatch.setattr(os, "scandir", scandir)
 
     def step(self, name, path=None):
         self.steps.append(name)
+        self.paths.append(path)
         if callable(self.fail_at):
             if self.fail_at(name, path):
                 raise self.error(name)

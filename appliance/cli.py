@@ -315,7 +315,7 @@ def run(
         notifier = Notifier()
         stack.callback(notifier.close)
         notifier.status("checking the capture store")
-        store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
+        store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px, beside=True)
         stack.callback(store.close)
         log.log(
             logging.WARNING if reconciliation.needs_attention else logging.INFO,

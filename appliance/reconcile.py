@@ -13,8 +13,9 @@ scopes (:attr:`Reconciliation.scope`):
     :class:`FullCheck` is then due (:attr:`Reconciliation.full_check_due`): ``appliance run`` does
     it beside capturing, so that capturing starts at once.
 ``"full"``
-    ``appliance check`` (``full=True``) or a damaged index: every shard folder is listed and every
-    capture checked as below, before the store is returned.
+    ``appliance check`` (``full=True``), a damaged index, or photos without an index: every shard
+    folder is listed and every capture checked as below, before the store is returned (or, for
+    ``appliance run``, beside capturing: ``beside=True``).
 
 For each capture checked:
 
@@ -181,15 +182,20 @@ def open_store(
     *,
     thumbnail_max_px: int,
     full: bool = False,
+    beside: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[CaptureStore, Reconciliation]:
     """Open the store in ``data_dir`` for writing, reconciled with the disk.
 
-    ``full``: check every capture, whatever the last shutdown was; ``thumbnail_max_px``: size of
-    re-created thumbnails; ``progress(done, total)``: called after each of the 256 shards of a full
-    check.  Returns the open store and what was done.  Raises :class:`~appliance.exc.StoreError`
-    (and its subclass :class:`~appliance.store.NewerDatabaseError`) when the store cannot be
-    opened, or ``OSError`` when a repair cannot be written.  An exception raised meanwhile (a
+    ``full``: check every capture, whatever the last shutdown was; ``beside``: a full check that a
+    damaged or lost index calls for is left to the caller, to run beside capturing
+    (:attr:`Reconciliation.full_check_due`, with a :class:`FullCheck`), rather than done before
+    returning (``full`` is always done before); ``thumbnail_max_px``: size of re-created
+    thumbnails; ``progress(done, total)``: called after each of the 256 shards of a full check.
+
+    Returns the open store and what was done.  Raises :class:`~appliance.exc.StoreError` (and its
+    subclass :class:`~appliance.store.NewerDatabaseError`) when the store cannot be opened, or
+    ``OSError`` when a repair cannot be written.  An exception raised meanwhile (a
     stop asked for by a signal handler, say) leaves the store closed and marked for checking.
     """
     started = time.monotonic()
@@ -208,10 +214,12 @@ def open_store(
             report.full_check_due = report.scope == "interrupted" or store.full_check_pending
             if report.scope != "none":
                 _finish_interrupted_writes(store, report, thumbnail_max_px)
-        if report.scope == "full":
-            with FullCheck(store, report, thumbnail_max_px, restart=True) as check:
+        if report.scope == "full" and (full or not beside):
+            with FullCheck(store, report, thumbnail_max_px, restart=full) as check:
                 check.run(progress)
             report.full_check_due = store.full_check_pending
+        elif report.scope == "full":
+            report.full_check_due = True
         if report.unreadable:
             store.mark_unclean()  # so that the next start tries them again
     except BaseException as exc:
@@ -473,7 +481,8 @@ class _Apply:
                 row["thumbnail_path"] = thumb
             elif finding.seen[2] is not None:
                 row["thumbnail_path"] = thumb  # its own, intact
-            log.warning("reconciliation: photo %s had no row; indexing it as recovered", files.root / media)
+            # One line per photo at DEBUG only: a lost index can leave a million of them.
+            log.debug("reconciliation: photo %s had no row; indexing it as recovered", files.root / media)
             self.queued.append(row)
         elif action == "damaged":
             self._set_aside(sid, finding.reason)
@@ -641,6 +650,8 @@ class FullCheck:
                                         ("full_check_skipped", 0)):  # fmt: skip
                         store.db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
         self._chunks: queue.Queue[_Chunk] = queue.Queue(QUEUED_CHUNKS)
+        if resume:
+            log.info("full check: going on at shard %d of %d", self._next, len(SHARDS))
         self._pending: list[_Finding] = []
         self._failures = 0  # of the worker at the shard self._next, in a row
         self._stop = threading.Event()

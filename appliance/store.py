@@ -659,14 +659,18 @@ class CaptureStore:
         """Copy the index this connection still has open (``sqlite3`` backup: the database with
         its WAL) back into the data directory, close the connection, and say where it went: in
         place of a removed index (through :data:`REBUILD_SUFFIX`, so a crash halfway is finished
-        at the next start), or into ``damaged/`` beside a replaced one (which is left alone)."""
+        at the next start), or into ``damaged/`` beside a replaced one, which is left alone: the
+        WAL left at its name is this connection's (SQLite would replay it into the replacement),
+        so it goes into ``damaged/`` too."""
+        names = [DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"]
         try:
             if replaced:
                 with self.files.folder() as root:
                     if root.mkdir(DAMAGED_DIR):
                         root.fsync()
                 with self.files.folder(DAMAGED_DIR) as damaged:
-                    target = damaged.path(_numbered(DB_NAME, _free_number(damaged, [DB_NAME])))
+                    n = _free_number(damaged, names)
+                    target = damaged.path(_numbered(DB_NAME, n))
             else:
                 target = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
                 target.unlink(missing_ok=True)
@@ -679,19 +683,24 @@ class CaptureStore:
             log.error("the index open in this process could not be copied back: %s", exc)
             return f"its rows could not be copied back ({exc}); a restart rebuilds it from the photos"
         finally:
-            # SQLite folds the WAL into the file it has open and removes the WAL by name.
             self.db.close()
             self.db = None
         try:
-            if replaced:
-                with open(target, "rb") as f:
-                    os.fsync(f.fileno())
-                return f"the index this process had is kept as {target}; a restart checks the store"
-            self._put_in_place(target)
+            if not replaced:
+                self._put_in_place(target)
+                return "it was written back from the copy this process had open; a restart checks the store"
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+            with self.files.folder() as root, self.files.folder(DAMAGED_DIR) as damaged:
+                for name in names[1:]:
+                    with contextlib.suppress(FileNotFoundError):
+                        root.move(name, damaged, _numbered(name, n))
+                damaged.fsync()
+                root.fsync()
         except OSError as exc:
             log.error("the copy of the index could not be put in place: %s", exc)
             return f"a copy of it is at {target}; a restart puts it in place"
-        return "it was written back from the copy this process still had open; a restart checks the store"
+        return f"the index this process had is kept as {target}; a restart checks the store"
 
     def mark_unclean(self) -> None:
         """Have the next start check what it would after a crash (no clean-shutdown marker)."""

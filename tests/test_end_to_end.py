@@ -16,14 +16,17 @@ import pytest
 import requests
 from PIL import Image
 
-from appliance.store import IndexReader
+from appliance.reconcile import open_store
+from appliance.store import CaptureStore, IndexReader, media_path
 
 
-def start(data_dir, config, *args):
+def start(data_dir, config, *args, stderr=subprocess.PIPE):
+    """``appliance run --simulate`` on ``data_dir``; ``stderr``: where its log goes (a file for a
+    run that logs more than a pipe holds before it is read)."""
     return subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
          "--data-dir", str(data_dir), "--config", str(config), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
     )  # fmt: skip
 
 
@@ -44,13 +47,14 @@ def wait_for_captures(url, count, timeout_s=20):
     raise AssertionError(f"fewer than {count} captures after {timeout_s} s: {status}")
 
 
-def assert_index_matches_disk(data_dir, replayed: set[str]):
+def assert_index_matches_disk(data_dir, replayed: set[str], *, contiguous: bool = True):
     db = sqlite3.connect(data_dir / "captures.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     rows = IndexReader(data_dir).latest(10_000)
     assert rows, "no captures"
-    assert [r["seq"] for r in rows] == list(range(len(rows), 0, -1))
+    if contiguous:
+        assert [r["seq"] for r in rows] == list(range(len(rows), 0, -1))
     for row in rows:
         jpeg = (data_dir / row["media_path"]).read_bytes()
         assert hashlib.sha256(jpeg).hexdigest() == row["sha256"]
@@ -238,3 +242,127 @@ def test_after_sigkill_the_next_run_captures_at_once_and_checks_in_full_beside(
     assert "capture store: check after an unclean shutdown in" in stderr
     assert "capture store: full check in" in stderr
     assert_index_matches_disk(data_dir, replayed)
+
+
+ACKNOWLEDGED = re.compile(r"capture \d+ \(([0-9a-f]{32}), (\w+), ")
+
+
+def test_an_index_removed_under_the_running_appliance_stops_it_and_every_row_survives(
+    tmp_path, burst_dir, run_config
+):
+    data_dir = tmp_path / "data"
+    process = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.2")
+    try:
+        wait_for_captures(status_url(process), 3)
+        (data_dir / "captures.db").unlink()
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 1, stderr  # for systemd to restart it
+    assert "captures.db was removed while the appliance ran; it was written back" in stderr
+    acknowledged = dict(ACKNOWLEDGED.findall(stderr))
+    assert len(acknowledged) >= 3
+
+    store, report = open_store(data_dir, thumbnail_max_px=320)
+    store.close()
+    assert report.scope == "interrupted"
+    rows = {row["id"]: row for row in IndexReader(data_dir).latest(1000)}
+    for capture_id, trigger in acknowledged.items():  # every row, with what only the index knew
+        assert rows[capture_id]["trigger"] == trigger and not rows[capture_id]["recovered"]
+    replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
+    assert_index_matches_disk(data_dir, replayed)
+
+
+def recovery_state(data_dir) -> tuple[int, int, int]:
+    """``(next shard of the full check, photos waiting in recovery, recovered rows)``."""
+    with sqlite3.connect(f"{(data_dir / 'captures.db').as_uri()}?mode=ro", uri=True) as db:
+        shard = db.execute("SELECT value FROM counters WHERE name = 'full_check_shard'").fetchone()[0]
+        waiting = db.execute("SELECT COUNT(*) FROM recovery").fetchone()[0]
+        recovered = db.execute("SELECT COUNT(*) FROM captures WHERE recovered = 1").fetchone()[0]
+    return shard, waiting, recovered
+
+
+def test_a_large_recovery_runs_beside_capturing_in_durable_steps_and_resumes_after_a_kill(
+    tmp_path, burst_dir, run_config
+):
+    data_dir = tmp_path / "data"
+    store = CaptureStore(data_dir)
+    planted = set()
+    for i in range(1500):  # photos whose rows were lost: each must be recovered, none twice
+        capture_id = f"{i % 256:02x}{os.urandom(15).hex()}"
+        (data_dir / media_path(capture_id)).parent.mkdir(exist_ok=True)
+        out = io.BytesIO()
+        Image.new("RGB", (64, 48), (i % 256, 90, 40)).save(out, "JPEG")
+        (data_dir / media_path(capture_id)).write_bytes(out.getvalue())
+        planted.add(capture_id)
+    store.close(clean=False)  # as after a crash: the next start checks in full, beside capturing
+
+    log = tmp_path / "log"
+    first = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1",
+                  stderr=log.open("w"))  # fmt: skip
+    try:
+        url = status_url(first)
+        before = requests.get(url + "api/status", timeout=5).json()["captures"]["total"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = requests.get(url + "api/status", timeout=5).json()
+            if status["startup_check"]["full_check_progress"] >= 0.3:
+                break
+            time.sleep(0.05)
+        assert status["captures"]["total"] > before  # capturing goes on meanwhile
+    finally:
+        first.kill()
+        first.communicate(timeout=15)
+    shard, waiting, recovered = recovery_state(data_dir)
+    assert shard > 0 and waiting + recovered > 0  # committed as it went: kept across the kill
+
+    second = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1",
+                   stderr=log.open("w"))  # fmt: skip
+    try:
+        url = status_url(second)
+        deadline = time.monotonic() + 120
+        while requests.get(url + "api/status", timeout=5).json()["startup_check"]["full_check_progress"] != 1:
+            assert time.monotonic() < deadline, "the full check did not end"
+            time.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=15)
+    stderr = log.read_text()
+    assert second.returncode == 0, stderr
+    assert re.search(r"full check: going on at shard (\d+) of 256", stderr)
+    rows = IndexReader(data_dir).latest(100_000)
+    assert {r["id"] for r in rows if r["recovered"]} == planted
+    assert len({r["seq"] for r in rows}) == len(rows)
+    replayed = {hashlib.sha256(p.read_bytes()).hexdigest() for p in burst_dir.iterdir()}
+    replayed |= {r["sha256"] for r in rows if r["recovered"]}
+    assert_index_matches_disk(data_dir, replayed, contiguous=False)
+
+
+def test_pages_damaged_after_a_clean_stop_are_found_at_start_and_never_answered_with_a_500(
+    tmp_path, burst_dir, run_config
+):
+    data_dir = tmp_path / "data"
+    first = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1")
+    wait_for_captures(status_url(first), 5)
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=15)
+    assert first.returncode == 0 and (data_dir / "clean-shutdown").exists()
+    with sqlite3.connect(data_dir / "captures.db") as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        [root] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'captures'").fetchone()
+    with open(data_dir / "captures.db", "r+b") as f:  # a bad block where the captures table begins
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)
+
+    second = start(data_dir, run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1")
+    try:
+        url = status_url(second)
+        for path in ("", "api/status", "captures", "healthz", "metrics"):
+            assert requests.get(url + path, timeout=5).status_code in (200, 503), path
+        check = requests.get(url + "api/status", timeout=5).json()["startup_check"]
+        assert check["database_set_aside"] and check["scope"] == "full"
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = second.communicate(timeout=15)
+    assert second.returncode == 0, stderr
+    assert "fails quick_check" in stderr

@@ -20,6 +20,7 @@ from appliance.store import (
     CLEAN_MARKER,
     DB_NAME,
     CaptureStore,
+    IndexGoneError,
     IndexReader,
     NewerDatabaseError,
     media_path,
@@ -370,3 +371,43 @@ def test_pages_follow_seq_newest_first_with_filters(store, photo, clock):
     day = datetime.datetime.fromisoformat(rows[0]["captured_at"]).date()
     assert len(reader.page(day=day, limit=100)) == 12
     assert reader.page(day=day + datetime.timedelta(days=1)) == []
+
+
+# --- An index file removed or replaced under the running store -----------------------------------
+
+
+def test_an_index_removed_while_open_is_written_back_and_nothing_more_is_committed(tmp_path, photo, clock):
+    store = CaptureStore(tmp_path)
+    rows = [store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="motion") for _ in range(3)]
+    store.set_protected(rows[1]["id"], True)
+    (tmp_path / DB_NAME).unlink()  # by hand, or a script gone wrong
+    with pytest.raises(IndexGoneError, match="was removed while the appliance ran; it was written back"):
+        store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
+    store.close()
+    assert not (tmp_path / CLEAN_MARKER).exists()  # the next start checks
+
+    reopened = CaptureStore(tmp_path)
+    kept = {row["id"]: row for row in reopened.db["captures"].rows}
+    assert kept.keys() == {row["id"] for row in rows}  # every row, with what only the index knew
+    assert [kept[row["id"]]["seq"] for row in rows] == [1, 2, 3] and kept[rows[1]["id"]]["protected"] == 1
+    assert {kept[row["id"]]["trigger"] for row in rows} == {"motion"}
+    assert not reopened.shutdown_was_clean  # the next start checks what the last capture left
+    assert len(reopened.in_flight()) == 1  # that capture's id, whose photo is on disk
+    reopened.close()
+
+
+def test_an_index_replaced_while_open_is_left_alone_and_the_open_one_kept_in_damaged(tmp_path, photo, clock):
+    store = CaptureStore(tmp_path)
+    row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="motion")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE mine (x)").connection.close()
+    os.replace(other, tmp_path / DB_NAME)
+    with pytest.raises(
+        IndexGoneError, match="was replaced while the appliance ran; the index this process had"
+    ):
+        store.set_protected(row["id"], True)
+    store.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:  # the replacement, untouched
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("mine",)]
+    with sqlite3.connect(tmp_path / "damaged" / DB_NAME) as db:
+        assert db.execute("SELECT id FROM captures").fetchall() == [(row["id"],)]

@@ -282,6 +282,28 @@ def _check_layout(data_dir: Path) -> Check:
     )
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT while the appliance starts: unwinds the start-up, closing what was opened
+    (a BaseException, so that no handler of ours takes it for a failure)."""
+
+
+class _Stopping:
+    """The SIGTERM and SIGINT handler of ``appliance run``: until :attr:`loop` is set (start-up),
+    raises :class:`_Stopped` once; then asks the loop to stop after the capture in flight."""
+
+    def __init__(self):
+        self.loop: MainLoop | None = None
+        self._raised = False
+
+    def __call__(self, signum, frame) -> None:
+        reason = signal.strsignal(signum)
+        if self.loop is not None:
+            self.loop.request_stop(reason)
+        elif not self._raised:
+            self._raised = True
+            raise _Stopped(reason)
+
+
 def run(
     config: config_module.Config,
     duration_s: float | None = None,
@@ -289,14 +311,30 @@ def run(
 ) -> int:
     """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
 
-    Returns 0 after a clean stop, 1 when a preflight check is fatal.  Start-up failures of the
-    parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero errors, ``OSError``), and
-    so does a damaged index found while running (:class:`~appliance.store.CorruptDatabaseError`,
-    after the loop has stopped), so that systemd restarts the appliance and it rebuilds the index.
+    Returns 0 after a clean stop, also when SIGTERM or SIGINT comes during start-up (preflight,
+    the store's check, opening the camera: what was opened is closed, and the next start goes on
+    from there); 1 when a preflight check is fatal or the capture store could not be closed.
+    Start-up failures of the parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero
+    errors, ``OSError``), and so does a damaged or vanished index found while running
+    (:class:`~appliance.store.CorruptDatabaseError`, :class:`~appliance.store.IndexGoneError`,
+    after the loop has stopped), so that systemd restarts the appliance and it checks the store.
 
     SIGHUP calls ``reload_config()`` and applies the settings in :data:`LIVE_SETTINGS`; others
-    that changed are logged as needing a restart, and a bad config is logged and ignored.
+    that changed are logged as needing a restart, and a bad config is logged and ignored.  A
+    SIGHUP during start-up is ignored: the config has just been read.
     """
+    stopping = _Stopping()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stopping)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _run(config, duration_s, reload_config, stopping)
+    except _Stopped as exc:
+        log.info("stopped during start-up (%s); the next start goes on from there", exc)
+        return 0
+
+
+def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
     started = time.monotonic()
     mode = "simulation" if config.simulate else "hardware"
     data_dir = Path(config.data_dir)
@@ -316,7 +354,8 @@ def run(
         stack.callback(notifier.close)
         notifier.status("checking the capture store")
         store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px, beside=True)
-        stack.callback(store.close)
+        closed = []  # whether the store closed cleanly, once it has
+        stack.callback(lambda: closed.append(store.close()))
         log.log(
             logging.WARNING if reconciliation.needs_attention else logging.INFO,
             "capture store: %s",
@@ -488,8 +527,7 @@ def run(
         if reload_config is not None:
             loop.on_reload = reload
             signal.signal(signal.SIGHUP, lambda num, frame: loop.request_reload())
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda num, frame: loop.request_stop(signal.strsignal(num)))
+        stopping.loop = loop
 
         if config.simulate:
             source = SimulatedTriggerSource(triggers, config.simulate_trigger_interval_s)
@@ -505,6 +543,11 @@ def run(
             notifier.stopping()
         if loop.fatal is not None:
             raise loop.fatal
+    if closed != [True]:
+        log.error(
+            "stopped, but the capture store was not closed cleanly (see above); the next start checks it"
+        )
+        return 1
     log.info("stopped cleanly")
     return 0
 

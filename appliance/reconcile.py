@@ -657,7 +657,7 @@ class FullCheck:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.done = False
-        report.full_check_progress = self._next / len(SHARDS)
+        report.full_check_progress = min(0.999, self._next / len(SHARDS))
 
     def __enter__(self) -> "FullCheck":
         return self
@@ -753,7 +753,8 @@ class FullCheck:
                 self._skipped += 1
             self._next, self._failures = index + 1, 0
             counters |= {"full_check_shard": self._next, "full_check_skipped": self._skipped}
-            self._report.full_check_progress = min(1.0, self._next / len(SHARDS))
+            # 1 only once done: the photos found without a row are indexed after the last shard.
+            self._report.full_check_progress = min(0.999, self._next / len(SHARDS))
         else:
             self._apply.carry_out(finding)
         return True

@@ -1,6 +1,7 @@
 """The real command in a subprocess: simulated triggers through gpiozero MockFactory pins, replayed
 real photos, real HTTP on 127.0.0.1, real signals, and the index read back from disk."""
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -366,3 +367,89 @@ def test_pages_damaged_after_a_clean_stop_are_found_at_start_and_never_answered_
         _, stderr = second.communicate(timeout=15)
     assert second.returncode == 0, stderr
     assert "fails quick_check" in stderr
+
+
+@pytest.mark.parametrize("after_s", [0.2, 0.4, 0.6, 0.9, 1.2, 2.0])
+def test_sigterm_at_any_moment_of_start_up_exits_0_and_the_next_start_is_sound(
+    tmp_path, burst_dir, run_config, after_s
+):
+    # From 0.2 s: the interpreter itself takes 25 ms or more to start, before any of our code runs.
+    data_dir = tmp_path / "data"
+    store = CaptureStore(data_dir)  # an index big enough that its check at start takes a moment
+    store.db.execute("CREATE TEMP TABLE n AS WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c "
+                     "WHERE i < 100000) SELECT i FROM c")  # fmt: skip
+    with store.db.atomic():
+        store.db.execute(
+            "INSERT INTO cleanup_runs "
+            "(started_at, reason, deleted, bytes_freed, free_bytes_before, total_bytes) "
+            "SELECT '2026-01-01', 'space', i, 0, 0, 0 FROM n"
+        )
+    store.close(clean=False)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data_dir), "--config", str(run_config), "--replay", str(burst_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(after_s)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert re.search(r"stopped by Terminated while starting|stopped during start-up|stopped cleanly", stderr)
+    store, report = open_store(data_dir, thumbnail_max_px=320)
+    store.close()
+    assert report.damaged == report.rows_dropped == 0 and report.database_set_aside is None
+
+
+def test_sigterm_during_the_store_check_at_start_exits_0_having_closed_the_store(tmp_path, run_config):
+    data_dir = tmp_path / "data"
+    store = CaptureStore(data_dir)  # an index whose quick_check at start takes a second or so
+    with store.db.atomic():
+        store.db.execute(
+            "INSERT INTO cleanup_runs "
+            "(started_at, reason, deleted, bytes_freed, free_bytes_before, total_bytes) "
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 1500000) "
+            "SELECT '2026-01-01T00:00:00.000+00:00', 'space', i, i, i, i FROM c"
+        )
+    store.close()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
+         "--data-dir", str(data_dir), "--config", str(run_config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = ""
+    while "preflight data layout" not in log:  # the last line before the store is opened
+        line = process.stderr.readline()
+        assert line, log
+        log += line
+    process.send_signal(signal.SIGTERM)
+    log += process.communicate(timeout=30)[1]
+    assert process.returncode == 0, log
+    assert "stopped during start-up (Terminated); the next start goes on from there" in log
+    assert "Status page" not in log
+    reopened = CaptureStore(data_dir)  # the lock was released, the index is whole
+    assert reopened.db["cleanup_runs"].count == 1500000
+    reopened.close()
+
+
+def test_a_store_that_cannot_be_closed_cleanly_makes_the_stop_exit_1(tmp_path, run_config):
+    card = tmp_path / "card"
+    card.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(card)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        process = start(card / "data", run_config, "--trigger-interval-s", "60")
+        status_url(process)
+        # Something else fills the card to the last byte.
+        with open(card / "filler", "wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        subprocess.run(["umount", "-l", str(card)], check=True)
+    assert process.returncode == 1, stderr
+    assert "capture store not closed cleanly" in stderr and "stopped cleanly" not in stderr

@@ -366,20 +366,24 @@ def test_a_new_data_dir_needs_no_check_but_photos_without_an_index_are_indexed_f
     assert {r["id"] for r in assert_index_matches_disk(tmp_path / "lost")} == {r["id"] for r in rows}
 
 
-def test_an_unreadable_photo_of_an_interrupted_capture_does_not_block_start_up(tmp_path):
+def test_an_unreadable_photo_of_an_interrupted_capture_does_not_block_start_up(tmp_path, faulty_disk):
     store, _ = populate(tmp_path, 1)
     [reserved] = [i for i, reason in store.in_flight().items() if reason == "capture"]
     store.close(clean=False)
-    (tmp_path / media_path(reserved)).mkdir(parents=True)  # reading it fails with an OSError
-
-    for _ in range(2):  # and again at the next start, even after a clean stop, until it can be read
-        store, report = open_store(tmp_path, thumbnail_max_px=160)
-        assert report.scope == "interrupted" and report.unreadable == [reserved]
-        assert reserved in store.in_flight()
-        store.close()
-    assert (
-        main(["check", "--simulate", "--data-dir", str(tmp_path)]) == 1
-    )  # a warning: something is unreadable
+    photo = tmp_path / media_path(reserved)
+    photo.parent.mkdir(exist_ok=True)
+    photo.write_bytes(own_photo(TAKEN))
+    eio = lambda step: OSError(errno.EIO, os.strerror(errno.EIO), step)  # noqa: E731
+    with faulty_disk(lambda name, path: name == "open" and path == str(photo), eio):  # a bad block
+        for _ in range(2):  # and again at the next start, even after a clean stop, until it can be read
+            store, report = open_store(tmp_path, thumbnail_max_px=160)
+            assert report.scope == "interrupted" and report.unreadable == [reserved]
+            assert reserved in store.in_flight()
+            store.close()
+        assert main(["check", "--simulate", "--data-dir", str(tmp_path)]) == 1  # a warning: unreadable
+    store, report = open_store(tmp_path, thumbnail_max_px=160)  # the card reads it again
+    store.close()
+    assert report.recovered == 1 and not report.unreadable
 
 
 def test_deletions_are_made_durable_before_their_ids_leave_in_flight(tmp_path, faulty_disk):

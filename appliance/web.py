@@ -1,4 +1,4 @@
-"""The status page, gallery and JSON API: a Bottle app served by cheroot from its own threads.
+"""The status page, gallery and JSON API: a Bottle app served by waitress from its own threads.
 
 The web side never writes and never touches hardware: it reads the index through
 :class:`~appliance.store.IndexReader` (read-only connections) and the other parts' ``status()``
@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -32,8 +33,11 @@ from pathlib import Path
 
 import bottle
 import prometheus_client
-from cheroot import wsgi
+import waitress
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
 from appliance import __version__
 from appliance.cleanup import free_percent
@@ -59,9 +63,20 @@ ERROR_AREAS = ("camera", "storage", "space")
 SESSION_COOKIE = "appliance_session"
 # Request bodies (the login form, empty action POSTs) are tiny; anything bigger is refused (413).
 MAX_BODY_BYTES = 16 << 10
+# The request line and headers together; past this, 431.
 MAX_HEADER_BYTES = 16 << 10
-# A client that sends nothing for this long is dropped, so slow clients cannot hold the threads.
+# A connection that sends nothing for this long, between requests or within one, is closed.
 SOCKET_TIMEOUT_S = 5
+# A request's head and body must have arrived this long after its first byte, or its connection is
+# closed: a client trickling bytes holds a connection at most this long.  16 KiB in 10 s is 13 kbit/s.
+REQUEST_TIMEOUT_S = 10
+# Open connections at most; past it, new ones wait in the listen backlog.  Well under the 1024 file
+# descriptors a service gets by default (systemd's LimitNOFILE soft limit).
+CONNECTION_LIMIT = 500
+# An answer is buffered up to this much per connection (in memory); then its thread waits for the
+# client to read.  A client that reads nothing for SEND_TIMEOUT_S is dropped by the kernel.
+OUTBUF_BYTES = 1 << 20
+SEND_TIMEOUT_S = 30
 # ZIP downloads at once: each holds a server thread and reads the card; more wait (503).
 MAX_EXPORTS = 2
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -397,10 +412,8 @@ def make_app(
         if not actions_on:
             raise bottle.HTTPError(403, "actions are off: set web_token in the config")
         same_origin()
-        try:
-            given = bottle.request.forms.get("token", "")
-        except OSError:  # cheroot's limit on a chunked body, met while bottle reads the form
-            raise bottle.HTTPError(413, "request body too large") from None
+        # waitress has refused a body over MAX_BODY_BYTES (413) before the app sees it.
+        given = bottle.request.forms.get("token", "")
         if not hmac.compare_digest(given.encode(), token.encode()):
             bottle.response.status = 401
             return render("login", failed=True)
@@ -516,25 +529,93 @@ def _with_security_headers(app):
     return wrapped
 
 
+class _ErrorTask(ErrorTask):
+    """waitress's own answer to a request it refused before the app saw it (400 malformed, 413
+    body too large, 431 headers too large, 501 a transfer coding other than chunked), with the
+    headers every answer of ours carries.  Relies on waitress 3: ``ErrorTask.execute`` extends
+    ``Task.response_headers``, a list sent with the answer's first write, which it makes itself."""
+
+    def execute(self):
+        self.response_headers.extend(SECURITY_HEADERS)
+        super().execute()
+
+
+class _Channel(HTTPChannel):
+    """waitress's connection, with :class:`_ErrorTask` and a deadline for each request to arrive.
+    Relies on waitress 3's ``HTTPChannel``: ``error_task_class``; ``received(data)``, called by the
+    server's loop with each chunk read; ``request``, the request being received (None between
+    requests); and ``will_close``, which has the loop close the connection."""
+
+    error_task_class = _ErrorTask
+    request_started = 0.0  # time.monotonic() when the request being received began
+
+    def received(self, data):
+        now = time.monotonic()
+        if self.request is None:
+            self.request_started = now
+        elif now - self.request_started > REQUEST_TIMEOUT_S:
+            self.will_close = True  # a trickle: closed, without an answer it would not read
+            return False
+        return super().received(data)
+
+
 class WebServer:
-    """Serves ``app`` with cheroot (a multi-threaded WSGI server) on ``host``:``port`` from a
-    background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.  Request headers
-    and bodies are capped (:data:`MAX_HEADER_BYTES`, :data:`MAX_BODY_BYTES`) and a silent client is
-    dropped after :data:`SOCKET_TIMEOUT_S`.  cheroot gives each connection a thread of the
-    ``threads``: that many clients that send nothing hold the page from the others for at most
-    :data:`SOCKET_TIMEOUT_S` seconds.
+    """Serves ``app`` with waitress on ``host``:``port`` from a background thread.  ``port`` 0
+    picks a free port; :attr:`port` tells which.  ``threads``: requests served at once.
+
+    Slow and hostile clients are bounded so that the page keeps answering:
+
+    - waitress reads requests and writes answers for every connection in one thread (an event
+      loop over non-blocking sockets); only a request that has wholly arrived takes one of the
+      ``threads``.  A client that sends slowly, or nothing, costs a connection, never a thread: with
+      100 connections trickling a header byte a second, or 100 silent ones, ``GET /`` still answers
+      in milliseconds (tests/test_web.py).
+    - At most :data:`CONNECTION_LIMIT` (500) connections are open at once; past it, new ones wait in
+      the listen backlog until one closes.
+    - A connection that sends nothing for :data:`SOCKET_TIMEOUT_S` (5 s) is closed (checked every
+      second), and one whose request has not wholly arrived :data:`REQUEST_TIMEOUT_S` (10 s) after
+      its first byte is closed at its next byte: a trickling client holds a connection that long.
+    - Headers over :data:`MAX_HEADER_BYTES` (16 KiB) are a 431, bodies over :data:`MAX_BODY_BYTES`
+      (16 KiB) a 413, a malformed request a 400, a transfer coding other than chunked a 501:
+      answered by waitress itself, with the security headers.
+    - An answer is buffered up to :data:`OUTBUF_BYTES` (1 MiB) per connection, in memory; then its
+      thread waits for the client to read.  A client that reads nothing for
+      :data:`SEND_TIMEOUT_S` (30 s) is dropped by the kernel (``TCP_USER_TIMEOUT``), which frees
+      the thread and ends a ZIP download's snapshot of the index.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
 
     def __init__(self, app, host: str, port: int, threads: int = 16):
-        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=SOCKET_TIMEOUT_S)
-        # cheroot answers 413 (body) and 431/413 (headers) past these, before the app sees them.
-        self._server.max_request_header_size = MAX_HEADER_BYTES
-        self._server.max_request_body_size = MAX_BODY_BYTES
-        self._server.prepare()  # binds now, so a busy port fails at start-up
-        self.host, self.port = self._server.bind_addr[:2]
-        self._thread = threading.Thread(target=self._server.serve, name="web", daemon=True)
+        family, _, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        # Bound here, so that a busy port fails at start-up; one address, even for a name that has
+        # several, so that there is one port to tell.
+        sock = socket.create_server(address, family=family)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted connections inherit it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_S * 1000)
+        self.host, self.port = sock.getsockname()[:2]
+        self._map: dict = {}
+        self._server = waitress.create_server(
+            app,
+            map=self._map,
+            sockets=[sock],
+            threads=threads,
+            connection_limit=CONNECTION_LIMIT,
+            channel_timeout=SOCKET_TIMEOUT_S,
+            cleanup_interval=1,
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=MAX_BODY_BYTES,
+            outbuf_high_watermark=OUTBUF_BYTES,
+            outbuf_overflow=4 * OUTBUF_BYTES,  # above the watermark: answers never spill to the card
+            asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
+            ident="camtrap-appliance",
+            expose_tracebacks=False,
+            log_socket_errors=False,  # a client that goes away is not the appliance's error
+        )
+        self._server.channel_class = _Channel
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self._thread.start()
 
     @property
@@ -544,5 +625,9 @@ class WebServer:
         return f"http://{host}:{self.port}/"
 
     def stop(self) -> None:
-        self._server.stop()
+        """Close the listening socket and every connection (a download in progress ends), then
+        stop the threads (waiting up to 5 s for requests being served)."""
+        # Closed by the loop's own thread, between two turns: the map is the loop's alone.
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
         self._thread.join()
+        self._server.task_dispatcher.shutdown()

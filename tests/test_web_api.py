@@ -386,7 +386,7 @@ def test_photo_page_shows_the_photo_and_its_metadata(client, captures):
         (UNKNOWN_ID[:31], 400),
         (UNKNOWN_ID + "0", 400),
         (UNKNOWN_ID + ".jpg", 400),
-        # WSGI servers decode %2f in PATH_INFO (webtest does; cheroot does not): no route, or a bad id.
+        # WSGI servers decode %2f in PATH_INFO (webtest and waitress do): no route, or a bad id.
         ("%2e%2e%2fcaptures.db", [400, 404]),
     ],
 )

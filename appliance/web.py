@@ -125,8 +125,25 @@ def _query(name: str, parse: Callable[[str], object], default=None):
         return default
     try:
         return parse(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise bottle.HTTPError(400, f"bad {name}: {value[:40]!r}") from None
+
+
+def _header(name: str) -> str:
+    """Request header ``name`` as WSGI gives it: each byte as one latin-1 character (PEP 3333), ""
+    when absent.  Bottle's own ``get_header`` decodes the bytes as UTF-8 and raises on any other."""
+    return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+
+
+def _cookie(name: str) -> str:
+    """Cookie ``name`` from the ``Cookie`` header, "" when absent.  Read by hand: the standard
+    library's parser (behind Bottle's ``get_cookie``) raises, or stops, at the first cookie it finds
+    illegal, and a browser sends us every cookie of this host, those of other ports included."""
+    for pair in _header("Cookie").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == name:
+            return value
+    return ""
 
 
 def _seq(value: str) -> int:
@@ -134,6 +151,13 @@ def _seq(value: str) -> int:
     if not 0 < number < 2**63:
         raise ValueError(value)
     return number
+
+
+def _day(value: str) -> datetime.date:
+    day = datetime.date.fromisoformat(value)
+    if day == datetime.date.max:  # the index asks for captures before the next day, which is none
+        raise ValueError(value)
+    return day
 
 
 def _trigger(value: str) -> str:
@@ -228,10 +252,15 @@ def make_app(
         """How the request is authorised: ``"bearer"``, ``"cookie"`` or None (not at all)."""
         if not token:
             return None
-        header = bottle.request.get_header("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
-            return "bearer"
-        cookie = bottle.request.get_cookie(SESSION_COOKIE, "")
+        header = _header("Authorization")
+        if header.startswith("Bearer "):
+            try:  # the bytes the client sent, to match a token's UTF-8 whatever they are
+                given = header[7:].encode("latin-1")
+            except UnicodeEncodeError:  # only from a WSGI server that breaks PEP 3333
+                given = b""
+            if hmac.compare_digest(given, token.encode()):
+                return "bearer"
+        cookie = _cookie(SESSION_COOKIE)
         if cookie and hmac.compare_digest(cookie.encode(), session.encode()):
             return "cookie"
         return None
@@ -251,12 +280,18 @@ def make_app(
 
     def same_origin() -> None:
         # Cross-site request forgery: SameSite=Strict keeps the cookie off other sites' requests;
-        # the browser's own word (Sec-Fetch-Site), or else Origin or Referer, is checked as well
-        # for browsers that ignore SameSite.
-        if bottle.request.get_header("Sec-Fetch-Site") == "same-origin":
+        # the browser's own word (Sec-Fetch-Site), or else Origin or Referer against Host, is
+        # checked as well for browsers that ignore SameSite.  A request that proves nothing (none
+        # of them, as an HTTP/1.0 client may send) is refused.
+        fetch_site = _header("Sec-Fetch-Site")
+        if fetch_site == "same-origin":
             return
-        origin = bottle.request.get_header("Origin") or bottle.request.get_header("Referer") or ""
-        if urllib.parse.urlsplit(origin).netloc != bottle.request.get_header("Host", ""):
+        origin, host = _header("Origin") or _header("Referer"), _header("Host")
+        try:
+            netloc = urllib.parse.urlsplit(origin).netloc
+        except ValueError:  # e.g. "http://[": not a URL
+            netloc = ""
+        if fetch_site or not host or netloc != host:
             raise bottle.HTTPError(403, "cross-site request refused")
 
     def ask(request: Request, timeout_s: float = ACTION_TIMEOUT_S) -> Request:
@@ -286,7 +321,7 @@ def make_app(
     def gallery_query() -> dict:
         return {
             "before": _query("before", _seq),
-            "day": _query("day", datetime.date.fromisoformat),
+            "day": _query("day", _day),
             "trigger": _query("trigger", _trigger),
         }
 
@@ -412,8 +447,11 @@ def make_app(
         if not actions_on:
             raise bottle.HTTPError(403, "actions are off: set web_token in the config")
         same_origin()
-        # waitress has refused a body over MAX_BODY_BYTES (413) before the app sees it.
-        given = bottle.request.forms.get("token", "")
+        try:
+            # getunicode: the UTF-8 a browser sends (plain get gives latin-1); None when it is not.
+            given = bottle.request.forms.getunicode("token") or ""
+        except ValueError:  # Bottle's parser meets a malformed Content-Type or multipart body
+            raise bottle.HTTPError(400, "malformed form") from None
         if not hmac.compare_digest(given.encode(), token.encode()):
             bottle.response.status = 401
             return render("login", failed=True)
@@ -437,10 +475,7 @@ def make_app(
         etag = f'"{row["sha256"] if extension == "jpg" else row["id"]}"'
         headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
         # RFC 9110 13.1.2: a list of tags, or "*"; a weak W/ tag matches too.
-        asked = {
-            tag.strip().removeprefix("W/")
-            for tag in bottle.request.get_header("If-None-Match", "").split(",")
-        }
+        asked = {tag.strip().removeprefix("W/") for tag in _header("If-None-Match").split(",")}
         if etag in asked or "*" in asked:
             return bottle.HTTPResponse(status=304, **headers)
         response = bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
@@ -467,7 +502,7 @@ def make_app(
         bottle.response.content_type = "text/plain; charset=utf-8"
         return f"{error.status_code} {error.body}\n"
 
-    for code in (400, 401, 403, 404, 405, 409, 413, 500, 503):
+    for code in (400, 401, 403, 404, 405, 409, 413, 416, 500, 503):
         app.error(code)(plain_error)
     return _with_security_headers(app)
 

@@ -91,6 +91,15 @@ SECURITY_HEADERS = [
     ("Referrer-Policy", "same-origin"),
     ("X-Frame-Options", "DENY"),
 ]
+# Cache-Control, by kind of answer; each route in make_app names its own, errors and redirects are
+# NO_STORE.  The API, the actions and the log-in answer with what is true now (and a session):
+# nothing keeps them.  Pages may be kept (for Back) but are asked for again before each showing
+# (no-cache; they carry no validator, so that is a full fetch): they show live figures and whether
+# one is logged in, and a max-age of even a few seconds would show the page from before a log-in or
+# a protect after the 303 that leads back to it.  Files never change: cached for a year.
+NO_STORE = "no-store"
+REVALIDATE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def capture_json(row: dict, *, full: bool = False) -> dict:
@@ -202,6 +211,8 @@ def make_app(
     export (None: no export, 404).
     """
     app = bottle.Bottle()
+    # Every route answers with its ``cache`` (NO_STORE unless the route says otherwise).
+    app.install(_CacheControl())
     health = health or Health()
     session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
     actions_on = bool(token) and submit is not None
@@ -305,16 +316,16 @@ def make_app(
             name, template_lookup=[str(VIEWS)], logged_in=authorised(), actions_on=actions_on, **values
         )
 
-    @app.get("/")
+    @app.get("/", cache=REVALIDATE)
     def index():
         export_on = export_config is not None and (not token or authorised())
         return render("status", refresh_s=REFRESH_S, export_on=export_on, **status())
 
-    @app.get("/favicon.ico")
+    @app.get("/favicon.ico", cache=REVALIDATE)
     def favicon():
         return bottle.HTTPResponse(status=204)  # no icon, and no 404 in every browser's console
 
-    @app.get("/style.css")
+    @app.get("/style.css", cache=REVALIDATE)
     def style():
         return bottle.static_file("style.css", root=str(VIEWS), mimetype="text/css")
 
@@ -336,7 +347,7 @@ def make_app(
             "/api/captures", rows, limit, query | {"limit": limit if limit != PAGE_SIZE else None}
         )
 
-    @app.get("/captures")
+    @app.get("/captures", cache=REVALIDATE)
     def gallery():
         query = gallery_query()
         rows = reader.page(limit=PAGE_SIZE, **query)
@@ -351,7 +362,7 @@ def make_app(
             raise bottle.HTTPError(404, "no such capture")
         return row
 
-    @app.get("/captures/<capture_id>")
+    @app.get("/captures/<capture_id>", cache=REVALIDATE)
     def photo(capture_id):
         return render("capture", c=capture_json(lookup(capture_id), full=True))
 
@@ -483,11 +494,11 @@ def make_app(
             response.set_header(key, value)
         return response
 
-    @app.get("/thumbnails/<name>")
+    @app.get("/thumbnails/<name>", cache=IMMUTABLE)
     def thumbnail(name):
         return serve(name, "thumbnail_path", "webp", "image/webp")
 
-    @app.get("/media/<name>")
+    @app.get("/media/<name>", cache=IMMUTABLE)
     def media(name):
         return serve(name, "media_path", "jpg", "image/jpeg")
 
@@ -504,7 +515,7 @@ def make_app(
 
     for code in (400, 401, 403, 404, 405, 409, 413, 416, 500, 503):
         app.error(code)(plain_error)
-    return _with_security_headers(app)
+    return _with_headers(app)
 
 
 class _Metrics:
@@ -552,12 +563,39 @@ class _Metrics:
             yield gauge
 
 
-def _with_security_headers(app):
-    """WSGI middleware: the security headers on every response, errors included."""
+class _CacheControl:
+    """Bottle plugin: the route's ``cache`` config (:data:`NO_STORE` when it has none) as the
+    ``Cache-Control`` of its answers that set none.  Errors raised are left alone: their headers
+    are the error's own, and :func:`_with_headers` gives them :data:`NO_STORE`."""
+
+    name, api = "cache_control", 2
+
+    def apply(self, callback, route):
+        value = route.config.get("cache", NO_STORE)
+
+        def wrapper(*args, **kwargs):
+            out = callback(*args, **kwargs)
+            if isinstance(out, bottle.HTTPError):
+                return out
+            # Bottle copies a returned HTTPResponse's headers over bottle.response's.
+            target = out if isinstance(out, bottle.HTTPResponse) else bottle.response
+            if "Cache-Control" not in target.headers:
+                target.set_header("Cache-Control", value)
+            return out
+
+        return wrapper
+
+
+def _with_headers(app):
+    """WSGI middleware: the security headers on every response, errors included, and
+    ``Cache-Control: no-store`` on those that have none (errors, redirects)."""
 
     def wrapped(environ, start_response):
         def start(status, headers, exc_info=None):
-            return start_response(status, headers + SECURITY_HEADERS, exc_info)
+            extra = SECURITY_HEADERS
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                extra = [*extra, ("Cache-Control", NO_STORE)]
+            return start_response(status, headers + extra, exc_info)
 
         return app(environ, start)
 
@@ -571,7 +609,7 @@ class _ErrorTask(ErrorTask):
     ``Task.response_headers``, a list sent with the answer's first write, which it makes itself."""
 
     def execute(self):
-        self.response_headers.extend(SECURITY_HEADERS)
+        self.response_headers.extend([*SECURITY_HEADERS, ("Cache-Control", NO_STORE)])
         super().execute()
 
 
@@ -612,7 +650,7 @@ class WebServer:
       its first byte is closed at its next byte: a trickling client holds a connection that long.
     - Headers over :data:`MAX_HEADER_BYTES` (16 KiB) are a 431, bodies over :data:`MAX_BODY_BYTES`
       (16 KiB) a 413, a malformed request a 400, a transfer coding other than chunked a 501:
-      answered by waitress itself, with the security headers.
+      answered by waitress itself, with the security headers and ``Cache-Control: no-store``.
     - An answer is buffered up to :data:`OUTBUF_BYTES` (1 MiB) per connection, in memory; then its
       thread waits for the client to read.  A client that reads nothing for
       :data:`SEND_TIMEOUT_S` (30 s) is dropped by the kernel (``TCP_USER_TIMEOUT``), which frees

@@ -4,7 +4,9 @@ The web side never writes and never touches hardware: it reads the index through
 :class:`~appliance.store.IndexReader` (read-only connections) and the other parts' ``status()``
 snapshots, and hands every action (a test shot, protecting a capture) to the main loop as a
 :class:`~appliance.loop.Request`.  Files are served by id lookup in the index, never from a path
-in the request.  Every answer to bad input is a 4xx with a one-line reason.
+in the request.  Every answer to bad input is a 4xx with a one-line reason; an index that cannot be
+read is a 503 with sqlite's reason, never a 500.  Every answer carries the security headers and a
+``Cache-Control`` (the route table says which).
 
 Pages: ``GET /`` (status), ``GET /captures`` (gallery: ``?before=SEQ&day=YYYY-MM-DD&trigger=T``),
 ``GET /captures/<id>`` (one photo), ``GET/POST /login``, ``POST /logout``.
@@ -25,6 +27,7 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -100,6 +103,8 @@ SECURITY_HEADERS = [
 NO_STORE = "no-store"
 REVALIDATE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
+# An unreadable index is logged at most this often (each request still answers 503 with the reason).
+UNREADABLE_LOG_INTERVAL_S = 60
 
 
 def capture_json(row: dict, *, full: bool = False) -> dict:
@@ -211,7 +216,9 @@ def make_app(
     export (None: no export, 404).
     """
     app = bottle.Bottle()
-    # Every route answers with its ``cache`` (NO_STORE unless the route says otherwise).
+    # Every route: an unreadable index is a 503; each answers with its ``cache`` (NO_STORE unless
+    # the route says otherwise).
+    app.install(_IndexUnreadable())
     app.install(_CacheControl())
     health = health or Health()
     session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
@@ -561,6 +568,40 @@ class _Metrics:
             gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
             gauge.add_metric([], temperature)
             yield gauge
+
+
+class _IndexUnreadable:
+    """Bottle plugin: a route that cannot read the index (the file deleted or damaged, no
+    permission) answers 503 with sqlite's reason, and the log gets one line (at most one every
+    :data:`UNREADABLE_LOG_INTERVAL_S` while the reason stays the same), not a traceback."""
+
+    name, api = "index_unreadable", 2
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._logged = ("", -float("inf"))  # the reason last logged, and when (monotonic)
+
+    def apply(self, callback, route):
+        def wrapper(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.ProgrammingError | sqlite3.IntegrityError):
+                    raise  # a mistake in our SQL, not the card's doing: a 500 with its traceback
+                reason = f"the capture index cannot be read: {exc}"
+                self._log(reason)
+                raise bottle.HTTPError(503, reason) from None
+
+        return wrapper
+
+    def _log(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last_reason, last_logged = self._logged
+            if reason == last_reason and now - last_logged < UNREADABLE_LOG_INTERVAL_S:
+                return
+            self._logged = (reason, now)
+        log.error("web: %s", reason)
 
 
 class _CacheControl:

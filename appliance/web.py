@@ -143,6 +143,16 @@ def _query(name: str, parse: Callable[[str], object], default=None):
         raise bottle.HTTPError(400, f"bad {name}: {value[:40]!r}") from None
 
 
+def _see_other(path: str):
+    """Raise a 303 to ``path`` on this server, keeping the headers set so far (a cookie).  Its
+    Location is relative (RFC 9110 10.2.2), where ``bottle.redirect`` makes it absolute from the
+    Host header: a Host that is no host (``[::1``) made that a 500."""
+    answer = bottle.response.copy(cls=bottle.HTTPResponse)
+    answer.status = 303
+    answer.set_header("Location", path)
+    raise answer
+
+
 def _header(name: str) -> str:
     """Request header ``name`` as WSGI gives it: each byte as one latin-1 character (PEP 3333), ""
     when absent.  Bottle's own ``get_header`` decodes the bytes as UTF-8 and raises on any other."""
@@ -428,7 +438,7 @@ def make_app(
     @app.post("/captures/<capture_id>/<verb:re:protect|unprotect>")
     def form_protect(capture_id, verb):
         protect(capture_id, verb == "protect")
-        bottle.redirect(f"/captures/{capture_id}", 303)
+        _see_other(f"/captures/{capture_id}")
 
     @app.get("/export/camtrap-dp.zip")
     def export_zip():
@@ -474,13 +484,13 @@ def make_app(
             bottle.response.status = 401
             return render("login", failed=True)
         bottle.response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
-        bottle.redirect("/", 303)
+        _see_other("/")
 
     @app.post("/logout")
     def logout():
         same_origin()
         bottle.response.delete_cookie(SESSION_COOKIE, path="/")
-        bottle.redirect("/", 303)
+        _see_other("/")
 
     def serve(name: str, column: str, extension: str, mimetype: str):
         match = _FILE_NAME.fullmatch(name)

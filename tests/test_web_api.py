@@ -832,7 +832,7 @@ def test_actions_with_the_bearer_token_are_accepted(loop_app):
     capture_id = take(app)
     app.post(f"/api/captures/{capture_id}/protect", headers=BEARER, status=200)
     response = app.post(f"/captures/{capture_id}/unprotect", headers=BEARER, status=303)
-    assert response.location == f"{ORIGIN}/captures/{capture_id}"
+    assert response.location == f"/captures/{capture_id}"
 
 
 def test_tokens_are_compared_in_constant_time():
@@ -849,7 +849,7 @@ def test_tokens_are_compared_in_constant_time():
 
 def test_login_with_the_right_token_sets_an_httponly_samesite_strict_cookie(loop_app):
     response = log_in(loop_app.app)
-    assert response.location == f"{ORIGIN}/"
+    assert response.location == "/"
     (cookie,) = response.headers.getall("Set-Cookie")
     name_value, *attributes = [part.strip() for part in cookie.split(";")]
     name, value = name_value.split("=", 1)
@@ -889,7 +889,7 @@ def test_a_logged_in_form_post_from_our_origin_protects_and_unprotects(loop_app)
     capture_id = take(app)
     log_in(app)
     response = app.post(f"/captures/{capture_id}/protect", headers={"Origin": ORIGIN}, status=303)
-    assert response.location == f"{ORIGIN}/captures/{capture_id}"
+    assert response.location == f"/captures/{capture_id}"
     assert reader.get(capture_id)["protected"] == 1
     page = response.follow(status=200).text
     assert f'<form method="post" action="/captures/{capture_id}/unprotect">' in page

@@ -2,11 +2,14 @@
 main loop, a fuzz of paths, queries and methods, and the real server's limits on loopback."""
 
 import collections
+import contextlib
 import datetime
 import hashlib
 import html
 import inspect
+import os
 import queue
+import random
 import re
 import socket
 import threading
@@ -171,10 +174,11 @@ def hardware(store, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def loop_app(tmp_path, monkeypatch):
-    """A real MainLoop with a simulated camera running in a background thread, and the app (token
-    TOKEN, Host HOST) handing its actions to the loop's own queue.  The capture store is opened in
-    the loop's thread, as in main(): its SQLite connection belongs to the thread that opened it."""
+def main_loop(tmp_path, monkeypatch):
+    """A real MainLoop with a simulated camera running in a background thread, over a store in
+    ``tmp_path / "data"``; ``main_loop.app(token)`` is the app handing its actions to the loop's
+    own queue (as main() builds it).  The capture store is opened in the loop's thread, as in
+    main(): its SQLite connection belongs to the thread that opened it."""
     monkeypatch.setattr("appliance.loop.MAX_WAIT_S", 0.05)  # the loop sees the stop request soon
     data_dir = tmp_path / "data"
     events, health, started = queue.Queue(), Health(), queue.Queue()
@@ -206,14 +210,25 @@ def loop_app(tmp_path, monkeypatch):
     loop = started.get(timeout=10)
     assert isinstance(loop, MainLoop), loop
     reader = IndexReader(data_dir)
-    app = make_app(
-        reader, mode="simulation", started_monotonic=time.monotonic(), health=health,
-        submit=events.put, token=TOKEN,
-    )  # fmt: skip
-    yield types.SimpleNamespace(app=webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST}), reader=reader)
+
+    def app(token: str = TOKEN):
+        return make_app(
+            reader, mode="simulation", started_monotonic=time.monotonic(), health=health,
+            submit=events.put, token=token,
+        )  # fmt: skip
+
+    yield types.SimpleNamespace(app=app, reader=reader)
     loop.request_stop("test over")
     thread.join(timeout=10)
     assert not thread.is_alive() and loop.fatal is None
+
+
+@pytest.fixture
+def loop_app(main_loop):
+    """The app over :func:`main_loop` (token TOKEN) as a webtest.TestApp whose requests come to
+    Host HOST."""
+    app = webtest.TestApp(main_loop.app(), extra_environ={"HTTP_HOST": HOST})
+    return types.SimpleNamespace(app=app, reader=main_loop.reader)
 
 
 def log_in(app: webtest.TestApp) -> webtest.TestResponse:
@@ -1155,3 +1170,307 @@ def test_as_many_silent_clients_as_threads_do_not_block_the_others(live):
     finally:
         for sock in silent:
             sock.close()
+
+
+# --- The real server against slow, hostile and malformed clients -----------------------------------
+
+Answer = collections.namedtuple("Answer", "status headers body")
+
+
+def exchange(port: int, data: bytes, timeout_s: float = 10) -> Answer | None:
+    """Send ``data`` on a new connection to 127.0.0.1:``port`` and read until the server closes.
+    The answer (``headers``: ``{lower-case name: [values]}``), or None when the server closed
+    without one.  The server may answer and close before all is sent."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        while True:
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    if not chunks:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] (\d{3}) .*", status_line)
+    assert match, head[:200]
+    headers = collections.defaultdict(list)
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()].append(value.strip())
+    return Answer(int(match[1]), dict(headers), body)
+
+
+def assert_every_answer_headers(answer: Answer) -> None:
+    """The security headers once each, and one Cache-Control."""
+    for name in SECURITY_HEADERS:
+        assert len(answer.headers.get(name.lower(), [])) == 1, (name, answer)
+    assert len(answer.headers.get("cache-control", [])) == 1, answer
+
+
+FUZZ_HEADERS = (
+    "Authorization", "Cookie", "Origin", "Referer", "Sec-Fetch-Site", "Host", "If-None-Match",
+    "Content-Type", "Range", "If-Modified-Since",
+)  # fmt: skip
+FIELD_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+# Requests that are malformed before any header the app reads.
+MALFORMED_HEADS = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n",
+    b"GET / HTTP/1.1\r\n folded: x\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\nb\r\nConnection: close\r\n\r\n",
+    b"GET /\xff\xfe HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/9.9\r\nConnection: close\r\n\r\n",
+    b"GET  /  HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: \x00\x01\x7f\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\n: no name\r\nConnection: close\r\n\r\n",
+]
+
+
+class RawRequests:
+    """Random raw HTTP/1.x requests aimed at the app's routes, queries, headers and bodies, drawn
+    from ``rng``: request lines and values with any byte (non-UTF-8 ones included), but framed so
+    that the server never waits for bytes that will not come (which would only time out)."""
+
+    def __init__(self, rng, port: int, ids: list[str], etags: list[str], session: str):
+        self.rng, self.port, self.ids, self.etags, self.session = rng, port, ids, etags, session
+        self.origin = f"http://127.0.0.1:{port}"
+
+    def bytes_(self, max_size: int = 40, *, line: bool = True) -> bytes:
+        """Random bytes, half of them non-ASCII; none that ends a line when ``line``."""
+        size = self.rng.randrange(max_size + 1)
+        return bytes(b for b in self.rng.randbytes(size) if not (line and b in b"\r\n"))
+
+    def field(self, max_size: int = 40) -> bytes:
+        """Random bytes a header value may hold (RFC 9110 5.5: visible ASCII, space, tab and
+        obs-text, the bytes 0x80 to 0xff, which are no UTF-8 on their own), so that most reach
+        the app; bytes_ makes values the server refuses itself."""
+        return bytes(self.rng.choices(FIELD_BYTES, k=self.rng.randrange(max_size + 1)))
+
+    def pick(self, *choices):
+        choice = self.rng.choice(choices)
+        return choice() if callable(choice) else choice
+
+    def segment(self) -> bytes:
+        return self.pick(
+            lambda: self.rng.choice(NASTY_SEGMENTS).encode(),
+            lambda: urllib.parse.quote_from_bytes(self.bytes_(20), safe="").encode(),
+            lambda: (
+                bytes(b for b in self.bytes_(12) if b not in b" ?#")  # raw bytes: often a 400
+                if self.rng.random() < 0.2
+                else urllib.parse.quote_from_bytes(self.bytes_(12), safe="/%").encode()
+            ),
+            lambda: self.rng.choice(self.ids).encode(),
+            lambda: "".join(
+                self.rng.choices("0123456789abcdefABCDEF", k=self.rng.randrange(30, 35))
+            ).encode(),
+            lambda: b"a" * self.rng.randrange(200, 5000),
+        )
+
+    def path(self) -> bytes:
+        some_id = self.rng.choice(self.ids)
+        return self.pick(
+            lambda: (
+                self.rng.choice([b"/", b"/captures/", b"/api/captures/", b"/thumbnails/", b"/media/"])
+                + b"/".join(self.segment() for _ in range(self.rng.randrange(4)))
+                + self.rng.choice(
+                    [b"", b".jpg", b".webp", b".db", b".jpg%00", b"/", b"/protect", b"/unprotect"]
+                )
+            ),
+            lambda: self.rng.choice(
+                [
+                    f"/media/{some_id}.jpg",
+                    f"/thumbnails/{some_id}.webp",
+                    f"/captures/{some_id}",
+                    f"/api/captures/{some_id}",
+                    f"/captures/{some_id}/protect",
+                    f"/api/captures/{some_id}/unprotect",
+                ]
+            ).encode(),  # fmt: skip
+            lambda: self.rng.choice(
+                [
+                    "/",
+                    "/captures",
+                    "/api/status",
+                    "/api/captures",
+                    "/healthz",
+                    "/metrics",
+                    "/login",
+                    "/logout",
+                    "/api/capture",
+                    "/style.css",
+                    "/favicon.ico",
+                    "/export/camtrap-dp.zip",
+                ]
+            ).encode(),  # fmt: skip
+        )
+
+    def query(self) -> bytes:
+        values = [
+            "9999-12-31", "0001-01-01", "2024-03-10", "2024-02-30", "20240310", "2024-W10-1",
+            "9999-12-31T23:59:59-05:00", "0001-01-01T00:00+01:00", str(2**63), str(2**64), "-1", "0",
+            "1e9", "1.5", "copy", "none", *TRIGGERS, "",
+        ]  # fmt: skip
+        names = ["before", "day", "trigger", "limit", "since", "until", "media"]
+        pairs = []
+        for _ in range(self.rng.randrange(4)):
+            name = self.pick(
+                lambda: self.rng.choice(names).encode(),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(6), safe="").encode(),
+            )
+            value = self.pick(
+                lambda: self.rng.choice(values).encode(),
+                lambda: str(self.rng.randrange(-(10**30), 10**30)).encode(),
+                lambda: b"9" * self.rng.randrange(1, 6000),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(12), safe="").encode(),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(12), safe="%&=+;").encode(),
+            )
+            pairs.append(name.replace(b" ", b"") + b"=" + value)
+        return b"?" + b"&".join(pairs) if pairs else b""
+
+    def header(self, name: str) -> bytes:
+        raw = self.field
+        values = {
+            "Authorization": [f"Bearer {TOKEN}".encode(), b"Bearer wrong", lambda: b"Bearer " + raw(),
+                              b"Basic dXNlcjpwYXNz"],
+            "Cookie": [f"appliance_session={self.session}".encode(), lambda: b"appliance_session=" + raw(),
+                       f"a{{=1; appliance_session={self.session}".encode(), b"appliance_session"],
+            "Origin": [self.origin.encode(), b"http://evil.example", b"null", b"http://[", b"http://\xff"],
+            "Referer": [f"{self.origin}/captures".encode(), b"http://evil.example/", b"http://[x/"],
+            "Sec-Fetch-Site": [b"same-origin", b"cross-site", b"none", b"same-site"],
+            "Host": [f"127.0.0.1:{self.port}".encode(), b"evil.example", b"", b"[::1"],
+            "If-None-Match": [lambda: f'"{self.rng.choice(self.etags)}"'.encode(), b"*", b'W/"x", "y"', b","],
+            "Content-Type": [b"application/x-www-form-urlencoded", b"multipart/form-data",
+                             b"multipart/form-data; boundary=xyz", b"a; b", b"text/plain; charset=\xff",
+                             b'multipart/form-data; boundary="'],
+            "Range": [b"bytes=0-10", b"bytes=-5", b"bytes=10-0", b"bytes=99999999999999999999-",
+                      b"bytes=0-0,5-"],
+            "If-Modified-Since": [b"Sat, 29 Oct 1994 19:43:31 GMT", b"Fri, 31 Dec 9999 23:59:59 GMT", b"0"],
+        }[name]  # fmt: skip
+        return self.pick(*values, raw, raw) if self.rng.random() < 0.98 else self.bytes_()
+
+    def body(self) -> tuple[list[bytes], bytes]:
+        """Headers that frame a body, and the body."""
+        body = self.pick(
+            b"", f"token={TOKEN}".encode(), lambda: b"token=" + self.bytes_(30),
+            lambda: b"token=" + urllib.parse.quote_from_bytes(self.bytes_(30)).encode(),
+            lambda: self.bytes_(300, line=False),
+            b'--xyz\r\nContent-Disposition: form-data; name="token"\r\n\r\n\xff\xfe\r\n--xyz--\r\n',
+        )  # fmt: skip
+        how = self.rng.choice(
+            ["none", "length", "length", "short", "bad length", "huge", "chunked", "coding"]
+        )
+        if how == "length":
+            return [b"Content-Length: %d" % len(body)], body
+        if how == "short":  # the rest is read as the next request, or ignored
+            return [b"Content-Length: %d" % self.rng.randrange(len(body) + 1)], body
+        if how == "bad length":  # each refused before a body is awaited, or shorter than the one sent
+            value = self.pick(
+                b"-1", b"abc", b"1e3", b"0x10", b"+5", b" 5 ", b"5, 5", lambda: b"x" + self.bytes_(8)
+            )
+            return [b"Content-Length: " + value], body + b"." * 64
+        if how == "huge":
+            return [b"Content-Length: " + self.pick(b"1048576", b"%d" % 10**30)], body
+        if how == "chunked":
+            chunk = b"%x" % len(body) + self.pick(b"", b";a=b", b"zz") + b"\r\n" + body + b"\r\n"
+            return [b"Transfer-Encoding: chunked"], chunk + b"0\r\n\r\n"
+        if how == "coding":
+            coding = self.pick(
+                b"gzip", b"chunked, gzip", b"gzip, chunked", b"identity", lambda: self.bytes_(10)
+            )
+            return [b"Transfer-Encoding: " + coding], body
+        return [], body
+
+    def make(self) -> tuple[bytes, dict]:
+        """A request, and what the checks need to know of it."""
+        if self.rng.random() < 0.02:
+            return self.rng.choice(MALFORMED_HEADS), {"method": b"", "path": b"", "coding": False}
+        method = self.pick(b"GET", b"GET", b"GET", b"POST", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
+                           b"PATCH", lambda: self.bytes_(8).replace(b" ", b""))  # fmt: skip
+        path = self.path()
+        version = self.pick(b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0")
+        headers = [
+            name.encode() + b": " + self.header(name) for name in FUZZ_HEADERS if self.rng.random() < 0.35
+        ]
+        framing, body = self.body()
+        headers = framing + headers + [b"Connection: close"]
+        self.rng.shuffle(headers)
+        head = method + b" " + path + self.query() + b" " + version + b"\r\n" + b"\r\n".join(headers)
+        coding = any(h.lower().startswith(b"transfer-encoding") for h in headers)
+        return head + b"\r\n\r\n" + body, {"method": method, "path": path, "coding": coding}
+
+
+FUZZ_REQUESTS = 10_000
+FUZZ_SENDERS = 4
+
+
+def test_fuzzed_raw_requests_through_the_real_server_never_get_a_5xx(main_loop, capsys):
+    """Raw requests through WebServer with actions on and a main loop that answers: no answer is a
+    5xx but a 501 for a transfer coding other than chunked, every answer carries the security
+    headers and a Cache-Control, and no file answered is one the index does not have.  Set
+    FUZZ_SEED to replay the requests of a run (the seed is printed)."""
+    app = main_loop.app()
+    browser = webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST})
+    take(browser)
+    take(browser)
+    log_in(browser)
+    session = browser.cookies["appliance_session"]
+    rows = main_loop.reader.page(limit=10)
+    ids, etags = [row["id"] for row in rows], [row["sha256"] for row in rows] + [row["id"] for row in rows]
+    server = WebServer(app, "127.0.0.1", 0)
+    seed = int(os.environ.get("FUZZ_SEED", random.randrange(2**32)))
+    statuses, failures, files, lock = collections.Counter(), [], [], threading.Lock()
+
+    def send(rng) -> None:
+        requests_ = RawRequests(rng, server.port, ids, etags, session)
+        for _ in range(FUZZ_REQUESTS // FUZZ_SENDERS):
+            data, sent = requests_.make()
+            try:
+                answer = exchange(server.port, data)
+            except OSError as exc:  # a timeout included
+                answer, problems = None, [f"no answer: {exc!r}"]
+            else:
+                problems = [] if answer else ["closed without an answer"]
+            if answer:
+                if answer.status >= 500 and not (answer.status == 501 and sent["coding"]):
+                    problems.append(f"{answer.status} {answer.body[:300]!r}")
+                try:
+                    assert_every_answer_headers(answer)
+                except AssertionError as exc:
+                    problems.append(f"headers: {exc}")
+                file = sent["path"].startswith((b"/media/", b"/thumbnails/"))
+                if answer.status == 200 and sent["method"] == b"GET" and file:
+                    files.append((data[:200], answer.body))
+            with lock:
+                statuses[answer.status if answer else None] += 1
+                failures.extend((problem, data[:300]) for problem in problems)
+
+    started = time.monotonic()
+    try:
+        senders = [
+            threading.Thread(target=send, args=(random.Random(seed + i),)) for i in range(FUZZ_SENDERS)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    finally:
+        server.stop()
+    elapsed = time.monotonic() - started
+    indexed = indexed_files(main_loop.reader)
+    with capsys.disabled():
+        print(
+            f"\nraw fuzz (seed {seed}): {sum(statuses.values())} requests in {elapsed:.1f} s; statuses "
+            + ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items(), key=str))
+        )
+    assert sum(statuses.values()) >= 10_000
+    assert not failures, f"{len(failures)} failures (seed {seed}): {sorted(set(failures))[:10]}"
+    strays = [request for request, body in files if body not in indexed]
+    assert not strays, strays[:5]
+    assert len(files) > 20  # the fuzz did fetch real files

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import html
 import inspect
+import math
 import os
 import queue
 import random
@@ -1162,14 +1163,98 @@ def test_a_client_that_sends_nothing_does_not_block_the_others(live):
         assert time.monotonic() - started < 1
 
 
-def test_as_many_silent_clients_as_threads_do_not_block_the_others(live):
-    silent = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(9)]
+def page_seconds(server: WebServer, count: int = 30) -> list[float]:
+    """Seconds each of ``count`` requests for ``GET /`` took, one after the other, each on a new
+    connection."""
+    seconds = []
+    for _ in range(count):
+        started = time.monotonic()
+        assert requests.get(server.url, timeout=5).status_code == 200
+        seconds.append(time.monotonic() - started)
+    return seconds
+
+
+def p99(seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    return ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+
+@contextlib.contextmanager
+def trickling(port: int, count: int):
+    """``count`` connections to ``port``, each sending the start of a request and then one header
+    byte a second, from a background thread; one the server closes is opened again.  Yields
+    ``{"opened": n, "bytes": n}``."""
+    done, sent = threading.Event(), {"opened": 0, "bytes": 0}
+
+    def start() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\nX-Slow: ")
+        sent["opened"] += 1
+        return sock
+
+    socks = [start() for _ in range(count)]
+
+    def trickle() -> None:
+        while not done.wait(1):
+            for i, sock in enumerate(socks):
+                try:
+                    sock.sendall(b"a")
+                    sent["bytes"] += 1
+                except OSError:  # closed by the server (REQUEST_TIMEOUT_S): another one
+                    sock.close()
+                    socks[i] = start()
+
+    thread = threading.Thread(target=trickle, name="trickle")
+    thread.start()
     try:
-        time.sleep(0.1)
-        assert get_status(live, timeout_s=1) == 200
+        yield sent
+    finally:
+        done.set()
+        thread.join()
+        for sock in socks:
+            sock.close()
+
+
+def test_100_clients_trickling_a_header_byte_a_second_leave_the_page_answering_within_1_s(live, capsys):
+    with trickling(live.port, 100) as sent:
+        time.sleep(2.5)  # every one is part-way through its headers
+        seconds = page_seconds(live)
+    with capsys.disabled():
+        print(f"\nGET / with 100 trickling clients: p99 {p99(seconds) * 1000:.0f} ms over {len(seconds)}, "
+              f"{sent['opened']} connections opened, {sent['bytes']} bytes trickled")  # fmt: skip
+    assert sent["bytes"] >= 100  # each one has sent some
+    assert p99(seconds) < 1
+
+
+def test_100_silent_clients_leave_the_page_answering_within_1_s(live, capsys):
+    silent = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        seconds = page_seconds(live)
     finally:
         for sock in silent:
             sock.close()
+    with capsys.disabled():
+        print(f"\nGET / with 100 silent clients: p99 {p99(seconds) * 1000:.0f} ms over {len(seconds)}")
+    assert p99(seconds) < 1
+
+
+def test_a_request_still_arriving_after_the_request_timeout_is_dropped(live, monkeypatch):
+    monkeypatch.setattr(web, "REQUEST_TIMEOUT_S", 1)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=0.2) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\n")
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            try:
+                sock.sendall(b"X-Slow: a\r\n")  # a header line every 0.2 s: never silent
+                if sock.recv(100) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        dropped_after_s = time.monotonic() - started
+    assert 1 <= dropped_after_s < 3
 
 
 # --- The real server against slow, hostile and malformed clients -----------------------------------

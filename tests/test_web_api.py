@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import html
 import inspect
+import logging
 import math
 import os
 import queue
@@ -1559,3 +1560,166 @@ def test_fuzzed_raw_requests_through_the_real_server_never_get_a_5xx(main_loop, 
     strays = [request for request, body in files if body not in indexed]
     assert not strays, strays[:5]
     assert len(files) > 20  # the fuzz did fetch real files
+
+
+def live_session(server: WebServer) -> str:
+    """Log in to ``server`` (token TOKEN) as its own log-in form does; the session cookie's value."""
+    origin = server.url.rstrip("/")
+    response = requests.post(
+        f"{origin}/login", data={"token": TOKEN}, headers={"Origin": origin}, allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 303
+    return response.cookies["appliance_session"]
+
+
+@pytest.mark.parametrize("path", ["/captures", "/api/captures"])
+def test_the_last_day_of_the_calendar_is_a_400_and_the_first_a_200(live, path):
+    response = requests.get(f"{live.url.rstrip('/')}{path}?day=9999-12-31", timeout=5)
+    assert response.status_code == 400 and response.text == "400 bad day: '9999-12-31'\n"
+    assert requests.get(f"{live.url.rstrip('/')}{path}?day=0001-01-01", timeout=5).status_code == 200
+
+
+NOT_UTF8 = {
+    "Authorization": f"Bearer {TOKEN}".encode() + b"\xff",
+    "Origin": b"http://127.0.0.1:%d\xff\xfe",
+    "Referer": b"http://127.0.0.1:%d\xc3(/captures",
+    "Sec-Fetch-Site": b"same-origin\x80",
+}
+
+
+@pytest.mark.parametrize("header", list(NOT_UTF8))
+@pytest.mark.parametrize("path", ["/login", "/logout", "/api/capture", f"/captures/{UNKNOWN_ID}/protect"])
+def test_a_header_byte_that_is_not_utf8_is_a_4xx_without_a_traceback(live, header, path, caplog):
+    cookie = live_session(live).encode()
+    value = NOT_UTF8[header].replace(b"%d", str(live.port).encode())
+    request = (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % live.port
+        + b"Cookie: appliance_session=" + cookie + b"\r\n" + header.encode() + b": " + value + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    answer = exchange(live.port, request)
+    assert answer.status in (401, 403), answer
+    assert_every_answer_headers(answer)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_cookie_post_over_http_1_0_without_host_origin_or_referer_is_403(live):
+    cookie = b"Cookie: appliance_session=" + live_session(live).encode() + b"\r\n"
+    for path in (b"/logout", b"/api/capture", b"/captures/%s/protect" % UNKNOWN_ID.encode()):
+        answer = exchange(
+            live.port, b"POST " + path + b" HTTP/1.0\r\n" + cookie + b"Content-Length: 0\r\n\r\n"
+        )
+        assert answer.status == 403 and answer.body == b"403 cross-site request refused\n", (path, answer)
+    # The same cookie, from our own page, is taken.
+    ours = b"Host: 127.0.0.1:%d\r\nOrigin: http://127.0.0.1:%d\r\n" % (live.port, live.port)
+    answer = exchange(live.port, b"POST /logout HTTP/1.0\r\n" + ours + cookie + b"Content-Length: 0\r\n\r\n")
+    assert answer.status == 303
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n", 400),
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (20 << 10) + b"\r\n\r\n", 431),
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    ],
+    ids=["malformed request line", "header without a colon", "body over 16 KiB", "headers over 16 KiB",
+         "unknown transfer coding"],
+)  # fmt: skip
+def test_the_servers_own_error_answers_carry_the_security_headers_and_no_store(live, request_, status):
+    answer = exchange(live.port, request_)
+    assert answer.status == status
+    assert_every_answer_headers(answer)
+    assert answer.headers["cache-control"] == ["no-store"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "cache_control"),
+    [
+        ("GET", "/", 200, "no-cache"),
+        ("HEAD", "/", 200, "no-cache"),
+        ("GET", "/captures", 200, "no-cache"),
+        ("GET", "/captures/{id}", 200, "no-cache"),
+        ("GET", "/style.css", 200, "no-cache"),
+        ("GET", "/favicon.ico", 204, "no-cache"),
+        ("GET", "/login", 200, "no-store"),
+        ("GET", "/api/status", 200, "no-store"),
+        ("GET", "/api/captures", 200, "no-store"),
+        ("GET", "/api/captures/{id}", 200, "no-store"),
+        ("GET", "/healthz", 200, "no-store"),
+        ("GET", "/metrics", 200, "no-store"),
+        ("GET", "/media/{id}.jpg", 200, "public, max-age=31536000, immutable"),
+        ("GET", "/thumbnails/{id}.webp", 200, "public, max-age=31536000, immutable"),
+        ("POST", "/login", 303, "no-store"),
+        ("POST", "/logout", 303, "no-store"),
+        ("POST", "/api/capture", 401, "no-store"),
+        ("GET", f"/captures/{UNKNOWN_ID}", 404, "no-store"),
+        ("GET", "/captures?day=yesterday", 400, "no-store"),
+        ("PUT", "/api/status", 405, "no-store"),
+    ],
+)
+def test_cache_control_is_set_by_the_kind_of_route(live, captures, method, path, status, cache_control):
+    origin = live.url.rstrip("/")
+    url, data = origin + path.format(id=captures[2]["id"]), {"token": TOKEN} if method == "POST" else None
+    response = requests.request(
+        method, url, data=data, headers={"Origin": origin}, allow_redirects=False, timeout=5
+    )
+    assert response.status_code == status
+    assert response.headers["Cache-Control"] == cache_control
+
+
+NON_ASCII_TOKEN = "çlé-secrète-ünïcødé-0123"
+
+
+def test_a_non_ascii_token_logs_in_through_the_form_and_by_bearer(main_loop):
+    server = WebServer(main_loop.app(token=NON_ASCII_TOKEN), "127.0.0.1", 0)
+    origin = server.url.rstrip("/")
+    try:
+        with requests.Session() as browser:
+            # As a browser sends the form of a UTF-8 page: the token's UTF-8 bytes, percent-encoded.
+            body = "token=" + urllib.parse.quote(NON_ASCII_TOKEN, encoding="utf-8")
+            form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin,
+                    "Sec-Fetch-Site": "same-origin"}  # fmt: skip
+            response = browser.post(f"{origin}/login", data=body, headers=form, allow_redirects=False)
+            assert response.status_code == 303 and browser.cookies["appliance_session"]
+            response = browser.post(f"{origin}/api/capture", headers={"Origin": origin}, timeout=10)
+            assert response.status_code == 200 and len(response.json()["captured"]) == 1
+            latin1 = "token=" + urllib.parse.quote(NON_ASCII_TOKEN, encoding="latin-1")
+            assert browser.post(f"{origin}/login", data=latin1, headers=form).status_code == 401
+        # The header as sent: the token's UTF-8 bytes, which WSGI hands over as latin-1 characters.
+        bearer = {"Authorization": b"Bearer " + NON_ASCII_TOKEN.encode()}
+        response = requests.post(f"{origin}/api/capture", headers=bearer, timeout=10)
+        assert response.status_code == 200 and len(response.json()["captured"]) == 1
+        for wrong in (NON_ASCII_TOKEN.encode("latin-1"), NON_ASCII_TOKEN.encode()[:-1] + b"\xff"):
+            response = requests.post(f"{origin}/api/capture", headers={"Authorization": b"Bearer " + wrong})
+            assert response.status_code == 401
+    finally:
+        server.stop()
+    assert main_loop.reader.counts(datetime.datetime.now(datetime.UTC))["total"] == 2
+
+
+INDEX_ROUTES = [
+    "/", "/api/status", "/healthz", "/captures", "/metrics", "/api/captures", "/captures/{id}",
+    "/api/captures/{id}", "/media/{id}.jpg", "/thumbnails/{id}.webp",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["removed", "not a database"])
+def test_an_unreadable_index_is_a_503_with_the_reason_and_one_log_line(live, store, captures, damage, caplog):
+    db = store.data_dir / "captures.db"
+    if damage == "not a database":  # overwritten in place: damaged pages, as a failing card gives
+        assert store.checkpoint()[0] == 0  # else the WAL's newer copy of the first page is read
+        db.write_bytes(b"this is no SQLite file\n" * 500)
+        reason = "the capture index cannot be read: file is not a database"
+    else:
+        db.unlink()
+        reason = "the capture index cannot be read: unable to open database file"
+    for route in INDEX_ROUTES:
+        response = requests.get(live.url.rstrip("/") + route.format(id=captures[2]["id"]), timeout=5)
+        assert (response.status_code, response.text) == (503, f"503 {reason}\n"), route
+        assert response.headers["Cache-Control"] == "no-store"
+    logged = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in logged] == [f"web: {reason}"]
+    assert logged[0].exc_info is None

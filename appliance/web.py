@@ -693,7 +693,7 @@ class WebServer:
       loop over non-blocking sockets); only a request that has wholly arrived takes one of the
       ``threads``.  A client that sends slowly, or nothing, costs a connection, never a thread: with
       100 connections trickling a header byte a second, or 100 silent ones, ``GET /`` still answers
-      in milliseconds (tests/test_web.py).
+      in milliseconds (tests/test_web_api.py).
     - At most :data:`CONNECTION_LIMIT` (500) connections are open at once; past it, new ones wait in
       the listen backlog until one closes.
     - A connection that sends nothing for :data:`SOCKET_TIMEOUT_S` (5 s) is closed (checked every

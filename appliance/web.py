@@ -721,23 +721,29 @@ class WebServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_S * 1000)
         self.host, self.port = sock.getsockname()[:2]
         self._map: dict = {}
-        self._server = waitress.create_server(
-            app,
-            map=self._map,
-            sockets=[sock],
-            threads=threads,
-            connection_limit=CONNECTION_LIMIT,
-            channel_timeout=SOCKET_TIMEOUT_S,
-            cleanup_interval=1,
-            max_request_header_size=MAX_HEADER_BYTES,
-            max_request_body_size=MAX_BODY_BYTES,
-            outbuf_high_watermark=OUTBUF_BYTES,
-            outbuf_overflow=4 * OUTBUF_BYTES,  # above the watermark: answers never spill to the card
-            asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
-            ident="camtrap-appliance",
-            expose_tracebacks=False,
-            log_socket_errors=False,  # a client that goes away is not the appliance's error
-        )
+        try:
+            self._server = waitress.create_server(
+                app,
+                map=self._map,
+                sockets=[sock],
+                threads=threads,
+                connection_limit=CONNECTION_LIMIT,
+                channel_timeout=SOCKET_TIMEOUT_S,
+                cleanup_interval=1,
+                max_request_header_size=MAX_HEADER_BYTES,
+                max_request_body_size=MAX_BODY_BYTES,
+                outbuf_high_watermark=OUTBUF_BYTES,
+                outbuf_overflow=4 * OUTBUF_BYTES,  # above the watermark: answers never go to disk
+                asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
+                ident="camtrap-appliance",
+                expose_tracebacks=False,
+                log_socket_errors=False,  # a client that goes away is not the appliance's error
+            )
+        except BaseException:
+            sock.close()
+            raise
+        # waitress's server makes each accepted connection with its channel_class; none is accepted
+        # before the loop runs, below.
         self._server.channel_class = _Channel
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self._thread.start()

@@ -1,10 +1,12 @@
-"""The status page, gallery and JSON API: a Bottle app served by cheroot from its own threads.
+"""The status page, gallery and JSON API: a Bottle app served by waitress from its own threads.
 
 The web side never writes and never touches hardware: it reads the index through
 :class:`~appliance.store.IndexReader` (read-only connections) and the other parts' ``status()``
 snapshots, and hands every action (a test shot, protecting a capture) to the main loop as a
 :class:`~appliance.loop.Request`.  Files are served by id lookup in the index, never from a path
-in the request.  Every answer to bad input is a 4xx with a one-line reason.
+in the request.  Every answer to bad input is a 4xx with a one-line reason; an index that cannot be
+read is a 503 with sqlite's reason, never a 500.  Every answer carries the security headers and a
+``Cache-Control`` (the route table says which).
 
 Pages: ``GET /`` (status), ``GET /captures`` (gallery: ``?before=SEQ&day=YYYY-MM-DD&trigger=T``),
 ``GET /captures/<id>`` (one photo), ``GET/POST /login``, ``POST /logout``.
@@ -24,6 +26,8 @@ import hmac
 import json
 import logging
 import re
+import socket
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -32,8 +36,11 @@ from pathlib import Path
 
 import bottle
 import prometheus_client
-from cheroot import wsgi
+import waitress
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
 from appliance import __version__
 from appliance.cleanup import free_percent
@@ -59,9 +66,20 @@ ERROR_AREAS = ("camera", "storage", "space")
 SESSION_COOKIE = "appliance_session"
 # Request bodies (the login form, empty action POSTs) are tiny; anything bigger is refused (413).
 MAX_BODY_BYTES = 16 << 10
+# The request line and headers together; past this, 431.
 MAX_HEADER_BYTES = 16 << 10
-# A client that sends nothing for this long is dropped, so slow clients cannot hold the threads.
+# A connection that sends nothing for this long, between requests or within one, is closed.
 SOCKET_TIMEOUT_S = 5
+# A request's head and body must have arrived this long after its first byte, or its connection is
+# closed: a client trickling bytes holds a connection at most this long.  16 KiB in 10 s is 13 kbit/s.
+REQUEST_TIMEOUT_S = 10
+# Open connections at most; past it, new ones wait in the listen backlog.  Well under the 1024 file
+# descriptors a service gets by default (systemd's LimitNOFILE soft limit).
+CONNECTION_LIMIT = 500
+# An answer is buffered up to this much per connection (in memory); then its thread waits for the
+# client to read.  A client that reads nothing for SEND_TIMEOUT_S is dropped by the kernel.
+OUTBUF_BYTES = 1 << 20
+SEND_TIMEOUT_S = 30
 # ZIP downloads at once: each holds a server thread and reads the card; more wait (503).
 MAX_EXPORTS = 2
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -76,6 +94,17 @@ SECURITY_HEADERS = [
     ("Referrer-Policy", "same-origin"),
     ("X-Frame-Options", "DENY"),
 ]
+# Cache-Control, by kind of answer; each route in make_app names its own, errors and redirects are
+# NO_STORE.  The API, the actions and the log-in answer with what is true now (and a session):
+# nothing keeps them.  Pages may be kept (for Back) but are asked for again before each showing
+# (no-cache; they carry no validator, so that is a full fetch): they show live figures and whether
+# one is logged in, and a max-age of even a few seconds would show the page from before a log-in or
+# a protect after the 303 that leads back to it.  Files never change: cached for a year.
+NO_STORE = "no-store"
+REVALIDATE = "no-cache"
+IMMUTABLE = "public, max-age=31536000, immutable"
+# An unreadable index is logged at most this often (each request still answers 503 with the reason).
+UNREADABLE_LOG_INTERVAL_S = 60
 
 
 def capture_json(row: dict, *, full: bool = False) -> dict:
@@ -110,8 +139,35 @@ def _query(name: str, parse: Callable[[str], object], default=None):
         return default
     try:
         return parse(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise bottle.HTTPError(400, f"bad {name}: {value[:40]!r}") from None
+
+
+def _see_other(path: str):
+    """Raise a 303 to ``path`` on this server, keeping the headers set so far (a cookie).  Its
+    Location is relative (RFC 9110 10.2.2), where ``bottle.redirect`` makes it absolute from the
+    Host header: a Host that is no host (``[::1``) made that a 500."""
+    answer = bottle.response.copy(cls=bottle.HTTPResponse)
+    answer.status = 303
+    answer.set_header("Location", path)
+    raise answer
+
+
+def _header(name: str) -> str:
+    """Request header ``name`` as WSGI gives it: each byte as one latin-1 character (PEP 3333), ""
+    when absent.  Bottle's own ``get_header`` decodes the bytes as UTF-8 and raises on any other."""
+    return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+
+
+def _cookie(name: str) -> str:
+    """Cookie ``name`` from the ``Cookie`` header, "" when absent.  Read by hand: the standard
+    library's parser (behind Bottle's ``get_cookie``) raises, or stops, at the first cookie it finds
+    illegal, and a browser sends us every cookie of this host, those of other ports included."""
+    for pair in _header("Cookie").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == name:
+            return value
+    return ""
 
 
 def _seq(value: str) -> int:
@@ -119,6 +175,13 @@ def _seq(value: str) -> int:
     if not 0 < number < 2**63:
         raise ValueError(value)
     return number
+
+
+def _day(value: str) -> datetime.date:
+    day = datetime.date.fromisoformat(value)
+    if day == datetime.date.max:  # the index asks for captures before the next day, which is none
+        raise ValueError(value)
+    return day
 
 
 def _trigger(value: str) -> str:
@@ -163,6 +226,10 @@ def make_app(
     export (None: no export, 404).
     """
     app = bottle.Bottle()
+    # Every route: an unreadable index is a 503; each answers with its ``cache`` (NO_STORE unless
+    # the route says otherwise).
+    app.install(_IndexUnreadable())
+    app.install(_CacheControl())
     health = health or Health()
     session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
     actions_on = bool(token) and submit is not None
@@ -213,10 +280,15 @@ def make_app(
         """How the request is authorised: ``"bearer"``, ``"cookie"`` or None (not at all)."""
         if not token:
             return None
-        header = bottle.request.get_header("Authorization", "")
-        if header.startswith("Bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
-            return "bearer"
-        cookie = bottle.request.get_cookie(SESSION_COOKIE, "")
+        header = _header("Authorization")
+        if header.startswith("Bearer "):
+            try:  # the bytes the client sent, to match a token's UTF-8 whatever they are
+                given = header[7:].encode("latin-1")
+            except UnicodeEncodeError:  # only from a WSGI server that breaks PEP 3333
+                given = b""
+            if hmac.compare_digest(given, token.encode()):
+                return "bearer"
+        cookie = _cookie(SESSION_COOKIE)
         if cookie and hmac.compare_digest(cookie.encode(), session.encode()):
             return "cookie"
         return None
@@ -236,12 +308,18 @@ def make_app(
 
     def same_origin() -> None:
         # Cross-site request forgery: SameSite=Strict keeps the cookie off other sites' requests;
-        # the browser's own word (Sec-Fetch-Site), or else Origin or Referer, is checked as well
-        # for browsers that ignore SameSite.
-        if bottle.request.get_header("Sec-Fetch-Site") == "same-origin":
+        # the browser's own word (Sec-Fetch-Site), or else Origin or Referer against Host, is
+        # checked as well for browsers that ignore SameSite.  A request that proves nothing (none
+        # of them, as an HTTP/1.0 client may send) is refused.
+        fetch_site = _header("Sec-Fetch-Site")
+        if fetch_site == "same-origin":
             return
-        origin = bottle.request.get_header("Origin") or bottle.request.get_header("Referer") or ""
-        if urllib.parse.urlsplit(origin).netloc != bottle.request.get_header("Host", ""):
+        origin, host = _header("Origin") or _header("Referer"), _header("Host")
+        try:
+            netloc = urllib.parse.urlsplit(origin).netloc
+        except ValueError:  # e.g. "http://[": not a URL
+            netloc = ""
+        if fetch_site or not host or netloc != host:
             raise bottle.HTTPError(403, "cross-site request refused")
 
     def ask(request: Request, timeout_s: float = ACTION_TIMEOUT_S) -> Request:
@@ -255,23 +333,23 @@ def make_app(
             name, template_lookup=[str(VIEWS)], logged_in=authorised(), actions_on=actions_on, **values
         )
 
-    @app.get("/")
+    @app.get("/", cache=REVALIDATE)
     def index():
         export_on = export_config is not None and (not token or authorised())
         return render("status", refresh_s=REFRESH_S, export_on=export_on, **status())
 
-    @app.get("/favicon.ico")
+    @app.get("/favicon.ico", cache=REVALIDATE)
     def favicon():
         return bottle.HTTPResponse(status=204)  # no icon, and no 404 in every browser's console
 
-    @app.get("/style.css")
+    @app.get("/style.css", cache=REVALIDATE)
     def style():
         return bottle.static_file("style.css", root=str(VIEWS), mimetype="text/css")
 
     def gallery_query() -> dict:
         return {
             "before": _query("before", _seq),
-            "day": _query("day", datetime.date.fromisoformat),
+            "day": _query("day", _day),
             "trigger": _query("trigger", _trigger),
         }
 
@@ -286,7 +364,7 @@ def make_app(
             "/api/captures", rows, limit, query | {"limit": limit if limit != PAGE_SIZE else None}
         )
 
-    @app.get("/captures")
+    @app.get("/captures", cache=REVALIDATE)
     def gallery():
         query = gallery_query()
         rows = reader.page(limit=PAGE_SIZE, **query)
@@ -301,7 +379,7 @@ def make_app(
             raise bottle.HTTPError(404, "no such capture")
         return row
 
-    @app.get("/captures/<capture_id>")
+    @app.get("/captures/<capture_id>", cache=REVALIDATE)
     def photo(capture_id):
         return render("capture", c=capture_json(lookup(capture_id), full=True))
 
@@ -360,7 +438,7 @@ def make_app(
     @app.post("/captures/<capture_id>/<verb:re:protect|unprotect>")
     def form_protect(capture_id, verb):
         protect(capture_id, verb == "protect")
-        bottle.redirect(f"/captures/{capture_id}", 303)
+        _see_other(f"/captures/{capture_id}")
 
     @app.get("/export/camtrap-dp.zip")
     def export_zip():
@@ -398,20 +476,21 @@ def make_app(
             raise bottle.HTTPError(403, "actions are off: set web_token in the config")
         same_origin()
         try:
-            given = bottle.request.forms.get("token", "")
-        except OSError:  # cheroot's limit on a chunked body, met while bottle reads the form
-            raise bottle.HTTPError(413, "request body too large") from None
+            # getunicode: the UTF-8 a browser sends (plain get gives latin-1); None when it is not.
+            given = bottle.request.forms.getunicode("token") or ""
+        except ValueError:  # Bottle's parser meets a malformed Content-Type or multipart body
+            raise bottle.HTTPError(400, "malformed form") from None
         if not hmac.compare_digest(given.encode(), token.encode()):
             bottle.response.status = 401
             return render("login", failed=True)
         bottle.response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/")
-        bottle.redirect("/", 303)
+        _see_other("/")
 
     @app.post("/logout")
     def logout():
         same_origin()
         bottle.response.delete_cookie(SESSION_COOKIE, path="/")
-        bottle.redirect("/", 303)
+        _see_other("/")
 
     def serve(name: str, column: str, extension: str, mimetype: str):
         match = _FILE_NAME.fullmatch(name)
@@ -424,10 +503,7 @@ def make_app(
         etag = f'"{row["sha256"] if extension == "jpg" else row["id"]}"'
         headers = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
         # RFC 9110 13.1.2: a list of tags, or "*"; a weak W/ tag matches too.
-        asked = {
-            tag.strip().removeprefix("W/")
-            for tag in bottle.request.get_header("If-None-Match", "").split(",")
-        }
+        asked = {tag.strip().removeprefix("W/") for tag in _header("If-None-Match").split(",")}
         if etag in asked or "*" in asked:
             return bottle.HTTPResponse(status=304, **headers)
         response = bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
@@ -435,11 +511,11 @@ def make_app(
             response.set_header(key, value)
         return response
 
-    @app.get("/thumbnails/<name>")
+    @app.get("/thumbnails/<name>", cache=IMMUTABLE)
     def thumbnail(name):
         return serve(name, "thumbnail_path", "webp", "image/webp")
 
-    @app.get("/media/<name>")
+    @app.get("/media/<name>", cache=IMMUTABLE)
     def media(name):
         return serve(name, "media_path", "jpg", "image/jpeg")
 
@@ -454,9 +530,9 @@ def make_app(
         bottle.response.content_type = "text/plain; charset=utf-8"
         return f"{error.status_code} {error.body}\n"
 
-    for code in (400, 401, 403, 404, 405, 409, 413, 500, 503):
+    for code in (400, 401, 403, 404, 405, 409, 413, 416, 500, 503):
         app.error(code)(plain_error)
-    return _with_security_headers(app)
+    return _with_headers(app)
 
 
 class _Metrics:
@@ -504,37 +580,172 @@ class _Metrics:
             yield gauge
 
 
-def _with_security_headers(app):
-    """WSGI middleware: the security headers on every response, errors included."""
+class _IndexUnreadable:
+    """Bottle plugin: a route that cannot read the index (the file deleted or damaged, no
+    permission) answers 503 with sqlite's reason, and the log gets one line (at most one every
+    :data:`UNREADABLE_LOG_INTERVAL_S` while the reason stays the same), not a traceback."""
+
+    name, api = "index_unreadable", 2
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._logged = ("", -float("inf"))  # the reason last logged, and when (monotonic)
+
+    def apply(self, callback, route):
+        def wrapper(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.ProgrammingError | sqlite3.IntegrityError):
+                    raise  # a mistake in our SQL, not the card's doing: a 500 with its traceback
+                reason = f"the capture index cannot be read: {exc}"
+                self._log(reason)
+                raise bottle.HTTPError(503, reason) from None
+
+        return wrapper
+
+    def _log(self, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last_reason, last_logged = self._logged
+            if reason == last_reason and now - last_logged < UNREADABLE_LOG_INTERVAL_S:
+                return
+            self._logged = (reason, now)
+        log.error("web: %s", reason)
+
+
+class _CacheControl:
+    """Bottle plugin: the route's ``cache`` config (:data:`NO_STORE` when it has none) as the
+    ``Cache-Control`` of its answers that set none.  Errors raised are left alone: their headers
+    are the error's own, and :func:`_with_headers` gives them :data:`NO_STORE`."""
+
+    name, api = "cache_control", 2
+
+    def apply(self, callback, route):
+        value = route.config.get("cache", NO_STORE)
+
+        def wrapper(*args, **kwargs):
+            out = callback(*args, **kwargs)
+            if isinstance(out, bottle.HTTPError):
+                return out
+            # Bottle copies a returned HTTPResponse's headers over bottle.response's.
+            target = out if isinstance(out, bottle.HTTPResponse) else bottle.response
+            if "Cache-Control" not in target.headers:
+                target.set_header("Cache-Control", value)
+            return out
+
+        return wrapper
+
+
+def _with_headers(app):
+    """WSGI middleware: the security headers on every response, errors included, and
+    ``Cache-Control: no-store`` on those that have none (errors, redirects)."""
 
     def wrapped(environ, start_response):
         def start(status, headers, exc_info=None):
-            return start_response(status, headers + SECURITY_HEADERS, exc_info)
+            extra = SECURITY_HEADERS
+            if not any(name.lower() == "cache-control" for name, _ in headers):
+                extra = [*extra, ("Cache-Control", NO_STORE)]
+            return start_response(status, headers + extra, exc_info)
 
         return app(environ, start)
 
     return wrapped
 
 
+class _ErrorTask(ErrorTask):
+    """waitress's own answer to a request it refused before the app saw it (400 malformed, 413
+    body too large, 431 headers too large, 501 a transfer coding other than chunked), with the
+    headers every answer of ours carries.  Relies on waitress 3: ``ErrorTask.execute`` extends
+    ``Task.response_headers``, a list sent with the answer's first write, which it makes itself."""
+
+    def execute(self):
+        self.response_headers.extend([*SECURITY_HEADERS, ("Cache-Control", NO_STORE)])
+        super().execute()
+
+
+class _Channel(HTTPChannel):
+    """waitress's connection, with :class:`_ErrorTask` and a deadline for each request to arrive.
+    Relies on waitress 3's ``HTTPChannel``: ``error_task_class``; ``received(data)``, called by the
+    server's loop with each chunk read; ``request``, the request being received (None between
+    requests); and ``will_close``, which has the loop close the connection."""
+
+    error_task_class = _ErrorTask
+    request_started = 0.0  # time.monotonic() when the request being received began
+
+    def received(self, data):
+        now = time.monotonic()
+        if self.request is None:
+            self.request_started = now
+        elif now - self.request_started > REQUEST_TIMEOUT_S:
+            self.will_close = True  # a trickle: closed, without an answer it would not read
+            return False
+        return super().received(data)
+
+
 class WebServer:
-    """Serves ``app`` with cheroot (a multi-threaded WSGI server) on ``host``:``port`` from a
-    background thread.  ``port`` 0 picks a free port; :attr:`port` tells which.  Request headers
-    and bodies are capped (:data:`MAX_HEADER_BYTES`, :data:`MAX_BODY_BYTES`) and a silent client is
-    dropped after :data:`SOCKET_TIMEOUT_S`.  cheroot gives each connection a thread of the
-    ``threads``: that many clients that send nothing hold the page from the others for at most
-    :data:`SOCKET_TIMEOUT_S` seconds.
+    """Serves ``app`` with waitress on ``host``:``port`` from a background thread.  ``port`` 0
+    picks a free port; :attr:`port` tells which.  ``threads``: requests served at once.
+
+    Slow and hostile clients are bounded so that the page keeps answering:
+
+    - waitress reads requests and writes answers for every connection in one thread (an event
+      loop over non-blocking sockets); only a request that has wholly arrived takes one of the
+      ``threads``.  A client that sends slowly, or nothing, costs a connection, never a thread: with
+      100 connections trickling a header byte a second, or 100 silent ones, ``GET /`` still answers
+      in milliseconds (tests/test_web_api.py).
+    - At most :data:`CONNECTION_LIMIT` (500) connections are open at once; past it, new ones wait in
+      the listen backlog until one closes.
+    - A connection that sends nothing for :data:`SOCKET_TIMEOUT_S` (5 s) is closed (checked every
+      second), and one whose request has not wholly arrived :data:`REQUEST_TIMEOUT_S` (10 s) after
+      its first byte is closed at its next byte: a trickling client holds a connection that long.
+    - Headers over :data:`MAX_HEADER_BYTES` (16 KiB) are a 431, bodies over :data:`MAX_BODY_BYTES`
+      (16 KiB) a 413, a malformed request a 400, a transfer coding other than chunked a 501:
+      answered by waitress itself, with the security headers and ``Cache-Control: no-store``.
+    - An answer is buffered up to :data:`OUTBUF_BYTES` (1 MiB) per connection, in memory; then its
+      thread waits for the client to read.  A client that reads nothing for
+      :data:`SEND_TIMEOUT_S` (30 s) is dropped by the kernel (``TCP_USER_TIMEOUT``), which frees
+      the thread and ends a ZIP download's snapshot of the index.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
 
     def __init__(self, app, host: str, port: int, threads: int = 16):
-        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=SOCKET_TIMEOUT_S)
-        # cheroot answers 413 (body) and 431/413 (headers) past these, before the app sees them.
-        self._server.max_request_header_size = MAX_HEADER_BYTES
-        self._server.max_request_body_size = MAX_BODY_BYTES
-        self._server.prepare()  # binds now, so a busy port fails at start-up
-        self.host, self.port = self._server.bind_addr[:2]
-        self._thread = threading.Thread(target=self._server.serve, name="web", daemon=True)
+        family, _, _, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        # Bound here, so that a busy port fails at start-up; one address, even for a name that has
+        # several, so that there is one port to tell.
+        sock = socket.create_server(address, family=family)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted connections inherit it
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_S * 1000)
+        self.host, self.port = sock.getsockname()[:2]
+        self._map: dict = {}
+        try:
+            self._server = waitress.create_server(
+                app,
+                map=self._map,
+                sockets=[sock],
+                threads=threads,
+                connection_limit=CONNECTION_LIMIT,
+                channel_timeout=SOCKET_TIMEOUT_S,
+                cleanup_interval=1,
+                max_request_header_size=MAX_HEADER_BYTES,
+                max_request_body_size=MAX_BODY_BYTES,
+                outbuf_high_watermark=OUTBUF_BYTES,
+                outbuf_overflow=4 * OUTBUF_BYTES,  # above the watermark: answers never go to disk
+                asyncore_use_poll=True,  # select() cannot watch file descriptors past 1023
+                ident="camtrap-appliance",
+                expose_tracebacks=False,
+                log_socket_errors=False,  # a client that goes away is not the appliance's error
+            )
+        except BaseException:
+            sock.close()
+            raise
+        # waitress's server makes each accepted connection with its channel_class; none is accepted
+        # before the loop runs, below.
+        self._server.channel_class = _Channel
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
         self._thread.start()
 
     @property
@@ -544,5 +755,9 @@ class WebServer:
         return f"http://{host}:{self.port}/"
 
     def stop(self) -> None:
-        self._server.stop()
+        """Close the listening socket and every connection (a download in progress ends), then
+        stop the threads (waiting up to 5 s for requests being served)."""
+        # Closed by the loop's own thread, between two turns: the map is the loop's alone.
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
         self._thread.join()
+        self._server.task_dispatcher.shutdown()

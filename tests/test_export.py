@@ -351,6 +351,29 @@ def test_a_client_that_goes_away_ends_the_snapshot(tmp_path, store, photo, clock
         time.sleep(0.1)
 
 
+def test_a_client_that_stops_reading_is_dropped_and_its_snapshot_ends(
+    tmp_path, store, photo, clock, serve, monkeypatch
+):
+    """A download whose client stays connected but reads nothing more is dropped by the kernel
+    after SEND_TIMEOUT_S (TCP_USER_TIMEOUT), which ends its read transaction: the WAL checkpoints
+    again, and the download's place is free."""
+    monkeypatch.setattr("appliance.web.SEND_TIMEOUT_S", 1)
+    for _ in range(60):  # about 20 MB: more than the socket buffers and the server's buffer hold
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    url = urllib.parse.urlsplit(serve()("/export/camtrap-dp.zip"))
+    with socket.socket() as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect((url.hostname, url.port))
+        client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+        assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
+        deadline = time.monotonic() + 15
+        while store.checkpoint()[0] == 1:  # the client, still connected, reads nothing more
+            assert time.monotonic() < deadline, "the snapshot of a stalled download was never closed"
+            time.sleep(0.2)
+
+
 def test_a_head_request_releases_its_snapshot(tmp_path, store, filled, serve, photo, clock):
     url = serve()
     response = requests.head(url("/export/camtrap-dp.zip"), timeout=10)

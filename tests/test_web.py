@@ -1,6 +1,7 @@
 import datetime
 import hashlib
 import io
+import re
 import shutil
 import socket
 import time
@@ -93,13 +94,14 @@ def test_thumbnail_and_media_are_served_from_the_index(server, photo):
         ("/media/" + "0" * 32 + ".jpg", 404),
         ("/media/" + "A" * 32 + ".jpg", 400),
         ("/media/abc.jpg", 400),
-        ("/media/%2e%2e%2f%2e%2e%2fcaptures.db", 400),
-        ("/thumbnails/..%2fcaptures.db", 400),
+        # waitress decodes %2f in PATH_INFO, as WSGI has it: no route (404), or a bad name (400).
+        ("/media/%2e%2e%2f%2e%2e%2fcaptures.db", (400, 404)),
+        ("/thumbnails/..%2fcaptures.db", (400, 404)),
         ("/nothing", 404),
     ],
 )
 def test_unknown_is_404_and_malformed_is_400_never_500(server, path, status):
-    assert get(server, path).status_code == status
+    assert get(server, path).status_code in (status if isinstance(status, tuple) else (status,))
 
 
 def test_extension_must_match_the_route(server):
@@ -116,7 +118,8 @@ def test_capture_without_thumbnail_is_404_for_its_thumbnail(server):
 def test_malformed_http_request_gets_400_and_the_server_keeps_serving(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n")
-        assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        # waitress answers a request it could not parse in HTTP/1.0.
+        assert re.match(rb"HTTP/1\.[01] 400 ", sock.recv(100))
     assert get(server, "/api/status").status_code == 200
 
 

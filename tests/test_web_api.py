@@ -2,11 +2,16 @@
 main loop, a fuzz of paths, queries and methods, and the real server's limits on loopback."""
 
 import collections
+import contextlib
 import datetime
 import hashlib
 import html
 import inspect
+import logging
+import math
+import os
 import queue
+import random
 import re
 import socket
 import threading
@@ -171,10 +176,11 @@ def hardware(store, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def loop_app(tmp_path, monkeypatch):
-    """A real MainLoop with a simulated camera running in a background thread, and the app (token
-    TOKEN, Host HOST) handing its actions to the loop's own queue.  The capture store is opened in
-    the loop's thread, as in main(): its SQLite connection belongs to the thread that opened it."""
+def main_loop(tmp_path, monkeypatch):
+    """A real MainLoop with a simulated camera running in a background thread, over a store in
+    ``tmp_path / "data"``; ``main_loop.app(token)`` is the app handing its actions to the loop's
+    own queue (as main() builds it).  The capture store is opened in the loop's thread, as in
+    main(): its SQLite connection belongs to the thread that opened it."""
     monkeypatch.setattr("appliance.loop.MAX_WAIT_S", 0.05)  # the loop sees the stop request soon
     data_dir = tmp_path / "data"
     events, health, started = queue.Queue(), Health(), queue.Queue()
@@ -206,14 +212,25 @@ def loop_app(tmp_path, monkeypatch):
     loop = started.get(timeout=10)
     assert isinstance(loop, MainLoop), loop
     reader = IndexReader(data_dir)
-    app = make_app(
-        reader, mode="simulation", started_monotonic=time.monotonic(), health=health,
-        submit=events.put, token=TOKEN,
-    )  # fmt: skip
-    yield types.SimpleNamespace(app=webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST}), reader=reader)
+
+    def app(token: str = TOKEN):
+        return make_app(
+            reader, mode="simulation", started_monotonic=time.monotonic(), health=health,
+            submit=events.put, token=token,
+        )  # fmt: skip
+
+    yield types.SimpleNamespace(app=app, reader=reader)
     loop.request_stop("test over")
     thread.join(timeout=10)
     assert not thread.is_alive() and loop.fatal is None
+
+
+@pytest.fixture
+def loop_app(main_loop):
+    """The app over :func:`main_loop` (token TOKEN) as a webtest.TestApp whose requests come to
+    Host HOST."""
+    app = webtest.TestApp(main_loop.app(), extra_environ={"HTTP_HOST": HOST})
+    return types.SimpleNamespace(app=app, reader=main_loop.reader)
 
 
 def log_in(app: webtest.TestApp) -> webtest.TestResponse:
@@ -386,7 +403,7 @@ def test_photo_page_shows_the_photo_and_its_metadata(client, captures):
         (UNKNOWN_ID[:31], 400),
         (UNKNOWN_ID + "0", 400),
         (UNKNOWN_ID + ".jpg", 400),
-        # WSGI servers decode %2f in PATH_INFO (webtest does; cheroot does not): no route, or a bad id.
+        # WSGI servers decode %2f in PATH_INFO (webtest and waitress do): no route, or a bad id.
         ("%2e%2e%2fcaptures.db", [400, 404]),
     ],
 )
@@ -832,7 +849,7 @@ def test_actions_with_the_bearer_token_are_accepted(loop_app):
     capture_id = take(app)
     app.post(f"/api/captures/{capture_id}/protect", headers=BEARER, status=200)
     response = app.post(f"/captures/{capture_id}/unprotect", headers=BEARER, status=303)
-    assert response.location == f"{ORIGIN}/captures/{capture_id}"
+    assert response.location == f"/captures/{capture_id}"
 
 
 def test_tokens_are_compared_in_constant_time():
@@ -849,7 +866,7 @@ def test_tokens_are_compared_in_constant_time():
 
 def test_login_with_the_right_token_sets_an_httponly_samesite_strict_cookie(loop_app):
     response = log_in(loop_app.app)
-    assert response.location == f"{ORIGIN}/"
+    assert response.location == "/"
     (cookie,) = response.headers.getall("Set-Cookie")
     name_value, *attributes = [part.strip() for part in cookie.split(";")]
     name, value = name_value.split("=", 1)
@@ -889,7 +906,7 @@ def test_a_logged_in_form_post_from_our_origin_protects_and_unprotects(loop_app)
     capture_id = take(app)
     log_in(app)
     response = app.post(f"/captures/{capture_id}/protect", headers={"Origin": ORIGIN}, status=303)
-    assert response.location == f"{ORIGIN}/captures/{capture_id}"
+    assert response.location == f"/captures/{capture_id}"
     assert reader.get(capture_id)["protected"] == 1
     page = response.follow(status=200).text
     assert f'<form method="post" action="/captures/{capture_id}/unprotect">' in page
@@ -1147,11 +1164,562 @@ def test_a_client_that_sends_nothing_does_not_block_the_others(live):
         assert time.monotonic() - started < 1
 
 
-def test_as_many_silent_clients_as_threads_do_not_block_the_others(live):
-    silent = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(9)]
+def page_seconds(server: WebServer, count: int = 30) -> list[float]:
+    """Seconds each of ``count`` requests for ``GET /`` took, one after the other, each on a new
+    connection."""
+    seconds = []
+    for _ in range(count):
+        started = time.monotonic()
+        assert requests.get(server.url, timeout=5).status_code == 200
+        seconds.append(time.monotonic() - started)
+    return seconds
+
+
+def p99(seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    return ordered[math.ceil(0.99 * len(ordered)) - 1]
+
+
+@contextlib.contextmanager
+def trickling(port: int, count: int):
+    """``count`` connections to ``port``, each sending the start of a request and then one header
+    byte a second, from a background thread; one the server closes is opened again.  Yields
+    ``{"opened": n, "bytes": n}``."""
+    done, sent = threading.Event(), {"opened": 0, "bytes": 0}
+
+    def start() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\nX-Slow: ")
+        sent["opened"] += 1
+        return sock
+
+    socks = [start() for _ in range(count)]
+
+    def trickle() -> None:
+        while not done.wait(1):
+            for i, sock in enumerate(socks):
+                try:
+                    sock.sendall(b"a")
+                    sent["bytes"] += 1
+                except OSError:  # closed by the server (REQUEST_TIMEOUT_S): another one
+                    sock.close()
+                    socks[i] = start()
+
+    thread = threading.Thread(target=trickle, name="trickle")
+    thread.start()
     try:
-        time.sleep(0.1)
-        assert get_status(live, timeout_s=1) == 200
+        yield sent
+    finally:
+        done.set()
+        thread.join()
+        for sock in socks:
+            sock.close()
+
+
+def test_100_clients_trickling_a_header_byte_a_second_leave_the_page_answering_within_1_s(live, capsys):
+    with trickling(live.port, 100) as sent:
+        time.sleep(2.5)  # every one is part-way through its headers
+        seconds = page_seconds(live)
+    with capsys.disabled():
+        print(f"\nGET / with 100 trickling clients: p99 {p99(seconds) * 1000:.0f} ms over {len(seconds)}, "
+              f"{sent['opened']} connections opened, {sent['bytes']} bytes trickled")  # fmt: skip
+    assert sent["bytes"] >= 100  # each one has sent some
+    assert p99(seconds) < 1
+
+
+def test_100_silent_clients_leave_the_page_answering_within_1_s(live, capsys):
+    silent = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(100)]
+    try:
+        time.sleep(0.5)
+        seconds = page_seconds(live)
     finally:
         for sock in silent:
             sock.close()
+    with capsys.disabled():
+        print(f"\nGET / with 100 silent clients: p99 {p99(seconds) * 1000:.0f} ms over {len(seconds)}")
+    assert p99(seconds) < 1
+
+
+def test_a_request_still_arriving_after_the_request_timeout_is_dropped(live, monkeypatch):
+    monkeypatch.setattr(web, "REQUEST_TIMEOUT_S", 1)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=0.2) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\n")
+        started = time.monotonic()
+        while time.monotonic() - started < 5:
+            try:
+                sock.sendall(b"X-Slow: a\r\n")  # a header line every 0.2 s: never silent
+                if sock.recv(100) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        dropped_after_s = time.monotonic() - started
+    assert 1 <= dropped_after_s < 3
+
+
+# --- The real server against slow, hostile and malformed clients -----------------------------------
+
+Answer = collections.namedtuple("Answer", "status headers body")
+
+
+def exchange(port: int, data: bytes, timeout_s: float = 10) -> Answer | None:
+    """Send ``data`` on a new connection to 127.0.0.1:``port`` and read until the server closes.
+    The answer (``headers``: ``{lower-case name: [values]}``), or None when the server closed
+    without one.  The server may answer and close before all is sent."""
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        while True:
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    if not chunks:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    match = re.fullmatch(r"HTTP/1\.[01] (\d{3}) .*", status_line)
+    assert match, head[:200]
+    headers = collections.defaultdict(list)
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()].append(value.strip())
+    return Answer(int(match[1]), dict(headers), body)
+
+
+def assert_every_answer_headers(answer: Answer) -> None:
+    """The security headers once each, and one Cache-Control."""
+    for name in SECURITY_HEADERS:
+        assert len(answer.headers.get(name.lower(), [])) == 1, (name, answer)
+    assert len(answer.headers.get("cache-control", [])) == 1, answer
+
+
+FUZZ_HEADERS = (
+    "Authorization", "Cookie", "Origin", "Referer", "Sec-Fetch-Site", "Host", "If-None-Match",
+    "Content-Type", "Range", "If-Modified-Since",
+)  # fmt: skip
+FIELD_BYTES = [9, *range(0x20, 0x7F), *range(0x80, 0x100)]
+# Requests that are malformed before any header the app reads.
+MALFORMED_HEADS = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n",
+    b"GET / HTTP/1.1\r\n folded: x\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: a\nb\r\nConnection: close\r\n\r\n",
+    b"GET /\xff\xfe HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/9.9\r\nConnection: close\r\n\r\n",
+    b"GET  /  HTTP/1.1\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: \x00\x01\x7f\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\n: no name\r\nConnection: close\r\n\r\n",
+]
+
+
+class RawRequests:
+    """Random raw HTTP/1.x requests aimed at the app's routes, queries, headers and bodies, drawn
+    from ``rng``: request lines and values with any byte (non-UTF-8 ones included), but framed so
+    that the server never waits for bytes that will not come (which would only time out)."""
+
+    def __init__(self, rng, port: int, ids: list[str], etags: list[str], session: str):
+        self.rng, self.port, self.ids, self.etags, self.session = rng, port, ids, etags, session
+        self.origin = f"http://127.0.0.1:{port}"
+
+    def bytes_(self, max_size: int = 40, *, line: bool = True) -> bytes:
+        """Random bytes, half of them non-ASCII; none that ends a line when ``line``."""
+        size = self.rng.randrange(max_size + 1)
+        return bytes(b for b in self.rng.randbytes(size) if not (line and b in b"\r\n"))
+
+    def field(self, max_size: int = 40) -> bytes:
+        """Random bytes a header value may hold (RFC 9110 5.5: visible ASCII, space, tab and
+        obs-text, the bytes 0x80 to 0xff, which are no UTF-8 on their own), so that most reach
+        the app; bytes_ makes values the server refuses itself."""
+        return bytes(self.rng.choices(FIELD_BYTES, k=self.rng.randrange(max_size + 1)))
+
+    def pick(self, *choices):
+        choice = self.rng.choice(choices)
+        return choice() if callable(choice) else choice
+
+    def segment(self) -> bytes:
+        return self.pick(
+            lambda: self.rng.choice(NASTY_SEGMENTS).encode(),
+            lambda: urllib.parse.quote_from_bytes(self.bytes_(20), safe="").encode(),
+            lambda: (
+                bytes(b for b in self.bytes_(12) if b not in b" ?#")  # raw bytes: often a 400
+                if self.rng.random() < 0.2
+                else urllib.parse.quote_from_bytes(self.bytes_(12), safe="/%").encode()
+            ),
+            lambda: self.rng.choice(self.ids).encode(),
+            lambda: "".join(
+                self.rng.choices("0123456789abcdefABCDEF", k=self.rng.randrange(30, 35))
+            ).encode(),
+            lambda: b"a" * self.rng.randrange(200, 5000),
+        )
+
+    def path(self) -> bytes:
+        some_id = self.rng.choice(self.ids)
+        return self.pick(
+            lambda: (
+                self.rng.choice([b"/", b"/captures/", b"/api/captures/", b"/thumbnails/", b"/media/"])
+                + b"/".join(self.segment() for _ in range(self.rng.randrange(4)))
+                + self.rng.choice(
+                    [b"", b".jpg", b".webp", b".db", b".jpg%00", b"/", b"/protect", b"/unprotect"]
+                )
+            ),
+            lambda: self.rng.choice(
+                [
+                    f"/media/{some_id}.jpg",
+                    f"/thumbnails/{some_id}.webp",
+                    f"/captures/{some_id}",
+                    f"/api/captures/{some_id}",
+                    f"/captures/{some_id}/protect",
+                    f"/api/captures/{some_id}/unprotect",
+                ]
+            ).encode(),  # fmt: skip
+            lambda: self.rng.choice(
+                [
+                    "/",
+                    "/captures",
+                    "/api/status",
+                    "/api/captures",
+                    "/healthz",
+                    "/metrics",
+                    "/login",
+                    "/logout",
+                    "/api/capture",
+                    "/style.css",
+                    "/favicon.ico",
+                    "/export/camtrap-dp.zip",
+                ]
+            ).encode(),  # fmt: skip
+        )
+
+    def query(self) -> bytes:
+        values = [
+            "9999-12-31", "0001-01-01", "2024-03-10", "2024-02-30", "20240310", "2024-W10-1",
+            "9999-12-31T23:59:59-05:00", "0001-01-01T00:00+01:00", str(2**63), str(2**64), "-1", "0",
+            "1e9", "1.5", "copy", "none", *TRIGGERS, "",
+        ]  # fmt: skip
+        names = ["before", "day", "trigger", "limit", "since", "until", "media"]
+        pairs = []
+        for _ in range(self.rng.randrange(4)):
+            name = self.pick(
+                lambda: self.rng.choice(names).encode(),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(6), safe="").encode(),
+            )
+            value = self.pick(
+                lambda: self.rng.choice(values).encode(),
+                lambda: str(self.rng.randrange(-(10**30), 10**30)).encode(),
+                lambda: b"9" * self.rng.randrange(1, 6000),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(12), safe="").encode(),
+                lambda: urllib.parse.quote_from_bytes(self.bytes_(12), safe="%&=+;").encode(),
+            )
+            pairs.append(name.replace(b" ", b"") + b"=" + value)
+        return b"?" + b"&".join(pairs) if pairs else b""
+
+    def header(self, name: str) -> bytes:
+        raw = self.field
+        values = {
+            "Authorization": [f"Bearer {TOKEN}".encode(), b"Bearer wrong", lambda: b"Bearer " + raw(),
+                              b"Basic dXNlcjpwYXNz"],
+            "Cookie": [f"appliance_session={self.session}".encode(), lambda: b"appliance_session=" + raw(),
+                       f"a{{=1; appliance_session={self.session}".encode(), b"appliance_session"],
+            "Origin": [self.origin.encode(), b"http://evil.example", b"null", b"http://[", b"http://\xff"],
+            "Referer": [f"{self.origin}/captures".encode(), b"http://evil.example/", b"http://[x/"],
+            "Sec-Fetch-Site": [b"same-origin", b"cross-site", b"none", b"same-site"],
+            "Host": [f"127.0.0.1:{self.port}".encode(), b"evil.example", b"", b"[::1"],
+            "If-None-Match": [lambda: f'"{self.rng.choice(self.etags)}"'.encode(), b"*", b'W/"x", "y"', b","],
+            "Content-Type": [b"application/x-www-form-urlencoded", b"multipart/form-data",
+                             b"multipart/form-data; boundary=xyz", b"a; b", b"text/plain; charset=\xff",
+                             b'multipart/form-data; boundary="'],
+            "Range": [b"bytes=0-10", b"bytes=-5", b"bytes=10-0", b"bytes=99999999999999999999-",
+                      b"bytes=0-0,5-"],
+            "If-Modified-Since": [b"Sat, 29 Oct 1994 19:43:31 GMT", b"Fri, 31 Dec 9999 23:59:59 GMT", b"0"],
+        }[name]  # fmt: skip
+        return self.pick(*values, raw, raw) if self.rng.random() < 0.98 else self.bytes_()
+
+    def body(self) -> tuple[list[bytes], bytes]:
+        """Headers that frame a body, and the body."""
+        body = self.pick(
+            b"", f"token={TOKEN}".encode(), lambda: b"token=" + self.bytes_(30),
+            lambda: b"token=" + urllib.parse.quote_from_bytes(self.bytes_(30)).encode(),
+            lambda: self.bytes_(300, line=False),
+            b'--xyz\r\nContent-Disposition: form-data; name="token"\r\n\r\n\xff\xfe\r\n--xyz--\r\n',
+        )  # fmt: skip
+        how = self.rng.choice(
+            ["none", "length", "length", "short", "bad length", "huge", "chunked", "coding"]
+        )
+        if how == "length":
+            return [b"Content-Length: %d" % len(body)], body
+        if how == "short":  # the rest is read as the next request, or ignored
+            return [b"Content-Length: %d" % self.rng.randrange(len(body) + 1)], body
+        if how == "bad length":  # each refused before a body is awaited, or shorter than the one sent
+            value = self.pick(
+                b"-1", b"abc", b"1e3", b"0x10", b"+5", b" 5 ", b"5, 5", lambda: b"x" + self.bytes_(8)
+            )
+            return [b"Content-Length: " + value], body + b"." * 64
+        if how == "huge":
+            return [b"Content-Length: " + self.pick(b"1048576", b"%d" % 10**30)], body
+        if how == "chunked":
+            chunk = b"%x" % len(body) + self.pick(b"", b";a=b", b"zz") + b"\r\n" + body + b"\r\n"
+            return [b"Transfer-Encoding: chunked"], chunk + b"0\r\n\r\n"
+        if how == "coding":
+            coding = self.pick(
+                b"gzip", b"chunked, gzip", b"gzip, chunked", b"identity", lambda: self.bytes_(10)
+            )
+            return [b"Transfer-Encoding: " + coding], body
+        return [], body
+
+    def make(self) -> tuple[bytes, dict]:
+        """A request, and what the checks need to know of it."""
+        if self.rng.random() < 0.02:
+            return self.rng.choice(MALFORMED_HEADS), {"method": b"", "path": b"", "coding": False}
+        method = self.pick(b"GET", b"GET", b"GET", b"POST", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS",
+                           b"PATCH", lambda: self.bytes_(8).replace(b" ", b""))  # fmt: skip
+        path = self.path()
+        version = self.pick(b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0")
+        headers = [
+            name.encode() + b": " + self.header(name) for name in FUZZ_HEADERS if self.rng.random() < 0.35
+        ]
+        framing, body = self.body()
+        headers = framing + headers + [b"Connection: close"]
+        self.rng.shuffle(headers)
+        head = method + b" " + path + self.query() + b" " + version + b"\r\n" + b"\r\n".join(headers)
+        coding = any(h.lower().startswith(b"transfer-encoding") for h in headers)
+        return head + b"\r\n\r\n" + body, {"method": method, "path": path, "coding": coding}
+
+
+FUZZ_REQUESTS = 10_000
+FUZZ_SENDERS = 4
+
+
+def test_fuzzed_raw_requests_through_the_real_server_never_get_a_5xx(main_loop, capsys):
+    """Raw requests through WebServer with actions on and a main loop that answers: no answer is a
+    5xx but a 501 for a transfer coding other than chunked, every answer carries the security
+    headers and a Cache-Control, and no file answered is one the index does not have.  Set
+    FUZZ_SEED to replay the requests of a run (the seed is printed)."""
+    app = main_loop.app()
+    browser = webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST})
+    take(browser)
+    take(browser)
+    log_in(browser)
+    session = browser.cookies["appliance_session"]
+    rows = main_loop.reader.page(limit=10)
+    ids, etags = [row["id"] for row in rows], [row["sha256"] for row in rows] + [row["id"] for row in rows]
+    server = WebServer(app, "127.0.0.1", 0)
+    seed = int(os.environ.get("FUZZ_SEED", random.randrange(2**32)))
+    statuses, failures, files, lock = collections.Counter(), [], [], threading.Lock()
+
+    def send(rng) -> None:
+        requests_ = RawRequests(rng, server.port, ids, etags, session)
+        for _ in range(FUZZ_REQUESTS // FUZZ_SENDERS):
+            data, sent = requests_.make()
+            try:
+                answer = exchange(server.port, data)
+            except OSError as exc:  # a timeout included
+                answer, problems = None, [f"no answer: {exc!r}"]
+            else:
+                problems = [] if answer else ["closed without an answer"]
+            if answer:
+                if answer.status >= 500 and not (answer.status == 501 and sent["coding"]):
+                    problems.append(f"{answer.status} {answer.body[:300]!r}")
+                try:
+                    assert_every_answer_headers(answer)
+                except AssertionError as exc:
+                    problems.append(f"headers: {exc}")
+                file = sent["path"].startswith((b"/media/", b"/thumbnails/"))
+                if answer.status == 200 and sent["method"] == b"GET" and file:
+                    files.append((data[:200], answer.body))
+            with lock:
+                statuses[answer.status if answer else None] += 1
+                failures.extend((problem, data[:300]) for problem in problems)
+
+    started = time.monotonic()
+    try:
+        senders = [
+            threading.Thread(target=send, args=(random.Random(seed + i),)) for i in range(FUZZ_SENDERS)
+        ]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    finally:
+        server.stop()
+    elapsed = time.monotonic() - started
+    indexed = indexed_files(main_loop.reader)
+    with capsys.disabled():
+        print(
+            f"\nraw fuzz (seed {seed}): {sum(statuses.values())} requests in {elapsed:.1f} s; statuses "
+            + ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items(), key=str))
+        )
+    assert sum(statuses.values()) >= 10_000
+    assert not failures, f"{len(failures)} failures (seed {seed}): {sorted(set(failures))[:10]}"
+    strays = [request for request, body in files if body not in indexed]
+    assert not strays, strays[:5]
+    assert len(files) > 20  # the fuzz did fetch real files
+
+
+def live_session(server: WebServer) -> str:
+    """Log in to ``server`` (token TOKEN) as its own log-in form does; the session cookie's value."""
+    origin = server.url.rstrip("/")
+    response = requests.post(
+        f"{origin}/login", data={"token": TOKEN}, headers={"Origin": origin}, allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 303
+    return response.cookies["appliance_session"]
+
+
+@pytest.mark.parametrize("path", ["/captures", "/api/captures"])
+def test_the_last_day_of_the_calendar_is_a_400_and_the_first_a_200(live, path):
+    response = requests.get(f"{live.url.rstrip('/')}{path}?day=9999-12-31", timeout=5)
+    assert response.status_code == 400 and response.text == "400 bad day: '9999-12-31'\n"
+    assert requests.get(f"{live.url.rstrip('/')}{path}?day=0001-01-01", timeout=5).status_code == 200
+
+
+NOT_UTF8 = {
+    "Authorization": f"Bearer {TOKEN}".encode() + b"\xff",
+    "Origin": b"http://127.0.0.1:%d\xff\xfe",
+    "Referer": b"http://127.0.0.1:%d\xc3(/captures",
+    "Sec-Fetch-Site": b"same-origin\x80",
+}
+
+
+@pytest.mark.parametrize("header", list(NOT_UTF8))
+@pytest.mark.parametrize("path", ["/login", "/logout", "/api/capture", f"/captures/{UNKNOWN_ID}/protect"])
+def test_a_header_byte_that_is_not_utf8_is_a_4xx_without_a_traceback(live, header, path, caplog):
+    cookie = live_session(live).encode()
+    value = NOT_UTF8[header].replace(b"%d", str(live.port).encode())
+    request = (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % live.port
+        + b"Cookie: appliance_session=" + cookie + b"\r\n" + header.encode() + b": " + value + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    answer = exchange(live.port, request)
+    assert answer.status in (401, 403), answer
+    assert_every_answer_headers(answer)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_a_cookie_post_over_http_1_0_without_host_origin_or_referer_is_403(live):
+    cookie = b"Cookie: appliance_session=" + live_session(live).encode() + b"\r\n"
+    for path in (b"/logout", b"/api/capture", b"/captures/%s/protect" % UNKNOWN_ID.encode()):
+        answer = exchange(
+            live.port, b"POST " + path + b" HTTP/1.0\r\n" + cookie + b"Content-Length: 0\r\n\r\n"
+        )
+        assert answer.status == 403 and answer.body == b"403 cross-site request refused\n", (path, answer)
+    # The same cookie, from our own page, is taken.
+    ours = b"Host: 127.0.0.1:%d\r\nOrigin: http://127.0.0.1:%d\r\n" % (live.port, live.port)
+    answer = exchange(live.port, b"POST /logout HTTP/1.0\r\n" + ours + cookie + b"Content-Length: 0\r\n\r\n")
+    assert answer.status == 303
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nheader without a colon\r\n\r\n", 400),
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n", 413),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (20 << 10) + b"\r\n\r\n", 431),
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    ],
+    ids=["malformed request line", "header without a colon", "body over 16 KiB", "headers over 16 KiB",
+         "unknown transfer coding"],
+)  # fmt: skip
+def test_the_servers_own_error_answers_carry_the_security_headers_and_no_store(live, request_, status):
+    answer = exchange(live.port, request_)
+    assert answer.status == status
+    assert_every_answer_headers(answer)
+    assert answer.headers["cache-control"] == ["no-store"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "cache_control"),
+    [
+        ("GET", "/", 200, "no-cache"),
+        ("HEAD", "/", 200, "no-cache"),
+        ("GET", "/captures", 200, "no-cache"),
+        ("GET", "/captures/{id}", 200, "no-cache"),
+        ("GET", "/style.css", 200, "no-cache"),
+        ("GET", "/favicon.ico", 204, "no-cache"),
+        ("GET", "/login", 200, "no-store"),
+        ("GET", "/api/status", 200, "no-store"),
+        ("GET", "/api/captures", 200, "no-store"),
+        ("GET", "/api/captures/{id}", 200, "no-store"),
+        ("GET", "/healthz", 200, "no-store"),
+        ("GET", "/metrics", 200, "no-store"),
+        ("GET", "/media/{id}.jpg", 200, "public, max-age=31536000, immutable"),
+        ("GET", "/thumbnails/{id}.webp", 200, "public, max-age=31536000, immutable"),
+        ("POST", "/login", 303, "no-store"),
+        ("POST", "/logout", 303, "no-store"),
+        ("POST", "/api/capture", 401, "no-store"),
+        ("GET", f"/captures/{UNKNOWN_ID}", 404, "no-store"),
+        ("GET", "/captures?day=yesterday", 400, "no-store"),
+        ("PUT", "/api/status", 405, "no-store"),
+    ],
+)
+def test_cache_control_is_set_by_the_kind_of_route(live, captures, method, path, status, cache_control):
+    origin = live.url.rstrip("/")
+    url, data = origin + path.format(id=captures[2]["id"]), {"token": TOKEN} if method == "POST" else None
+    response = requests.request(
+        method, url, data=data, headers={"Origin": origin}, allow_redirects=False, timeout=5
+    )
+    assert response.status_code == status
+    assert response.headers["Cache-Control"] == cache_control
+
+
+NON_ASCII_TOKEN = "çlé-secrète-ünïcødé-0123"
+
+
+def test_a_non_ascii_token_logs_in_through_the_form_and_by_bearer(main_loop):
+    server = WebServer(main_loop.app(token=NON_ASCII_TOKEN), "127.0.0.1", 0)
+    origin = server.url.rstrip("/")
+    try:
+        with requests.Session() as browser:
+            # As a browser sends the form of a UTF-8 page: the token's UTF-8 bytes, percent-encoded.
+            body = "token=" + urllib.parse.quote(NON_ASCII_TOKEN, encoding="utf-8")
+            form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin,
+                    "Sec-Fetch-Site": "same-origin"}  # fmt: skip
+            response = browser.post(f"{origin}/login", data=body, headers=form, allow_redirects=False)
+            assert response.status_code == 303 and browser.cookies["appliance_session"]
+            response = browser.post(f"{origin}/api/capture", headers={"Origin": origin}, timeout=10)
+            assert response.status_code == 200 and len(response.json()["captured"]) == 1
+            latin1 = "token=" + urllib.parse.quote(NON_ASCII_TOKEN, encoding="latin-1")
+            assert browser.post(f"{origin}/login", data=latin1, headers=form).status_code == 401
+        # The header as sent: the token's UTF-8 bytes, which WSGI hands over as latin-1 characters.
+        bearer = {"Authorization": b"Bearer " + NON_ASCII_TOKEN.encode()}
+        response = requests.post(f"{origin}/api/capture", headers=bearer, timeout=10)
+        assert response.status_code == 200 and len(response.json()["captured"]) == 1
+        for wrong in (NON_ASCII_TOKEN.encode("latin-1"), NON_ASCII_TOKEN.encode()[:-1] + b"\xff"):
+            response = requests.post(f"{origin}/api/capture", headers={"Authorization": b"Bearer " + wrong})
+            assert response.status_code == 401
+    finally:
+        server.stop()
+    assert main_loop.reader.counts(datetime.datetime.now(datetime.UTC))["total"] == 2
+
+
+INDEX_ROUTES = [
+    "/", "/api/status", "/healthz", "/captures", "/metrics", "/api/captures", "/captures/{id}",
+    "/api/captures/{id}", "/media/{id}.jpg", "/thumbnails/{id}.webp",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["removed", "not a database"])
+def test_an_unreadable_index_is_a_503_with_the_reason_and_one_log_line(live, store, captures, damage, caplog):
+    db = store.data_dir / "captures.db"
+    if damage == "not a database":  # overwritten in place: damaged pages, as a failing card gives
+        assert store.checkpoint()[0] == 0  # else the WAL's newer copy of the first page is read
+        db.write_bytes(b"this is no SQLite file\n" * 500)
+        reason = "the capture index cannot be read: file is not a database"
+    else:
+        db.unlink()
+        reason = "the capture index cannot be read: unable to open database file"
+    for route in INDEX_ROUTES:
+        response = requests.get(live.url.rstrip("/") + route.format(id=captures[2]["id"]), timeout=5)
+        assert (response.status_code, response.text) == (503, f"503 {reason}\n"), route
+        assert response.headers["Cache-Control"] == "no-store"
+    logged = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in logged] == [f"web: {reason}"]
+    assert logged[0].exc_info is None

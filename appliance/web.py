@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import sqlite3
@@ -45,6 +46,7 @@ from waitress.task import ErrorTask
 from appliance import __version__
 from appliance.cleanup import free_percent
 from appliance.config import Config
+from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import ExportError
 from appliance.export import Package, parse_time, zip_stream
 from appliance.loop import Health, Request
@@ -226,6 +228,7 @@ def make_app(
     export (None: no export, 404).
     """
     app = bottle.Bottle()
+    files = DataDir(reader.data_dir) if reader is not None else None
     # Every route: an unreadable index is a 503; each answers with its ``cache`` (NO_STORE unless
     # the route says otherwise).
     app.install(_IndexUnreadable())
@@ -506,10 +509,17 @@ def make_app(
         asked = {tag.strip().removeprefix("W/") for tag in _header("If-None-Match").split(",")}
         if etag in asked or "*" in asked:
             return bottle.HTTPResponse(status=304, **headers)
-        response = bottle.static_file(row[column], root=str(reader.data_dir), mimetype=mimetype)
-        for key, value in headers.items():
-            response.set_header(key, value)
-        return response
+        try:  # only a regular file reached without a symlink (appliance.datadir), never a path
+            file = files.open_read(row[column])
+        except FileNotFoundError:
+            raise bottle.HTTPError(404, "no such capture file (deleted meanwhile)") from None
+        except UnsafePath:
+            raise bottle.HTTPError(404, "no such capture file in the data directory") from None
+        except OSError as exc:
+            raise bottle.HTTPError(503, f"the capture file cannot be read: {exc.strerror or exc}") from None
+        size = os.fstat(file.fileno()).st_size
+        headers |= {"Content-Type": mimetype, "Content-Length": str(size)}
+        return bottle.HTTPResponse(file, status=200, **headers)  # closed once sent (or for a HEAD)
 
     @app.get("/thumbnails/<name>", cache=IMMUTABLE)
     def thumbnail(name):

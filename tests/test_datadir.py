@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 from PIL import Image
 
 from appliance import thumbnails
@@ -19,6 +20,7 @@ from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import StoreError
 from appliance.reconcile import open_store
 from appliance.store import CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
+from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
 
 
@@ -273,3 +275,27 @@ def test_the_export_leaves_out_a_photo_linked_elsewhere(tmp_path, outside):
     exported = {p.name for p in (out / "media").iterdir()}
     assert exported == {f"{rows[1]['id']}.jpg"}
     assert b"not for the web" not in b"".join(p.read_bytes() for p in (out / "media").iterdir())
+
+
+def test_the_web_serves_no_file_reached_through_a_symlink(tmp_path, outside):
+    data = tmp_path / "data"
+    store, rows = stored(data, 2)
+    store.close()
+    (data / rows[0]["media_path"]).unlink()
+    (data / rows[0]["media_path"]).symlink_to(outside / "secret")  # a photo: elsewhere
+    (data / rows[0]["thumbnail_path"]).unlink()
+    (data / rows[0]["thumbnail_path"]).symlink_to(outside / ("ab" * 16 + ".webp"))
+    server = WebServer(make_app(IndexReader(data), mode="simulation", started_monotonic=0), "127.0.0.1", 0)
+    try:
+        for path in (f"media/{rows[0]['id']}.jpg", f"thumbnails/{rows[0]['id']}.webp"):
+            answer = requests.get(server.url + path, timeout=5)
+            assert answer.status_code == 404 and b"not for the web" not in answer.content
+            assert "immutable" not in answer.headers["Cache-Control"]  # an error is not cached
+        answer = requests.get(server.url + f"media/{rows[1]['id']}.jpg", timeout=5)
+        assert answer.status_code == 200 and answer.content == (data / rows[1]["media_path"]).read_bytes()
+        assert (
+            answer.headers["Content-Type"] == "image/jpeg" and "immutable" in answer.headers["Cache-Control"]
+        )
+        assert requests.head(server.url + f"media/{rows[1]['id']}.jpg", timeout=5).status_code == 200
+    finally:
+        server.stop()

@@ -18,9 +18,12 @@ the disk usage, the policy and the recent capture rate) are separate from the wo
   cleaned.  Protected captures are
   never deleted.  This follows Frigate's ``frigate/storage.py`` (oldest first, protected spared),
   with the root and the disk-usage function injected.
-- With ``max_capture_age_days``, captures older than that are deleted too, but only those taken
-  with a synchronised clock, and only while the clock is synchronised now: a capture whose time is
-  unknown has no age.
+- With ``max_capture_age_days``, captures older than that are deleted too, but only while the
+  clock is trusted now (:mod:`appliance.clocktrust`), and only from the oldest end of the capture
+  order: walking the captures taken with a trusted clock by ``seq``, up to the last one older than
+  that ahead of the first one that is not; those of unknown time before it go too (they were
+  taken before it).  So a capture is never expired while an older one (by ``seq``) is kept, and a
+  wrong clock can at worst expire captures in the order they were taken.
 - Capturing **pauses** while a capture would leave less than ``capture_min_free_bytes`` free (only
   protected captures left, or a card filled by something else): the status page says so, a warning
   is logged once, and capturing resumes by itself when space returns.
@@ -40,8 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.clocktrust import TrustedClock
 from appliance.store import SHARDS, TEMP_NAME, CaptureStore, iso_utc
-from hw.clock import SystemClock
+from hw.clock import ManualClock
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +174,10 @@ class Cleanup:
     A card filled to the last byte by something else is handled by releasing the reserve file
     (:data:`~appliance.store.RESERVE_BYTES`) the store keeps for this.
 
-    Injected for tests: ``disk_usage(path)`` (as :func:`shutil.disk_usage`), ``clock`` (a
-    :class:`~hw.clock.SystemClock`), ``monotonic`` (as :func:`time.monotonic`).
+    ``clock``: where the time comes from, a :class:`~appliance.clocktrust.TrustedClock` (by
+    default one checked against the store's anchor), whose ``clock_synced`` says whether age
+    expiry may run.  Injected for tests: ``disk_usage(path)`` (as :func:`shutil.disk_usage`),
+    ``clock`` (a :class:`~hw.clock.ManualClock`), ``monotonic`` (as :func:`time.monotonic`).
     """
 
     def __init__(
@@ -181,14 +187,14 @@ class Cleanup:
         *,
         interval_s: float = 60.0,
         disk_usage: Callable[[Path], object] = shutil.disk_usage,
-        clock: SystemClock | None = None,
+        clock: TrustedClock | ManualClock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self._store = store
         self.policy = policy
         self._interval_s = interval_s
         self._disk_usage = disk_usage
-        self._clock = clock or SystemClock()
+        self._clock = clock or TrustedClock(anchor=store.clock_anchor())
         self._monotonic = monotonic
         self._next_check = monotonic()  # the first tick checks at once
         self._runs: dict[str, dict | None] = {"space": None, "age": None}  # cleanup_runs rows under way
@@ -247,10 +253,12 @@ class Cleanup:
                 oldest, newest = oldest or row, row
                 count, freed = count + 1, freed + row["bytes"]
                 chosen.add(row["id"])
-        stamp = self._clock.now()
-        if self.policy.max_capture_age_days and stamp.clock_synced:
-            cutoff = stamp.wall - datetime.timedelta(days=self.policy.max_capture_age_days)
-            for row in self._store.iter_expired(cutoff):
+        cutoff = self._expiry_cutoff()
+        bound = self._store.expiry_bound(cutoff, 2**62) if cutoff is not None else None
+        if bound is not None:
+            for row in self._store.iter_oldest_unprotected():
+                if row["seq"] > bound:
+                    break
                 if row["id"] not in chosen:
                     count, freed = count + 1, freed + row["bytes"]
                     oldest = row if oldest is None or row["seq"] < oldest["seq"] else oldest
@@ -378,15 +386,21 @@ class Cleanup:
             self._store.ensure_reserve()
         self._finish_run("space")
 
-    def _delete_expired(self, deadline: float) -> None:
-        days = self.policy.max_capture_age_days
+    def _expiry_cutoff(self) -> datetime.datetime | None:
+        """Captures taken before this are past ``max_capture_age_days``; None when nothing
+        expires now: no age limit, or a clock that is not trusted (``clock_synced`` of a
+        :class:`~appliance.clocktrust.TrustedClock`)."""
         stamp = self._clock.now()
-        if not days or not stamp.clock_synced:
-            self._finish_run("age")
-            return
-        cutoff = stamp.wall - datetime.timedelta(days=days)
-        while rows := self._store.expired(cutoff, self._batch):
-            if not self._delete("age", rows):
+        if not self.policy.max_capture_age_days or not stamp.clock_synced:
+            return None
+        return stamp.wall - datetime.timedelta(days=self.policy.max_capture_age_days)
+
+    def _delete_expired(self, deadline: float) -> None:
+        cutoff = self._expiry_cutoff()
+        # Only ever from the oldest end of the capture order (see CaptureStore.expiry_bound).
+        while cutoff is not None and (bound := self._store.expiry_bound(cutoff, self._batch)) is not None:
+            rows = self._store.oldest_unprotected(self._batch, up_to_seq=bound)
+            if not rows or not self._delete("age", rows):
                 break
             if self._monotonic() >= deadline:
                 return

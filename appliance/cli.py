@@ -33,18 +33,20 @@ from gpiozero.exc import GPIOZeroError
 from appliance import config as config_module
 from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
+from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
 from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError
 from appliance.exif import Identity
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import FullCheck, open_store
-from appliance.store import CHECKPOINT_INTERVAL_S, TRIGGERS, IndexReader, unsafe_layout
+from appliance.store import CHECKPOINT_INTERVAL_S, DB_NAME, TRIGGERS, IndexReader, unsafe_layout
 from appliance.web import WebServer, make_app
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
+from hw.clock import SystemClock
 from hw.exc import HardwareError
 from hw.lights import Lights
 from hw.system import Probes
@@ -87,6 +89,8 @@ LIVE_SETTINGS = frozenset(
         "capture_min_free_bytes",
     )
 )
+# Seconds between two readings of the clock between captures (a jump is noticed within this).
+CLOCK_CHECK_INTERVAL_S = 10
 # Seconds between two STATUS= lines to systemd (shown by systemctl status).
 STATUS_INTERVAL_S = 30
 
@@ -102,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
         "cleanup", help="delete what the cleanup policy asks for now (stop the appliance first)"
     )
     cleanup.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    clock = commands.add_parser(
+        "clock", help="say whether the wall clock is trusted, and why (runs beside the appliance)"
+    )
+    clock.add_argument(
+        "--trust",
+        action="store_true",
+        help="the clock is right: trust it from now on, and mark photos stamped after now as of "
+        "doubtful time (stop the appliance first)",
+    )
     protect = commands.add_parser("protect", help="keep captures from automatic cleanup")
     unprotect = commands.add_parser("unprotect", help="let cleanup delete captures again")
     for command in (protect, unprotect):
@@ -152,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
     )
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, protect, unprotect, camtrap_dp, importing):
+    for command in (run, check, cleanup, clock, protect, unprotect, camtrap_dp, importing):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )
@@ -363,11 +376,20 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         )
 
         health = Health()
-        cleanup = Cleanup(store, Policy.from_config(config), interval_s=config.cleanup_interval_s)
+        clock = TrustedClock(anchor=store.clock_anchor(), record_anchor=store.set_clock_anchor)
+        clock.now()  # its state, for the log and the page from the start
+        if not clock.trusted:
+            log.warning("clock: %s", clock.status().reason or "not synchronised")
+        cleanup = Cleanup(
+            store, Policy.from_config(config), interval_s=config.cleanup_interval_s, clock=clock
+        )
         reader = IndexReader(data_dir)
 
         def summary() -> str:
-            counts = reader.counts(datetime.datetime.now(datetime.UTC))
+            stamp = clock.now()  # counted by time since boot while the wall clock is not trusted
+            counts = reader.counts(
+                stamp.wall, boot=None if stamp.clock_synced else (stamp.boot_id, stamp.since_boot_s)
+            )
             free = shutil.disk_usage(data_dir).free
             return (
                 f"{counts['last_24h']} captures in the last 24 h, {counts['total']} in all; "
@@ -400,6 +422,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
                 "triggers": gate.status(),
                 "system": probes.snapshot(),
                 "uv_light_on": lights.uv_on,
+                "clock": dataclasses.asdict(clock.status()),
             }
 
         app = make_app(
@@ -424,6 +447,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
             camera=camera,
             store=store,
             scheduler=scheduler,
+            clock=clock,
             capture_timeout_s=config.capture_timeout_s,
             thumbnail_max_px=config.thumbnail_max_px,
             identity=Identity(config.camera_make, config.camera_model or camera.model, config.camera_id),
@@ -457,6 +481,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         scheduler.every(1).seconds.do(cleanup_job)
         scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
         scheduler.every(1).seconds.do(guarded("camera recovery", camera.recover))
+        scheduler.every(CLOCK_CHECK_INTERVAL_S).seconds.do(guarded("clock check", clock.tick))
         timelapse = Timelapse(
             events,
             interval_s=config.timelapse_interval_s,
@@ -595,6 +620,52 @@ def cleanup(config: config_module.Config, *, dry_run: bool) -> int:
     finally:
         store.close()
     return 0
+
+
+def clock_command(config: config_module.Config, *, trust: bool) -> int:
+    """``appliance clock``: print the wall clock, whether the kernel says it is synchronised, the
+    last moment the appliance trusted it, and the verdict (:mod:`appliance.clocktrust`).  Returns 0
+    when it is trusted, 1 when not.  With ``trust`` (the clock is right and the history is not):
+    make now the anchor and mark the captures stamped after now (beyond the tolerance) as of
+    doubtful time; returns 0, or 1 when the kernel does not say the clock is synchronised.  Raises
+    :class:`~appliance.exc.StoreError` while the appliance runs (the store's lock) with ``trust``."""
+    data_dir = Path(config.data_dir)
+    if trust:
+        store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
+        try:
+            stamp = SystemClock().now()
+            if not stamp.clock_synced:
+                print(
+                    "appliance: clock: not synchronised (no NTP or GPS yet): nothing to trust",
+                    file=sys.stderr,
+                )
+                return 1
+            doubtful = store.mark_time_doubtful(stamp.wall + datetime.timedelta(seconds=TOLERANCE_S))
+            store.set_clock_anchor(stamp)
+        finally:
+            store.close()
+        print(f"clock trusted from {stamp.wall:%Y-%m-%d %H:%M:%S} UTC; {doubtful} captures stamped after "
+              "now marked as of doubtful time")  # fmt: skip
+        return 0
+    anchor = IndexReader(data_dir).clock_anchor() if (data_dir / DB_NAME).is_file() else None
+    clock = TrustedClock(anchor=anchor)
+    stamp = clock.now()
+    status = clock.status()
+    local = stamp.wall.astimezone()
+    print(f"wall clock:   {stamp.wall:%Y-%m-%d %H:%M:%S} UTC ({local:%H:%M %Z} here)")
+    print(
+        f"last trusted: {anchor.wall:%Y-%m-%d %H:%M:%S} UTC"
+        if anchor
+        else "last trusted: never (a new store)"
+    )
+    verdict = {
+        TRUSTED: "trusted",
+        UNSYNCHRONISED: "not synchronised (no NTP or GPS yet): new photos are marked as of doubtful time, "
+        "and none is deleted by age",
+        DISTRUSTED: f"not trusted: {status.reason}",
+    }[status.state]
+    print(f"verdict:      {verdict}")
+    return 0 if status.state == TRUSTED else 1
 
 
 def protect(config: config_module.Config, capture_ids: list[str], protected: bool) -> int:
@@ -748,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
             return export(config, args)
         if args.command == "import":
             return import_command(config, args)
+        if args.command == "clock":
+            return clock_command(config, trust=args.trust)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))

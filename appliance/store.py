@@ -39,7 +39,6 @@ import fcntl
 import functools
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -227,6 +226,26 @@ def m008_resumable_full_check(db: sqlite_utils.Database) -> None:
     db["counters"].insert_all(
         [{"name": "full_check_shard", "value": 0}, {"name": "full_check_skipped", "value": 0}]
     )
+
+
+@migrations()
+def m009_time_you_can_trust(db: sqlite_utils.Database) -> None:
+    # The last moment the appliance trusted the wall clock (appliance.clocktrust): moved on by every
+    # capture taken with a trusted clock and every few minutes while it is; one row.  From the
+    # newest capture taken with a synchronised clock, for an index from before.
+    db["clock_anchor"].create({"id": int, "wall": str, "boot_id": str, "since_boot_s": float}, pk="id")
+    newest = db.execute(
+        "SELECT captured_at, boot_id, since_boot_s FROM captures "
+        "WHERE clock_synced = 1 ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    if newest:
+        db["clock_anchor"].insert(
+            {"id": 1, "wall": newest[0], "boot_id": newest[1] or "", "since_boot_s": newest[2]}
+        )
+    # Age expiry walks the captures with a trusted time in capture order (seq) from the oldest, so
+    # that it only ever deletes from the oldest end of that order, whatever their captured_at.
+    db.execute("DROP INDEX idx_captures_expiry")
+    db.execute("CREATE INDEX idx_captures_timed_seq ON captures (seq) WHERE clock_synced = 1")
 
 
 class IndexGoneError(StoreError):
@@ -929,9 +948,13 @@ class CaptureStore:
         and ``{id: None}`` to remove.
         """
         last_seq = max(self.last_seq, *(row["seq"] for row in rows)) if rows else self.last_seq
+        timed = [row for row in rows if row["clock_synced"] and row.get("boot_id") is not None]
         with self.db.atomic():
             self.db["captures"].insert_all(rows)
             self.db["counters"].update("last_seq", {"value": last_seq})
+            if timed:  # the clock was trusted: the anchor moves on (appliance.clocktrust)
+                newest = max(timed, key=lambda row: row["seq"])
+                self._write_anchor(newest["captured_at"], newest["boot_id"], newest["since_boot_s"])
             for capture_id, reason in (in_flight or {}).items():
                 if reason is None:
                     self.db.execute("DELETE FROM in_flight WHERE id = ?", [capture_id])
@@ -940,12 +963,14 @@ class CaptureStore:
         self.last_seq = last_seq
 
     @_index_operation
-    def oldest_unprotected(self, limit: int) -> list[dict]:
-        """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first.  Uses the index on
-        (``protected``, ``seq``): the cost does not grow with the number of captures."""
+    def oldest_unprotected(self, limit: int, *, up_to_seq: int | None = None) -> list[dict]:
+        """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first, only those with a
+        ``seq`` of at most ``up_to_seq`` when given.  Uses the index on (``protected``, ``seq``):
+        the cost does not grow with the number of captures."""
         return list(
             self.db["captures"].rows_where(
-                "protected = 0",
+                "protected = 0 AND seq <= ?",
+                [up_to_seq if up_to_seq is not None else 2**63 - 1],
                 order_by="seq",
                 limit=limit,
                 select="id, seq, captured_at, media_path, thumbnail_path, bytes",
@@ -1006,22 +1031,27 @@ class CaptureStore:
         return freed, sorted(set(failed))
 
     @_index_operation
-    def expired(self, captured_before: datetime.datetime, limit: int) -> list[dict]:
-        """Up to ``limit`` unprotected captures taken with a synchronised clock before
-        ``captured_before`` (aware), oldest first.  Captures with an unsynchronised clock have no
-        trustworthy age and are never among them.  Uses a partial index: the cost does not grow
-        with the number of captures that are not expired."""
-        return list(itertools.islice(self.iter_expired(captured_before), limit))
-
-    def iter_expired(self, captured_before: datetime.datetime):
-        """:meth:`expired`, all of them, read lazily."""
-        # INDEXED BY: without statistics SQLite prefers the (protected, seq) index and scans.
-        return self.db.query(
-            "SELECT id, seq, captured_at, media_path, thumbnail_path, bytes "
-            "FROM captures INDEXED BY idx_captures_expiry "
-            "WHERE protected = 0 AND clock_synced = 1 AND captured_at < ? ORDER BY captured_at",
-            [iso_utc(captured_before)],
-        )
+    def expiry_bound(self, captured_before: datetime.datetime, limit: int) -> int | None:
+        """The highest ``seq`` up to which age expiry may delete: walking the unprotected
+        captures with a trusted time (``clock_synced``) in capture order from the oldest, the
+        ``seq`` of the last one taken before ``captured_before`` (aware) ahead of the first one
+        that was not; None when the oldest was not.  Every unprotected capture up to that ``seq``
+        (those of unknown time among them) was taken before it, so before ``captured_before``:
+        deleting them deletes only from the oldest end of the capture order, and a capture whose
+        time is wrong (in the future, say) stops the walk rather than being skipped.  Looks at
+        ``limit`` captures at most (index ``idx_captures_timed_seq``: the cost does not grow with
+        the number of captures)."""
+        bound = None
+        cutoff = iso_utc(captured_before)
+        for seq, captured_at in self.db.execute(
+            "SELECT seq, captured_at FROM captures INDEXED BY idx_captures_timed_seq "
+            "WHERE clock_synced = 1 AND protected = 0 ORDER BY seq LIMIT ?",
+            [limit],
+        ):
+            if captured_at >= cutoff:
+                break
+            bound = seq
+        return bound
 
     def iter_oldest_unprotected(self):
         """:meth:`oldest_unprotected`, all of them, read lazily (for ``cleanup --dry-run``)."""
@@ -1063,6 +1093,37 @@ class CaptureStore:
         return True
 
     @_index_operation
+    def clock_anchor(self) -> Timestamp | None:
+        """The last moment the wall clock was trusted (see :mod:`appliance.clocktrust`), or None."""
+        return _anchor(
+            self.db.execute("SELECT wall, boot_id, since_boot_s FROM clock_anchor WHERE id = 1").fetchone()
+        )
+
+    @_index_operation
+    def set_clock_anchor(self, stamp: Timestamp) -> None:
+        """Record ``stamp`` (taken with a trusted clock) as the last moment the clock was trusted."""
+        with self.db.atomic():
+            self._write_anchor(iso_utc(stamp.wall), stamp.boot_id, stamp.since_boot_s)
+
+    def _write_anchor(self, wall: str, boot_id: str, since_boot_s: float | None) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO clock_anchor (id, wall, boot_id, since_boot_s) VALUES (1, ?, ?, ?)",
+            [wall, boot_id or "", since_boot_s],
+        )
+
+    @_index_operation
+    def mark_time_doubtful(self, after: datetime.datetime) -> int:
+        """Mark the captures stamped after ``after`` (aware) as taken with an untrusted clock
+        (``clock_synced = 0``): their time is in the future of a clock now trusted, so it was
+        wrong.  Returns how many."""
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "UPDATE captures SET clock_synced = 0 WHERE clock_synced = 1 AND captured_at > ?",
+                [iso_utc(after)],
+            )
+        return cursor.rowcount
+
+    @_index_operation
     def recent_bytes(self, boot_id: str, since_boot_s: float) -> int:
         """Bytes of the captures taken in boot ``boot_id`` at or after ``since_boot_s``."""
         return self.db.execute(
@@ -1089,6 +1150,12 @@ class CaptureStore:
             )
         if cursor.rowcount == 0:
             raise KeyError(capture_id)
+
+
+def _anchor(row: tuple | None) -> Timestamp | None:
+    if row is None:
+        return None
+    return Timestamp(datetime.datetime.fromisoformat(row[0]), True, row[1] or "", row[2])
 
 
 def jpeg_size(jpeg: bytes) -> tuple[int, int]:
@@ -1134,6 +1201,14 @@ class IndexReader:
             row = db.execute("SELECT id FROM captures WHERE sha256 = ? LIMIT 1", [sha256]).fetchone()
         return row[0] if row else None
 
+    def clock_anchor(self) -> Timestamp | None:
+        """The last moment the wall clock was trusted (see :mod:`appliance.clocktrust`), or None."""
+        with self._db() as db:
+            if not db["clock_anchor"].exists():  # an index not yet opened by this version (m009)
+                return None
+            row = db.execute("SELECT wall, boot_id, since_boot_s FROM clock_anchor WHERE id = 1").fetchone()
+        return _anchor(row)
+
     def cleanup_totals(self) -> tuple[int, int]:
         """``(runs, bytes freed)`` over every cleanup run recorded."""
         with self._db() as db:
@@ -1147,24 +1222,29 @@ class IndexReader:
             rows = list(db["cleanup_runs"].rows_where(order_by="id DESC", limit=1))
         return rows[0] if rows else None
 
-    def counts(self, now: datetime.datetime) -> dict:
+    def counts(self, now: datetime.datetime, *, boot: tuple[str, float] | None = None) -> dict:
         """``{"total": n, "last_hour": n, "last_24h": n, "bytes_last_hour": bytes}``: captures in
-        the index (a counter kept by triggers, migration m006), and those whose ``captured_at`` is
-        within 1 h and 24 h before ``now`` (an aware datetime), with the bytes of the last hour's.
-        Each is an indexed range: the cost grows with the captures of the last day, never with the
-        size of the index."""
+        the index (a counter kept by triggers, migration m006), and those taken within 1 h and
+        24 h before ``now`` (an aware datetime), with the bytes of the last hour's.
 
-        def since(hours: int) -> str:
-            return iso_utc(now - datetime.timedelta(hours=hours))
-
+        ``boot``: ``(boot id, seconds since boot)`` now, to count by time since boot instead (the
+        captures of this boot only), for when the wall clock is not trusted; otherwise by
+        ``captured_at``, and never a capture stamped in the future of ``now``.  Each is an indexed
+        range: the cost grows with the captures of the last day, never with the size of the
+        index."""
         with self._db() as db:
             total = db.execute("SELECT value FROM counters WHERE name = 'captures'").fetchone()[0]
-            last_hour, bytes_last_hour = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM captures WHERE captured_at >= ?", [since(1)]
-            ).fetchone()
-            last_24h = db.execute(
-                "SELECT COUNT(*) FROM captures WHERE captured_at >= ?", [since(24)]
-            ).fetchone()[0]
+
+            def within(hours: int, what: str) -> tuple:
+                if boot is not None:
+                    where, args = "boot_id = ? AND since_boot_s >= ?", [boot[0], boot[1] - hours * 3600]
+                else:
+                    where = "captured_at >= ? AND captured_at <= ?"
+                    args = [iso_utc(now - datetime.timedelta(hours=hours)), iso_utc(now)]
+                return db.execute(f"SELECT {what} FROM captures WHERE {where}", args).fetchone()
+
+            last_hour, bytes_last_hour = within(1, "COUNT(*), COALESCE(SUM(bytes), 0)")
+            (last_24h,) = within(24, "COUNT(*)")
         return {
             "total": total,
             "last_hour": last_hour,

@@ -45,6 +45,7 @@ from waitress.task import ErrorTask
 
 from appliance import __version__
 from appliance.cleanup import free_percent
+from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED
 from appliance.config import Config
 from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import ExportError
@@ -53,6 +54,7 @@ from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
 from appliance.store import TRIGGERS, IndexReader
 from hw import system
+from hw.clock import boot_id
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +255,15 @@ def make_app(
         system = hardware.get("system") or {}
         if system.get("problems"):
             problems["power and temperature"] = ", ".join(system["problems"])
-        if system.get("clock_synced") is False:
+        clock = hardware.get("clock") or {}
+        if clock.get("state") == DISTRUSTED:
+            problems["clock"] = clock["reason"]
+        elif system.get("clock_synced") is False or clock.get("state") == UNSYNCHRONISED:
             problems["clock"] = "not synchronised: captures are flagged clock_synced = 0"
-        counts = reader.counts(datetime.datetime.now(datetime.UTC))
+        # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
+        trusted = clock.get("state", TRUSTED) == TRUSTED and system.get("clock_synced") is not False
+        boot = None if trusted else (boot_id(), time.clock_gettime(time.CLOCK_BOOTTIME))
+        counts = reader.counts(datetime.datetime.now(datetime.UTC), boot=boot)
         floor = cleanup.get("capture_min_free_bytes") or 0
         rate = counts["bytes_last_hour"]
         return {

@@ -195,3 +195,42 @@ def faulty_disk(monkeypatch):
             yield FaultyDisk(patch, fail_at, error)
 
     return install
+
+
+@pytest.fixture(scope="session")
+def clockshift_library(tmp_path_factory) -> Path:
+    """tests/clockshift/clockshift.c built as a shared library for LD_PRELOAD (see its comment)."""
+    built = tmp_path_factory.mktemp("clockshift") / "clockshift.so"
+    source = Path(__file__).parent / "clockshift" / "clockshift.c"
+    try:
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(built), str(source), "-ldl"],
+                       check=True, capture_output=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        reason = f"cannot build the clock shim with gcc: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return built
+
+
+class ShiftedClock:
+    """The wall clock of the processes started with :meth:`env`, ``seconds`` away from the real
+    one (:meth:`set` moves it while they run), and synchronised as far as the kernel says."""
+
+    def __init__(self, library: Path, folder: Path):
+        self.library, self.file = library, folder / "clock-shift"
+        self.set(0)
+
+    def set(self, seconds: float) -> None:
+        tmp = self.file.with_name(".clock-shift.tmp")
+        tmp.write_text(f"{int(seconds)}\n")
+        os.replace(tmp, self.file)
+
+    def env(self) -> dict:
+        return os.environ | {"LD_PRELOAD": str(self.library), "CLOCKSHIFT_FILE": str(self.file),
+                             "CLOCKSHIFT_SYNCED": "1"}  # fmt: skip
+
+
+@pytest.fixture
+def shifted_clock(clockshift_library, tmp_path) -> ShiftedClock:
+    return ShiftedClock(clockshift_library, tmp_path)

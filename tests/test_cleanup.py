@@ -255,6 +255,31 @@ def test_age_limit_deletes_only_captures_whose_time_is_known(store, photo):
     assert IndexReader(store.data_dir).last_cleanup_run()["reason"] == "age"
 
 
+def test_age_expiry_deletes_only_from_the_oldest_end_of_the_capture_order(store, photo):
+    now = datetime.datetime(2026, 11, 22, 12, tzinfo=datetime.UTC)
+    unknown = fill(store, photo, 2, ManualClock(now - datetime.timedelta(days=50), clock_synced=False))
+    old = fill(store, photo, 3, ManualClock(now - datetime.timedelta(days=40)))
+    # A clock that was years ahead, then years behind: all "synchronised" as the kernel said.
+    future = fill(store, photo, 2, ManualClock(now + datetime.timedelta(days=3650)))
+    past = fill(store, photo, 3, ManualClock(now - datetime.timedelta(days=3650)))
+    recent = fill(store, photo, 2, ManualClock(now - datetime.timedelta(hours=1)))
+    disk = FakeDisk(store, total=100 * len(photo), base_free=90 * len(photo))
+    policy = Policy(**vars(BARE) | {"max_capture_age_days": 30})
+    cleanup = Cleanup(
+        store, policy, disk_usage=disk, clock=ManualClock(now), monotonic=Ticker(), interval_s=0
+    )
+    assert cleanup.plan()["count"] == 5
+    cleanup.tick()
+    # The old ones go, and with them those of unknown time taken before them; the ones stamped
+    # 10 years ago stay, because a capture taken before them (stamped in the future) is kept.
+    assert remaining(store) == [r["id"] for r in future + past + recent]
+    store.set_protected(future[0]["id"], True)
+    store.set_protected(future[1]["id"], True)  # protected: never deleted, and not in the walk
+    cleanup.tick()
+    assert remaining(store) == [r["id"] for r in future + recent]
+    assert {r["id"] for r in unknown + old}.isdisjoint(remaining(store))
+
+
 def test_the_interval_is_monotonic_whatever_the_wall_clock_does(store, photo):
     fill(store, photo, 3)
     disk = FakeDisk(store, total=100 * len(photo), base_free=60 * len(photo))

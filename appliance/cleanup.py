@@ -27,6 +27,13 @@ the disk usage, the policy and the recent capture rate) are separate from the wo
 - Capturing **pauses** while a capture would leave less than ``capture_min_free_bytes`` free (only
   protected captures left, or a card filled by something else): the status page says so, a warning
   is logged once, and capturing resumes by itself when space returns.
+- Photos are never deleted to make room for **something else filling the card** (another process,
+  a copy over the network): a ledger of free space since it was last above the start (what the
+  appliance's captures wrote, what its deletions freed) tells how much another writer took; past
+  :data:`FOREIGN_MIN_BYTES` (and a tenth of what the appliance wrote), a run frees only what the policy
+  would ask if the card held only what the appliance put there, and then capturing pauses with
+  the cause on the status page ("something else is filling the card: N GB in M min"), logged
+  once, until free space is back above the start of cleaning.
 
 The interval between checks is measured on the monotonic clock, so a wall clock that jumps by
 years neither skips cleanup nor runs it in a loop.  Each run is recorded in ``cleanup_runs``.
@@ -60,6 +67,13 @@ MIN_RATE_WINDOW_S = 600.0
 # One busy hour must not make cleanup empty the card: the headroom is at most this much of it.
 MAX_HEADROOM_FRACTION = 0.5
 _SQLITE_FULL = 13
+# Something else is filling the card when, since free space was last above the start of cleaning,
+# the card has lost more than it would have by the appliance's own captures and deletions, by at
+# least this many bytes, this share of the filesystem, and this share of what the appliance wrote
+# (which its ledger undercounts a little: the index rows, the blocks a file's last bytes take).
+FOREIGN_MIN_BYTES = 64 << 20
+FOREIGN_MIN_FRACTION = 0.01
+FOREIGN_MIN_SHARE_OF_OWN = 0.1
 # Temporary files older than this are left over from a crash and removed.
 ORPHAN_TEMP_AGE_S = 3600.0
 
@@ -159,6 +173,23 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
+@dataclass
+class _Ledger:
+    """Where the card's free space went since it was last above the start of cleaning: the free
+    bytes then (``free_then``, at ``since`` on the monotonic clock), the bytes the appliance's
+    captures wrote since (``written``), and those its deletions freed (``freed``)."""
+
+    free_then: int
+    since: float
+    written: int = 0
+    freed: int = 0
+
+    def others(self, free: int) -> int:
+        """Bytes something else wrote meanwhile, with ``free`` bytes free now (negative: it
+        deleted)."""
+        return self.free_then - free - self.written + self.freed
+
+
 class Cleanup:
     """Keeps free space on ``store``'s filesystem within ``policy`` (see the module docstring).
 
@@ -173,6 +204,15 @@ class Cleanup:
     none of them can be removed no new run starts, so a read-only card does not empty the index.
     A card filled to the last byte by something else is handled by releasing the reserve file
     (:data:`~appliance.store.RESERVE_BYTES`) the store keeps for this.
+
+    A card being filled by something else (another process, a copy over the network) is not fed
+    with photos: cleanup keeps a ledger of free space since it was last above the start of
+    cleaning (what the appliance's captures wrote, what its deletions freed), and once the card has
+    lost more than that explains (by :data:`FOREIGN_MIN_BYTES`, :data:`FOREIGN_MIN_FRACTION` of it,
+    and :data:`FOREIGN_MIN_SHARE_OF_OWN` of what the appliance wrote), a run deletes only what the
+    policy would ask if the card held only what the appliance put there, then capturing pauses
+    with the cause on the status page, logged once, until free space is back above the start of
+    cleaning.
 
     ``clock``: where the time comes from, a :class:`~appliance.clocktrust.TrustedClock` (by
     default one checked against the store's anchor), whose ``clock_synced`` says whether age
@@ -206,6 +246,10 @@ class Cleanup:
         self._capture_cost = 0  # free space the last capture took, in bytes
         self._free_before_capture: int | None = None
         self._next_shard = 0  # for the orphan temporary files, a shard per check
+        self._ledger: _Ledger | None = None  # since free space was last above the start of cleaning
+        self._free = 0  # free bytes at the last decision
+        self._bytes_per_hour = 0.0  # the capture rate at the last decision
+        self._others: str | None = None  # why nothing more is deleted: something else fills the card
         self.state = "ok"
         self.last_decision: Decision | None = None
         self.last_run: dict | None = None  # the cleanup_runs row of the last finished run
@@ -272,6 +316,12 @@ class Cleanup:
         next check forward.  Costs one ``statvfs``."""
         free = self._disk_usage(self._store.data_dir).free
         self._free_before_capture = free
+        if self._others is not None:
+            if self._paused_reason is None:
+                self._next_check = self._monotonic()  # notice at once when space is back
+            self._paused_reason = f"capturing paused: {self._others}"
+            self.state = "paused"
+            return self._paused_reason
         if self._room_for_a_capture(free):
             if self._paused_reason is not None:
                 log.info("capturing resumes: %s free", _size(free))
@@ -295,9 +345,12 @@ class Cleanup:
         self.state = "paused"
         return self._paused_reason
 
-    def captured(self) -> None:
+    def captured(self, written: int = 0) -> None:
         """Note how much free space the capture just stored took (photo, thumbnail, index and
-        file-system blocks), for :meth:`capture_pause`."""
+        file-system blocks), for :meth:`capture_pause`, and that it wrote ``written`` bytes
+        (photo and thumbnail), for the ledger of what the appliance itself wrote."""
+        if self._ledger is not None:
+            self._ledger.written += written
         if self._free_before_capture is not None:
             taken = self._free_before_capture - self._disk_usage(self._store.data_dir).free
             if taken > 0:
@@ -329,7 +382,7 @@ class Cleanup:
         return free - self._expected_capture_bytes() >= self.policy.capture_min_free_bytes
 
     def _refresh_pause(self) -> None:
-        if self._paused_reason is not None:
+        if self._paused_reason is not None and self._others is None:
             free = self._disk_usage(self._store.data_dir).free
             if self._room_for_a_capture(free):
                 log.info("capturing resumes: %s free", _size(free))
@@ -342,6 +395,7 @@ class Cleanup:
         window = min(RATE_WINDOW_S, stamp.since_boot_s)
         recent = self._store.recent_bytes(stamp.boot_id, stamp.since_boot_s - window) if stamp.boot_id else 0
         bytes_per_hour = recent * 3600.0 / max(window, MIN_RATE_WINDOW_S)
+        self._bytes_per_hour = bytes_per_hour
         decision = decide(
             usage.total,
             usage.free,
@@ -350,8 +404,44 @@ class Cleanup:
             cleaning=self._runs["space"] is not None,
             capture_bytes=self._expected_capture_bytes(),
         )
-        self.last_decision = decision
+        self.last_decision, self._free = decision, usage.free
+        if decision.bytes_to_free == 0 or self._ledger is None:
+            # No shortage (or the first look): the ledger starts again from here.
+            if self._others is not None and decision.bytes_to_free == 0:
+                log.info("cleanup: free space is back (%s); capturing resumes", _size(usage.free))
+                self._others = self._paused_reason = None
+            self._ledger = _Ledger(usage.free, self._monotonic())
         return decision
+
+    def _allowance(self, total: int) -> int | None:
+        """Bytes the run may still free when something else is filling the card, or None when
+        nothing else is (the run frees what the decision asks): what the policy would ask if the
+        card held only what the appliance put there (the free space now plus what the other writer
+        took).  Notes the cause when that is nothing, logged once."""
+        ledger = self._ledger
+        others = ledger.others(self._free)
+        if others < max(
+            FOREIGN_MIN_BYTES, total * FOREIGN_MIN_FRACTION, ledger.written * FOREIGN_MIN_SHARE_OF_OWN
+        ):
+            return None
+        alone = decide(
+            total,
+            self._free + others,
+            self.policy,
+            self._bytes_per_hour,
+            cleaning=self._runs["space"] is not None,
+            capture_bytes=self._expected_capture_bytes(),
+        )
+        allowance = alone.bytes_to_free
+        if allowance == 0 and self._others is None:
+            minutes = max(1, round((self._monotonic() - ledger.since) / 60))
+            self._others = (
+                f"something else is filling the card: {_size(others)} in {minutes} min that the "
+                "appliance did not write; cleanup deletes no photos to make room for it. Free space "
+                "on the card (find what writes there) and capturing resumes by itself"
+            )
+            log.warning("cleanup: %s", self._others)
+        return allowance
 
     def _delete_for_space(self, deadline: float) -> None:
         decision = self._decide()
@@ -364,6 +454,10 @@ class Cleanup:
                 log.warning("cleanup: WAL checkpoint failed (%s); deleting anyway", exc)
             decision = self._decide()
         while decision.bytes_to_free > 0:
+            allowance = self._allowance(self._disk_usage(self._store.data_dir).total)
+            wanted = decision.bytes_to_free if allowance is None else min(decision.bytes_to_free, allowance)
+            if wanted <= 0:
+                break  # the rest is another writer's doing: capturing pauses instead
             rows = self._store.oldest_unprotected(self._batch)
             if not rows:
                 if not self._only_protected:  # once, until space is back above the stop
@@ -374,7 +468,7 @@ class Cleanup:
             for row in rows:  # just enough, oldest first: a small card is not over-cleaned
                 batch.append(row)
                 batch_bytes += row["bytes"]
-                if batch_bytes >= decision.bytes_to_free:
+                if batch_bytes >= wanted:
                     break
             if not self._delete("space" if decision.cause != "headroom" else "headroom", batch):
                 break  # the files would not go: the run ends, the next check tries again
@@ -414,6 +508,8 @@ class Cleanup:
             self._start_run(kind, reason)
         started = self._monotonic()
         freed, failed = self._while_full(lambda: self._store.delete(rows))
+        if self._ledger is not None:
+            self._ledger.freed += freed
         # Size the next batches to take about half the tick's budget each.
         per_capture_s = max(self._monotonic() - started, 1e-6) / len(rows)
         self._batch = max(1, min(BATCH_SIZE, int(TICK_BUDGET_S / 2 / per_capture_s)))

@@ -45,7 +45,7 @@ from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
-from hw.exc import HardwareError
+from hw.exc import HardwareError, UnsupportedCameraSize
 from hw.lights import Lights
 from hw.system import Probes
 from hw.triggers import (
@@ -686,6 +686,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))
+    except UnsupportedCameraSize as exc:  # a setting the camera cannot honour: exit 2, as a bad config
+        key = "camera_size_px" if exc.stream == "main" else "camera_lores_size_px"
+        source = args.config or " + ".join(map(str, config_module.default_paths())) or "defaults"
+        print(
+            f"appliance: config error: {source}: {key}: {list(exc.size_px)} is too large: {exc}",
+            file=sys.stderr,
+        )
+        return 2
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
         log.error("stopped on error: %s", exc)
         return 1

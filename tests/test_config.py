@@ -6,6 +6,10 @@ import pytest
 from appliance import config
 from appliance.cli import main
 from appliance.exc import ConfigError
+from appliance.store import CaptureStore, IndexReader
+from hw.camera import SIMULATED_MAX_SIZE_PX, SimulatedCamera
+from hw.clock import ManualClock
+from hw.exc import UnsupportedCameraSize
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,11 +44,11 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ("thumbnail_max_px = true", "thumbnail_max_px", "expected int, got bool"),
         ('button_pin = "17"', "button_pin", "BCM pin name"),
         ('motion_pin = "GPIO40"', "motion_pin", "BCM pin name"),
-        ("cleanup_start_free_percent = 120", "cleanup_start_free_percent", "between 0 and 100"),
+        ("cleanup_start_free_percent = 120", "cleanup_start_free_percent", "between 0 and 50"),
         ("cleanup_stop_free_percent = 5", "cleanup_stop_free_percent", "at least"),
         ("camera_size_px = [1, 2, 3]", "camera_size_px", "two integers"),
-        ("camera_size_px = [0, 480]", "camera_size_px", "two integers > 0"),
-        ("camera_lores_size_px = [true, 2]", "camera_lores_size_px", "two integers > 0"),
+        ("camera_size_px = [0, 480]", "camera_size_px", "the width 64 to 9248 and the height 64 to 6944"),
+        ("camera_lores_size_px = [true, 2]", "camera_lores_size_px", "two integers"),
         ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "is not a folder"),
         ('simulate_replay_dir = "."', "simulate_replay_dir", "only used in simulation"),
         ("capture_timeout_s = 0", "capture_timeout_s", "between 0.5 and 25"),
@@ -55,7 +59,7 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ("active_windows = [1900]", "active_windows", '"HH:MM-HH:MM" strings'),
         ('camera_awb_mode = "sunny"', "camera_awb_mode", "must be one of 'auto'"),
         ('button_hold_action = "reboot"', "button_hold_action", "'none', 'test_shot', 'shutdown'"),
-        ("timelapse_interval_s = 0.5", "timelapse_interval_s", "0 (off) or at least 1"),
+        ("timelapse_interval_s = 0.5", "timelapse_interval_s", "0 (off) or 1 to 86400"),
         ("thumbnail_max_px = ", "", "Invalid value"),
     ],
 )
@@ -180,3 +184,179 @@ def test_deployment_coordinates_take_numbers_or_stay_unset(tmp_path):
     cfg = config.load(write(tmp_path, "latitude = 51\nlongitude = -4.5\ncamera_heading_deg = 285\n"))
     assert (cfg.latitude, cfg.longitude, cfg.camera_heading_deg) == (51.0, -4.5, 285)
     assert config.load(None).latitude == ""
+
+
+# Settings that cannot destroy data (issue 15): each finding through the real command.
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """A data directory holding 5 captures; returns ``(data_dir, their ids)``."""
+    data_dir = tmp_path / "data"
+    store = CaptureStore(data_dir)
+    try:
+        clock = ManualClock()
+        jpeg = SimulatedCamera(size_px=(64, 48)).capture(timeout_s=1).jpeg
+        ids = [store.add(jpeg, None, timestamp=clock.now(), trigger="motion")["id"] for _ in range(5)]
+    finally:
+        store.close()
+    return data_dir, ids
+
+
+def captures(data_dir) -> tuple[list, list]:
+    """The ids in the index, and the photo files on disk."""
+    rows = IndexReader(data_dir).latest(1000)
+    return sorted(r["id"] for r in rows), sorted(p.stem for p in (data_dir / "media").rglob("*.jpg"))
+
+
+def with_setting(path, text):
+    """Set the keys of ``text`` (TOML) in the file at ``path``, replacing the lines of those keys."""
+    keys = {line.split("=")[0].strip() for line in text.splitlines()}
+    kept = [line for line in path.read_text().splitlines() if line.split("=")[0].strip() not in keys]
+    path.write_text("\n".join([*kept, text, ""]))
+
+
+def run_once(config_path, data_dir=None, *extra) -> int:
+    data = ["--data-dir", str(data_dir)] if data_dir else []
+    return main(["run", "--config", str(config_path), "--simulate", "--duration-s", "0.5", "--port", "0",
+                 *data, *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("capture_min_free_bytes = 9223372036854775807", "capture_min_free_bytes", "between 0 and"),
+        ("camera_size_px = [100000, 100000]", "camera_size_px", "the width 64 to 9248"),
+        ("camera_size_px = [9248, 6944]", "camera_size_px", "larger than the simulated camera's"),
+        ('data_dir = "appliance\\u0000data"', "data_dir", "control characters"),
+        ("simulate_trigger_interval_s = inf", "simulate_trigger_interval_s", "finite"),
+        ("cleanup_interval_s = nan", "cleanup_interval_s", "finite"),
+        ('web_token = "            "', "web_token", "without spaces"),
+    ],
+    ids=["floor", "size", "simulated-size", "nul", "inf", "nan", "spaces-token"],
+)
+def test_the_findings_are_refused_with_exit_2_and_nothing_is_deleted(
+    tmp_path, run_config, filled, capsys, text, key, reason
+):
+    data_dir, ids = filled
+    with_setting(run_config, f"simulate = true\n{text}")
+
+    assert main(["config", "--check", str(run_config)]) == 2
+    checked = capsys.readouterr().err
+    status = run_once(run_config, None if key == "data_dir" else data_dir)
+    err = capsys.readouterr().err
+
+    assert status == 2
+    for message in (checked, err):
+        assert f"appliance: config error: {run_config}: {key}: " in message and reason in message
+        assert message.count("\n") == 1  # one line, no traceback
+    assert captures(data_dir) == (sorted(ids), sorted(ids))
+
+
+def test_the_web_token_is_never_shown_in_the_error(tmp_path, capsys):
+    assert main(["config", "--check", str(write(tmp_path, 'web_token = "secret with spaces"\n'))]) == 2
+    err = capsys.readouterr().err
+    assert "web_token: (a secret of 18 characters) must be printable characters" in err
+    assert "secret with" not in err
+
+
+@pytest.mark.parametrize(
+    ("token", "ok"),
+    [
+        ("", True),
+        ("a" * 16, True),
+        ("a" * 15, False),
+        ("ключ-доступа-ёлка-ß€", True),  # any printable Unicode
+        ("a" * 8 + "\u00a0" + "a" * 8, False),  # a no-break space is a space
+        ("a" * 16 + "\t", False),
+        ("a" * 16 + "\u200b", False),  # a zero-width space: not printable
+        ("a" * 256, True),
+        ("a" * 257, False),
+    ],
+)
+def test_a_web_token_is_empty_or_16_printable_characters_without_spaces(token, ok):
+    if ok:
+        assert config.check_value("web_token", token) == token
+    else:
+        with pytest.raises(ConfigError, match="^web_token: "):
+            config.check_value("web_token", token)
+
+
+def test_a_command_line_inf_is_refused_as_a_file_one_is(capsys):
+    assert main(["run", "--simulate", "--trigger-interval-s", "inf", "--duration-s", "0"]) == 2
+    assert "command line: simulate_trigger_interval_s: inf must be a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("timelapse_interval_s = 1e400", "timelapse_interval_s", "finite"),
+        ("capture_timeout_s = -inf", "capture_timeout_s", "finite"),
+        ("latitude = nan", "latitude", "finite"),
+        (f"headroom_hours = {'9' * 400}", "headroom_hours", "is too large"),
+        (f"jpeg_quality = {'9' * 5000}", "", "Exceeds the limit"),  # tomllib's own refusal
+        ("web_port = -1", "web_port", "between 0 and 65535"),
+        ("cleanup_start_free_percent = 100", "cleanup_start_free_percent", "between 0 and 50"),
+        ("cleanup_stop_free_percent = 100", "cleanup_stop_free_percent", "between 0 and 90"),
+        ("cleanup_stop_free_bytes = -1", "cleanup_stop_free_bytes", "between 0 and"),
+        ("cleanup_interval_s = 0.1", "cleanup_interval_s", "between 1 and 3600"),
+        ("simulate_trigger_interval_s = 1e-300", "simulate_trigger_interval_s", "between 0.01 and 3600"),
+        ("timelapse_interval_s = 1e9", "timelapse_interval_s", "0 (off) or 1 to 86400"),
+        ("camera_lores_size_px = [32, 32]", "camera_lores_size_px", "the width 64"),
+        ("camera_size_px = [320, 240]", "camera_lores_size_px", "does not fit within camera_size_px"),
+        ('data_mount = "/mnt/\\n"', "data_mount", "control characters"),
+        (f'data_dir = "{"d" * 256}"', "data_dir", "a name longer than 255 bytes"),
+        (f'data_dir = "{"/d" * 2100}"', "data_dir", "too long"),
+        ('simulate_replay_dir = "\\u0007"', "simulate_replay_dir", "control characters"),
+        ('camera_make = "Müller"', "camera_make", "plain ASCII"),
+        ('camera_model = "cam\\r\\nX-Injected: 1"', "camera_model", "control characters"),
+        (f'camera_id = "{"x" * 129}"', "camera_id", "longer than 128"),
+        ('location_name = "a\\tb"', "location_name", "control characters"),
+        (f'project_title = "{"t" * 256}"', "project_title", "longer than 255"),
+        ('contributors = ["Ada", "Bob\\u0000"]', "contributors", "list of names"),
+        ("contributors = [" + ", ".join(['"x"'] * 101) + "]", "contributors", "more than 100"),
+        ("active_windows = [" + ", ".join(['"01:00-02:00"'] * 25) + "]", "active_windows", "more than 24"),
+        ('web_host = "example.invalid"', "web_host", "IP address"),
+        ("coordinate_uncertainty_m = 40000000", "coordinate_uncertainty_m", "between 1 and 20037509"),
+        ("camera_height_m = 1200", "camera_height_m", "between 0 and 150"),
+        ("thumbnail_max_px = [1, 2]", "thumbnail_max_px", "expected int, got list"),
+        ("burst_count = {a = 1}", "burst_count", "expected int, got dict"),
+    ],
+)
+def test_every_kind_of_setting_has_bounds(tmp_path, text, key, reason):
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}")
+    assert reason in message and "\n" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'web_host = "::1"',
+        'web_host = "localhost"',
+        'camera_make = "Raspberry Pi Ltd."',
+        'location_name = "Białowieża MRI 01, north edge"',
+        'contributors = ["Ada Lovelace", "Łukasz Ż."]',
+        "camera_size_px = [4608, 2592]\ncamera_lores_size_px = [4608, 2592]",
+        "camera_size_px = [64, 64]\ncamera_lores_size_px = [64, 64]",
+        "coordinate_uncertainty_m = 20037509",
+        "timelapse_interval_s = 86400",
+        "simulate_trigger_interval_s = 0.01",
+        "cleanup_start_free_percent = 50\ncleanup_stop_free_percent = 90",
+    ],
+)
+def test_values_at_the_bounds_are_accepted(tmp_path, text):
+    config.load(write(tmp_path, text + "\n"))
+
+
+def test_the_simulated_camera_size_is_bounded_only_in_simulation(tmp_path):
+    path = write(tmp_path, "camera_size_px = [9248, 6944]\n")
+    assert config.load(path).camera_size_px == (9248, 6944)  # on hardware, the camera decides
+    with pytest.raises(ConfigError, match=r"camera_size_px: \[9248, 6944\] is larger than the simulated"):
+        config.load(path, simulate=True)
+    assert SIMULATED_MAX_SIZE_PX == (4608, 3040)
+    with pytest.raises(UnsupportedCameraSize, match="main stream 4610 x 3040"):
+        SimulatedCamera(size_px=(4610, 3040))

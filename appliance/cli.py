@@ -196,10 +196,13 @@ def _load_config(args) -> config_module.Config:
             "web_host": args.host,
             "web_port": args.port,
         }
-    return config_module.load(
-        args.config or config_module.default_paths(),
-        **{key: value for key, value in overrides.items() if value is not None},
+    paths = args.config or config_module.default_paths()
+    config = config_module.load(
+        paths, **{key: value for key, value in overrides.items() if value is not None}
     )
+    if args.command in ("run", "check", "cleanup"):  # the commands that may delete
+        config_module.check_filesystem(config, paths)
+    return config
 
 
 def config_command(args) -> int:
@@ -216,7 +219,7 @@ def config_command(args) -> int:
     status = 0
     for path in paths:
         try:
-            config_module.load(path)
+            config_module.check_filesystem(config_module.load(path), path)
         except ConfigError as exc:
             print(f"appliance: config error: {exc}", file=sys.stderr)
             status = 2
@@ -224,7 +227,7 @@ def config_command(args) -> int:
             print(f"{path}: ok")
     if status == 0 and len(paths) > 1:  # each file may be fine and the two together not
         try:
-            config_module.load(paths)
+            config_module.check_filesystem(config_module.load(paths), paths)
         except ConfigError as exc:
             print(f"appliance: config error: {exc}", file=sys.stderr)
             return 2

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 import textwrap
 import tomllib
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ DEFAULT_PATHS = (Path("/etc/appliance/appliance.toml"), Path("/boot/firmware/app
 _BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
 
 # The bounds of the settings; the README's configuration table gives each with its reason.
-# Byte thresholds: larger than any disk a Pi mounts.
+# Byte thresholds: larger than any disk a Pi mounts (the real bound is check_against_filesystem).
 MAX_BYTES = 1 << 50  # 1 PiB
 # A path, encoded as the kernel sees it: Linux PATH_MAX (4096, with the terminating NUL) and NAME_MAX.
 PATH_MAX_BYTES = 4095
@@ -265,9 +266,9 @@ def _between(low, high):
     return check
 
 
-def _byte_count():
+def _byte_count(also: str):
     check = _between(0, MAX_BYTES)
-    check.allowed = f"0 to {MAX_BYTES} (1 PiB)"
+    check.allowed = f"0 to {MAX_BYTES} (1 PiB); {also}"
     return check
 
 
@@ -443,8 +444,8 @@ class Config:
     cleanup_start_free_bytes: int = _setting(
         1 << 30,
         "Start deleting when free space falls below this many bytes (or below "
-        "cleanup_start_free_percent); 1 GiB by default.",
-        _byte_count(),
+        "cleanup_start_free_percent); 1 GiB by default. At most half of the data filesystem.",
+        _byte_count("at most half of the data filesystem"),
     )
     cleanup_stop_free_percent: float = _setting(
         20.0,
@@ -456,8 +457,11 @@ class Config:
     cleanup_stop_free_bytes: int = _setting(
         2 << 30,
         "Stop deleting once free space is back above this many bytes (and above "
-        "cleanup_stop_free_percent); 2 GiB by default.",
-        _byte_count(),
+        "cleanup_stop_free_percent); 2 GiB by default. Even with the headroom at its cap (half "
+        "the filesystem), cleaning must stop below 90 % of the data filesystem free.",
+        _byte_count(
+            "with the headroom at its cap, cleaning must stop below 90 % of the data filesystem free"
+        ),
     )
     headroom_hours: float = _setting(
         24.0,
@@ -477,8 +481,8 @@ class Config:
     capture_min_free_bytes: int = _setting(
         256 << 20,
         "Pause capturing while a capture would leave less than this many bytes free; 256 MiB "
-        "by default.  Cleaning always starts above it.",
-        _byte_count(),
+        "by default.  Cleaning always starts above it, so at most half of the data filesystem.",
+        _byte_count("at most half of the data filesystem"),
     )
     cleanup_interval_s: float = _setting(
         60.0, "Seconds between disk-space checks (monotonic clock).", _between(1, 3600), kind=float
@@ -733,7 +737,7 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
     an unknown key, a value of the wrong type or out of range.  Overrides (from the command line)
     are checked the same way and named as such.
     """
-    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    paths = _paths(path)
     values = {}
     for path in paths:
         try:
@@ -757,6 +761,108 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
         return Config(**values)
     except ConfigError as exc:
         raise ConfigError(f"{' + '.join(map(str, paths)) or 'command line'}: {exc}") from None
+
+
+def _paths(path) -> list:
+    return [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+
+
+def check_against_filesystem(config: Config, total_bytes: int, where: str = "the data filesystem") -> None:
+    """Refuse free-space thresholds of ``config`` that would have cleanup delete every capture on a
+    data filesystem of ``total_bytes`` (``where`` names it in the message).
+
+    Cleanup starts when free space falls below the larger of ``cleanup_start_free_percent`` of the
+    filesystem and ``cleanup_start_free_bytes``, and always one capture above
+    ``capture_min_free_bytes``; a busy hour raises the start (``headroom_hours``) to at most half the
+    filesystem (:data:`~appliance.cleanup.MAX_HEADROOM_FRACTION`); a run stops once free space is
+    back above that start plus the hysteresis (the stop thresholds less the start ones).  Refused:
+
+    - ``cleanup_start_free_bytes`` or ``capture_min_free_bytes`` above half the filesystem: cleaning
+      would start with most of it free and go on (the percentages are bounded by their checks);
+    - a stop that, at its highest (the headroom at its cap, when ``headroom_hours`` is set), is above
+      :data:`MAX_STOP_FRACTION` of the filesystem: free space may never get there, and the run
+      would go on until no unprotected capture is left.
+
+    Raises :class:`ConfigError` naming the key, its value, the filesystem's size and the fix.
+    """
+    total, half = total_bytes, int(total_bytes * MAX_HEADROOM_FRACTION)
+    size = f"{where} ({_bytes(total)})"
+    unit = 10**6 if total >= 10**8 else 10**3  # round the example to MB, or kB on a tiny one
+    example = (
+        f"for a filesystem this size, e.g. capture_min_free_bytes = {total // 20 // unit * unit}, "
+        f"cleanup_start_free_bytes = {total // 10 // unit * unit}, "
+        f"cleanup_stop_free_bytes = {total // 5 // unit * unit}"
+    )
+    defaults = Config()
+    for key in ("cleanup_start_free_bytes", "capture_min_free_bytes"):  # cleaning starts above both
+        value = getattr(config, key)
+        if value <= half:
+            continue
+        default = " (the default)" if value == getattr(defaults, key) else ""
+        if value >= total:
+            what = "free space is always below it, so cleaning would start at once and delete every capture"
+        else:
+            what = "cleaning would start with more than half of it free, and keep it mostly empty"
+        raise ConfigError(
+            f"{key}: {value} bytes{default} is more than half of {size}: {what}; set {key} to at "
+            f"most {half} ({example})"
+        )
+    static_start = max(total * config.cleanup_start_free_percent / 100, config.cleanup_start_free_bytes)
+    static_stop = max(total * config.cleanup_stop_free_percent / 100, config.cleanup_stop_free_bytes)
+    headroom = half if config.headroom_hours else 0
+    highest_start = max(static_start, config.capture_min_free_bytes, headroom)
+    highest_stop = highest_start + max(0.0, static_stop - static_start)
+    limit = total * MAX_STOP_FRACTION
+    if highest_stop <= limit + 1:  # a byte for the rounding of the percentages
+        return
+    room = limit - highest_start + static_start  # the highest static stop that passes
+    if config.cleanup_stop_free_bytes >= total * config.cleanup_stop_free_percent / 100:
+        key, value, fix = "cleanup_stop_free_bytes", f"{config.cleanup_stop_free_bytes} bytes", f"{int(room)}"
+    else:
+        key, value, fix = (
+            "cleanup_stop_free_percent",
+            f"{config.cleanup_stop_free_percent:g} %",
+            f"{room * 100 / total:.0f}",
+        )
+    if config.cleanup_stop_free_bytes == defaults.cleanup_stop_free_bytes and key.endswith("bytes"):
+        value += " (the default)"
+    by_headroom = headroom == highest_start > static_start
+    raised = " (its start raised to half the filesystem by headroom_hours)" if by_headroom else ""
+    raise ConfigError(
+        f"{key}: {value} would have cleanup run until {_bytes(highest_stop)} of {size} are free"
+        f"{raised}, more than {100 * MAX_STOP_FRACTION:.0f} %, which free space may never reach: "
+        f"cleanup would delete every unprotected capture; set {key} to at most {fix}"
+        + (" or headroom_hours = 0" if by_headroom else "")
+        + f" ({example})"
+    )
+
+
+def check_filesystem(config: Config, path: Path | list[Path] | None = None) -> None:
+    """:func:`check_against_filesystem` with the size of the filesystem holding ``config.data_dir``
+    (or, while it does not exist, its nearest existing parent), for the config read from ``path``
+    (named in the message, as :func:`load` names it).
+
+    Skipped when ``data_mount`` is set and not mounted (the preflight check refuses to start then)
+    or when the filesystem cannot be read (the preflight checks report that).  Raises
+    :class:`ConfigError` as :func:`check_against_filesystem` does.
+    """
+    if config.data_mount and not os.path.ismount(config.data_mount):
+        return
+    folder = Path(os.path.abspath(config.data_dir))
+    try:
+        while not folder.exists():
+            folder = folder.parent
+        total = shutil.disk_usage(folder).total
+    except OSError:
+        return
+    try:
+        check_against_filesystem(config, total, f"the filesystem holding {config.data_dir}")
+    except ConfigError as exc:
+        raise ConfigError(f"{' + '.join(map(str, _paths(path))) or 'defaults'}: {exc}") from None
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _toml_value(value) -> str:

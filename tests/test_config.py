@@ -1,9 +1,10 @@
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from appliance import config
+from appliance import cli, config
 from appliance.cli import main
 from appliance.exc import ConfigError
 from appliance.store import CaptureStore, IndexReader
@@ -360,3 +361,128 @@ def test_the_simulated_camera_size_is_bounded_only_in_simulation(tmp_path):
     assert SIMULATED_MAX_SIZE_PX == (4608, 3040)
     with pytest.raises(UnsupportedCameraSize, match="main stream 4610 x 3040"):
         SimulatedCamera(size_px=(4610, 3040))
+
+
+# Free-space thresholds against the data filesystem.
+
+MB = 10**6
+
+
+@pytest.mark.parametrize(
+    ("settings", "total", "refused"),
+    [
+        ({}, 32_000 * MB, None),  # the defaults on a 32 GB card
+        ({}, 4_000 * MB, None),
+        ({}, 2_000 * MB, "cleanup_start_free_bytes"),  # 1 GiB is more than half of it
+        ({}, 512 * MB, "cleanup_start_free_bytes"),
+        ({"cleanup_start_free_bytes": 50 * MB, "cleanup_stop_free_bytes": 100 * MB}, 512 * MB,
+         "capture_min_free_bytes"),  # 256 MiB
+        ({"cleanup_start_free_bytes": 50 * MB, "cleanup_stop_free_bytes": 100 * MB,
+          "capture_min_free_bytes": 25 * MB}, 512 * MB, None),
+        ({"capture_min_free_bytes": (1 << 50)}, 32_000 * MB, "capture_min_free_bytes"),
+        ({"capture_min_free_bytes": 16_001 * MB}, 32_000 * MB, "capture_min_free_bytes"),
+        ({"capture_min_free_bytes": 16_000 * MB}, 32_000 * MB, None),
+        # A stop above 90 %, or one the headroom's start (half the filesystem) pushes there.
+        ({"cleanup_stop_free_percent": 90, "headroom_hours": 0}, 32_000 * MB, None),
+        ({"cleanup_stop_free_percent": 51}, 32_000 * MB, "cleanup_stop_free_percent"),
+        ({"cleanup_stop_free_percent": 50, "headroom_hours": 0}, 32_000 * MB, None),
+        ({"cleanup_stop_free_bytes": 29_000 * MB, "headroom_hours": 0}, 32_000 * MB,
+         "cleanup_stop_free_bytes"),
+        ({"cleanup_stop_free_bytes": 18_000 * MB}, 32_000 * MB, "cleanup_stop_free_bytes"),
+        ({"cleanup_start_free_bytes": 0, "cleanup_start_free_percent": 0, "cleanup_stop_free_bytes": 0,
+          "cleanup_stop_free_percent": 0, "capture_min_free_bytes": 0}, 0, None),
+    ],
+)  # fmt: skip
+def test_thresholds_that_would_delete_every_capture_are_refused(settings, total, refused):
+    cfg = config.Config(**settings)
+    if refused is None:
+        config.check_against_filesystem(cfg, total)
+        return
+    with pytest.raises(ConfigError, match=f"^{refused}: ") as info:
+        config.check_against_filesystem(cfg, total, "the filesystem holding /data")
+    message = str(info.value)
+    assert f"the filesystem holding /data ({total / 1e9:.1f} GB)" in message or "MB)" in message
+    assert f"set {refused} to at most" in message and "e.g." in message
+
+
+def test_the_suggested_thresholds_pass(tmp_path):
+    """The e.g. in the message is a fix: the thresholds it names pass on that filesystem."""
+    total = 512 * MB
+    with pytest.raises(ConfigError) as info:
+        config.check_against_filesystem(config.Config(), total)
+    suggested = dict(re.findall(r"([a-z_]+) = (\d+)", str(info.value).split("e.g.")[1]))
+    config.check_against_filesystem(config.Config(**{k: int(v) for k, v in suggested.items()}), total)
+
+
+@pytest.fixture
+def stick(tmp_path):
+    """A real 512 MB filesystem (a tmpfs), as a small USB stick."""
+    mount_point = tmp_path / "stick"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize("command", ["run", "check", "cleanup", "config"])
+def test_the_defaults_on_a_512_mb_stick_are_refused_saying_what_to_set(tmp_path, stick, capsys, command):
+    data_dir = stick / "not" / "made" / "yet"  # measured at its nearest existing parent
+    path = write(tmp_path, f'data_dir = "{data_dir}"\n')
+    argv = {
+        "run": ["run", "--config", str(path), "--simulate", "--duration-s", "0.5", "--port", "0"],
+        "check": ["check", "--config", str(path), "--simulate"],
+        "cleanup": ["cleanup", "--config", str(path)],
+        "config": ["config", "--check", str(path)],
+    }[command]
+
+    assert main(argv) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"appliance: config error: {path}: cleanup_start_free_bytes: 1073741824 bytes (the default)"
+    )
+    assert f"more than half of the filesystem holding {data_dir} (536.9 MB)" in err
+    assert "set cleanup_start_free_bytes to at most 268435456" in err
+    assert not data_dir.exists()
+
+
+def test_the_suggested_thresholds_run_on_the_stick(tmp_path, stick, capsys):
+    path = write(tmp_path, f'data_dir = "{stick / "data"}"\n')
+    main(["config", "--check", str(path)])
+    suggestion = capsys.readouterr().err.split("e.g. ")[1].rstrip(")\n").replace(", ", "\n")
+    path.write_text(path.read_text() + suggestion + "\n")
+
+    assert main(["config", "--check", str(path)]) == 0
+    assert run_once(path) == 0
+
+
+SMALL = (
+    f"capture_min_free_bytes = {25 * MB}\ncleanup_start_free_bytes = {50 * MB}\n"
+    f"cleanup_stop_free_bytes = {100 * MB}\n"
+)
+
+
+def test_a_reload_checks_the_thresholds_against_the_filesystem_too(stick, tmp_path):
+    """SIGHUP applies the cleanup thresholds live: the config it reads is checked against the
+    filesystem too (a ConfigError, which the reload logs, keeping the running config)."""
+    path = write(tmp_path, f'data_dir = "{stick / "data"}"\n{SMALL}')
+    args = cli._parser().parse_args(["run", "--config", str(path), "--simulate"])
+    assert cli._load_config(args).capture_min_free_bytes == 25 * MB
+    path.write_text(
+        path.read_text().replace(
+            f"capture_min_free_bytes = {25 * MB}", f"capture_min_free_bytes = {300 * MB}"
+        )
+    )
+    with pytest.raises(ConfigError, match="capture_min_free_bytes: 300000000 bytes is more than half"):
+        cli._load_config(args)
+
+
+def test_a_data_mount_not_mounted_is_left_to_the_preflight_check(tmp_path, stick, capsys):
+    """The filesystem check would measure the wrong one: the preflight check refuses (exit 1)."""
+    path = write(tmp_path, f'data_dir = "{stick / "usb" / "data"}"\ndata_mount = "{stick / "usb"}"\n')
+    assert main(["config", "--check", str(path)]) == 0
+    assert run_once(path) == 1

@@ -1,8 +1,19 @@
+import contextlib
+import datetime
+import io
+import logging
+import math
+import os
 import re
+import signal
 import subprocess
+import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from appliance import cli, config
 from appliance.cli import main
@@ -486,3 +497,256 @@ def test_a_data_mount_not_mounted_is_left_to_the_preflight_check(tmp_path, stick
     path = write(tmp_path, f'data_dir = "{stick / "usb" / "data"}"\ndata_mount = "{stick / "usb"}"\n')
     assert main(["config", "--check", str(path)]) == 0
     assert run_once(path) == 1
+
+
+# The property: whatever value a setting is given, of its type or not, huge, negative, inf, nan,
+# control characters, any Unicode, the appliance either refuses it (exit status 2, naming the key,
+# from `config --check` and from `run` alike) or starts and stops cleanly with it (exit status 0).
+# Every setting of config.settings() is covered, so a new setting is too.
+
+
+def toml_text(text: str) -> str:
+    """A TOML basic string: every character that is not printable escaped (TOML allows \\u and \\U)."""
+    out = []
+    for c in text:
+        if c in '"\\' or not c.isprintable():
+            out.append(f"\\u{ord(c):04X}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08X}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else {math.inf: "inf", -math.inf: "-inf"}.get(value, repr(value))
+    if isinstance(value, str):
+        return toml_text(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(toml_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_text(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# Every generated file starts from run_config (conftest.py: nothing to clean on the test
+# machine's disk, whatever its free space), in simulation; the data directory is added per example.
+
+
+def base(run_config: Path) -> dict:
+    return {**tomllib.loads(run_config.read_text()), "simulate": True}
+
+
+SETTINGS = {f.name: f for f in config.settings()}
+WRONG_KIND = st.one_of(
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+EDGE_INTS = [0, 1, -1, 63, 64, 65535, 65536, 4608, 9248, 9249, 2**31, 2**63 - 1, -(2**63), 10**30]
+
+
+def samples(f) -> list[str]:
+    """Meaningful strings for setting ``f``: its default, "", and each value quoted in what its
+    check allows ("GPIO27", "auto", "127.0.0.1" ...)."""
+    allowed = getattr(f.metadata["check"], "allowed", "")
+    return sorted({"", str(f.default), *re.findall(r'"([^"]*)"', allowed)})
+
+
+def within(f) -> st.SearchStrategy:
+    """Values for setting ``f`` inside the ranges its check's ``allowed`` text gives ("0.01 to 3600",
+    "[64, 64] to [9248, 6944]; in simulation at most [4608, 3040]"), and its meaningful strings."""
+    kinds = f.metadata["kind"] if isinstance(f.metadata["kind"], tuple) else (f.metadata["kind"],)
+    allowed = getattr(f.metadata["check"], "allowed", "")
+    parts = [st.just(list(f.default) if isinstance(f.default, tuple) else f.default)]
+    if str in kinds:
+        parts.append(st.sampled_from(samples(f)))
+    for low, high in re.findall(r"(?<![\[\d])(-?\d+(?:\.\d+)?) to (-?\d+(?:\.\d+)?)", allowed):
+        if int in kinds:
+            parts.append(st.integers(int(low), int(high)))
+        if float in kinds:
+            parts.append(st.floats(float(low), float(high)))
+    if sizes := re.search(r"\[(\d+), (\d+)\] to \[(\d+), (\d+)\]", allowed):
+        low_w, low_h, high_w, high_h = map(int, sizes.groups())
+        if simulated := re.search(r"in simulation at most \[(\d+), (\d+)\]", allowed):
+            high_w, high_h = map(int, simulated.groups())
+        parts.append(st.tuples(st.integers(low_w, high_w), st.integers(low_h, high_h)).map(list))
+    return st.one_of(parts)
+
+
+def values(f) -> st.SearchStrategy:
+    """Values for setting ``f``: of its own kind (within its bounds, near them, at random, far
+    beyond) or not."""
+    kinds = f.metadata["kind"] if isinstance(f.metadata["kind"], tuple) else (f.metadata["kind"],)
+    parts = [WRONG_KIND, within(f)]
+    for kind in kinds:
+        if kind is bool:
+            parts.append(st.booleans())
+        elif kind is int:
+            parts += [st.integers(), st.integers(-100, 100_000), st.sampled_from(EDGE_INTS)]
+        elif kind is float:
+            parts += [st.floats(), st.floats(-10, 100_000), st.integers(-10, 100_000)]
+        elif kind is str:
+            parts += [
+                st.text(),
+                st.text(st.characters(codec="ascii"), max_size=40),
+                st.sampled_from(samples(f)),
+                st.integers(200, 5000).map(lambda n: "é" * n),
+                st.datetimes(timezones=st.sampled_from([None, datetime.UTC])).map(
+                    datetime.datetime.isoformat
+                ),
+            ]
+        elif kind is list:
+            time = st.from_regex(r"[0-2][0-9]:[0-5][0-9]-[0-2][0-9]:[0-5][0-9]", fullmatch=True)
+            parts += [
+                st.lists(
+                    st.sampled_from([0, 63, 64, 480, 640, 3040, 4608, 6944, 9248, 9249]),
+                    min_size=2,
+                    max_size=2,
+                ),
+                st.lists(st.integers(0, 10_000), min_size=2, max_size=2),
+                st.lists(st.text(max_size=20), max_size=3),
+                st.lists(time, max_size=3),
+                st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=4)), max_size=3),
+            ]
+    return st.one_of(parts)
+
+
+def names(message: str, key: str) -> bool:
+    return re.search(rf"(?<![a-z_]){key}(?![a-z_])", message) is not None
+
+
+class Trial:
+    """A folder for one example: the config file, a data directory, and the real command run
+    in-process (its output and log kept, its signal handlers restored)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.path = folder, folder / "appliance.toml"
+        self.data_dir = str(folder / "data")
+
+    def write(self, settings: dict) -> None:
+        text = "".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items())
+        self.path.write_text(text, encoding="utf-8")
+
+    def main(self, *argv) -> tuple[int, str]:
+        out = io.StringIO()
+        handler = logging.StreamHandler(out)
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)}
+        logging.getLogger().addHandler(handler)
+        try:
+            with (
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(out),
+                contextlib.chdir(self.folder),
+            ):
+                status = main(list(argv))
+        finally:
+            logging.getLogger().removeHandler(handler)
+            for signum, handler_ in handlers.items():
+                signal.signal(signum, handler_)
+        return status, out.getvalue()
+
+    def check(self) -> tuple[int, str]:
+        return self.main("config", "--check", str(self.path))
+
+    def run(self) -> tuple[int, str]:
+        argv = ["--config", str(self.path), "--simulate", "--duration-s", "0.5", "--port", "0"]
+        return self.main("run", *argv, "--log-level", "WARNING")
+
+
+def under(folder: str, value):
+    """A generated data_dir inside the example's folder: never a path elsewhere on this machine."""
+    if not isinstance(value, str):
+        return value
+    parts = [part for part in value.split("/") if part not in ("", ".", "..")]
+    return "/".join([folder, *parts])
+
+
+@pytest.mark.parametrize("key", SETTINGS)
+# run_config is only read: the same file for every example is fine.
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_value_of_any_setting_is_refused_with_exit_2_naming_it_or_accepted(run_config, key, data):
+    value = data.draw(values(SETTINGS[key]), label=key)
+    with tempfile.TemporaryDirectory() as folder:
+        trial = Trial(Path(folder))
+        if key == "data_dir":
+            value = under(trial.data_dir, value)
+        trial.write({**base(run_config), "data_dir": trial.data_dir, key: value})
+
+        checked, said = trial.check()
+        if checked == 0:
+            return  # accepted: run with it by test_accepted_values_of_every_setting_run_together
+        ran, logged = trial.run()
+
+    assert (checked, ran) == (2, 2), (said, logged)
+    for message in (said, logged):
+        assert message.startswith("appliance: config error: ") and message.count("\n") == 1, message
+        assert names(message, key), message
+
+
+# Photos to replay (simulate_replay_dir), when the samples are there.
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"  # as in conftest.py
+REPLAY = [str(SAMPLES / "camtrap-dp-burst")] if SAMPLES.is_dir() else []
+
+
+def starts_as_designed(key: str, value) -> bool:
+    """Whether ``run`` must start with ``value`` once ``config --check`` accepts it.  Not so, by
+    design, with exit status 1: a ``data_mount`` that is not mounted (the preflight check waits for
+    the disk, tests/test_preflight.py), and a replay folder with no usable photo, which stands for a
+    failing camera (tests/test_end_to_end.py); ``simulate`` stays true, as ``run --simulate`` sets
+    it and ``config --check`` must judge the same file."""
+    if key == "simulate":
+        return False
+    if key == "data_mount":
+        return value == "" or (isinstance(value, str) and os.path.ismount(value))
+    if key == "simulate_replay_dir":
+        return value in ("", *REPLAY)
+    return True
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(data=st.data())
+def test_accepted_values_of_every_setting_run_together(run_config, data):
+    """One value for each setting, gathered in one file, each kept only if ``config --check`` still
+    accepts the file with it (a value refused alone, or by a rule between settings such as two
+    settings naming one pin), and ``run`` must start and stop cleanly with the file (see
+    :func:`starts_as_designed` for the exceptions)."""
+    with tempfile.TemporaryDirectory() as folder:
+        trial = Trial(Path(folder))
+        drawn = {}
+        for key, f in SETTINGS.items():
+            extra = [st.sampled_from(REPLAY)] if key == "simulate_replay_dir" and REPLAY else []
+            value = data.draw(st.one_of(*extra, within(f), values(f)), label=key)
+            if starts_as_designed(key, value):
+                drawn[key] = under(trial.data_dir, value) if key == "data_dir" else value
+        kept, taken = {**base(run_config), "data_dir": trial.data_dir}, set()
+        for _ in range(2):  # twice: a start threshold goes in once its stop is there
+            for key, value in drawn.items():
+                trial.write({**kept, key: value})
+                if key not in taken and trial.check()[0] == 0:
+                    kept[key] = value
+                    taken.add(key)
+        trial.write(kept)
+
+        checked, said = trial.check()
+        ran, logged = trial.run()
+
+    assert checked == 0, said
+    assert ran == 0, logged

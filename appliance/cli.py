@@ -47,7 +47,7 @@ from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
 from hw.clock import SystemClock
-from hw.exc import HardwareError
+from hw.exc import HardwareError, UnsupportedCameraSize
 from hw.lights import Lights
 from hw.system import Probes
 from hw.triggers import (
@@ -210,10 +210,13 @@ def _load_config(args) -> config_module.Config:
             "web_host": args.host,
             "web_port": args.port,
         }
-    return config_module.load(
-        args.config or config_module.default_paths(),
-        **{key: value for key, value in overrides.items() if value is not None},
+    paths = args.config or config_module.default_paths()
+    config = config_module.load(
+        paths, **{key: value for key, value in overrides.items() if value is not None}
     )
+    if args.command in ("run", "check", "cleanup"):  # the commands that may delete
+        config_module.check_filesystem(config, paths)
+    return config
 
 
 def config_command(args) -> int:
@@ -230,7 +233,7 @@ def config_command(args) -> int:
     status = 0
     for path in paths:
         try:
-            config_module.load(path)
+            config_module.check_filesystem(config_module.load(path), path)
         except ConfigError as exc:
             print(f"appliance: config error: {exc}", file=sys.stderr)
             status = 2
@@ -238,7 +241,7 @@ def config_command(args) -> int:
             print(f"{path}: ok")
     if status == 0 and len(paths) > 1:  # each file may be fine and the two together not
         try:
-            config_module.load(paths)
+            config_module.check_filesystem(config_module.load(paths), paths)
         except ConfigError as exc:
             print(f"appliance: config error: {exc}", file=sys.stderr)
             return 2
@@ -337,6 +340,7 @@ def run(
     SIGHUP during start-up is ignored: the config has just been read.
     """
     stopping = _Stopping()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stopping)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -345,6 +349,9 @@ def run(
     except _Stopped as exc:
         log.info("stopped during start-up (%s); the next start goes on from there", exc)
         return 0
+    finally:
+        for signum, handler in previous.items():  # as they were, for a caller in the same process
+            signal.signal(signum, handler)
 
 
 def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
@@ -824,6 +831,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
         return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))
+    except UnsupportedCameraSize as exc:  # a setting the camera cannot honour: exit 2, as a bad config
+        key = "camera_size_px" if exc.stream == "main" else "camera_lores_size_px"
+        source = args.config or " + ".join(map(str, config_module.default_paths())) or "defaults"
+        print(
+            f"appliance: config error: {source}: {key}: {list(exc.size_px)} is too large: {exc}",
+            file=sys.stderr,
+        )
+        return 2
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
         log.error("stopped on error: %s", exc)
         return 1

@@ -12,15 +12,21 @@ from any computer with a card reader.
 
 import dataclasses
 import datetime
+import ipaddress
 import json
+import math
+import os
 import re
+import shutil
 import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.cleanup import MAX_HEADROOM_FRACTION
 from appliance.exc import ConfigError
-from hw.camera import AUTOFOCUS_MODES, AWB_MODES
+from appliance.exif import MAX_TEXT as EXIF_MAX_CHARS
+from hw.camera import AUTOFOCUS_MODES, AWB_MODES, LARGEST_SENSOR_PX, SIMULATED_MAX_SIZE_PX
 from hw.triggers import ActiveWindows
 
 # Read in this order, later files overriding earlier ones (see the module docstring).
@@ -28,24 +34,50 @@ DEFAULT_PATHS = (Path("/etc/appliance/appliance.toml"), Path("/boot/firmware/app
 
 _BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
 
+# The bounds of the settings; the README's configuration table gives each with its reason.
+# Byte thresholds: larger than any disk a Pi mounts (the real bound is check_against_filesystem).
+MAX_BYTES = 1 << 50  # 1 PiB
+# A path, encoded as the kernel sees it: Linux PATH_MAX (4096, with the terminating NUL) and NAME_MAX.
+PATH_MAX_BYTES = 4095
+NAME_MAX_BYTES = 255
+# Photo and low-resolution stream sizes: at least this many pixels a side (picamera2 rounds odd
+# sizes down to even ones, so a 1-pixel side would become 0), at most LARGEST_SENSOR_PX.
+MIN_SIZE_PX = 64
+# Text written into the Camtrap DP tables and descriptor: one line a spreadsheet shows whole.
+TEXT_MAX_CHARS = 255
+MAX_CONTRIBUTORS = 100
+MAX_WINDOWS = 24
+WEB_TOKEN_MIN_CHARS, WEB_TOKEN_MAX_CHARS = 16, 256
+# No free-space threshold may ask for more than half of the data filesystem to start cleaning, the
+# cap cleanup puts on the headroom (cleanup.MAX_HEADROOM_FRACTION); and cleanup must be able to stop
+# below this share of it: ext4 keeps 5 % of its blocks for root, so free space as the appliance
+# measures it never exceeds 95 %, and the filesystem's metadata, the index and the reserve file
+# take more.  A stop free space never reaches would have cleanup delete every unprotected capture.
+MAX_START_PERCENT = round(100 * MAX_HEADROOM_FRACTION)
+MAX_STOP_FRACTION = 0.9
 
-def _setting(default, doc: str, check=None, *, kind=None):
+
+def _setting(default, doc: str, check=None, *, kind=None, secret=False):
     """A config field: ``doc`` is the one-line description shown in the README and by tests;
-    ``check(value)`` returns an error string or None; ``kind`` is the TOML type when the default's
-    type is not enough (float settings accept integers), or a tuple of types any of which is
-    accepted (``(float, str)``: a number, or "" for unset)."""
+    ``check(value)`` returns an error string or None, and its ``allowed`` attribute (when it has
+    one) says in words which values pass, for ``--print-defaults`` and the README; ``kind`` is the
+    TOML type when the default's type is not enough (float settings accept integers), or a tuple of
+    types any of which is accepted (``(float, str)``: a number, or "" for unset); ``secret``: error
+    messages give the value's length, never the value."""
     return field(
         default=default,
-        metadata={"doc": doc, "check": check, "kind": kind or type(default)},
+        metadata={"doc": doc, "check": check, "kind": kind or type(default), "secret": secret},
     )
 
 
-def _positive(value):
-    return None if value > 0 else "must be greater than 0"
+def _allowing(allowed: str):
+    """Give the decorated check its ``allowed`` text."""
 
+    def decorate(check):
+        check.allowed = allowed
+        return check
 
-def _percent(value):
-    return None if 0 <= value <= 100 else "must be between 0 and 100"
+    return decorate
 
 
 def _pin(value):
@@ -54,34 +86,143 @@ def _pin(value):
     return 'must be a BCM pin name from "GPIO0" to "GPIO27", or "" when not fitted'
 
 
-def _size(value):
-    if len(value) == 2 and all(type(v) is int and v > 0 for v in value):
+_pin.allowed = '"GPIO0" to "GPIO27", or ""'
+
+
+def _size(value, full_ok=False):
+    low, (high_w, high_h) = MIN_SIZE_PX, LARGEST_SENSOR_PX
+    if full_ok and list(value) == [0, 0]:
         return None
-    return "must be [width, height] in pixels, two integers > 0"
+    whole = len(value) == 2 and all(type(v) is int for v in value)
+    if whole and low <= value[0] <= high_w and low <= value[1] <= high_h:
+        return None
+    return (
+        f"must be [width, height] in pixels: two integers, the width {low} to {high_w} and the height "
+        f"{low} to {high_h} (the largest sensor of any Pi camera)" + (", or [0, 0]" if full_ok else "")
+    )
 
 
+_size.allowed = (
+    f"[{MIN_SIZE_PX}, {MIN_SIZE_PX}] to [{LARGEST_SENSOR_PX[0]}, {LARGEST_SENSOR_PX[1]}]; in simulation "
+    f"at most [{SIMULATED_MAX_SIZE_PX[0]}, {SIMULATED_MAX_SIZE_PX[1]}]"
+)
+
+
+@_allowing(f"[0, 0], or {_size.allowed}")
 def _size_or_full(value):
-    return None if list(value) == [0, 0] else _size(value)
+    return _size(value, full_ok=True)
 
 
+def _path(value):
+    """A path the kernel takes: no control character (a NUL ends it early, a newline breaks the
+    log), at most PATH_MAX bytes in all, taken from the working directory, and NAME_MAX a name."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        return "must not contain control characters (NUL, newline, tab ...)"
+    try:
+        encoded = os.fsencode(value)
+        absolute = os.fsencode(os.path.abspath(value)) if value else encoded
+    except (UnicodeError, OSError):
+        return "is not a path this system can encode"
+    if len(absolute) > PATH_MAX_BYTES:
+        return f"is too long: at most {PATH_MAX_BYTES} bytes, from the working directory if relative"
+    if any(len(name) > NAME_MAX_BYTES for name in encoded.split(b"/")):
+        return f"has a name longer than {NAME_MAX_BYTES} bytes"
+    return None
+
+
+_path.allowed = (
+    f"a path without control characters, at most {PATH_MAX_BYTES} bytes ({NAME_MAX_BYTES} per name)"
+)
+
+
+@_allowing(f'{_path.allowed}; or ""')
+def _path_or_empty(value):
+    return None if value == "" else _path(value)
+
+
+@_allowing('an existing folder, or ""; only with simulate = true')
 def _folder_or_empty(value):
-    return None if value == "" or Path(value).is_dir() else "is not a folder"
+    if value == "":
+        return None
+    return _path(value) or (None if Path(value).is_dir() else "is not a folder")
+
+
+def _text(max_chars: int, *, ascii_only: bool = False):
+    """A text written into a file: printable characters only (no control or formatting character,
+    no line break), at most ``max_chars``; with ``ascii_only``, printable ASCII (an EXIF ASCII
+    field is 7-bit ASCII: Exif 2.32, 4.6.2)."""
+
+    def check(value):
+        if len(value) > max_chars:
+            return f"is longer than {max_chars} characters"
+        if not value.isprintable():
+            return "must not contain control characters (line breaks, tabs ...)"
+        if ascii_only and not value.isascii():
+            return "must be plain ASCII (an EXIF text field is 7-bit ASCII)"
+        return None
+
+    kind = "printable ASCII" if ascii_only else "printable text"
+    check.allowed = f"{kind}, at most {max_chars} characters"
+    return check
+
+
+@_allowing(
+    f'"", or {WEB_TOKEN_MIN_CHARS} to {WEB_TOKEN_MAX_CHARS} printable characters, none of them a space'
+)
+def _token(value):
+    if value == "":
+        return None
+    if not all(c.isprintable() and not c.isspace() for c in value):
+        return "must be printable characters without spaces, tabs or line breaks"
+    if not WEB_TOKEN_MIN_CHARS <= len(value) <= WEB_TOKEN_MAX_CHARS:
+        return (
+            f"must be {WEB_TOKEN_MIN_CHARS} to {WEB_TOKEN_MAX_CHARS} characters long (or empty: "
+            "actions off); e.g. from openssl rand -hex 16"
+        )
+    return None
+
+
+@_allowing('"", "localhost", or an IP address (e.g. "0.0.0.0", "127.0.0.1", "::")')
+def _host(value):
+    if value in ("", "localhost"):
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return 'must be an IP address such as "0.0.0.0" or "127.0.0.1", "localhost", or ""'
+    return None
 
 
 def _one_of(choices):
     def check(value):
         return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
 
+    check.allowed = ", ".join(map(json.dumps, choices))
     return check
 
 
+@_allowing(f'"HH:MM-HH:MM" strings, start and end differing; at most {MAX_WINDOWS}')
 def _windows(value):
     if not all(isinstance(v, str) for v in value):
         return 'must be a list of "HH:MM-HH:MM" strings'
+    if len(value) > MAX_WINDOWS:
+        return f"has more than {MAX_WINDOWS} windows"
     try:
         ActiveWindows(value)
     except ValueError as exc:
         return f"has {exc}"
+    return None
+
+
+_name = _text(TEXT_MAX_CHARS)
+
+
+@_allowing(f"at most {MAX_CONTRIBUTORS} names, each of printable text, at most {TEXT_MAX_CHARS} characters")
+def _names(value):
+    if len(value) > MAX_CONTRIBUTORS:
+        return f"has more than {MAX_CONTRIBUTORS} names"
+    if not all(isinstance(n, str) and n and not _name(n) for n in value):
+        return f"must be a list of names, each of printable text, at most {TEXT_MAX_CHARS} characters"
     return None
 
 
@@ -93,9 +234,11 @@ def _optional(check):
             return None if value == "" else 'must be a number, or "" when not set'
         return check(value)
 
+    check_optional.allowed = f'{check.allowed}, or ""'
     return check_optional
 
 
+@_allowing('an ISO 8601 date and time with a UTC offset, or ""')
 def _iso_datetime_or_empty(value):
     try:
         if value == "" or datetime.datetime.fromisoformat(value).tzinfo is not None:
@@ -115,17 +258,25 @@ SAMPLING_DESIGNS = (
 )  # fmt: skip
 
 
-def _at_least(low):
-    def check(value):
-        return None if value >= low else f"must be at least {low}"
-
-    return check
-
-
 def _between(low, high):
     def check(value):
         return None if low <= value <= high else f"must be between {low} and {high}"
 
+    check.allowed = f"{low} to {high}"
+    return check
+
+
+def _byte_count(also: str):
+    check = _between(0, MAX_BYTES)
+    check.allowed = f"0 to {MAX_BYTES} (1 PiB); {also}"
+    return check
+
+
+def _off_or_between(low, high):
+    def check(value):
+        return None if value == 0 or low <= value <= high else f"must be 0 (off) or {low} to {high}"
+
+    check.allowed = f"0 (off), or {low} to {high}"
     return check
 
 
@@ -137,11 +288,13 @@ class Config:
         "appliance-data",
         "Folder holding captures.db, media/ and thumbnails/ (relative paths are taken from the "
         "working directory).",
+        _path,
     )
     data_mount: str = _setting(
         "",
         'Mount point the data directory must be on, e.g. "/mnt/usb" for a USB disk: while it is not '
         'mounted the appliance refuses to start rather than write to the SD card; "": no requirement.',
+        _path_or_empty,
     )
     simulate: bool = _setting(False, "Run without a Pi: gpiozero MockFactory pins and a simulated camera.")
     simulate_replay_dir: str = _setting(
@@ -153,7 +306,7 @@ class Config:
     simulate_trigger_interval_s: float = _setting(
         3.0,
         "In simulation, seconds between simulated triggers (button and PIR in turn).",
-        _positive,
+        _between(0.01, 3600),
         kind=float,
     )
     button_pin: str = _setting("GPIO17", 'BCM pin of the push button (to ground), "" when not fitted.', _pin)
@@ -166,14 +319,15 @@ class Config:
     )
     camera_size_px: tuple[int, int] = _setting(
         (0, 0),
-        "Photo size [width, height] in pixels; [0, 0] is the sensor's full resolution.",
+        "Photo size [width, height] in pixels; [0, 0] is the sensor's full resolution. At most the "
+        "camera's largest sensor mode: a larger one stops the appliance at start (exit status 2).",
         _size_or_full,
         kind=list,
     )
     camera_lores_size_px: tuple[int, int] = _setting(
         (640, 480),
-        "Size [width, height] of the camera's low-resolution stream; thumbnails are made from a "
-        "frame of half this size.",
+        "Size [width, height] of the camera's low-resolution stream, at most camera_size_px (or the "
+        "sensor's full resolution); thumbnails are made from a frame of half this size.",
         _size,
         kind=list,
     )
@@ -200,14 +354,22 @@ class Config:
         "(at most 60 s), so the default rides out about two minutes of camera trouble.",
         _between(1, 1000),
     )
-    camera_make: str = _setting("Raspberry Pi", "EXIF Make written into each photo the camera takes.")
+    camera_make: str = _setting(
+        "Raspberry Pi",
+        "EXIF Make written into each photo the camera takes.",
+        _text(EXIF_MAX_CHARS, ascii_only=True),
+    )
     camera_model: str = _setting(
         "",
         'EXIF Model written into each photo; "" takes the camera\'s own (the sensor, e.g. imx708, or '
         '"simulated").',
+        _text(EXIF_MAX_CHARS, ascii_only=True),
     )
     camera_id: str = _setting(
-        "", 'Camera identifier (e.g. its serial number), written as EXIF BodySerialNumber; "": none.'
+        "",
+        "Camera identifier (e.g. its serial number), written as EXIF BodySerialNumber and Camtrap DP "
+        'cameraID; "": none.',
+        _text(EXIF_MAX_CHARS, ascii_only=True),
     )
     trigger_cooldown_s: float = _setting(
         2.0,
@@ -239,7 +401,7 @@ class Config:
     timelapse_interval_s: float = _setting(
         0.0,
         "Seconds between timelapse captures (trigger timelapse) within active_windows; 0: no timelapse.",
-        lambda v: None if v == 0 or v >= 1 else "must be 0 (off) or at least 1",
+        _off_or_between(1, 86400),
         kind=float,
     )
     active_windows: tuple[str, ...] = _setting(
@@ -274,27 +436,32 @@ class Config:
     cleanup_start_free_percent: float = _setting(
         10.0,
         "Start deleting the oldest unprotected captures when free space on the data filesystem "
-        "falls below this percentage of it (or below cleanup_start_free_bytes).",
-        _percent,
+        "falls below this percentage of it (or below cleanup_start_free_bytes); at most 50, as "
+        "cleaning that starts with more than half of the filesystem free would keep it mostly empty.",
+        _between(0, MAX_START_PERCENT),
         kind=float,
     )
     cleanup_start_free_bytes: int = _setting(
         1 << 30,
         "Start deleting when free space falls below this many bytes (or below "
-        "cleanup_start_free_percent); 1 GiB by default.",
-        _at_least(0),
+        "cleanup_start_free_percent); 1 GiB by default. At most half of the data filesystem.",
+        _byte_count("at most half of the data filesystem"),
     )
     cleanup_stop_free_percent: float = _setting(
         20.0,
-        "Stop deleting once free space is back above this percentage (and above cleanup_stop_free_bytes).",
-        _percent,
+        "Stop deleting once free space is back above this percentage (and above "
+        "cleanup_stop_free_bytes); at most 90, as free space may never reach more.",
+        _between(0, round(100 * MAX_STOP_FRACTION)),
         kind=float,
     )
     cleanup_stop_free_bytes: int = _setting(
         2 << 30,
         "Stop deleting once free space is back above this many bytes (and above "
-        "cleanup_stop_free_percent); 2 GiB by default.",
-        _at_least(0),
+        "cleanup_stop_free_percent); 2 GiB by default. Even with the headroom at its cap (half "
+        "the filesystem), cleaning must stop below 90 % of the data filesystem free.",
+        _byte_count(
+            "with the headroom at its cap, cleaning must stop below 90 % of the data filesystem free"
+        ),
     )
     headroom_hours: float = _setting(
         24.0,
@@ -314,23 +481,26 @@ class Config:
     capture_min_free_bytes: int = _setting(
         256 << 20,
         "Pause capturing while a capture would leave less than this many bytes free; 256 MiB "
-        "by default.  Cleaning always starts above it.",
-        _at_least(0),
+        "by default.  Cleaning always starts above it, so at most half of the data filesystem.",
+        _byte_count("at most half of the data filesystem"),
     )
     cleanup_interval_s: float = _setting(
-        60.0, "Seconds between disk-space checks (monotonic clock).", _positive, kind=float
+        60.0, "Seconds between disk-space checks (monotonic clock).", _between(1, 3600), kind=float
     )
     web_host: str = _setting(
         "",
         'Address the status page listens on: "0.0.0.0" every interface, "127.0.0.1" this machine '
         'only; "" is 0.0.0.0 on hardware and 127.0.0.1 in simulation.',
+        _host,
     )
     web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
     web_token: str = _setting(
         "",
         "Secret that turns on the web actions (a test shot, protecting captures) for whoever sends it "
-        '(log-in form, or Authorization: Bearer); "": actions off. Use a long random string.',
-        lambda v: None if v == "" or len(v) >= 12 else "must be at least 12 characters (or empty)",
+        '(log-in form, or Authorization: Bearer); "": actions off. Use a long random string, at '
+        "least 16 characters, no spaces.",
+        _token,
+        secret=True,
     )
 
     # Deployment metadata for `appliance export camtrap-dp`, named after the Camtrap DP terms.
@@ -338,9 +508,14 @@ class Config:
         "",
         'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or '
         '"appliance") and the date of the deployment start, e.g. "appliance-20260501".',
+        _name,
     )
-    location_name: str = _setting("", 'Camtrap DP locationName, e.g. "Oak ridge, north edge"; "": none.')
-    location_id: str = _setting("", 'Camtrap DP locationID, shared by deployments at one place; "": none.')
+    location_name: str = _setting(
+        "", 'Camtrap DP locationName, e.g. "Oak ridge, north edge"; "": none.', _name
+    )
+    location_id: str = _setting(
+        "", 'Camtrap DP locationID, shared by deployments at one place; "": none.', _name
+    )
     latitude: float | str = _setting(
         "",
         'Latitude of the camera in decimal degrees (WGS84); "": not set (the export refuses: '
@@ -357,14 +532,16 @@ class Config:
     )
     coordinate_uncertainty_m: int | str = _setting(
         "",
-        'Uncertainty of latitude/longitude in metres (Camtrap DP coordinateUncertainty); "": unknown.',
-        _optional(_at_least(1)),
+        "Uncertainty of latitude/longitude in metres (Camtrap DP coordinateUncertainty), at most "
+        'half the Earth\'s circumference; "": unknown.',
+        _optional(_between(1, 20_037_509)),
         kind=(int, str),
     )
     camera_height_m: float | str = _setting(
         "",
-        'Height of the camera above the ground in metres; "": unknown.',
-        _optional(_at_least(0)),
+        "Height of the camera above the ground in metres, at most 150 (the tallest trees stand "
+        'about 116 m); "": unknown.',
+        _optional(_between(0, 150)),
         kind=(float, str),
     )
     camera_tilt_deg: int | str = _setting(
@@ -379,8 +556,8 @@ class Config:
         _optional(_between(0, 360)),
         kind=(int, str),
     )
-    setup_by: str = _setting("", 'Who set the camera up (Camtrap DP setupBy); "": none.')
-    habitat: str = _setting("", 'Short description of the habitat at the camera; "": none.')
+    setup_by: str = _setting("", 'Who set the camera up (Camtrap DP setupBy); "": none.', _name)
+    habitat: str = _setting("", 'Short description of the habitat at the camera; "": none.', _name)
     feature_type: str = _setting(
         "",
         'Camtrap DP featureType the camera watches, e.g. "trailGame" or "waterSource"; "": none.',
@@ -398,7 +575,9 @@ class Config:
         'End of the deployment, ISO 8601 with a UTC offset; "": the last exported capture.',
         _iso_datetime_or_empty,
     )
-    project_title: str = _setting("", 'Title of the project in the exported package; "": the deployment id.')
+    project_title: str = _setting(
+        "", 'Title of the project in the exported package; "": the deployment id.', _name
+    )
     sampling_design: str = _setting(
         "opportunistic",
         "Camtrap DP samplingDesign of the project.",
@@ -408,17 +587,19 @@ class Config:
         (),
         'People or organisations of the exported package, e.g. ["Ada Lovelace", "Field Station"]; '
         "the first is the contact, the others contributors.",
-        lambda v: None if all(isinstance(n, str) and n for n in v) else "must be a list of names",
+        _names,
         kind=list,
     )
     data_license: str = _setting(
         "",
         'Licence of the exported data (SPDX id, e.g. "CC0-1.0"); "": none (set both licences or neither).',
+        _name,
     )
     media_license: str = _setting(
         "",
         'Licence of the exported photos (SPDX id, e.g. "CC-BY-4.0"); "": none (set both licences or '
         "neither).",
+        _name,
     )
     import_convert: bool = _setting(
         True,
@@ -427,6 +608,20 @@ class Config:
     )
 
     def __post_init__(self):
+        if self.simulate:  # the simulated camera's sizes are bounded as a sensor's are
+            for key in ("camera_size_px", "camera_lores_size_px"):
+                size = getattr(self, key)
+                if size[0] > SIMULATED_MAX_SIZE_PX[0] or size[1] > SIMULATED_MAX_SIZE_PX[1]:
+                    raise ConfigError(
+                        f"{key}: {list(size)} is larger than the simulated camera's largest, "
+                        f"{list(SIMULATED_MAX_SIZE_PX)} (simulate = true)"
+                    )
+        main, lores = self.camera_size_px, self.camera_lores_size_px
+        if any(main) and (lores[0] > main[0] or lores[1] > main[1]):
+            raise ConfigError(
+                f"camera_lores_size_px: {list(lores)} does not fit within camera_size_px {list(main)}: "
+                "the low-resolution stream may not be larger than the photo"
+            )
         pins = {}
         for key in ("button_pin", "motion_pin", "flash_pin", "uv_pin"):
             pin = getattr(self, key)
@@ -492,16 +687,41 @@ def check_value(key: str, value):
     kind = fields[key].metadata["kind"]
     kinds = kind if isinstance(kind, tuple) else (kind,)  # a tuple: any of these (e.g. float or "")
     ok = isinstance(value, kinds) and not (bool not in kinds and isinstance(value, bool))
+    secret = fields[key].metadata["secret"]
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
+        try:
+            value, ok = float(value), True
+        except OverflowError:
+            raise ConfigError(f"{key}: {_shown(value, secret)} is too large") from None
     if not ok:
         expected = " or ".join(k.__name__ for k in kinds)
-        raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {_shown(value, secret)}")
+    if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan
+        raise ConfigError(f"{key}: {value!r} must be a finite number")
     check = fields[key].metadata["check"]
     problem = check(value) if check else None
     if problem:
-        raise ConfigError(f"{key}: {value!r} {problem}")
+        raise ConfigError(f"{key}: {_shown(value, secret)} {problem}")
     return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(value, secret: bool = False) -> str:
+    """``value`` for an error message: its repr (one line), cut short when long; a secret's length only."""
+    if secret and isinstance(value, str):
+        return f"(a secret of {len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        return f"(an integer of {value.bit_length()} bits)"
+    if len(text) <= 80:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value)} characters"
+    elif isinstance(value, (list, tuple, dict)):
+        size = f"{len(value)} items"
+    else:
+        size = f"{len(text)} characters"
+    return f"{text[:60]}... ({size})"
 
 
 def default_paths(paths=DEFAULT_PATHS) -> list[Path]:
@@ -517,14 +737,15 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
     an unknown key, a value of the wrong type or out of range.  Overrides (from the command line)
     are checked the same way and named as such.
     """
-    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    paths = _paths(path)
     values = {}
     for path in paths:
         try:
             # utf-8-sig: a file saved by an editor that writes a byte-order mark (Windows Notepad,
             # on the SD card's boot partition) reads as if it had none.
             document = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        # ValueError: tomllib.TOMLDecodeError, and an integer too long to convert (over 4300 digits).
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         for key, value in document.items():
             try:
@@ -540,6 +761,108 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
         return Config(**values)
     except ConfigError as exc:
         raise ConfigError(f"{' + '.join(map(str, paths)) or 'command line'}: {exc}") from None
+
+
+def _paths(path) -> list:
+    return [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+
+
+def check_against_filesystem(config: Config, total_bytes: int, where: str = "the data filesystem") -> None:
+    """Refuse free-space thresholds of ``config`` that would have cleanup delete every capture on a
+    data filesystem of ``total_bytes`` (``where`` names it in the message).
+
+    Cleanup starts when free space falls below the larger of ``cleanup_start_free_percent`` of the
+    filesystem and ``cleanup_start_free_bytes``, and always one capture above
+    ``capture_min_free_bytes``; a busy hour raises the start (``headroom_hours``) to at most half the
+    filesystem (:data:`~appliance.cleanup.MAX_HEADROOM_FRACTION`); a run stops once free space is
+    back above that start plus the hysteresis (the stop thresholds less the start ones).  Refused:
+
+    - ``cleanup_start_free_bytes`` or ``capture_min_free_bytes`` above half the filesystem: cleaning
+      would start with most of it free and go on (the percentages are bounded by their checks);
+    - a stop that, at its highest (the headroom at its cap, when ``headroom_hours`` is set), is above
+      :data:`MAX_STOP_FRACTION` of the filesystem: free space may never get there, and the run
+      would go on until no unprotected capture is left.
+
+    Raises :class:`ConfigError` naming the key, its value, the filesystem's size and the fix.
+    """
+    total, half = total_bytes, int(total_bytes * MAX_HEADROOM_FRACTION)
+    size = f"{where} ({_bytes(total)})"
+    unit = 10**6 if total >= 10**8 else 10**3  # round the example to MB, or kB on a tiny one
+    example = (
+        f"for a filesystem this size, e.g. capture_min_free_bytes = {total // 20 // unit * unit}, "
+        f"cleanup_start_free_bytes = {total // 10 // unit * unit}, "
+        f"cleanup_stop_free_bytes = {total // 5 // unit * unit}"
+    )
+    defaults = Config()
+    for key in ("cleanup_start_free_bytes", "capture_min_free_bytes"):  # cleaning starts above both
+        value = getattr(config, key)
+        if value <= half:
+            continue
+        default = " (the default)" if value == getattr(defaults, key) else ""
+        if value >= total:
+            what = "free space is always below it, so cleaning would start at once and delete every capture"
+        else:
+            what = "cleaning would start with more than half of it free, and keep it mostly empty"
+        raise ConfigError(
+            f"{key}: {value} bytes{default} is more than half of {size}: {what}; set {key} to at "
+            f"most {half} ({example})"
+        )
+    static_start = max(total * config.cleanup_start_free_percent / 100, config.cleanup_start_free_bytes)
+    static_stop = max(total * config.cleanup_stop_free_percent / 100, config.cleanup_stop_free_bytes)
+    headroom = half if config.headroom_hours else 0
+    highest_start = max(static_start, config.capture_min_free_bytes, headroom)
+    highest_stop = highest_start + max(0.0, static_stop - static_start)
+    limit = total * MAX_STOP_FRACTION
+    if highest_stop <= limit + 1:  # a byte for the rounding of the percentages
+        return
+    room = limit - highest_start + static_start  # the highest static stop that passes
+    if config.cleanup_stop_free_bytes >= total * config.cleanup_stop_free_percent / 100:
+        key, value, fix = "cleanup_stop_free_bytes", f"{config.cleanup_stop_free_bytes} bytes", f"{int(room)}"
+    else:
+        key, value, fix = (
+            "cleanup_stop_free_percent",
+            f"{config.cleanup_stop_free_percent:g} %",
+            f"{room * 100 / total:.0f}",
+        )
+    if config.cleanup_stop_free_bytes == defaults.cleanup_stop_free_bytes and key.endswith("bytes"):
+        value += " (the default)"
+    by_headroom = headroom == highest_start > static_start
+    raised = " (its start raised to half the filesystem by headroom_hours)" if by_headroom else ""
+    raise ConfigError(
+        f"{key}: {value} would have cleanup run until {_bytes(highest_stop)} of {size} are free"
+        f"{raised}, more than {100 * MAX_STOP_FRACTION:.0f} %, which free space may never reach: "
+        f"cleanup would delete every unprotected capture; set {key} to at most {fix}"
+        + (" or headroom_hours = 0" if by_headroom else "")
+        + f" ({example})"
+    )
+
+
+def check_filesystem(config: Config, path: Path | list[Path] | None = None) -> None:
+    """:func:`check_against_filesystem` with the size of the filesystem holding ``config.data_dir``
+    (or, while it does not exist, its nearest existing parent), for the config read from ``path``
+    (named in the message, as :func:`load` names it).
+
+    Skipped when ``data_mount`` is set and not mounted (the preflight check refuses to start then)
+    or when the filesystem cannot be read (the preflight checks report that).  Raises
+    :class:`ConfigError` as :func:`check_against_filesystem` does.
+    """
+    if config.data_mount and not os.path.ismount(config.data_mount):
+        return
+    folder = Path(os.path.abspath(config.data_dir))
+    try:
+        while not folder.exists():
+            folder = folder.parent
+        total = shutil.disk_usage(folder).total
+    except OSError:
+        return
+    try:
+        check_against_filesystem(config, total, f"the filesystem holding {config.data_dir}")
+    except ConfigError as exc:
+        raise ConfigError(f"{' + '.join(map(str, _paths(path))) or 'defaults'}: {exc}") from None
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _toml_value(value) -> str:
@@ -562,5 +885,8 @@ def defaults_file() -> str:
     ]
     for f in settings():
         lines += textwrap.wrap(f.metadata["doc"], 98, initial_indent="# ", subsequent_indent="# ")
+        allowed = getattr(f.metadata["check"], "allowed", None)
+        if allowed and allowed not in f.metadata["doc"]:
+            lines += textwrap.wrap(f"Allowed: {allowed}.", 98, initial_indent="# ", subsequent_indent="#   ")
         lines += [f"# {f.name} = {_toml_value(f.default)}", ""]
     return "\n".join(lines)

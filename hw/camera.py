@@ -21,7 +21,7 @@ from typing import Protocol
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable
+from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable, UnsupportedCameraSize
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,19 @@ AUTOFOCUS_MODES = ("off", "continuous", "cycle")
 _AF_MODE_CONTINUOUS = 2  # libcamera AfModeEnum: Manual 0, Auto 1, Continuous 2
 # Re-opening a failed camera waits 1, 2, 4 ... seconds, at most this long.
 MAX_BACKOFF_S = 60.0
+# The largest sensor any camera for the Raspberry Pi has, (width, height) in pixels: the OmniVision
+# OV64A40 of Arducam's 64 MP cameras, whose active pixel array is 9248 x 6944 (Linux
+# drivers/media/i2c/ov64a40.c, OV64A40_PIXEL_ARRAY_WIDTH/HEIGHT; libcamera ships its Raspberry Pi
+# tuning, src/ipa/rpi/{vc4,pisp}/data/ov64a40.json).  No camera on a Pi can take a larger photo.
+LARGEST_SENSOR_PX = (9248, 6944)
+# The largest photo the simulated camera renders, (width, height) in pixels: the largest width and
+# height of Raspberry Pi's own cameras at full resolution (Camera Module 3, IMX708: 4608 x 2592;
+# HQ Camera, IMX477: 4056 x 3040), so that any of their configurations can be simulated.
+SIMULATED_MAX_SIZE_PX = (4608, 3040)
+
+
+def _fits(size_px, largest_px) -> bool:
+    return size_px[0] <= largest_px[0] and size_px[1] <= largest_px[1]
 
 
 @dataclass(frozen=True)
@@ -148,8 +161,14 @@ class Picamera2Camera:
 
     Metadata of each shot: the :data:`METADATA_KEYS` the request carries.
 
-    Raises :class:`~hw.exc.CameraError` when picamera2 is missing or the camera cannot be opened,
-    configured or started (the half-opened camera is closed first).
+    The sizes are checked against the camera's own before it is configured: ``size_px`` must fit
+    within picamera2's ``sensor_resolution`` (its largest sensor mode, which it also takes for a
+    full-resolution photo), and ``lores_size_px`` within the main stream (picamera2 refuses a lores
+    stream larger than the main one).
+
+    Raises :class:`~hw.exc.UnsupportedCameraSize` (the camera closed first) for a size the camera
+    cannot deliver, and :class:`~hw.exc.CameraError` when picamera2 is missing or the camera
+    cannot be opened, configured or started (the half-opened camera is closed first).
     """
 
     def __init__(
@@ -181,6 +200,15 @@ class Picamera2Camera:
             self._autofocus_cycle = autofocus == "cycle" and has_focus
             if autofocus == "continuous" and has_focus:
                 controls["AfMode"] = _AF_MODE_CONTINUOUS
+            largest = tuple(self._picam2.sensor_resolution)
+            main_size = tuple(size_px) if size_px else largest
+            if not _fits(main_size, largest):
+                why = (
+                    f"the largest sensor mode of this camera ({self._picam2.camera_properties.get('Model')})"
+                )
+                raise UnsupportedCameraSize("main", main_size, largest, why)
+            if not _fits(lores_size_px, main_size):
+                raise UnsupportedCameraSize("lores", lores_size_px, main_size, "the main stream's size")
             main = {"size": tuple(size_px)} if size_px else {}
             # Two buffers so the camera keeps streaming while we hold one request.
             config = self._picam2.create_still_configuration(
@@ -191,6 +219,9 @@ class Picamera2Camera:
             self._lores_size = config["lores"]["size"]
             self.model = self._picam2.camera_properties.get("Model", "unknown")  # the sensor, e.g. imx708
             self._picam2.start()
+        except UnsupportedCameraSize:
+            self.close()
+            raise
         except (RuntimeError, ValueError, OSError) as exc:
             self.close()
             raise CameraError(f"camera {camera_num} could not be started: {exc}") from exc
@@ -353,8 +384,12 @@ class SimulatedCamera:
     makes captures fail, to exercise error handling and recovery; a closed camera refuses to
     capture, as a real one does.  :attr:`model` is ``"simulated"``.
 
-    Raises :class:`~hw.exc.CameraError` at construction when ``replay_dir`` is not a folder, and at
-    capture when no file in it is a usable JPEG.
+    ``size_px`` and ``lores_size_px`` are at most :data:`SIMULATED_MAX_SIZE_PX`, as a real camera's
+    are at most its sensor's.
+
+    Raises :class:`~hw.exc.UnsupportedCameraSize` for a larger size, :class:`~hw.exc.CameraError`
+    at construction when ``replay_dir`` is not a folder, and at capture when no file in it is a
+    usable JPEG.
     """
 
     def __init__(
@@ -366,6 +401,10 @@ class SimulatedCamera:
         jpeg_quality: int = 90,
         capture_time_s: float = 0.0,
     ):
+        for stream, size in (("main", size_px), ("lores", lores_size_px)):
+            if not _fits(size, SIMULATED_MAX_SIZE_PX):
+                why = "the largest the simulated camera renders"
+                raise UnsupportedCameraSize(stream, size, SIMULATED_MAX_SIZE_PX, why)
         self.model = "simulated"
         self._size = tuple(size_px)
         self._frame_size = (lores_size_px[0] // 2, lores_size_px[1] // 2)

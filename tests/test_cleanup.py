@@ -408,22 +408,28 @@ def test_capture_pauses_on_a_real_full_card_and_cleanup_keeps_the_floor(tiny_fs,
 # The commands.
 
 
-def test_cleanup_dry_run_prints_and_deletes_nothing_then_the_real_run_deletes(tmp_path, photo, capsys):
-    store = CaptureStore(tmp_path)
-    rows = fill(store, photo, 3)
+def test_cleanup_dry_run_prints_and_deletes_nothing_then_the_real_run_deletes(
+    tmp_path, tiny_fs, photo, capsys
+):
+    store = CaptureStore(tiny_fs)
+    rows = fill(store, photo, 4)  # 1.2 MB of photos: the 2 MiB filesystem is more than half full
     store.close()
     config = tmp_path / "appliance.toml"
-    # Any real disk has less than 100 % free: everything unprotected must go.
-    config.write_text("cleanup_start_free_percent = 100\ncleanup_stop_free_percent = 100\n")
-    args = ["cleanup", "--config", str(config), "--data-dir", str(tmp_path)]
+    # Cleaning starts below 50 % free and stops at 90 %, which free space cannot reach while a
+    # photo is left: everything unprotected must go.
+    config.write_text(
+        "cleanup_start_free_percent = 50\ncleanup_stop_free_percent = 90\nheadroom_hours = 0\n"
+        "cleanup_start_free_bytes = 0\ncleanup_stop_free_bytes = 0\ncapture_min_free_bytes = 0\n"
+    )
+    args = ["cleanup", "--config", str(config), "--data-dir", str(tiny_fs)]
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert f"would delete 3 captures, {3 * len(photo)} bytes" in out
+    assert f"would delete 4 captures, {4 * len(photo)} bytes" in out
     assert f"oldest: seq 1, {rows[0]['captured_at']}, {rows[0]['id']}" in out
-    assert len(IndexReader(tmp_path).latest(10)) == 3
+    assert len(IndexReader(tiny_fs).latest(10)) == 4
     assert main(args) == 0
-    assert "deleted 3 captures (space)" in capsys.readouterr().out
-    assert IndexReader(tmp_path).latest(10) == []
+    assert "deleted 4 captures (space)" in capsys.readouterr().out
+    assert IndexReader(tiny_fs).latest(10) == []
 
 
 def test_protect_and_unprotect_by_id(tmp_path, photo, capsys):

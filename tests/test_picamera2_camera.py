@@ -8,12 +8,14 @@ Needs ``PICAMERA2_WHEEL``, as the contract tests do (skipped without it, failing
 import io
 import logging
 
+import gpiozero
 import numpy as np
 import pytest
 from PIL import Image
 
+from appliance.cli import main
 from hw.camera import METADATA_KEYS, Picamera2Camera, RecoveringCamera, camera_controls
-from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable
+from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable, UnsupportedCameraSize
 
 LORES = (640, 480)
 TIMEOUT_S = 2.5
@@ -109,6 +111,49 @@ def test_a_control_the_camera_lacks_closes_the_camera_and_raises_camera_error(fa
         open_camera(controls={"LensPosition": 2.0})
 
     assert fake.Picamera2.open_count == 0
+
+
+# Sizes
+
+
+def test_a_photo_as_large_as_the_sensor_is_taken(fake):
+    camera = open_camera(size_px=fake.Picamera2.sensor_resolution)
+
+    assert fake.Picamera2.instances[0].camera_config["main"]["size"] == fake.Picamera2.sensor_resolution
+    camera.close()
+
+
+@pytest.mark.parametrize("extra", [(2, 0), (0, 2)], ids=["wider", "higher"])
+def test_a_photo_larger_than_the_sensor_is_refused_before_configuring(fake, extra):
+    width, height = fake.Picamera2.sensor_resolution
+
+    with pytest.raises(UnsupportedCameraSize, match=r"main stream .* larger than 1536 x 864.*imx708") as info:
+        open_camera(size_px=(width + extra[0], height + extra[1]))
+
+    assert (info.value.stream, info.value.largest_px) == ("main", (width, height))
+    assert calls(fake.Picamera2.instances[0], "configure") == []
+    assert fake.Picamera2.open_count == 0  # closed: a camera not closed cannot be opened again
+
+
+@pytest.mark.parametrize(
+    ("size", "lores", "largest"),
+    [((1024, 768), (1280, 480), (1024, 768)), (None, (1600, 480), (1536, 864))],
+    ids=["within-the-photo", "within-the-sensor"],
+)
+def test_a_lores_stream_larger_than_the_photo_is_refused(fake, size, lores, largest):
+    with pytest.raises(UnsupportedCameraSize, match="lores stream") as info:
+        Picamera2Camera(size_px=size, lores_size_px=lores)
+
+    assert (info.value.stream, info.value.size_px, info.value.largest_px) == ("lores", lores, largest)
+    assert fake.Picamera2.open_count == 0
+
+
+def test_a_size_the_camera_lacks_is_not_retried_as_a_camera_failure(fake, monotonic):
+    """A size is a setting to change: RecoveringCamera does not count it as a failure to retry."""
+    with pytest.raises(UnsupportedCameraSize):
+        RecoveringCamera(lambda: open_camera(size_px=(4608, 2592)), monotonic=monotonic)
+
+    assert len(fake.Picamera2.instances) == 1 and fake.Picamera2.open_count == 0
 
 
 # Capture
@@ -406,3 +451,31 @@ def test_repeated_failures_and_recoveries_never_leak_a_camera(fake, recovering, 
 
     assert len(fake.Picamera2.instances) == 21
     assert fake.Picamera2.max_open_count == 1
+
+
+# Through the real command, on "hardware": the fake picamera2, gpiozero's mock pins.
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("camera_size_px = [1600, 900]", "camera_size_px"),
+        ("camera_lores_size_px = [1600, 480]", "camera_lores_size_px"),
+    ],
+)
+def test_appliance_run_refuses_a_size_the_camera_lacks_with_exit_status_2(
+    fake, tmp_path, run_config, monkeypatch, capsys, setting, key
+):
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", None)  # made from the variable, then forgotten
+    run_config.write_text(run_config.read_text() + setting + "\n")
+    data_dir = tmp_path / "data"
+
+    status = main(["run", "--config", str(run_config), "--data-dir", str(data_dir), "--host", "127.0.0.1",
+                   "--port", "0", "--duration-s", "5"])  # fmt: skip
+
+    assert status == 2
+    err = capsys.readouterr().err
+    assert f"appliance: config error: {run_config}: {key}: [1600, " in err
+    assert "is larger than 1536 x 864" in err
+    assert fake.Picamera2.open_count == 0

@@ -131,7 +131,7 @@ CALLS = [
     ("request", "CompletedRequest", "get_metadata", [], []),
 ]
 # The attributes of a Picamera2 that hw/camera.py reads without calling them.
-ATTRIBUTES = {"camera_controls", "camera_properties", "options"}
+ATTRIBUTES = {"camera_controls", "camera_properties", "options", "sensor_resolution"}
 
 
 def picamera2_uses_in_our_code() -> tuple[set[tuple[str, str]], set[str]]:
@@ -270,6 +270,33 @@ def test_camera_properties_is_a_dict_property_keyed_by_libcamera_names(wheel):
     assert "self.camera_properties_[k.name] =" in source  # libcamera's property names: Model, ...
 
 
+def test_sensor_resolution_is_the_largest_sensor_mode(wheel):
+    """We refuse a photo larger than ``sensor_resolution``: it must be set when the camera opens
+    (``__init__`` -> ``_open_camera`` -> ``_initialize_camera``) to the largest of the sensor's raw
+    modes (the sizes libcamera lists for the Raw role, as the ``sensor_modes`` property does, but
+    without reconfiguring the camera), and be what a still configuration takes when no size is
+    given."""
+    tree = parse(wheel, "picamera2")
+    found = methods(tree, "Picamera2")
+    assert "self._open_camera()" in ast.unparse(found["__init__"])
+    assert "self._initialize_camera()" in ast.unparse(found["_open_camera"])
+    initialize = ast.unparse(found["_initialize_camera"])
+    assert "self._raw_modes = self._get_raw_modes()" in initialize
+    assert "self._native_mode = self._select_native_mode(self._raw_modes)" in initialize
+    assert "self.sensor_resolution = self._native_mode['size']" in initialize
+    raw_modes = ast.unparse(found["_get_raw_modes"])
+    assert "generate_configuration([libcamera.StreamRole.Raw])" in raw_modes
+    assert "raw_formats.sizes(pix)" in raw_modes
+    # The native mode is the one of the largest area (ties broken by bit depth).
+    select = ast.unparse(found["_select_native_mode"])
+    assert "area(mode['size']) > area(best_mode['size'])" in select
+    still = ast.unparse(found["create_still_configuration"])
+    assert "'size': self.sensor_resolution" in still
+    # And picamera2 itself refuses a lores stream larger than the main one.
+    check = ast.unparse(found["check_camera_config"])
+    assert "lores_w > main_w or lores_h > main_h" in check
+
+
 def test_camera_controls_is_a_property_keyed_by_control_names(wheel):
     """We look for ``"AfMode" in camera_controls`` to tell a camera with a focus motor."""
     tree = parse(wheel, "picamera2")
@@ -315,7 +342,10 @@ def test_fake_has_everything_our_camera_uses():
     for _, class_name, name, _, _ in CALLS:
         assert name in fake_methods(class_name), f"the fake has no {class_name}.{name}"
     properties = {n for n, f in fake_methods("Picamera2").items() if calling_decorators(f) == {"property"}}
-    assert properties == ATTRIBUTES - {"options"}
+    assert properties == ATTRIBUTES - {"options", "sensor_resolution"}
     # options is a plain dict, set in __init__ (see test_options_is_a_dict_set_once_at_construction).
     init = ast.unparse(fake_methods("Picamera2")["__init__"])
     assert "self.options = {}" in init
+    # sensor_resolution is a plain attribute (see test_sensor_resolution_is_the_largest_sensor_mode).
+    fake = next(n for n in ast.parse(FAKE_SOURCE.read_text()).body if getattr(n, "name", "") == "Picamera2")
+    assert any(ast.unparse(n).startswith("sensor_resolution = ") for n in fake.body)

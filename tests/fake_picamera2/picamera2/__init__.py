@@ -68,7 +68,8 @@ class Picamera2:
 
     # Set by a test before constructing.
     model = "imx708"
-    sensor_resolution = (1536, 864)  # small, so a full-resolution JPEG is quick to encode
+    sensor_resolution = (1536, 864)  # small, so a full-resolution JPEG is quick to encode; the
+    # largest sensor mode, as picamera2 sets it when the camera opens
     has_autofocus = True
     colour = (200, 120, 40)
     autofocus_succeeds = True
@@ -159,6 +160,9 @@ class Picamera2:
         self._maybe_fail("configure")
         # As picamera2 does: a shallow copy, whose stream dicts are updated in place.
         config = dict(camera_config)
+        main, lores = config["main"]["size"], (config.get("lores") or {}).get("size")
+        if lores is not None and (lores[0] > main[0] or lores[1] > main[1]):  # check_camera_config
+            raise RuntimeError("lores stream dimensions may not exceed main stream")
         for name in ("main", "lores"):
             if config.get(name) is not None:
                 config[name]["stride"] = _padded_stride(config[name]["size"][0])

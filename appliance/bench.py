@@ -25,7 +25,8 @@ The capture path (issue 8), with one photo (``--photo``, or a synthetic 12 MP on
 - Trigger to acknowledgement: a real gpiozero ``MockFactory`` pin pressed, the real
   :class:`~appliance.loop.MainLoop` capturing from a :class:`~hw.camera.SimulatedCamera` replaying the
   photo; the camera's own time is taken off, and the rest compared with one bare durable write of
-  the same bytes after each trigger.
+  the same bytes after each trigger.  Then the same presses while a full check recovers 25,000
+  photos without rows beside capturing (issue 15), against the idle figure.
 - Start-up: from process start to ``READY=1`` of a real ``appliance run --simulate``, with an empty
   index and with the web figures' index of 1,000,000 captures, each after a clean shutdown.
 - Field figures for the card under the data directory: captures per minute the storage sustains
@@ -77,6 +78,7 @@ from appliance.exif import Identity
 from appliance.export import CHUNK_BYTES, Package, zip_stream
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
+from appliance.reconcile import STEP_INTERVAL_S, FullCheck, Reconciliation
 from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
 from appliance.web import PAGE_SIZE, WebServer, make_app
 from hw.camera import SimulatedCamera
@@ -123,6 +125,11 @@ INGEST_RATIO_TARGET = 0.80
 THUMBNAIL_SPEEDUP_TARGET = {"jpeg": 2.0, "frame": 10.0}
 THUMBNAIL_FLOOR_TARGET = 1.3
 LATENCY_P99_RATIO_TARGET = 1.5
+# Issue 15: a full check recovering 25,000 photos beside capturing holds trigger-to-acknowledged
+# p99 within twice the idle p99.
+RECOVERY_PHOTOS = 25_000
+RECOVERY_PHOTO_PX = (320, 240)
+RECOVERY_LATENCY_TARGET = 2.0
 PEAK_RSS_TARGET_BYTES = 80 << 20  # a Pi Zero 2 W has 512 MiB in all
 RSS_GROWTH_TARGET_BYTES = 5 << 20
 STARTUP_RATIO_TARGET = 1.2
@@ -615,6 +622,13 @@ class _AcknowledgingStore(CaptureStore):
         return row
 
 
+def _percentiles(seconds: list[float]) -> dict:
+    return {
+        "p50": round(statistics.median(seconds) * 1000, 3),
+        "p99": round(statistics.quantiles(seconds, n=100)[98] * 1000, 3),
+    }
+
+
 def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
     """Press a button on a gpiozero ``MockFactory`` pin ``triggers`` times, one at a time, with the
     real :class:`~appliance.loop.MainLoop` capturing from a simulated camera replaying the photo in
@@ -626,6 +640,48 @@ def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
     ``latency_ratio`` (``{"p50", "p99"}``): each percentile of the first over the same percentile
     of the bare writes.  Raises :class:`ApplianceError` when a press is not acknowledged in time.
     """
+    latency, camera_s, bare, _ = _presses(data_dir, photo_dir, triggers)
+    ms = {"acknowledged": _percentiles(latency), "camera": _percentiles(camera_s), "bare": _percentiles(bare)}
+    return {
+        "latency_triggers": triggers,
+        "latency_ms": ms,
+        "latency_ratio": {p: round(ms["acknowledged"][p] / ms["bare"][p], 2) for p in ("p50", "p99")},
+    }
+
+
+def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: dict) -> dict:
+    """The same presses as :func:`latency_figures`, while a full check recovers
+    :data:`RECOVERY_PHOTOS` photos found without their rows (a lost index), beside capturing as
+    ``appliance run`` does it (:class:`~appliance.reconcile.FullCheck`, a step every
+    :data:`~appliance.reconcile.STEP_INTERVAL_S`).  The photos are :data:`RECOVERY_PHOTO_PX` JPEGs,
+    so that 25,000 fit any card.
+
+    Returns ``recovery_latency_ms`` (p50 and p99 of trigger to acknowledgement minus the camera's
+    time), ``recovery_latency_ratio``: its p99 over ``idle_ms``'s (the same figure without a
+    recovery, from :func:`latency_figures`), and ``recovery_progress``: the share of the check
+    done by the last press (it must still be under way, or the figure means nothing)."""
+    jpeg = synthetic_photo(RECOVERY_PHOTO_PX)
+    media = data_dir / "store" / "media"
+    for i in range(RECOVERY_PHOTOS):
+        if i % 1000 == 0:
+            _progress(f"recovery: planting photos without rows, {i:,} of {RECOVERY_PHOTOS:,}")
+        capture_id = os.urandom(16).hex()
+        (media / capture_id[:2]).mkdir(parents=True, exist_ok=True)
+        (media / capture_id[:2] / f"{capture_id}.jpg").write_bytes(jpeg)
+    latency, _, _, progress = _presses(data_dir, photo_dir, triggers, recover=True)
+    ms = _percentiles(latency)
+    return {
+        "recovery_photos": RECOVERY_PHOTOS,
+        "recovery_latency_ms": ms,
+        "recovery_latency_ratio": round(ms["p99"] / idle_ms["p99"], 2),
+        "recovery_progress": round(progress, 3),
+    }
+
+
+def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = False) -> tuple:
+    """The presses of :func:`latency_figures`; with ``recover``, a full check of the store runs
+    beside them.  Returns ``(latencies, camera times, bare writes, full check progress)``, each
+    list in seconds."""
     defaults = config_module.load()
     jpeg = next(photo_dir.iterdir()).read_bytes()
     camera = _TimedCamera(replay_dir=photo_dir, lores_size_px=defaults.camera_lores_size_px)
@@ -685,15 +741,21 @@ def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
             pin_factory=pin_factory,
         )
         stack.callback(buttons.close)
+        scheduler = schedule.Scheduler()
         loop = MainLoop(
             events=events,
             camera=camera,
             store=store,
-            scheduler=schedule.Scheduler(),
+            scheduler=scheduler,
             capture_timeout_s=defaults.capture_timeout_s,
             thumbnail_max_px=defaults.thumbnail_max_px,
             identity=Identity(defaults.camera_make, camera.model),
         )
+        report = Reconciliation()
+        if recover:
+            check = FullCheck(store, report, defaults.thumbnail_max_px, busy=lambda: not events.empty())
+            stack.callback(check.close)
+            scheduler.every(STEP_INTERVAL_S).seconds.do(check.step)
         presser = threading.Thread(target=press, args=(buttons.button.pin, store, loop), name="bench-presses")
         presser.start()
         try:
@@ -704,23 +766,7 @@ def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
     if failed:
         raise failed[0]
     _progress("")
-
-    def percentiles(seconds: list[float]) -> dict:
-        return {
-            "p50": round(statistics.median(seconds) * 1000, 3),
-            "p99": round(statistics.quantiles(seconds, n=100)[98] * 1000, 3),
-        }
-
-    ms = {
-        "acknowledged": percentiles(latency),
-        "camera": percentiles(camera.capture_s),
-        "bare": percentiles(bare),
-    }
-    return {
-        "latency_triggers": triggers,
-        "latency_ms": ms,
-        "latency_ratio": {p: round(ms["acknowledged"][p] / ms["bare"][p], 2) for p in ("p50", "p99")},
-    }
+    return latency, camera.capture_s, bare, report.full_check_progress or 0.0
 
 
 def _start_to_ready(data_dir: Path, config: Path, notify: socket.socket, address: str) -> float:
@@ -858,6 +904,7 @@ def verdicts(figures: dict) -> dict:
             figures["thumbnail_vs_decode_floor"], "<=", THUMBNAIL_FLOOR_TARGET
         ),
         "latency_p99_ratio": verdict(figures["latency_ratio"]["p99"], "<=", LATENCY_P99_RATIO_TARGET),
+        "recovery_latency_ratio": verdict(figures["recovery_latency_ratio"], "<=", RECOVERY_LATENCY_TARGET),
         "peak_rss_mib": verdict(
             round(memory["peak_rss_bytes"] / 2**20, 1), "<=", PEAK_RSS_TARGET_BYTES / 2**20
         ),
@@ -975,6 +1022,14 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
             Path(scratch) / "latency", photo_dir, min(LATENCY_TRIGGERS, captures // 20)
         )
         shutil.rmtree(Path(scratch) / "latency")
+        (Path(scratch) / "recovery").mkdir()
+        figures |= recovery_figures(
+            Path(scratch) / "recovery",
+            photo_dir,
+            min(LATENCY_TRIGGERS, captures // 20),
+            figures["latency_ms"]["acknowledged"],
+        )
+        shutil.rmtree(Path(scratch) / "recovery")
     figures["field"] = field_figures(data_dir, figures["ingest"])
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= transfer_figures(Path(scratch), photo)
@@ -1055,6 +1110,18 @@ def print_table(figures: dict, photo_name: str) -> None:
         f"{latency['acknowledged']['p99']:.1f}, bare write {latency['bare']['p50']:.1f} / "
         f"{latency['bare']['p99']:.1f} (p50 ratio {figures['latency_ratio']['p50']:.2f}); "
         f"camera {latency['camera']['p50']:.1f} / {latency['camera']['p99']:.1f}"
+    )
+    _line(
+        f"trigger to ack during a recovery, p99 / idle p99 ({figures['recovery_photos']:,} photos)",
+        f"{figures['recovery_latency_ratio']:.2f}",
+        "recovery_latency_ratio",
+        figures,
+    )
+    recovery = figures["recovery_latency_ms"]
+    print(
+        f"    ms p50 / p99: {recovery['p50']:.1f} / {recovery['p99']:.1f} (idle "
+        f"{latency['acknowledged']['p50']:.1f} / {latency['acknowledged']['p99']:.1f}); "
+        f"{figures['recovery_progress'] * 100:.0f} % of the check done by the last press"
     )
     growth = figures["verdicts"]["rss_growth_mib"]["value"]
     _line(

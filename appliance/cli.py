@@ -39,7 +39,7 @@ from appliance.exif import Identity
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import Health, MainLoop, guarded
-from appliance.reconcile import FullCheck, open_store
+from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
 from appliance.store import CHECKPOINT_INTERVAL_S, DB_NAME, TRIGGERS, IndexReader, unsafe_layout
 from appliance.web import WebServer, make_app
 from boot.journal import configure_logging
@@ -62,9 +62,6 @@ from hw.triggers import (
 
 log = logging.getLogger("appliance")
 
-# Seconds between two steps of a full check run beside capturing (each of about
-# reconcile.STEP_BUDGET_S, cut short when a trigger waits).
-FULL_CHECK_STEP_INTERVAL_S = 0.1
 # The settings a reload (SIGHUP) applies while running; any other change needs a restart.
 LIVE_SETTINGS = frozenset(
     (
@@ -511,7 +508,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
                 store, reconciliation, config.thumbnail_max_px, busy=lambda: not events.empty()
             )
             stack.callback(full_check.close)
-            scheduler.every(FULL_CHECK_STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
+            scheduler.every(STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
 
         def apply(new: config_module.Config) -> None:
             gate.configure(

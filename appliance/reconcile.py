@@ -86,8 +86,10 @@ _ID = r"[0-9a-f]{32}"
 _MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
 _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
 # Seconds of the store's thread a full check step may take beside capturing (at least one
-# finding, however long): a trigger that comes meanwhile waits at most about this long.
+# finding, however long): a trigger that comes meanwhile waits at most about this long.  Steps
+# are due every STEP_INTERVAL_S, and end early when a trigger waits.
 STEP_BUDGET_S = 0.02
+STEP_INTERVAL_S = 0.1
 # Findings the worker hands over at a time, and how many such hand-overs may wait: bounds the
 # memory a full check holds (each may carry a thumbnail of a few kB).
 CHUNK = 32

@@ -18,6 +18,7 @@ TARGETED = {
     "thumbnail_speedup_vs_naive_frame": (">=", 10.0),
     "thumbnail_vs_decode_floor": ("<=", 1.3),
     "latency_p99_ratio": ("<=", 1.5),
+    "recovery_latency_ratio": ("<=", 2.0),
     "peak_rss_mib": ("<=", 80.0),
     "rss_growth_mib": ("<=", 5.0),
     "startup_ratio": ("<=", 1.2),
@@ -37,6 +38,7 @@ SMALL = {
     "STARTUP_RUNS": 1,
     "SYNTHETIC_SIZE_PX": (1014, 760),
     "TRANSFER_PHOTOS": 10,
+    "RECOVERY_PHOTOS": 300,
 }
 
 
@@ -96,6 +98,8 @@ def test_every_capture_path_figure_comes_with_its_target_and_a_verdict(short_run
         0 < figures["latency_ms"][k]["p50"] <= figures["latency_ms"][k]["p99"]
         for k in ("acknowledged", "bare")
     )
+    assert figures["recovery_photos"] == 300 and 0 < figures["recovery_progress"] <= 1
+    assert 0 < figures["recovery_latency_ms"]["p50"] <= figures["recovery_latency_ms"]["p99"]
     assert figures["startup_index_size"] == 3_000 and all(0 < s < 60 for s in figures["startup_s"].values())
     field = figures["field"]
     assert field["captures_per_minute"] == round(ingest["store_per_s"] * 60)

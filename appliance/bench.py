@@ -658,8 +658,9 @@ def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: di
 
     Returns ``recovery_latency_ms`` (p50 and p99 of trigger to acknowledgement minus the camera's
     time), ``recovery_latency_ratio``: its p99 over ``idle_ms``'s (the same figure without a
-    recovery, from :func:`latency_figures`), and ``recovery_progress``: the share of the check
-    done by the last press (it must still be under way, or the figure means nothing)."""
+    recovery, from :func:`latency_figures`), ``recovery_progress``: the share of the check done by
+    the last press (it must still be under way, or the figure means nothing), and
+    ``recovery_photos_per_s``: how fast the check went meanwhile."""
     jpeg = synthetic_photo(RECOVERY_PHOTO_PX)
     media = data_dir / "store" / "media"
     for i in range(RECOVERY_PHOTOS):
@@ -668,13 +669,16 @@ def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: di
         capture_id = os.urandom(16).hex()
         (media / capture_id[:2]).mkdir(parents=True, exist_ok=True)
         (media / capture_id[:2] / f"{capture_id}.jpg").write_bytes(jpeg)
+    started = time.monotonic()
     latency, _, _, progress = _presses(data_dir, photo_dir, triggers, recover=True)
+    elapsed = time.monotonic() - started
     ms = _percentiles(latency)
     return {
         "recovery_photos": RECOVERY_PHOTOS,
         "recovery_latency_ms": ms,
         "recovery_latency_ratio": round(ms["p99"] / idle_ms["p99"], 2),
         "recovery_progress": round(progress, 3),
+        "recovery_photos_per_s": round(progress * RECOVERY_PHOTOS / elapsed, 1),
     }
 
 
@@ -1121,7 +1125,8 @@ def print_table(figures: dict, photo_name: str) -> None:
     print(
         f"    ms p50 / p99: {recovery['p50']:.1f} / {recovery['p99']:.1f} (idle "
         f"{latency['acknowledged']['p50']:.1f} / {latency['acknowledged']['p99']:.1f}); "
-        f"{figures['recovery_progress'] * 100:.0f} % of the check done by the last press"
+        f"{figures['recovery_progress'] * 100:.0f} % of the check done by the last press, "
+        f"{figures['recovery_photos_per_s']:.0f} photos/s"
     )
     growth = figures["verdicts"]["rss_growth_mib"]["value"]
     _line(

@@ -137,9 +137,10 @@ class Folder:
         """Make this folder's entries durable (``fsync`` of the folder)."""
         os.fsync(self.fd)
 
-    def publish(self, name: str, data: bytes) -> None:
+    def publish(self, name: str, data: bytes, *, sync_folder: bool = True) -> None:
         """Durably write ``data`` as ``name``: write it under :func:`temp_name`, fsync, rename
-        over ``name``, fsync the folder.
+        over ``name``, fsync the folder (unless ``sync_folder`` is False: the caller fsyncs it
+        once for several files, before anything relies on them).
 
         Either the whole new file is at ``name`` afterwards, or (on error or crash) the old state
         with at most a leftover temporary file.  A leftover (or a symlink) at the temporary name
@@ -166,7 +167,8 @@ class Folder:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=self.fd)
             raise
-        self.fsync()
+        if sync_folder:
+            self.fsync()
 
     def move(self, name: str, to: "Folder", new_name: str) -> None:
         """Rename the regular file ``name`` to ``new_name`` in the folder ``to`` (not durable

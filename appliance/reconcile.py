@@ -88,7 +88,7 @@ _THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
 # Seconds of the store's thread a full check step may take beside capturing (at least one
 # finding, however long): a trigger that comes meanwhile waits at most about this long.  Steps
 # are due every STEP_INTERVAL_S, and end early when a trigger waits.
-STEP_BUDGET_S = 0.02
+STEP_BUDGET_S = 0.05
 STEP_INTERVAL_S = 0.1
 # Findings the worker hands over at a time, and how many such hand-overs may wait: bounds the
 # memory a full check holds (each may carry a thumbnail of a few kB).
@@ -538,7 +538,8 @@ class _Apply:
             if kind.mkdir(parent.partition("/")[2]):
                 kind.fsync()
         with self.store.files.folder(parent) as folder:
-            folder.publish(name, data)
+            folder.publish(name, data, sync_folder=False)  # one fsync of the folder at the commit
+        self.touched.add(parent)
 
     def _set_aside(self, capture_id: str, reason: str) -> None:
         [moved] = set_aside(self.store.files, [media_path(capture_id)])

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import tomllib
 from pathlib import Path
@@ -274,8 +275,13 @@ def test_the_findings_are_refused_with_exit_2_and_nothing_is_deleted(
 
     assert main(["config", "--check", str(run_config)]) == 2
     checked = capsys.readouterr().err
-    status = run_once(run_config, None if key == "data_dir" else data_dir)
-    err = capsys.readouterr().err
+    data = [] if key == "data_dir" else ["--data-dir", str(data_dir)]
+    result = subprocess.run(  # the real command, in a process of its own
+        [sys.executable, "-m", "appliance", "run", "--config", str(run_config), "--simulate",
+         "--duration-s", "0.5", "--port", "0", *data],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    status, err = result.returncode, result.stderr
 
     assert status == 2
     for message in (checked, err):

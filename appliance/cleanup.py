@@ -176,18 +176,19 @@ def _disk_full(exc: BaseException) -> bool:
 @dataclass
 class _Ledger:
     """Where the card's free space went since it was last above the start of cleaning: the free
-    bytes then (``free_then``, at ``since`` on the monotonic clock), the bytes the appliance's
-    captures wrote since (``written``), and those its deletions freed (``freed``)."""
+    bytes then (``free_then``, at ``since`` on the monotonic clock), the store's
+    :attr:`~appliance.store.CaptureStore.written_bytes` then (``written_then``), and the bytes
+    cleanup's deletions have freed since (``freed``)."""
 
     free_then: int
     since: float
-    written: int = 0
+    written_then: int
     freed: int = 0
 
-    def others(self, free: int) -> int:
-        """Bytes something else wrote meanwhile, with ``free`` bytes free now (negative: it
-        deleted)."""
-        return self.free_then - free - self.written + self.freed
+    def others(self, free: int, written: int) -> int:
+        """Bytes something else wrote meanwhile, with ``free`` bytes free now and the store's
+        ``written_bytes`` at ``written`` (negative: something else deleted)."""
+        return self.free_then - free - (written - self.written_then) + self.freed
 
 
 class Cleanup:
@@ -345,12 +346,9 @@ class Cleanup:
         self.state = "paused"
         return self._paused_reason
 
-    def captured(self, written: int = 0) -> None:
+    def captured(self) -> None:
         """Note how much free space the capture just stored took (photo, thumbnail, index and
-        file-system blocks), for :meth:`capture_pause`, and that it wrote ``written`` bytes
-        (photo and thumbnail), for the ledger of what the appliance itself wrote."""
-        if self._ledger is not None:
-            self._ledger.written += written
+        file-system blocks), for :meth:`capture_pause`."""
         if self._free_before_capture is not None:
             taken = self._free_before_capture - self._disk_usage(self._store.data_dir).free
             if taken > 0:
@@ -410,7 +408,7 @@ class Cleanup:
             if self._others is not None and decision.bytes_to_free == 0:
                 log.info("cleanup: free space is back (%s); capturing resumes", _size(usage.free))
                 self._others = self._paused_reason = None
-            self._ledger = _Ledger(usage.free, self._monotonic())
+            self._ledger = _Ledger(usage.free, self._monotonic(), self._store.written_bytes)
         return decision
 
     def _allowance(self, total: int) -> int | None:
@@ -419,10 +417,9 @@ class Cleanup:
         card held only what the appliance put there (the free space now plus what the other writer
         took).  Notes the cause when that is nothing, logged once."""
         ledger = self._ledger
-        others = ledger.others(self._free)
-        if others < max(
-            FOREIGN_MIN_BYTES, total * FOREIGN_MIN_FRACTION, ledger.written * FOREIGN_MIN_SHARE_OF_OWN
-        ):
+        written = self._store.written_bytes - ledger.written_then
+        others = ledger.others(self._free, self._store.written_bytes)
+        if others < max(FOREIGN_MIN_BYTES, total * FOREIGN_MIN_FRACTION, written * FOREIGN_MIN_SHARE_OF_OWN):
             return None
         alone = decide(
             total,

@@ -350,7 +350,7 @@ class MainLoop:
             return None
         self.health.clear("storage")
         if self._cleanup is not None:
-            self._cleanup.captured(row["bytes"] + len(thumbnail or b""))
+            self._cleanup.captured()
         log.info(
             "capture %d (%s, %s, %d bytes) stored %.0f ms after the trigger",
             row["seq"],

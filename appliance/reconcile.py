@@ -56,6 +56,7 @@ import logging
 import queue
 import re
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -65,7 +66,7 @@ import schedule
 from PIL import Image
 
 from appliance import exif, thumbnails
-from appliance.datadir import DataDir, Folder, UnsafePath, temp_name
+from appliance.datadir import DataDir, UnsafePath, temp_name
 from appliance.exc import StoreError
 from appliance.store import (
     DB_NAME,
@@ -276,16 +277,6 @@ class _Finding:
     name: str = ""
 
 
-def _photo_state(folder: Folder | None, name: str) -> tuple[int, int] | None:
-    if folder is None:
-        return None
-    try:
-        st = folder.lstat(name)
-    except FileNotFoundError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
-
-
 def _inspect_one(store: CaptureStore, capture_id: str, max_px: int, *, deleting: bool) -> _Finding:
     """:func:`_inspect` of one capture, now, in the store's thread (an in-flight id)."""
     files = store.files
@@ -308,8 +299,8 @@ def _states(files: DataDir, capture_id: str) -> tuple[tuple[int, int] | None, in
         parent, _, name = rel.rpartition("/")
         try:
             with files.folder(parent) as folder:
-                size = folder.regular_size(name)
-                found.append(None if size is None else _photo_state(folder, name))
+                st = folder.lstat(name)
+            found.append((st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None)
         except (FileNotFoundError, UnsafePath):
             found.append(None)
     photo, thumb = found
@@ -454,6 +445,11 @@ class _Apply:
                     folder.unlink(finding.name)
             except FileNotFoundError:
                 return
+            except UnsafePath as exc:  # not a regular file: not ours, never followed
+                self.carry_out(
+                    _Finding("", "stray", folder=finding.folder, name=finding.name, reason=str(exc))
+                )
+                return
             self.touched.add(finding.folder)
             report.temp_removed += 1
             return
@@ -478,7 +474,7 @@ class _Apply:
         elif action == "recover":
             row = dict(finding.recovered)
             if finding.webp is not None:
-                self._publish(thumb, finding.webp)
+                self._publish_thumbnail(sid, finding.webp)
                 report.thumbnails_remade += 1
                 row["thumbnail_path"] = thumb
             elif finding.seen[2] is not None:
@@ -504,7 +500,7 @@ class _Apply:
                 log.warning("reconciliation: no thumbnail for capture %s: %s", sid, finding.reason)
                 self.thumbnails_set[sid] = None
             else:
-                self._publish(thumb, finding.webp)
+                self._publish_thumbnail(sid, finding.webp)
                 self.thumbnails_set[sid] = thumb
                 report.thumbnails_remade += 1
         elif action == "thumbnail path":
@@ -532,14 +528,9 @@ class _Apply:
             self._remove(thumbnail_path(finding.capture_id))
             self.report.thumbnails_removed += 1
 
-    def _publish(self, rel: str, data: bytes) -> None:
-        parent, _, name = rel.rpartition("/")
-        with self.store.files.folder(parent.partition("/")[0]) as kind:
-            if kind.mkdir(parent.partition("/")[2]):
-                kind.fsync()
-        with self.store.files.folder(parent) as folder:
-            folder.publish(name, data, sync_folder=False)  # one fsync of the folder at the commit
-        self.touched.add(parent)
+    def _publish_thumbnail(self, capture_id: str, webp: bytes) -> None:
+        rel = self.store.publish_thumbnail(capture_id, webp, sync_folder=False)
+        self.touched.add(rel.rpartition("/")[0])  # one fsync of the folder, at the commit
 
     def _set_aside(self, capture_id: str, reason: str) -> None:
         [moved] = set_aside(self.store.files, [media_path(capture_id)])

@@ -544,6 +544,9 @@ class CaptureStore:
             raise
         self._consistent = True
         self._shards_made: set[str] = set()
+        # Bytes of the photos and thumbnails this store has published since it was opened: what
+        # the appliance itself wrote, for cleanup's ledger of free space.
+        self.written_bytes = 0
         self._next_id: str | None = None
 
     def _open_index(self) -> None:
@@ -838,6 +841,18 @@ class CaptureStore:
             self._lock.close()
         return True
 
+    def publish_thumbnail(self, capture_id: str, webp: bytes, *, sync_folder: bool = True) -> str:
+        """Durably write ``webp`` as the thumbnail of ``capture_id`` (see
+        :meth:`~appliance.datadir.Folder.publish`; ``sync_folder`` False: the caller fsyncs its
+        folder before it relies on it) and return its path relative to the data directory.
+        Raises ``OSError``."""
+        self._make_shard("thumbnails", capture_id)
+        folder, _, name = thumbnail_path(capture_id).rpartition("/")
+        with self.files.folder(folder) as f:
+            f.publish(name, webp, sync_folder=sync_folder)
+        self.written_bytes += len(webp)
+        return thumbnail_path(capture_id)
+
     def _make_shard(self, kind: str, capture_id: str) -> None:
         shard = f"{kind}/{shard_of(capture_id)}"
         if shard not in self._shards_made:
@@ -901,10 +916,10 @@ class CaptureStore:
         }
         try:
             self._make_shard("media", capture_id)
-            self._make_shard("thumbnails", capture_id)
             self.files.publish(media, jpeg)
+            self.written_bytes += len(jpeg)
             if thumbnail:
-                self.files.publish(thumb, thumbnail)
+                self.publish_thumbnail(capture_id, thumbnail)
             next_id = new_id()
             self.insert([row], in_flight={capture_id: None, next_id: "capture"})
             self._next_id = next_id

@@ -100,17 +100,32 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
+def tmpfs(tmp_path):
+    """``tmpfs(size, name)``: a real filesystem of ``size`` (``"2m"``, ``"512m"``: tmpfs's own
+    units) mounted at ``tmp_path / name``, unmounted after the test.  Skips where mounting is not
+    allowed (it needs root)."""
+    mounted = []
+
+    def mount(size: str, name: str = "fs") -> Path:
+        mount_point = tmp_path / name
+        mount_point.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)], capture_output=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def tiny_fs(tmpfs):
     """A real 2 MiB tmpfs: writes past it fail with ENOSPC, as on a full SD card."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    return tmpfs("2m", "tiny")
 
 
 def disk_full(step: str) -> OSError:

@@ -280,21 +280,13 @@ def test_age_expiry_deletes_only_from_the_oldest_end_of_the_capture_order(store,
     assert {r["id"] for r in unknown + old}.isdisjoint(remaining(store))
 
 
-def captures(store, cleanup, photo, n):
-    """``n`` captures as the main loop stores them: the cleanup is told what each wrote."""
-    rows = fill(store, photo, n)
-    for _ in rows:
-        cleanup.captured(len(photo))
-    return rows
-
-
 def test_a_card_filled_by_something_else_is_not_fed_with_photos(store, photo, caplog):
     disk = FakeDisk(store, total=1000 * len(photo), base_free=900 * len(photo))  # 90 % free
     ticker = Ticker()
     policy = Policy(**vars(BARE) | {"start_free_percent": 20, "stop_free_percent": 30})
     cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60, clock=ManualClock())
     cleanup.tick()  # plenty free: the ledger starts here
-    rows = captures(store, cleanup, photo, 10)
+    rows = fill(store, photo, 10)
     disk.base_free -= 790 * len(photo)  # another process writes 79 % of the card
     for _ in range(3):
         ticker.now += 60
@@ -316,7 +308,7 @@ def test_beside_another_writer_cleanup_frees_what_the_appliance_alone_would_have
     policy = Policy(**vars(BARE) | {"start_free_percent": 20, "stop_free_percent": 30})
     cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60, clock=ManualClock())
     cleanup.tick()
-    captures(store, cleanup, photo, 1300)  # alone, these take it to 17.5 %: below the start
+    fill(store, photo, 1300)  # alone, these take it to 17.5 %: below the start
     disk.base_free -= 400 * len(photo)  # and something else writes another 10 %
     ticker.now += 60
     cleanup.tick()

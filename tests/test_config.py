@@ -451,17 +451,9 @@ def test_the_suggested_thresholds_pass(tmp_path):
 
 
 @pytest.fixture
-def stick(tmp_path):
+def stick(tmpfs):
     """A real 512 MB filesystem (a tmpfs), as a small USB stick."""
-    mount_point = tmp_path / "stick"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(mount_point)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    return tmpfs("512m", "stick")
 
 
 @pytest.mark.parametrize("command", ["run", "check", "cleanup", "config"])

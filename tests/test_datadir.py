@@ -299,3 +299,22 @@ def test_the_web_serves_no_file_reached_through_a_symlink(tmp_path, outside):
         assert requests.head(server.url + f"media/{rows[1]['id']}.jpg", timeout=5).status_code == 200
     finally:
         server.stop()
+
+
+def test_after_a_crash_a_temporary_name_linked_elsewhere_is_left_alone_and_start_up_goes_on(
+    tmp_path, outside
+):
+    data = tmp_path / "data"
+    store, _ = stored(data, 1)
+    [reserved] = [i for i, reason in store.in_flight().items() if reason == "capture"]
+    store.close(clean=False)
+    temp = data / media_path(reserved)
+    temp.parent.mkdir(exist_ok=True)
+    temp = temp.with_name(f".{temp.name}.tmp")
+    temp.symlink_to(outside / (".%s.jpg.tmp" % ("ab" * 16)))
+    before = snapshot(outside)
+    store, report = open_store(data, thumbnail_max_px=64)
+    store.close()
+    assert report.scope == "interrupted" and report.temp_removed == 0
+    assert temp.relative_to(data).as_posix() in report.stray and temp.is_symlink()
+    assert snapshot(outside) == before

@@ -431,40 +431,25 @@ def test_sigterm_during_the_store_check_at_start_exits_0_having_closed_the_store
     reopened.close()
 
 
-def test_a_store_that_cannot_be_closed_cleanly_makes_the_stop_exit_1(tmp_path, run_config):
-    card = tmp_path / "card"
-    card.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(card)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
-        process = start(card / "data", run_config, "--trigger-interval-s", "60")
-        status_url(process)
-        # Something else fills the card to the last byte.
-        with open(card / "filler", "wb") as filler, contextlib.suppress(OSError):
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=15)
-    finally:
-        subprocess.run(["umount", "-l", str(card)], check=True)
+def test_a_store_that_cannot_be_closed_cleanly_makes_the_stop_exit_1(tmpfs, run_config):
+    card = tmpfs("16m", "card")
+    process = start(card / "data", run_config, "--trigger-interval-s", "60")
+    status_url(process)
+    # Something else fills the card to the last byte.
+    with open(card / "filler", "wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=15)
     assert process.returncode == 1, stderr
     assert "capture store not closed cleanly" in stderr and "stopped cleanly" not in stderr
 
 
 def test_a_card_filled_by_another_process_pauses_capturing_and_deletes_no_photo(
-    tmp_path, burst_dir, run_config
+    tmp_path, tmpfs, burst_dir, run_config
 ):
-    card = tmp_path / "card"
-    card.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(card)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    card = tmpfs("128m", "card")
     config = tmp_path / "card.toml"
     config.write_text(
         "trigger_cooldown_s = 0\nmax_captures_per_minute = 0\nheadroom_hours = 0\n"
@@ -473,37 +458,34 @@ def test_a_card_filled_by_another_process_pauses_capturing_and_deletes_no_photo(
         f"capture_min_free_bytes = {4 << 20}\ncleanup_interval_s = 1\n"
     )
     log = tmp_path / "log"
+    process = start(card / "data", config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1",
+                    stderr=log.open("w"))  # fmt: skip
     try:
-        process = start(card / "data", config, "--replay", str(burst_dir), "--trigger-interval-s", "0.1",
-                        stderr=log.open("w"))  # fmt: skip
-        try:
-            url = status_url(process)
-            wait_for_captures(url, 10)
-            with open(card / "copied-videos", "wb") as filler:  # another process fills the card
-                while os.statvfs(card).f_bavail * os.statvfs(card).f_frsize > 12 << 20:
-                    filler.write(b"\0" * (1 << 20))
-                    filler.flush()
-            deadline = time.monotonic() + 15
-            while "something else" not in (status := requests.get(url + "api/status", timeout=5).json())[
-                "problems"
-            ].get("space", ""):
-                assert time.monotonic() < deadline, status
-                time.sleep(0.2)
-            assert status["level"] == "error" and "Free space on the card" in status["problems"]["space"]
-            paused_at = status["captures"]["total"]
-            time.sleep(1.5)
-            assert requests.get(url + "api/status", timeout=5).json()["captures"]["total"] <= paused_at + 1
-            (card / "copied-videos").unlink()  # whoever it was took it away again
-            wait_for_captures(url, paused_at + 5)  # capturing resumes by itself
-            assert "space" not in requests.get(url + "api/status", timeout=5).json()["problems"]
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.communicate(timeout=15)
-        text = log.read_text()
-        assert process.returncode == 0, text
-        acknowledged = set(ACKNOWLEDGED.findall(text))
-        assert {i for i, _ in acknowledged} <= {r["id"] for r in IndexReader(card / "data").latest(10_000)}
-        assert "cleanup: deleted" not in text and "could not be stored" not in text  # no photo lost
-        assert text.count("cleanup: something else is filling the card") == 1
+        url = status_url(process)
+        wait_for_captures(url, 10)
+        with open(card / "copied-videos", "wb") as filler:  # another process fills the card
+            while os.statvfs(card).f_bavail * os.statvfs(card).f_frsize > 12 << 20:
+                filler.write(b"\0" * (1 << 20))
+                filler.flush()
+        deadline = time.monotonic() + 15
+        while "something else" not in (status := requests.get(url + "api/status", timeout=5).json())[
+            "problems"
+        ].get("space", ""):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status["level"] == "error" and "Free space on the card" in status["problems"]["space"]
+        paused_at = status["captures"]["total"]
+        time.sleep(1.5)
+        assert requests.get(url + "api/status", timeout=5).json()["captures"]["total"] <= paused_at + 1
+        (card / "copied-videos").unlink()  # whoever it was took it away again
+        wait_for_captures(url, paused_at + 5)  # capturing resumes by itself
+        assert "space" not in requests.get(url + "api/status", timeout=5).json()["problems"]
     finally:
-        subprocess.run(["umount", "-l", str(card)], check=True)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=15)
+    text = log.read_text()
+    assert process.returncode == 0, text
+    acknowledged = set(ACKNOWLEDGED.findall(text))
+    assert {i for i, _ in acknowledged} <= {r["id"] for r in IndexReader(card / "data").latest(10_000)}
+    assert "cleanup: deleted" not in text and "could not be stored" not in text  # no photo lost
+    assert text.count("cleanup: something else is filling the card") == 1

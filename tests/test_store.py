@@ -1,7 +1,6 @@
 import datetime
 import errno
 import hashlib
-import itertools
 import os
 import sqlite3
 import subprocess
@@ -222,23 +221,23 @@ def assert_index_matches_disk(data_dir):
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
 def test_a_failure_at_every_write_step_leaves_no_file_and_no_row(tmp_path, photo, clock, faulty_disk, error):
-    store = CaptureStore(tmp_path)
-    failed_steps = []
-    for fail_at in itertools.count(1):
-        with faulty_disk(fail_at, lambda step: OSError(error, os.strerror(error), step)) as disk:
-            try:
-                row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
-            except StoreError as exc:
-                assert os.strerror(error) in str(exc)
-                failed_steps.append(disk.steps[fail_at - 1])
-            else:
-                break  # every step has failed once; this time space was back
-        assert assert_index_matches_disk(tmp_path) == [], disk.steps
-    assert set(failed_steps) == {"open", "write", "fsync", "rename", "open folder"}
-    assert len(failed_steps) >= 12  # each step of two files, and the shard folders' first use
-    assert row["seq"] == 1
-    store.close()
-    assert assert_index_matches_disk(tmp_path) == [row["media_path"]]
+    reference = CaptureStore(tmp_path / "reference")
+    with faulty_disk() as disk:  # the steps of a first capture into a new store
+        reference.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
+    reference.close()
+    steps = [(name, disk.steps[: i + 1].count(name)) for i, name in enumerate(disk.steps)]
+    for i, step in enumerate(steps):  # each failing in a store of its own, as the first capture
+        store = CaptureStore(tmp_path / f"store-{i}")
+        failing = faulty_disk(step, lambda name: OSError(error, os.strerror(error), name))
+        with failing, pytest.raises(StoreError, match=os.strerror(error)):
+            store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")
+        assert assert_index_matches_disk(store.data_dir) == [], step
+        row = store.add(photo, b"RIFFwebp", timestamp=clock.now(), trigger="button")  # space is back
+        assert row["seq"] == 1
+        store.close()
+        assert assert_index_matches_disk(store.data_dir) == [row["media_path"]]
+    assert {name for name, _ in steps} == {"open", "write", "fsync", "rename", "open folder"}
+    assert len(steps) >= 12  # each step of two files, and the shard folders' first use
 
 
 def test_full_disk_raises_store_error_and_leaves_nothing_behind(tiny_fs, photo, clock):

@@ -382,8 +382,8 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         health = Health()
         clock = TrustedClock(anchor=store.clock_anchor(), record_anchor=store.set_clock_anchor)
         clock.now()  # its state, for the log and the page from the start
-        if not clock.trusted:
-            log.warning("clock: %s", clock.status().reason or "not synchronised")
+        if clock.status().state == DISTRUSTED:  # unsynchronised: the preflight check said so
+            log.warning("clock: %s", clock.status().reason)
         cleanup = Cleanup(
             store, Policy.from_config(config), interval_s=config.cleanup_interval_s, clock=clock
         )

@@ -36,14 +36,15 @@ from PIL import Image, ImageOps
 
 from appliance import exif, thumbnails
 from appliance.exc import StoreError
-from appliance.store import DB_NAME, CaptureStore, IndexReader
+from appliance.store import DB_NAME, MAX_PHOTO_BYTES, CaptureStore, IndexReader
 from hw.clock import Timestamp
 from hw.system import disk_usage
 
 log = logging.getLogger(__name__)
 
-# Larger files are skipped unread: a camera-trap JPEG is a few MB, a 100 MP one about 50 MB.
-MAX_FILE_BYTES = 64 << 20
+# Larger files are skipped unread: a camera-trap JPEG is a few MB, a 100 MP one about 50 MB (the
+# store's own limit on what it reads back).
+MAX_FILE_BYTES = MAX_PHOTO_BYTES
 # Larger images are not converted: the full decode of a 24 MP RGBA image takes about 100 MB, what
 # a Pi Zero 2 W can spare.  (A JPEG is decoded at thumbnail scale, whatever its size.)
 CONVERT_MAX_PIXELS = 24_000_000

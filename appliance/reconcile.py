@@ -70,10 +70,13 @@ from appliance.datadir import DataDir, UnsafePath, temp_name
 from appliance.exc import StoreError
 from appliance.store import (
     DB_NAME,
+    MAX_PHOTO_BYTES,
     RECOVERED_COLUMNS,
     SHARDS,
     TEMP_NAME,
     CaptureStore,
+    CorruptDatabaseError,
+    IndexGoneError,
     iso_utc,
     jpeg_size,
     media_path,
@@ -102,6 +105,8 @@ RECOVERY_BATCH = 256
 MAX_SHARD_FAILURES = 3
 # Seconds the worker waits before trying a failed shard again.
 SHARD_RETRY_S = 1.0
+# Longest wait, in seconds, before a step that failed is tried again.
+MAX_BACKOFF_S = 60.0
 
 
 @dataclass
@@ -292,8 +297,10 @@ def _inspect_one(store: CaptureStore, capture_id: str, max_px: int, *, deleting:
 
 
 def _states(files: DataDir, capture_id: str) -> tuple[tuple[int, int] | None, int | None]:
-    """The photo's ``(size, mtime_ns)`` and the thumbnail's size (None: missing, or not a regular
-    file reached without a symlink: not one of ours)."""
+    """The photo's ``(size, mtime_ns)`` and the thumbnail's size (None: missing, or something
+    else than a regular file under that name: not one of ours).  Raises
+    :class:`~appliance.datadir.UnsafePath` when a folder on the way is a symlink or a file: then
+    nothing can be said of the capture."""
     found = []
     for rel in (media_path(capture_id), thumbnail_path(capture_id)):
         parent, _, name = rel.rpartition("/")
@@ -301,7 +308,7 @@ def _states(files: DataDir, capture_id: str) -> tuple[tuple[int, int] | None, in
             with files.folder(parent) as folder:
                 st = folder.lstat(name)
             found.append((st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None)
-        except (FileNotFoundError, UnsafePath):
+        except FileNotFoundError:
             found.append(None)
     photo, thumb = found
     return photo, None if thumb is None else thumb[0]
@@ -325,6 +332,8 @@ def _inspect(
     finding = _Finding(capture_id, "ok", seen)
     if deleting and row is None:
         finding.action = "finish deletion"
+    elif row is None and photo is not None and photo[0] > MAX_PHOTO_BYTES:
+        finding.action, finding.reason = "damaged", f"{photo[0]} bytes, more than a photo can be: not read"
     elif row is None and photo is not None:
         finding.action, finding.reason, finding.recovered, finding.webp = _recover(
             files, capture_id, photo, thumb_size, max_px
@@ -337,7 +346,10 @@ def _inspect(
         finding.action, finding.reason = "wrong size", f"{photo[0]} bytes instead of {row['bytes']}"
     elif thumb_size is None or not _thumbnail_intact(files, capture_id, thumb_size):
         finding.action = "remake thumbnail"
-        finding.webp, finding.reason = _thumbnail_of(files.read_bytes(media_path(capture_id)), max_px)
+        if photo[0] > MAX_PHOTO_BYTES:
+            finding.reason = f"{photo[0]} bytes, more than a photo can be: not read"
+        else:
+            finding.webp, finding.reason = _thumbnail_of(files.read_bytes(media_path(capture_id)), max_px)
     elif row["thumbnail_path"] is None:  # made, but its row was not updated before a crash
         finding.action = "thumbnail path"
     return finding
@@ -462,7 +474,14 @@ class _Apply:
                 self._skipping = self._skip()
             if sid in self._skipping:
                 return
-        if finding.action == "ok" or self._now(sid) != finding.seen:
+        if finding.action == "ok":
+            return
+        try:
+            now = self._now(sid)
+        except UnsafePath as exc:  # a folder of the layout replaced meanwhile: touch nothing
+            log.error("reconciliation: capture %s left as it is: %s", sid, exc)
+            return
+        if now != finding.seen:
             return
         media, thumb = media_path(sid), thumbnail_path(sid)
         action = finding.action
@@ -648,6 +667,9 @@ class FullCheck:
             log.info("full check: going on at shard %d of %d", self._next, len(SHARDS))
         self._pending: list[_Finding] = []
         self._failures = 0  # of the worker at the shard self._next, in a row
+        self._errors = 0  # of the steps, in a row (see step)
+        self._resume_at = 0.0  # no step before this (monotonic): the back-off after an error
+        self._unsafe_logged = False
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self.done = False
@@ -660,7 +682,8 @@ class FullCheck:
         self.close()
 
     def close(self) -> None:
-        """Stop the worker (it ends between two captures it reads); idempotent."""
+        """Stop the worker (it ends between two captures it reads) and forget what it read ahead;
+        idempotent."""
         self._stop.set()
         if self._worker is not None:
             with contextlib.suppress(queue.Empty):
@@ -668,22 +691,50 @@ class FullCheck:
                     self._chunks.get_nowait()
             self._worker.join()
             self._worker = None
+        self._chunks = queue.Queue(QUEUED_CHUNKS)
+        self._pending = []
+        self._stop = threading.Event()
 
     def run(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Check every shard now, then index the photos found without a row.  ``progress(done,
         total)`` is called after each shard."""
         shown = self._next
         while not self.done:
-            self.step(budget_s=float("inf"), wait=True)
+            self._advance(float("inf"), wait=True)
             if progress and self._next != shown:
                 shown = self._next
                 progress(self._next, len(SHARDS))
 
-    def step(self, budget_s: float = STEP_BUDGET_S, *, wait: bool = False):
+    def step(self, budget_s: float = STEP_BUDGET_S):
         """Carry out what the worker found for about ``budget_s`` seconds (at least one finding,
-        then until the budget is spent or ``busy()``), committing once.  ``wait``: wait for the
-        worker rather than return when it has nothing ready.  Returns ``schedule.CancelJob`` once
-        the check is done (so that a scheduled step stops itself), else None."""
+        then until the budget is spent or ``busy()``), committing once; for the scheduler.
+        Returns ``schedule.CancelJob`` once the check is done (so that a scheduled step stops
+        itself), else None.
+
+        A step that fails (a full card, an I/O error) commits nothing: what was read ahead is
+        forgotten, the shard being checked is read again, and the next step waits 2, 4 ...
+        seconds (at most :data:`MAX_BACKOFF_S`); the first failure in a row is logged.  Damage to
+        the index, or an index gone, raises."""
+        if time.monotonic() < self._resume_at:
+            return None
+        try:
+            result = self._advance(budget_s, wait=False)
+        except (CorruptDatabaseError, IndexGoneError):
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            self.close()  # the worker reads again from the first shard not committed as done
+            self._errors += 1
+            delay = min(MAX_BACKOFF_S, 2.0**self._errors)
+            self._resume_at = time.monotonic() + delay
+            log.log(logging.WARNING if self._errors == 1 else logging.DEBUG,
+                    "full check: %s; trying again in %g s", exc, delay)  # fmt: skip
+            return None
+        self._errors = 0
+        return result
+
+    def _advance(self, budget_s: float, *, wait: bool):
+        """:meth:`step` without the back-off: errors raise.  ``wait``: wait for the worker rather
+        than return when it has nothing ready (``appliance check``)."""
         started = time.monotonic()
         idle = self._worker is None or not (self._worker.is_alive() or self._chunks.qsize() or self._pending)
         if idle and self._next < len(SHARDS):
@@ -785,6 +836,12 @@ class FullCheck:
             try:
                 findings, listed = self._list_shard(index, shard)
                 break
+            except UnsafePath as exc:  # not a passing failure: left alone, for the next start
+                if not self._unsafe_logged:
+                    log.error("full check: %s; such shards are left for the next start", exc)
+                    self._unsafe_logged = True
+                self._put(_Chunk([], shard_done=index, skipped=True))
+                return
             except OSError as exc:
                 if attempt == MAX_SHARD_FAILURES:
                     log.error("full check: shard %s failed %d times (%s); left for the next start",
@@ -852,8 +909,6 @@ class FullCheck:
                             findings.append(_entry_finding(f"{kind}/{shard}", entry))
             except FileNotFoundError:
                 pass
-            except UnsafePath:
-                pass  # listed as unknown at the top of the folder: not followed
             listed.append(found)
         return findings, tuple(listed)
 

@@ -79,6 +79,9 @@ CAPTURE_METHODS = {
     "unknown": None,
     "import": None,  # unknown: another camera's reason
 }
+# The largest photo the store reads back (to check, hash or thumbnail it), in bytes: a 64 MP
+# JPEG at the highest quality is well under it; a larger file is no photo of ours.
+MAX_PHOTO_BYTES = 64 << 20
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
 # Primary SQLite result codes that mean the file itself is damaged (https://sqlite.org/rescode.html).

@@ -19,7 +19,7 @@ from appliance.cli import main
 from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import StoreError
 from appliance.reconcile import open_store
-from appliance.store import CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
+from appliance.store import SHARDS, CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
 from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
 
@@ -151,9 +151,17 @@ def test_a_symlink_in_the_layout_is_named_and_refused_by_the_store(tmp_path, out
 def test_a_file_in_place_of_a_shard_folder_is_refused(tmp_path):
     data = tmp_path / "data"
     stored(data)[0].close()
+    shard = unused_shard(data)
     (data / "thumbnails" / "zz").write_bytes(b"not a shard: left alone")  # not a shard name
-    (data / "thumbnails" / "cd").write_bytes(b"a file where a shard folder belongs")
-    assert unsafe_layout(data) == ["thumbnails/cd"]
+    (data / "thumbnails" / shard).write_bytes(b"a file where a shard folder belongs")
+    assert unsafe_layout(data) == [f"thumbnails/{shard}"]
+
+
+def unused_shard(data) -> str:
+    """A shard name no capture in ``data`` uses (their ids are random)."""
+    return next(
+        s for s in SHARDS if not (data / "media" / s).exists() and not (data / "thumbnails" / s).exists()
+    )
 
 
 def run_command(*args) -> subprocess.CompletedProcess:
@@ -167,8 +175,9 @@ def test_run_and_check_refuse_a_shard_folder_linked_elsewhere_and_touch_nothing_
 ):
     data = tmp_path / "data"
     stored(data)[0].close()
-    (data / "media" / "ab").symlink_to(outside)
-    (data / "thumbnails" / "ab").symlink_to(outside)
+    shard = unused_shard(data)
+    (data / "media" / shard).symlink_to(outside)
+    (data / "thumbnails" / shard).symlink_to(outside)
     before = snapshot(outside)
     run = run_command(
         "run",
@@ -183,12 +192,10 @@ def test_run_and_check_refuse_a_shard_folder_linked_elsewhere_and_touch_nothing_
         "2",
     )
     assert run.returncode == 1
-    assert (
-        "preflight data layout: media/ab, thumbnails/ab" in run.stderr
-        and "would lead out of it" in run.stderr
-    )
+    assert f"preflight data layout: media/{shard}, thumbnails/{shard}" in run.stderr
+    assert "would lead out of it" in run.stderr
     check = run_command("check", "--simulate", "--data-dir", str(data))
-    assert check.returncode == 2 and "media/ab, thumbnails/ab" in check.stdout
+    assert check.returncode == 2 and f"media/{shard}, thumbnails/{shard}" in check.stdout
     assert snapshot(outside) == before
     assert IndexReader(data).get("ab" * 16) is None  # the foreign JPEG there was not indexed
 

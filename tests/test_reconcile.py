@@ -526,20 +526,79 @@ def test_damage_found_by_any_write_stops_and_leads_to_a_rebuild(tmp_path):
     assert {r["id"] for r in assert_index_matches_disk(tmp_path)} == {r["id"] for r in rows}
 
 
-def test_a_failing_finish_of_a_full_check_is_tried_again(tmp_path):
+def test_a_failing_finish_of_a_full_check_is_tried_again(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("appliance.reconcile.MAX_BACKOFF_S", 0.0)
     store, rows = populate(tmp_path, 2)
     plant(tmp_path, "ab" * 16, own_photo(TAKEN))
     check = FullCheck(store, report := Reconciliation(), 160)
     while check._next < 256:  # every shard looked at; the finish is next
         check.step(budget_s=0)
     store.db.conn.set_progress_handler(lambda: 1, 1)  # the finish is interrupted once
-    with pytest.raises(sqlite3.OperationalError):
-        check.step()
+    assert check.step() is None
+    assert "full check: interrupted; trying again in 0 s" in caplog.text
     store.db.conn.set_progress_handler(None, 1)
-    assert check.step() is schedule.CancelJob
+    while check.step() is not schedule.CancelJob:
+        pass
     assert report.recovered == 1 and not store.full_check_pending
     store.close()
     assert len(assert_index_matches_disk(tmp_path)) == 3
+
+
+def test_a_step_that_fails_loses_nothing_it_had_found(tmp_path, monkeypatch, faulty_disk, caplog):
+    monkeypatch.setattr("appliance.reconcile.MAX_BACKOFF_S", 0.0)
+    store, rows = populate(tmp_path, 3)
+    lost = {f"{i:02x}" + "c" * 30: own_photo(TAKEN) for i in range(0, 256, 8)}  # rows lost, no thumbnails
+    for capture_id, jpeg in lost.items():
+        plant(tmp_path, capture_id, jpeg)
+    enospc = lambda step: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), step)  # noqa: E731
+    failed = []
+
+    def fails(name, path):  # the first five thumbnails' renames
+        if name == "rename" and ".webp" in path and len(failed) < 5:
+            failed.append(path)
+            return True
+        return False
+
+    check = FullCheck(store, report := Reconciliation(), 160)
+    with faulty_disk(fails, enospc):  # the card is full for a while, as thumbnails are made
+        while check.step(budget_s=0.01) is not schedule.CancelJob:
+            pass
+    store.close()
+    assert len(failed) == 5 and "full check: [Errno 28] No space left on device" in caplog.text
+    assert report.recovered == len(lost) and not report.unreadable
+    indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
+    assert indexed == {r["id"] for r in rows} | lost.keys()
+
+
+def test_a_folder_swapped_for_a_symlink_during_a_full_check_keeps_every_row(tmp_path):
+    data = tmp_path / "data"
+    store, rows = populate(data, 20)
+    store.set_protected(rows[0]["id"], True)
+    thumbnails_before = sorted(p.name for p in (data / "thumbnails").rglob("*.webp"))
+    # After the layout was checked: the photos are moved to another disk, a symlink in their place.
+    shutil.move(data / "media", tmp_path / "elsewhere")
+    (data / "media").symlink_to(tmp_path / "elsewhere")
+    with FullCheck(store, report := Reconciliation(), 160, restart=True) as check:
+        check.run()
+    assert store.full_check_pending and len(report.shards_skipped) == 256  # for the next start
+    store.close()
+    assert report.rows_dropped == 0 and report.thumbnails_removed == 0
+    assert len(IndexReader(data).latest(100)) == 20
+    assert sorted(p.name for p in (data / "thumbnails").rglob("*.webp")) == thumbnails_before
+
+
+def test_a_file_too_large_to_be_a_photo_is_set_aside_unread(tmp_path):
+    store, rows = populate(tmp_path, 2)
+    store.close(clean=False)
+    huge = tmp_path / media_path("ab" * 16)
+    huge.parent.mkdir(exist_ok=True)
+    with open(huge, "wb") as f:  # a sparse file: takes no room, would take 2 GiB of memory to read
+        f.truncate(2 << 30)
+    store, report = open_store(tmp_path, thumbnail_max_px=160, full=True)
+    store.close()
+    assert report.damaged == 1 and report.recovered == 0
+    assert (tmp_path / "damaged" / huge.name).stat().st_size == 2 << 30
+    assert {r["id"] for r in assert_index_matches_disk(tmp_path)} == {r["id"] for r in rows}
 
 
 def test_a_folder_that_keeps_failing_is_skipped_alone_and_left_for_the_next_start(tmp_path, faulty_disk):

@@ -317,10 +317,27 @@ class _Stopping:
             raise _Stopped(reason)
 
 
+@contextlib.contextmanager
+def _stop_signals(stopping: _Stopping):
+    """SIGTERM and SIGINT handled by ``stopping`` and SIGHUP ignored within the block, the
+    handlers before it afterwards (for a caller in the same process)."""
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run(
     config: config_module.Config,
     duration_s: float | None = None,
     reload_config: Callable[[], config_module.Config] | None = None,
+    *,
+    stopping: _Stopping | None = None,
 ) -> int:
     """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
 
@@ -334,21 +351,16 @@ def run(
 
     SIGHUP calls ``reload_config()`` and applies the settings in :data:`LIVE_SETTINGS`; others
     that changed are logged as needing a restart, and a bad config is logged and ignored.  A
-    SIGHUP during start-up is ignored: the config has just been read.
+    SIGHUP during start-up is ignored: the config has just been read.  ``stopping``: the signal
+    handler :func:`main` installed before reading the config, if it did.
     """
-    stopping = _Stopping()
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stopping)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        return _run(config, duration_s, reload_config, stopping)
-    except _Stopped as exc:
-        log.info("stopped during start-up (%s); the next start goes on from there", exc)
-        return 0
-    finally:
-        for signum, handler in previous.items():  # as they were, for a caller in the same process
-            signal.signal(signum, handler)
+    stopping = stopping or _Stopping()
+    with _stop_signals(stopping):
+        try:
+            return _run(config, duration_s, reload_config, stopping)
+        except _Stopped as exc:
+            log.info("stopped during start-up (%s); the next start goes on from there", exc)
+            return 0
 
 
 def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
@@ -796,12 +808,39 @@ def _check_store(data_dir: Path, thumbnail_max_px: int) -> Check:
     return Check("capture store", WARNING if report.needs_attention else OK, reason)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``appliance`` command.  Returns the exit status."""
+def main(
+    argv: list[str] | None = None, *, early: list[int] | None = None, handlers: dict | None = None
+) -> int:
+    """Entry point of the ``appliance`` command.  Returns the exit status.
+
+    ``early`` and ``handlers``, from :mod:`appliance.__main__`: the signals that came while the
+    modules were imported (the list goes on growing until the command's own handlers are in
+    place), and the handlers to put back for commands other than ``run``.  ``run`` puts its own in
+    place before it reads the config, so that a SIGTERM at any moment of its start-up exits 0.
+    """
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage and the reason
         return exc.code
+    if args.command != "run":
+        for signum, handler in (handlers or {}).items():
+            signal.signal(signum, handler)
+        if early:
+            print(f"appliance: stopped by {signal.strsignal(early[0])} while starting", file=sys.stderr)
+            return 0
+        return _command(args)
+    stopping = _Stopping()
+    with _stop_signals(stopping):
+        try:
+            if early:
+                raise _Stopped(signal.strsignal(early[0]))
+            return _command(args, stopping)
+        except _Stopped as exc:
+            print(f"appliance: stopped by {exc} while starting", file=sys.stderr)
+            return 0
+
+
+def _command(args, stopping: _Stopping | None = None) -> int:
     if args.command == "bench":
         configure_logging("WARNING")
         return bench_main(args.data_dir, args.json, photo=args.photo, captures=args.captures)
@@ -827,7 +866,9 @@ def main(argv: list[str] | None = None) -> int:
             return clock_command(config, trust=args.trust)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
-        return run(config, duration_s=args.duration_s, reload_config=lambda: _load_config(args))
+        return run(
+            config, duration_s=args.duration_s, reload_config=lambda: _load_config(args), stopping=stopping
+        )
     except UnsupportedCameraSize as exc:  # a setting the camera cannot honour: exit 2, as a bad config
         key = "camera_size_px" if exc.stream == "main" else "camera_lores_size_px"
         source = args.config or " + ".join(map(str, config_module.default_paths())) or "defaults"

@@ -489,3 +489,19 @@ def test_a_card_filled_by_another_process_pauses_capturing_and_deletes_no_photo(
     assert {i for i, _ in acknowledged} <= {r["id"] for r in IndexReader(card / "data").latest(10_000)}
     assert "cleanup: deleted" not in text and "could not be stored" not in text  # no photo lost
     assert text.count("cleanup: something else is filling the card") == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_config_is_read_exits_0(tmp_path, signum):
+    os.mkfifo(tmp_path / "slow.toml")  # nobody writes it: the start-up waits there, reading it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--simulate", "--port", "0",
+         "--data-dir", str(tmp_path / "data"), "--config", str(tmp_path / "slow.toml")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2)  # the modules are loaded by now
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert f"appliance: stopped by {signal.strsignal(signum)} while starting" in stderr
+    assert "Traceback" not in stderr

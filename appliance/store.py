@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import sqlite3
+import stat
 import uuid
 import warnings
 from pathlib import Path
@@ -365,6 +366,27 @@ def _free_number(folder: Folder, names: list[str]) -> int:
         n += 1
 
 
+def _new_database(folder: Folder, name: str) -> sqlite3.Connection:
+    """A new, empty SQLite database ``name`` in ``folder`` (replacing a leftover regular file),
+    never reached through a symlink: the file is made with ``O_EXCL`` and ``O_NOFOLLOW`` (a
+    symlink at the name is refused), and once SQLite has opened it by its path, which it must,
+    the path is checked to still be that file.  Raises
+    :class:`~appliance.datadir.UnsafePath` otherwise, having written nothing to it."""
+    with contextlib.suppress(FileNotFoundError):
+        folder.unlink(name)  # a leftover of a crash; a symlink raises UnsafePath and stays
+    fd = folder.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:  # held open while checking, so that its inode number cannot be given to another file
+        made = os.fstat(fd)
+        connection = sqlite3.connect(folder.path(name))
+        now = folder.lstat(name)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino):
+        connection.close()
+        raise UnsafePath(f"{folder.path(name)} was replaced while it was being made; not written")
+    return connection
+
+
 def unsafe_layout(data_dir: Path) -> list[str]:
     """What in ``data_dir`` would lead out of it, as paths relative to it: the folders of
     :data:`FOLDERS` and the shard folders in ``media/`` and ``thumbnails/`` that are symlinks or
@@ -587,9 +609,9 @@ class CaptureStore:
         self.db = None
         self._consume_clean_marker()  # from here on, a crash must not look like a clean stop
         new = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
-        new.unlink(missing_ok=True)  # not a symlink: unsafe_layout refused that
         rows, last_seq, in_flight = _salvage(self.db_path)
-        db = sqlite_utils.Database(new)  # a rollback journal: one self-contained file once closed
+        with self.files.folder() as root:  # a rollback journal: one self-contained file once closed
+            db = sqlite_utils.Database(_new_database(root, new.name))
         migrations.apply(db)
         columns = set(db["captures"].columns_dict)
         salvaged = 0
@@ -696,10 +718,11 @@ class CaptureStore:
                 with self.files.folder(DAMAGED_DIR) as damaged:
                     n = _free_number(damaged, names)
                     target = damaged.path(_numbered(DB_NAME, n))
+                    copy = _new_database(damaged, target.name)
             else:
                 target = self.db_path.with_name(DB_NAME + REBUILD_SUFFIX)
-                target.unlink(missing_ok=True)
-            copy = sqlite3.connect(target)
+                with self.files.folder() as root:
+                    copy = _new_database(root, target.name)
             try:
                 self.db.conn.backup(copy)
             finally:

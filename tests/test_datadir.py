@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from appliance import store as store_module
 from appliance import thumbnails
 from appliance.cleanup import Cleanup, Policy
 from appliance.cli import main
@@ -325,3 +326,37 @@ def test_after_a_crash_a_temporary_name_linked_elsewhere_is_left_alone_and_start
     assert report.scope == "interrupted" and report.temp_removed == 0
     assert temp.relative_to(data).as_posix() in report.stray and temp.is_symlink()
     assert snapshot(outside) == before
+
+
+def test_a_rebuild_never_writes_the_new_index_through_a_symlink(tmp_path, outside, monkeypatch):
+    data = tmp_path / "data"
+    store, rows = stored(data, 3)
+    store.close()
+    with open(data / "captures.db", "r+b") as f:  # a damaged index, to be rebuilt at the next start
+        f.write(b"\xff" * 100)
+    real_salvage = store_module._salvage
+
+    def planted_meanwhile(db_path):  # a symlink at the rebuilt index's name, after the layout check
+        (data / "captures.db.new").symlink_to(outside / "rebuilt.db")
+        return real_salvage(db_path)
+
+    monkeypatch.setattr(store_module, "_salvage", planted_meanwhile)
+    with pytest.raises(StoreError, match="captures.db.new is not a regular file"):
+        CaptureStore(data)
+    assert not (outside / "rebuilt.db").exists() and (data / "captures.db.new").is_symlink()
+
+
+def test_a_new_database_replaced_while_sqlite_opens_it_is_not_written(tmp_path, outside, monkeypatch):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    real_connect = store_module.sqlite3.connect
+
+    def swapped(path, *args, **kwargs):  # between our O_EXCL file and SQLite's open by path
+        os.unlink(path)
+        os.symlink(outside / "elsewhere.db", path)
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.sqlite3, "connect", swapped)
+    with DataDir(folder).folder() as root, pytest.raises(UnsafePath, match="was replaced"):
+        store_module._new_database(root, "captures.db.new")
+    assert (outside / "elsewhere.db").stat().st_size == 0  # SQLite made it; nothing was written

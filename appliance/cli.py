@@ -392,7 +392,21 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         )
 
         health = Health()
-        clock = TrustedClock(anchor=store.clock_anchor(), record_anchor=store.set_clock_anchor)
+
+        def gap_accepted(gap_s: float) -> None:
+            # Had the clock been behind before, every capture would now look older than it is.
+            days = config.max_capture_age_days
+            if days and gap_s > days * 86400:
+                store.set_expiry_floor()
+                log.warning(
+                    "clock: %.0f days ahead of the last time the appliance ran, more than "
+                    "max_capture_age_days; the captures from before are deleted by age only once "
+                    "newer ones are", gap_s / 86400,
+                )  # fmt: skip
+
+        clock = TrustedClock(
+            anchor=store.clock_anchor(), record_anchor=store.set_clock_anchor, gap_accepted=gap_accepted
+        )
         clock.now()  # its state, for the log and the page from the start
         if clock.status().state == DISTRUSTED:  # unsynchronised: the preflight check said so
             log.warning("clock: %s", clock.status().reason)
@@ -643,8 +657,10 @@ def clock_command(config: config_module.Config, *, trust: bool) -> int:
     last moment the appliance trusted it, and the verdict (:mod:`appliance.clocktrust`).  Returns 0
     when it is trusted, 1 when not.  With ``trust`` (the clock is right and the history is not):
     make now the anchor and mark the captures stamped after now (beyond the tolerance) as of
-    doubtful time; returns 0, or 1 when the kernel does not say the clock is synchronised.  Raises
-    :class:`~appliance.exc.StoreError` while the appliance runs (the store's lock) with ``trust``."""
+    doubtful time, and set the expiry floor (their ages are not vouched for: they are deleted by
+    age only once newer captures are); returns 0, or 1 when the kernel does not say the clock is
+    synchronised.  Raises :class:`~appliance.exc.StoreError` while the appliance runs (the
+    store's lock) with ``trust``."""
     data_dir = Path(config.data_dir)
     if trust:
         store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
@@ -658,10 +674,12 @@ def clock_command(config: config_module.Config, *, trust: bool) -> int:
                 return 1
             doubtful = store.mark_time_doubtful(stamp.wall + datetime.timedelta(seconds=TOLERANCE_S))
             store.set_clock_anchor(stamp)
+            store.set_expiry_floor()  # the ages of the captures so far are not vouched for
         finally:
             store.close()
         print(f"clock trusted from {stamp.wall:%Y-%m-%d %H:%M:%S} UTC; {doubtful} captures stamped after "
-              "now marked as of doubtful time")  # fmt: skip
+              "now marked as of doubtful time; the captures so far are deleted by age only once "
+              "newer ones are")  # fmt: skip
         return 0
     anchor = IndexReader(data_dir).clock_anchor() if (data_dir / DB_NAME).is_file() else None
     clock = TrustedClock(anchor=anchor)

@@ -11,19 +11,27 @@ last moment it trusted the clock (its wall time, boot id and time since boot), k
 The clock is **trusted** when the kernel says it is synchronised and it agrees with the anchor:
 
 - in the same boot, the wall clock has moved as the boot clock has (``CLOCK_BOOTTIME``, which never
-  jumps), give or take :data:`TOLERANCE_S`: a step of the wall clock beyond that is a jump;
+  jumps) since the first moment it was trusted in this boot, give or take :data:`TOLERANCE_S` and
+  :data:`DRIFT_RATE` of the time since (so that steps too small to notice one by one cannot walk
+  it away either): a step of the wall clock beyond that is a jump;
 - after a restart (another boot), the wall clock is not behind the anchor by more than
   :data:`TOLERANCE_S`, nor ahead of it by more than :data:`MAX_GAP_S` (a trap may be off for a
   season, but more than a year without running is rarer than a clock that is years off: a DS3231
   RTC's century bit, a GPS week-number rollover).
+
+A clock accepted after a restart although it moved further ahead than captures are kept
+(``max_capture_age_days``) would expire every capture at once if it was wrong (behind, before
+the restart): ``gap_accepted(seconds)`` is called, and the appliance then lets the captures from
+before be deleted by age only once newer ones are (an expiry floor, see
+:meth:`~appliance.store.CaptureStore.set_expiry_floor`).
 
 Otherwise the clock is **distrusted**: captures are stamped ``clock_synced = 0`` (their time is
 doubtful), age expiry stops, the status page says why and what to do, and "captures in the last
 hour" count by time since boot.  The anchor does not move while distrusted, so a restart does not
 launder a wrong clock; distrust ends by itself as soon as the clock agrees with the anchor again
 (its source fixed), or by ``appliance clock --trust`` when the clock is right and the history is
-not.  A clock the kernel calls unsynchronised is simply that:
-captures are flagged, nothing is compared.
+not (which sets the expiry floor too: the history's ages are not vouched for).  A clock the
+kernel calls unsynchronised is simply that: captures are flagged, nothing is compared.
 
 See also :mod:`appliance.cleanup`: age expiry deletes only from the oldest end of the capture order
 (``seq``), so even a wrong clock that passes these checks can at worst expire captures in the order
@@ -44,6 +52,9 @@ from hw.clock import SystemClock, Timestamp
 TOLERANCE_S = 300.0
 # Seconds ahead of the anchor a clock may be after a restart and still be trusted (366 days).
 MAX_GAP_S = 366 * 86400.0
+# How fast the wall clock may move against the boot clock within a boot, beyond TOLERANCE_S: the
+# drift an NTP daemon corrects by stepping after days offline is a few parts per million.
+DRIFT_RATE = 50e-6
 # Seconds between two writes of the anchor while the clock is trusted and nothing is captured.
 ANCHOR_INTERVAL_S = 600.0
 
@@ -72,12 +83,14 @@ def _span(seconds: float) -> str:
 
 
 def disagreement(stamp: Timestamp, anchor: Timestamp) -> str | None:
-    """Why the synchronised clock of ``stamp`` cannot be trusted given the ``anchor`` (the last
-    moment it was), or None when they agree (see the module docstring for the rule)."""
+    """Why the synchronised clock of ``stamp`` cannot be trusted given the ``anchor`` (in the same
+    boot: the first moment it was trusted in that boot; in another boot: the last moment it was),
+    or None when they agree (see the module docstring for the rule)."""
     gap = (stamp.wall - anchor.wall).total_seconds()
     if stamp.boot_id and stamp.boot_id == anchor.boot_id and stamp.since_boot_s is not None:
-        step = gap - (stamp.since_boot_s - anchor.since_boot_s)
-        if abs(step) <= TOLERANCE_S:
+        elapsed = stamp.since_boot_s - anchor.since_boot_s
+        step = gap - elapsed
+        if abs(step) <= TOLERANCE_S + DRIFT_RATE * abs(elapsed):
             return None
         return f"the wall clock jumped {'forward' if step > 0 else 'back'} by {_span(step)} while running"
     if gap < -TOLERANCE_S:
@@ -94,8 +107,10 @@ class TrustedClock:
     :class:`~hw.clock.ManualClock` in tests); ``anchor``: the last moment the clock was trusted,
     from the index (:meth:`~appliance.store.CaptureStore.clock_anchor`), None for a new store;
     ``record_anchor(stamp)``: writes a new anchor into the index (the store's
-    :meth:`~appliance.store.CaptureStore.set_clock_anchor`), called by :meth:`tick`.
-    :meth:`now` and :meth:`tick` are for the store's thread; :meth:`status` for any thread.
+    :meth:`~appliance.store.CaptureStore.set_clock_anchor`), called by :meth:`tick`;
+    ``gap_accepted(seconds)``: called once when a restart's clock is trusted ahead of the anchor
+    by more than :data:`TOLERANCE_S` (see the module docstring).  :meth:`now` and :meth:`tick`
+    are for the store's thread; :meth:`status` for any thread.
     """
 
     def __init__(
@@ -104,10 +119,13 @@ class TrustedClock:
         anchor: Timestamp | None = None,
         *,
         record_anchor: Callable[[Timestamp], None] | None = None,
+        gap_accepted: Callable[[float], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self._clock = clock or SystemClock()
-        self._anchor = anchor
+        self._anchor = anchor  # the last moment trusted: for another boot
+        self._reference: Timestamp | None = None  # the first moment trusted in this boot
+        self._gap_accepted = gap_accepted
         self._record = record_anchor
         self._monotonic = monotonic
         self._recorded_at = monotonic()
@@ -121,8 +139,16 @@ class TrustedClock:
         if not stamp.clock_synced:
             self._set(ClockStatus(UNSYNCHRONISED, "", iso_utc(stamp.wall), self._anchor_iso()))
             return stamp
-        problem = disagreement(stamp, self._anchor) if self._anchor is not None else None
+        if self._reference is None and self._anchor is not None and self._anchor.boot_id == stamp.boot_id:
+            self._reference = self._anchor  # the appliance restarted within this boot
+        against = self._reference or self._anchor
+        problem = disagreement(stamp, against) if against is not None else None
         if problem is None:
+            if self._reference is None:  # the first trusted moment of this boot
+                gap = (stamp.wall - self._anchor.wall).total_seconds() if self._anchor else 0.0
+                if gap > TOLERANCE_S and self._gap_accepted is not None:
+                    self._gap_accepted(gap)
+                self._reference = stamp
             self._anchor = stamp
             self._set(ClockStatus(TRUSTED, "", iso_utc(stamp.wall), iso_utc(stamp.wall)))
             return stamp
@@ -130,7 +156,7 @@ class TrustedClock:
             ClockStatus(
                 DISTRUSTED,
                 f"the clock says {_minutes(stamp.wall)} UTC, but {problem} "
-                f"({_minutes(self._anchor.wall)} UTC): deleting photos by age is paused and new "
+                f"({_minutes(against.wall)} UTC): deleting photos by age is paused and new "
                 "photos are marked as of doubtful time. If the clock is wrong, fix its source (the NTP "
                 "server, the real-time clock); this clears by itself once it agrees. If it is right, stop "
                 "the appliance and run: appliance clock --trust",

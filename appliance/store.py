@@ -250,6 +250,8 @@ def m009_time_you_can_trust(db: sqlite_utils.Database) -> None:
     # that it only ever deletes from the oldest end of that order, whatever their captured_at.
     db.execute("DROP INDEX idx_captures_expiry")
     db.execute("CREATE INDEX idx_captures_timed_seq ON captures (seq) WHERE clock_synced = 1")
+    # Captures below this seq are not aged by their own time, only by newer ones (set_expiry_floor).
+    db["counters"].insert({"name": "expiry_from_seq", "value": 0})
 
 
 class IndexGoneError(StoreError):
@@ -1079,15 +1081,18 @@ class CaptureStore:
         that was not; None when the oldest was not.  Every unprotected capture up to that ``seq``
         (those of unknown time among them) was taken before it, so before ``captured_before``:
         deleting them deletes only from the oldest end of the capture order, and a capture whose
-        time is wrong (in the future, say) stops the walk rather than being skipped.  Looks at
+        time is wrong (in the future, say) stops the walk rather than being skipped.  Captures
+        below the expiry floor (:meth:`set_expiry_floor`) are not walked: their time is not
+        vouched for, and they go only with a newer capture that is expired.  Looks at
         ``limit`` captures at most (index ``idx_captures_timed_seq``: the cost does not grow with
         the number of captures)."""
         bound = None
         cutoff = iso_utc(captured_before)
+        floor = self.db["counters"].get("expiry_from_seq")["value"]
         for seq, captured_at in self.db.execute(
             "SELECT seq, captured_at FROM captures INDEXED BY idx_captures_timed_seq "
-            "WHERE clock_synced = 1 AND protected = 0 ORDER BY seq LIMIT ?",
-            [limit],
+            "WHERE clock_synced = 1 AND protected = 0 AND seq >= ? ORDER BY seq LIMIT ?",
+            [floor, limit],
         ):
             if captured_at >= cutoff:
                 break
@@ -1151,6 +1156,15 @@ class CaptureStore:
             "INSERT OR REPLACE INTO clock_anchor (id, wall, boot_id, since_boot_s) VALUES (1, ?, ?, ?)",
             [wall, boot_id or "", since_boot_s],
         )
+
+    @_index_operation
+    def set_expiry_floor(self) -> int:
+        """From now on, the captures taken so far are deleted by age only once a newer one is
+        (see :meth:`expiry_bound`): for when the clock that timed them is not vouched for.
+        Returns the floor (the next seq)."""
+        with self.db.atomic():
+            self.db["counters"].update("expiry_from_seq", {"value": self.last_seq + 1})
+        return self.last_seq + 1
 
     @_index_operation
     def mark_time_doubtful(self, after: datetime.datetime) -> int:

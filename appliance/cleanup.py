@@ -28,9 +28,9 @@ the disk usage, the policy and the recent capture rate) are separate from the wo
   protected captures left, or a card filled by something else): the status page says so, a warning
   is logged once, and capturing resumes by itself when space returns.
 - Photos are never deleted to make room for **something else filling the card** (another process,
-  a copy over the network): a ledger of free space since it was last above the start (what the
-  appliance's captures wrote, what its deletions freed) tells how much another writer took; past
-  :data:`FOREIGN_MIN_BYTES` (and a tenth of what the appliance wrote), a run frees only what the policy
+  a copy over the network): a ledger of free space, kept in the index and begun again at most
+  once a day, with the store's counters of the room its own files took and gave back, tells how
+  much another writer took; past :data:`FOREIGN_MIN_BYTES`, a run frees only what the policy
   would ask if the card held only what the appliance put there, and then capturing pauses with
   the cause on the status page ("something else is filling the card: N GB in M min"), logged
   once, until free space is back above the start of cleaning.
@@ -67,13 +67,15 @@ MIN_RATE_WINDOW_S = 600.0
 # One busy hour must not make cleanup empty the card: the headroom is at most this much of it.
 MAX_HEADROOM_FRACTION = 0.5
 _SQLITE_FULL = 13
-# Something else is filling the card when, since free space was last above the start of cleaning,
-# the card has lost more than it would have by the appliance's own captures and deletions, by at
-# least this many bytes, this share of the filesystem, and this share of what the appliance wrote
-# (which its ledger undercounts a little: the index rows, the blocks a file's last bytes take).
+# Something else is filling the card when the card has lost more room than the appliance's own
+# files (photos, thumbnails, the index, counted by their blocks) explain, since the ledger began,
+# by at least this many bytes and this share of the filesystem.
 FOREIGN_MIN_BYTES = 64 << 20
 FOREIGN_MIN_FRACTION = 0.01
-FOREIGN_MIN_SHARE_OF_OWN = 0.1
+# The ledger begins again (at a check with free space above the start of cleaning) once it is
+# this old, in seconds since boot, or from another boot: so another writer that fills the card a
+# little at a time within a day is seen as one.
+LEDGER_DAYS_S = 86400.0
 # Temporary files older than this are left over from a crash and removed.
 ORPHAN_TEMP_AGE_S = 3600.0
 
@@ -173,22 +175,12 @@ def _disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
-@dataclass
-class _Ledger:
-    """Where the card's free space went since it was last above the start of cleaning: the free
-    bytes then (``free_then``, at ``since`` on the monotonic clock), the store's
-    :attr:`~appliance.store.CaptureStore.written_bytes` then (``written_then``), and the bytes
-    cleanup's deletions have freed since (``freed``)."""
-
-    free_then: int
-    since: float
-    written_then: int
-    freed: int = 0
-
-    def others(self, free: int, written: int) -> int:
-        """Bytes something else wrote meanwhile, with ``free`` bytes free now and the store's
-        ``written_bytes`` at ``written`` (negative: something else deleted)."""
-        return self.free_then - free - (written - self.written_then) + self.freed
+def _others(ledger: dict, free: int, written: int, freed: int, overhead: int) -> int:
+    """Bytes something else took on the card since ``ledger`` began (negative: it gave some back):
+    the free space lost, less the room the appliance's own files took (``written``, ``freed``: the
+    store's counters; ``overhead``: its index now), all in bytes."""
+    own = (written - ledger["written"]) - (freed - ledger["freed"]) + (overhead - ledger["overhead"])
+    return ledger["free"] - free - own
 
 
 class Cleanup:
@@ -207,11 +199,12 @@ class Cleanup:
     (:data:`~appliance.store.RESERVE_BYTES`) the store keeps for this.
 
     A card being filled by something else (another process, a copy over the network) is not fed
-    with photos: cleanup keeps a ledger of free space since it was last above the start of
-    cleaning (what the appliance's captures wrote, what its deletions freed), and once the card has
-    lost more than that explains (by :data:`FOREIGN_MIN_BYTES`, :data:`FOREIGN_MIN_FRACTION` of it,
-    and :data:`FOREIGN_MIN_SHARE_OF_OWN` of what the appliance wrote), a run deletes only what the
-    policy would ask if the card held only what the appliance put there, then capturing pauses
+    with photos: cleanup keeps a ledger of free space in the index (so that a restart does not
+    forget it), begun at a check with free space above the start of cleaning and begun again at
+    most once a day (:data:`LEDGER_DAYS_S`).  Against the store's counters of the room its files
+    took and gave back, it tells how much of the card something else took; past
+    :data:`FOREIGN_MIN_BYTES` and :data:`FOREIGN_MIN_FRACTION` of the card, a run deletes only what
+    the policy would ask if the card held only what the appliance put there, then capturing pauses
     with the cause on the status page, logged once, until free space is back above the start of
     cleaning.
 
@@ -247,7 +240,7 @@ class Cleanup:
         self._capture_cost = 0  # free space the last capture took, in bytes
         self._free_before_capture: int | None = None
         self._next_shard = 0  # for the orphan temporary files, a shard per check
-        self._ledger: _Ledger | None = None  # since free space was last above the start of cleaning
+        self._ledger: dict | None = store.free_space_ledger()  # see the class docstring
         self._free = 0  # free bytes at the last decision
         self._bytes_per_hour = 0.0  # the capture rate at the last decision
         self._others: str | None = None  # why nothing more is deleted: something else fills the card
@@ -403,12 +396,23 @@ class Cleanup:
             capture_bytes=self._expected_capture_bytes(),
         )
         self.last_decision, self._free = decision, usage.free
-        if decision.bytes_to_free == 0 or self._ledger is None:
-            # No shortage (or the first look): the ledger starts again from here.
-            if self._others is not None and decision.bytes_to_free == 0:
-                log.info("cleanup: free space is back (%s); capturing resumes", _size(usage.free))
-                self._others = self._paused_reason = None
-            self._ledger = _Ledger(usage.free, self._monotonic(), self._store.written_bytes)
+        if decision.bytes_to_free == 0 and self._others is not None:
+            log.info("cleanup: free space is back (%s); capturing resumes", _size(usage.free))
+            self._others = self._paused_reason = None
+        ledger = self._ledger
+        old = (
+            ledger is None
+            or ledger["boot_id"] != stamp.boot_id
+            or (stamp.since_boot_s - ledger["since_boot_s"] >= LEDGER_DAYS_S)
+        )
+        if old and (decision.bytes_to_free == 0 or ledger is None):  # begun again from here
+            written, freed = self._store.space_counters()
+            self._ledger = {
+                "free": usage.free, "written": written, "freed": freed,
+                "overhead": self._store.overhead_bytes(), "boot_id": stamp.boot_id,
+                "since_boot_s": stamp.since_boot_s, "started_at": iso_utc(stamp.wall),
+            }  # fmt: skip
+            self._store.set_free_space_ledger(self._ledger)
         return decision
 
     def _allowance(self, total: int) -> int | None:
@@ -416,10 +420,10 @@ class Cleanup:
         nothing else is (the run frees what the decision asks): what the policy would ask if the
         card held only what the appliance put there (the free space now plus what the other writer
         took).  Notes the cause when that is nothing, logged once."""
-        ledger = self._ledger
-        written = self._store.written_bytes - ledger.written_then
-        others = ledger.others(self._free, self._store.written_bytes)
-        if others < max(FOREIGN_MIN_BYTES, total * FOREIGN_MIN_FRACTION, written * FOREIGN_MIN_SHARE_OF_OWN):
+        others = _others(
+            self._ledger, self._free, *self._store.space_counters(), self._store.overhead_bytes()
+        )
+        if others < max(FOREIGN_MIN_BYTES, total * FOREIGN_MIN_FRACTION):
             return None
         alone = decide(
             total,
@@ -431,13 +435,19 @@ class Cleanup:
         )
         allowance = alone.bytes_to_free
         if allowance == 0 and self._others is None:
-            minutes = max(1, round((self._monotonic() - ledger.since) / 60))
+            stamp = self._clock.now()
+            since = (
+                f"in {max(1, round((stamp.since_boot_s - self._ledger['since_boot_s']) / 60))} min"
+                if stamp.boot_id == self._ledger["boot_id"]
+                else f"since {self._ledger['started_at'][:16].replace('T', ' ')} UTC"
+            )
             self._others = (
-                f"something else is filling the card: {_size(others)} in {minutes} min that the "
-                "appliance did not write; cleanup deletes no photos to make room for it. Free space "
-                "on the card (find what writes there) and capturing resumes by itself"
+                f"something else is filling the card: {_size(others)} {since} that the appliance did "
+                "not write; cleanup deletes no photos to make room for it. Free space on the card "
+                "(find what writes there) and capturing resumes by itself"
             )
             log.warning("cleanup: %s", self._others)
+            self._paused_reason = f"capturing paused: {self._others}"
         return allowance
 
     def _delete_for_space(self, deadline: float) -> None:
@@ -505,8 +515,6 @@ class Cleanup:
             self._start_run(kind, reason)
         started = self._monotonic()
         freed, failed = self._while_full(lambda: self._store.delete(rows))
-        if self._ledger is not None:
-            self._ledger.freed += freed
         # Size the next batches to take about half the tick's budget each.
         per_capture_s = max(self._monotonic() - started, 1e-6) / len(rows)
         self._batch = max(1, min(BATCH_SIZE, int(TICK_BUDGET_S / 2 / per_capture_s)))

@@ -112,15 +112,15 @@ class Folder:
         with self.open_read(name) as f:
             return f.read()
 
-    def unlink(self, name: str) -> int:
-        """Remove the regular file ``name``; returns the bytes it held.  Raises
-        ``FileNotFoundError`` when there is none and :class:`UnsafePath` when it is not a regular
-        file (then it stays)."""
-        size = self.regular_size(name)
-        if size is None:
+    def unlink(self, name: str) -> os.stat_result:
+        """Remove the regular file ``name``; returns its ``lstat`` (``st_size``: the bytes it
+        held; ``st_blocks * 512``: the room it took).  Raises ``FileNotFoundError`` when there is
+        none and :class:`UnsafePath` when it is not a regular file (then it stays)."""
+        if self.regular_size(name) is None:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.path(name)))
+        st = self.lstat(name)
         os.unlink(name, dir_fd=self.fd)
-        return size
+        return st
 
     def mkdir(self, name: str) -> bool:
         """Make the folder ``name`` unless it exists; True when it was made.  Raises
@@ -137,10 +137,11 @@ class Folder:
         """Make this folder's entries durable (``fsync`` of the folder)."""
         os.fsync(self.fd)
 
-    def publish(self, name: str, data: bytes, *, sync_folder: bool = True) -> None:
+    def publish(self, name: str, data: bytes, *, sync_folder: bool = True) -> int:
         """Durably write ``data`` as ``name``: write it under :func:`temp_name`, fsync, rename
         over ``name``, fsync the folder (unless ``sync_folder`` is False: the caller fsyncs it
-        once for several files, before anything relies on them).
+        once for several files, before anything relies on them).  Returns the room the file takes
+        on the filesystem, in bytes (its blocks: at least ``len(data)``).
 
         Either the whole new file is at ``name`` afterwards, or (on error or crash) the old state
         with at most a leftover temporary file.  A leftover (or a symlink) at the temporary name
@@ -160,6 +161,7 @@ class Folder:
                 while view:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
+                allocated = os.fstat(fd).st_blocks * 512
             finally:
                 os.close(fd)
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
@@ -169,6 +171,7 @@ class Folder:
             raise
         if sync_folder:
             self.fsync()
+        return allocated
 
     def move(self, name: str, to: "Folder", new_name: str) -> None:
         """Rename the regular file ``name`` to ``new_name`` in the folder ``to`` (not durable
@@ -221,11 +224,11 @@ class DataDir:
         with self.open_read(rel) as f:
             return f.read()
 
-    def publish(self, rel: str, data: bytes) -> None:
+    def publish(self, rel: str, data: bytes) -> int:
         """:meth:`Folder.publish` of ``data`` at ``rel``."""
         parent, _, name = rel.rpartition("/")
         with self.folder(parent) as folder:
-            folder.publish(name, data)
+            return folder.publish(name, data)
 
     def regular_size(self, rel: str) -> int | None:
         """:meth:`Folder.regular_size` of ``rel``; None also when its folder is missing."""

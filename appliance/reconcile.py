@@ -441,6 +441,7 @@ class _Apply:
         self.thumbnails_set: dict[str, str | None] = {}
         self.queued: list[dict] = []
         self.touched: set[str] = set()  # folders with files removed or published, to fsync first
+        self.written = self.freed = 0  # the room files published took and removed ones gave back
 
     def carry_out(self, finding: _Finding) -> None:
         """Carry ``finding`` out if it still holds.  Raises ``OSError`` when a file cannot be
@@ -454,7 +455,7 @@ class _Apply:
         if finding.action == "temp":
             try:
                 with files.folder(finding.folder) as folder:
-                    folder.unlink(finding.name)
+                    self.freed += folder.unlink(finding.name).st_blocks * 512
             except FileNotFoundError:
                 return
             except UnsafePath as exc:  # not a regular file: not ours, never followed
@@ -536,7 +537,7 @@ class _Apply:
             with self.store.files.folder(parent) as folder:
                 if present:
                     with contextlib.suppress(FileNotFoundError, UnsafePath):  # never a symlink
-                        folder.unlink(name)
+                        self.freed += folder.unlink(name).st_blocks * 512
                 # Even with nothing left to remove, an earlier removal may not be durable yet.
                 self.touched.add(parent)
         except FileNotFoundError:
@@ -548,8 +549,8 @@ class _Apply:
             self.report.thumbnails_removed += 1
 
     def _publish_thumbnail(self, capture_id: str, webp: bytes) -> None:
-        rel = self.store.publish_thumbnail(capture_id, webp, sync_folder=False)
-        self.touched.add(rel.rpartition("/")[0])  # one fsync of the folder, at the commit
+        self.written += self.store.publish_thumbnail(capture_id, webp, sync_folder=False)
+        self.touched.add(thumbnail_path(capture_id).rpartition("/")[0])  # one fsync, at the commit
 
     def _set_aside(self, capture_id: str, reason: str) -> None:
         [moved] = set_aside(self.store.files, [media_path(capture_id)])
@@ -567,7 +568,7 @@ class _Apply:
             with contextlib.suppress(FileNotFoundError), files.folder(rel) as folder:
                 folder.fsync()
         db = self.store.db
-        if self.dropped or self.thumbnails_set or self.queued or counters:
+        if self.dropped or self.thumbnails_set or self.queued or counters or self.written or self.freed:
             with db.atomic():
                 db.conn.executemany("DELETE FROM captures WHERE id = ?", [(i,) for i in self.dropped])
                 db.conn.executemany(
@@ -578,6 +579,8 @@ class _Apply:
                     db["recovery"].insert_all(self.queued, replace=True)
                 for name, value in (counters or {}).items():
                     db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
+                for name, n in (("bytes_written", self.written), ("bytes_freed", self.freed)):
+                    db.execute("UPDATE counters SET value = value + ? WHERE name = ?", [n, name])
         self.reset()
         self._skipping = None
 

@@ -254,6 +254,20 @@ def m009_time_you_can_trust(db: sqlite_utils.Database) -> None:
     db["counters"].insert({"name": "expiry_from_seq", "value": 0})
 
 
+@migrations()
+def m010_free_space_ledger(db: sqlite_utils.Database) -> None:
+    # The room the files the store has published took, and the room those it removed gave back
+    # (their blocks, in bytes), both only ever growing, counted in the commits that make them
+    # true: with the ledger cleanup keeps (one row), they tell how much of the card something else
+    # took, across restarts and crashes.
+    db["counters"].insert_all([{"name": "bytes_written", "value": 0}, {"name": "bytes_freed", "value": 0}])
+    db["free_space_ledger"].create(
+        {"id": int, "free": int, "written": int, "freed": int, "overhead": int, "boot_id": str,
+         "since_boot_s": float, "started_at": str},
+        pk="id",
+    )  # fmt: skip
+
+
 class IndexGoneError(StoreError):
     """The index file was removed or replaced while the store had it open: nothing more is
     committed to it (see :meth:`CaptureStore.guard`)."""
@@ -571,9 +585,6 @@ class CaptureStore:
             raise
         self._consistent = True
         self._shards_made: set[str] = set()
-        # Bytes of the photos and thumbnails this store has published since it was opened: what
-        # the appliance itself wrote, for cleanup's ledger of free space.
-        self.written_bytes = 0
         self._next_id: str | None = None
 
     def _open_index(self) -> None:
@@ -810,10 +821,48 @@ class CaptureStore:
         return dict(self.db.execute("SELECT id, reason FROM in_flight").fetchall())
 
     @_index_operation
-    def forget_in_flight(self, capture_ids: list[str]) -> None:
-        """Drop ``capture_ids`` from :meth:`in_flight` once their files and rows agree again."""
+    def forget_in_flight(self, capture_ids: list[str], *, freed: int = 0) -> None:
+        """Drop ``capture_ids`` from :meth:`in_flight` once their files and rows agree again;
+        ``freed``: the room their removed files gave back, in bytes, added to the counter
+        ``bytes_freed`` in the same commit."""
         with self.db.atomic():
             self.db.conn.executemany("DELETE FROM in_flight WHERE id = ?", [(i,) for i in capture_ids])
+            self._count("bytes_freed", freed)
+
+    def _count(self, name: str, n: int) -> None:
+        if n:
+            self.db.execute("UPDATE counters SET value = value + ? WHERE name = ?", [n, name])
+
+    @_index_operation
+    def space_counters(self) -> tuple[int, int]:
+        """``(bytes_written, bytes_freed)``: the room all the files the store has published took
+        and the room those it removed gave back, in bytes, since the index was made (m010)."""
+        counters = dict(self.db.execute(
+            "SELECT name, value FROM counters WHERE name IN ('bytes_written', 'bytes_freed')"
+        ).fetchall())  # fmt: skip
+        return counters["bytes_written"], counters["bytes_freed"]
+
+    def overhead_bytes(self) -> int:
+        """The room the index (``captures.db`` and its WAL) and the reserve file take now, in
+        bytes: what the appliance uses beside its photos and thumbnails."""
+        total = 0
+        with self.files.folder() as root:
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", RESERVE_NAME):
+                with contextlib.suppress(FileNotFoundError):
+                    total += root.lstat(name).st_blocks * 512
+        return total
+
+    @_index_operation
+    def free_space_ledger(self) -> dict | None:
+        """Cleanup's ledger of free space (its one row), or None."""
+        rows = list(self.db["free_space_ledger"].rows_where("id = 1"))
+        return rows[0] if rows else None
+
+    @_index_operation
+    def set_free_space_ledger(self, ledger: dict) -> None:
+        """Replace cleanup's ledger of free space (see :mod:`appliance.cleanup`)."""
+        with self.db.atomic():
+            self.db["free_space_ledger"].insert(ledger | {"id": 1}, replace=True)
 
     @property
     @_index_operation
@@ -869,17 +918,15 @@ class CaptureStore:
             self._lock.close()
         return True
 
-    def publish_thumbnail(self, capture_id: str, webp: bytes, *, sync_folder: bool = True) -> str:
+    def publish_thumbnail(self, capture_id: str, webp: bytes, *, sync_folder: bool = True) -> int:
         """Durably write ``webp`` as the thumbnail of ``capture_id`` (see
         :meth:`~appliance.datadir.Folder.publish`; ``sync_folder`` False: the caller fsyncs its
-        folder before it relies on it) and return its path relative to the data directory.
-        Raises ``OSError``."""
+        folder before it relies on it).  Returns the room it takes, for the counter
+        ``bytes_written`` of the commit that indexes it.  Raises ``OSError``."""
         self._make_shard("thumbnails", capture_id)
         folder, _, name = thumbnail_path(capture_id).rpartition("/")
         with self.files.folder(folder) as f:
-            f.publish(name, webp, sync_folder=sync_folder)
-        self.written_bytes += len(webp)
-        return thumbnail_path(capture_id)
+            return f.publish(name, webp, sync_folder=sync_folder)
 
     def _make_shard(self, kind: str, capture_id: str) -> None:
         shard = f"{kind}/{shard_of(capture_id)}"
@@ -944,12 +991,11 @@ class CaptureStore:
         }
         try:
             self._make_shard("media", capture_id)
-            self.files.publish(media, jpeg)
-            self.written_bytes += len(jpeg)
+            written = self.files.publish(media, jpeg)
             if thumbnail:
-                self.publish_thumbnail(capture_id, thumbnail)
+                written += self.publish_thumbnail(capture_id, thumbnail)
             next_id = new_id()
-            self.insert([row], in_flight={capture_id: None, next_id: "capture"})
+            self.insert([row], in_flight={capture_id: None, next_id: "capture"}, written=written)
             self._next_id = next_id
         except (CorruptDatabaseError, IndexGoneError) as exc:
             # Keep the files for the next start to index; never reuse the id.
@@ -983,18 +1029,22 @@ class CaptureStore:
         return capture_id
 
     @_index_operation
-    def insert(self, rows: list[dict], in_flight: dict[str, str | None] | None = None) -> None:
+    def insert(
+        self, rows: list[dict], in_flight: dict[str, str | None] | None = None, *, written: int = 0
+    ) -> None:
         """Commit complete index ``rows`` (their files already published) in one transaction, and
         raise the seq counter to the highest seq among them.  For :meth:`add` and reconciliation.
 
         ``in_flight``: changes to :meth:`in_flight` in the same commit, ``{id: reason}`` to add
-        and ``{id: None}`` to remove.
+        and ``{id: None}`` to remove; ``written``: the room their files took, in bytes, added to
+        the counter ``bytes_written`` in the same commit.
         """
         last_seq = max(self.last_seq, *(row["seq"] for row in rows)) if rows else self.last_seq
         timed = [row for row in rows if row["clock_synced"] and row.get("boot_id") is not None]
         with self.db.atomic():
             self.db["captures"].insert_all(rows)
             self.db["counters"].update("last_seq", {"value": last_seq})
+            self._count("bytes_written", written)
             if timed:  # the clock was trusted: the anchor moves on (appliance.clocktrust)
                 newest = max(timed, key=lambda row: row["seq"])
                 self._write_anchor(newest["captured_at"], newest["boot_id"], newest["since_boot_s"])
@@ -1044,7 +1094,7 @@ class CaptureStore:
         return self._remove_files(ids) if ids else (0, [])
 
     def _remove_files(self, capture_ids: list[str]) -> tuple[int, list[str]]:
-        freed, failed = 0, []
+        freed, room, failed = 0, 0, []
         by_folder: dict[str, list[tuple[str, str]]] = {}
         for capture_id in capture_ids:
             for rel in (media_path(capture_id), thumbnail_path(capture_id)):
@@ -1055,7 +1105,8 @@ class CaptureStore:
                 with self.files.folder(rel) as folder:
                     for capture_id, name in names:
                         try:
-                            freed += folder.unlink(name)
+                            removed = folder.unlink(name)
+                            freed, room = freed + removed.st_size, room + removed.st_blocks * 512
                         except FileNotFoundError:
                             continue  # gone already, perhaps not durably (a retry after a failed fsync)
                         except UnsafePath as exc:
@@ -1070,7 +1121,7 @@ class CaptureStore:
                 continue  # no such shard folder: none of these files is there
             except UnsafePath as exc:
                 log.warning("%s", exc)
-        self.forget_in_flight([i for i in capture_ids if i not in failed])
+        self.forget_in_flight([i for i in capture_ids if i not in failed], freed=room)
         return freed, sorted(set(failed))
 
     @_index_operation

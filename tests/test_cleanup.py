@@ -42,6 +42,16 @@ class FakeDisk:
         return shutil._ntuple_diskusage(self.total, self.total - free, free)
 
 
+class CardDisk(FakeDisk):
+    """A :class:`FakeDisk` whose free space goes as a card's does: by the blocks every file of the
+    data directory takes (the index included), not by the photos' bytes alone."""
+
+    def __call__(self, path):
+        taken = sum(p.lstat().st_blocks * 512 for p in self.store.data_dir.rglob("*") if p.is_file())
+        free = self.base_free - taken
+        return shutil._ntuple_diskusage(self.total, self.total - free, free)
+
+
 class Ticker:
     """A monotonic clock that moves on by ``step_s`` each time it is read."""
 
@@ -281,7 +291,7 @@ def test_age_expiry_deletes_only_from_the_oldest_end_of_the_capture_order(store,
 
 
 def test_a_card_filled_by_something_else_is_not_fed_with_photos(store, photo, caplog):
-    disk = FakeDisk(store, total=1000 * len(photo), base_free=900 * len(photo))  # 90 % free
+    disk = CardDisk(store, total=1000 * len(photo), base_free=900 * len(photo))  # 90 % free
     ticker = Ticker()
     policy = Policy(**vars(BARE) | {"start_free_percent": 20, "stop_free_percent": 30})
     cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60, clock=ManualClock())
@@ -302,22 +312,31 @@ def test_a_card_filled_by_something_else_is_not_fed_with_photos(store, photo, ca
     assert cleanup.capture_pause() is None and cleanup.state == "ok"
 
 
-def test_beside_another_writer_cleanup_frees_what_the_appliance_alone_would_have_needed(store, photo):
-    disk = FakeDisk(store, total=4000 * len(photo), base_free=2000 * len(photo))  # 50 % free
-    ticker = Ticker()
-    policy = Policy(**vars(BARE) | {"start_free_percent": 20, "stop_free_percent": 30})
-    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60, clock=ManualClock())
-    cleanup.tick()
-    fill(store, photo, 1300)  # alone, these take it to 17.5 %: below the start
-    disk.base_free -= 400 * len(photo)  # and something else writes another 10 %
-    ticker.now += 60
-    cleanup.tick()
-    while cleanup.state == "cleaning":
+def test_beside_another_writer_cleanup_frees_what_the_appliance_alone_would_have_needed(tmp_path, photo):
+    def run(data_dir, others: int) -> tuple[int, str | None]:
+        store = CaptureStore(data_dir)
+        disk = CardDisk(store, total=4000 * len(photo), base_free=2000 * len(photo))  # 50 % free
+        ticker = Ticker()
+        policy = Policy(**vars(BARE) | {"start_free_percent": 20, "stop_free_percent": 30})
+        cleanup = Cleanup(
+            store, policy, disk_usage=disk, monotonic=ticker, interval_s=60, clock=ManualClock()
+        )
         cleanup.tick()
-    # Alone it would have cleaned from 17.5 % up to 30 %: 500 photos; the other writer's 400 are
-    # not made up for, and capturing pauses for them.
-    assert len(remaining(store)) == 1300 - 500
-    assert "something else is filling the card" in cleanup.capture_pause()
+        fill(store, photo, 1300)  # alone, these take it below the start (20 %)
+        disk.base_free -= others * len(photo)
+        ticker.now += 60
+        cleanup.tick()
+        while cleanup.state == "cleaning":
+            cleanup.tick()
+        deleted, pause = 1300 - len(remaining(store)), cleanup.capture_pause()
+        store.close()
+        return deleted, pause
+
+    alone, _ = run(tmp_path / "alone", 0)
+    beside, pause = run(tmp_path / "beside", 400)  # something else writes 10 % of the card too
+    # What the appliance alone would have freed, and not a photo more for the other writer's 10 %.
+    assert 400 < alone < 1300 and abs(beside - alone) <= 1
+    assert "something else is filling the card" in pause
 
 
 def test_the_interval_is_monotonic_whatever_the_wall_clock_does(store, photo):

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -19,6 +20,7 @@ from PIL import Image
 
 from appliance.reconcile import open_store
 from appliance.store import CaptureStore, IndexReader, media_path
+from hw.clock import ManualClock
 
 
 def start(data_dir, config, *args, stderr=subprocess.PIPE):
@@ -505,3 +507,81 @@ def test_a_signal_while_the_config_is_read_exits_0(tmp_path, signum):
     assert process.returncode == 0, stderr
     assert f"appliance: stopped by {signal.strsignal(signum)} while starting" in stderr
     assert "Traceback" not in stderr
+
+
+MB = 1 << 20
+SLOW_FILL_CONFIG = f"""\
+trigger_cooldown_s = 0
+max_captures_per_minute = 0
+cleanup_start_free_percent = 0
+cleanup_stop_free_percent = 0
+cleanup_start_free_bytes = {100 * MB}
+cleanup_stop_free_bytes = {150 * MB}
+headroom_hours = 0
+capture_min_free_bytes = {20 * MB}
+cleanup_interval_s = 1
+"""
+
+
+def card_with_photos(tmpfs, samples, name) -> Path:
+    """A 400 MB card holding 240 MB of photos taken earlier: 160 MB free, above the start."""
+    card = tmpfs("400m", name)
+    jpeg = (samples / "full-res" / "olympus_e-p3_12mp.jpg").read_bytes()  # 2.9 MB
+    store, clock = CaptureStore(card / "data"), ManualClock()
+    for _ in range(85):
+        store.add(jpeg, None, timestamp=clock.now(), trigger="motion")
+    store.close()
+    return card
+
+
+def other_writer(path, mb):
+    with open(path, "ab") as f:
+        for _ in range(mb // 4):
+            f.write(b"\x01" * (4 * MB))
+
+
+def run_while(card, config, during) -> tuple[int, str, dict]:
+    """``appliance run`` on the card (no triggers), ``during()`` once it is up; then SIGTERM.
+    Returns ``(exit status, log, the last /api/status)``."""
+    process = start(card / "data", config, "--trigger-interval-s", "3600")
+    try:
+        url = status_url(process)
+        time.sleep(1.5)
+        during()
+        time.sleep(3)  # three cleanup checks
+        status = requests.get(url + "api/status", timeout=5).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=30)
+    return process.returncode, log, status
+
+
+def photos_left(card) -> int:
+    return len(IndexReader(card / "data").latest(1000))
+
+
+def test_another_writer_that_fills_the_card_a_little_at_a_time_is_fed_once_at_most(tmp_path, tmpfs, samples):
+    config = tmp_path / "card.toml"
+    config.write_text(SLOW_FILL_CONFIG)
+    card = card_with_photos(tmpfs, samples, "card")
+
+    def in_two_goes():  # each less than the 64 MiB that give it away
+        other_writer(card / "other.bin", 60)
+        time.sleep(3)
+        other_writer(card / "other.bin", 60)
+
+    status, log, api = run_while(card, config, in_two_goes)
+    assert status == 0, log
+    assert photos_left(card) >= 85 - 22  # at most the first go's 60 MB of 2.9 MB photos
+    assert "something else is filling the card" in api["problems"]["space"]
+
+
+def test_a_card_filled_by_another_writer_stays_unfed_across_a_restart(tmp_path, tmpfs, samples):
+    config = tmp_path / "card.toml"
+    config.write_text(SLOW_FILL_CONFIG)
+    card = card_with_photos(tmpfs, samples, "card")
+    status, log, api = run_while(card, config, lambda: other_writer(card / "other.bin", 120))
+    assert status == 0 and photos_left(card) == 85, log
+    status, log, api = run_while(card, config, lambda: None)  # a restart: the other file is still there
+    assert status == 0 and photos_left(card) == 85, log
+    assert "something else is filling the card" in api["problems"]["space"]

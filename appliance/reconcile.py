@@ -725,7 +725,6 @@ class FullCheck:
         except (CorruptDatabaseError, IndexGoneError):
             raise
         except (OSError, sqlite3.Error) as exc:
-            self.close()  # the worker reads again from the first shard not committed as done
             self._errors += 1
             delay = min(MAX_BACKOFF_S, 2.0**self._errors)
             self._resume_at = time.monotonic() + delay
@@ -744,6 +743,7 @@ class FullCheck:
             self._worker = threading.Thread(target=self._read, name="full-check", daemon=True)
             self._worker.start()
         counters = {}
+        committed = (self._next, self._skipped, len(self._report.shards_skipped))
         try:
             with self._store.guard():
                 first = True
@@ -757,11 +757,18 @@ class FullCheck:
                     else:
                         self._apply.commit(counters)  # the last shard's queued photos first
                         counters.clear()
+                        committed = (self._next, self._skipped, len(self._report.shards_skipped))
                         if not self._apply.index_recovered(RECOVERY_BATCH):
                             self._finish(counters)
                 self._apply.commit(counters)
         except BaseException:
+            # Nothing of this step was committed: what was read ahead is forgotten, and the shards
+            # it went past are read again.
             self._apply.reset()
+            self.close()
+            self._next, self._skipped, kept = committed
+            del self._report.shards_skipped[kept:]
+            self.done = False
             raise
         finally:
             self._report.duration_s += time.monotonic() - started

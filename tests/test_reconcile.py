@@ -553,18 +553,20 @@ def test_a_step_that_fails_loses_nothing_it_had_found(tmp_path, monkeypatch, fau
     enospc = lambda step: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), step)  # noqa: E731
     failed = []
 
-    def fails(name, path):  # the first five thumbnails' renames
-        if name == "rename" and ".webp" in path and len(failed) < 5:
+    def fails(name, path):  # the card is full for a while, as the thumbnails of shard 40 are made
+        if name == "rename" and f"/thumbnails/40/.40{'c' * 30}.webp.tmp" in path and len(failed) < 3:
             failed.append(path)
             return True
         return False
 
     check = FullCheck(store, report := Reconciliation(), 160)
-    with faulty_disk(fails, enospc):  # the card is full for a while, as thumbnails are made
-        while check.step(budget_s=0.01) is not schedule.CancelJob:
+    with faulty_disk(fails, enospc):
+        with pytest.raises(OSError):  # appliance check: one step, from shard 00 on, fails at 40
+            check.run()
+        while check.step(budget_s=1.0) is not schedule.CancelJob:  # beside capturing: backs off
             pass
     store.close()
-    assert len(failed) == 5 and "full check: [Errno 28] No space left on device" in caplog.text
+    assert len(failed) == 3 and "full check: [Errno 28] No space left on device" in caplog.text
     assert report.recovered == len(lost) and not report.unreadable
     indexed = {r["id"] for r in assert_index_matches_disk(tmp_path)}
     assert indexed == {r["id"] for r in rows} | lost.keys()

@@ -666,8 +666,11 @@ class CaptureStore:
         """Make the complete index ``new`` (in the data directory) the index, durably, after
         setting aside a WAL left beside the old one (SQLite would replay it into the new one)."""
         with self.files.folder() as root:
-            os.fsync(fd := root.open(new.name, os.O_RDONLY))
-            os.close(fd)
+            fd = root.open(new.name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             leftovers = [
                 DB_NAME + suffix
                 for suffix in ("-wal", "-shm")

@@ -1114,7 +1114,7 @@ def print_table(figures: dict, photo_name: str) -> None:
         f"camera {latency['camera']['p50']:.1f} / {latency['camera']['p99']:.1f}"
     )
     _line(
-        f"trigger to ack during a recovery, p99 / idle p99 ({figures['recovery_photos']:,} photos)",
+        f"recovery of {figures['recovery_photos']:,} photos: trigger to ack p99 / idle",
         f"{figures['recovery_latency_ratio']:.2f}",
         "recovery_latency_ratio",
         figures,

@@ -333,18 +333,26 @@ def test_a_photo_deleted_while_streaming_is_left_out_and_the_rest_agrees(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_client_that_goes_away_ends_the_snapshot(tmp_path, store, photo, clock, serve):
-    """A download dropped halfway closes its read transaction, so the WAL checkpoints again."""
-    for _ in range(60):  # about 20 MB: more than the socket buffers hold
+def start_download(store, photo, clock, serve) -> socket.socket:
+    """A client that starts the ZIP download of about 20 MB of photos (more than the socket
+    buffers and the server's buffer hold) and reads only its first 4 kB; the download's snapshot
+    then holds the WAL."""
+    for _ in range(60):
         store.add(photo, None, timestamp=clock.now(), trigger="motion")
     url = urllib.parse.urlsplit(serve()("/export/camtrap-dp.zip"))
-    with socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect((url.hostname, url.port))
-        client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-        assert client.recv(4096).startswith(b"HTTP/1.1 200")
-        store.add(photo, None, timestamp=clock.now(), trigger="motion")
-        assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((url.hostname, url.port))
+    client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
+    return client
+
+
+def test_a_client_that_goes_away_ends_the_snapshot(tmp_path, store, photo, clock, serve):
+    """A download dropped halfway closes its read transaction, so the WAL checkpoints again."""
+    start_download(store, photo, clock, serve).close()
     deadline = time.monotonic() + 10
     while store.checkpoint()[0] == 1:
         assert time.monotonic() < deadline, "the snapshot of a dropped download was never closed"
@@ -358,16 +366,7 @@ def test_a_client_that_stops_reading_is_dropped_and_its_snapshot_ends(
     after SEND_TIMEOUT_S (TCP_USER_TIMEOUT), which ends its read transaction: the WAL checkpoints
     again, and the download's place is free."""
     monkeypatch.setattr("appliance.web.SEND_TIMEOUT_S", 1)
-    for _ in range(60):  # about 20 MB: more than the socket buffers and the server's buffer hold
-        store.add(photo, None, timestamp=clock.now(), trigger="motion")
-    url = urllib.parse.urlsplit(serve()("/export/camtrap-dp.zip"))
-    with socket.socket() as client:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.connect((url.hostname, url.port))
-        client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-        assert client.recv(4096).startswith(b"HTTP/1.1 200")
-        store.add(photo, None, timestamp=clock.now(), trigger="motion")
-        assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
+    with start_download(store, photo, clock, serve):
         deadline = time.monotonic() + 15
         while store.checkpoint()[0] == 1:  # the client, still connected, reads nothing more
             assert time.monotonic() < deadline, "the snapshot of a stalled download was never closed"

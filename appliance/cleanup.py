@@ -248,6 +248,10 @@ class Cleanup:
         self.last_decision: Decision | None = None
         self.last_run: dict | None = None  # the cleanup_runs row of the last finished run
 
+    def configure(self, policy: Policy) -> None:
+        """Take ``policy`` from the next decision on (a config reload)."""
+        self.policy = policy
+
     def tick(self) -> None:
         """Check free space when due, and delete for about :data:`TICK_BUDGET_S` if needed."""
         now = self._monotonic()

@@ -16,80 +16,32 @@ interrupt), 2 for a bad config or command line.
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import logging
-import queue
-import shutil
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import schedule
 from gpiozero.exc import GPIOZeroError
 
 from appliance import config as config_module
-from appliance.bench import main as bench_main
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
 from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError
-from appliance.exif import Identity
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
-from appliance.loop import Health, MainLoop, guarded
-from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
-from appliance.store import CHECKPOINT_INTERVAL_S, DB_NAME, TRIGGERS, IndexReader, unsafe_layout
-from appliance.web import WebServer, make_app
+from appliance.loop import MainLoop
+from appliance.reconcile import open_store
+from appliance.runtime import Appliance
+from appliance.store import DB_NAME, TRIGGERS, IndexReader, unsafe_layout
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
-from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
 from hw.clock import SystemClock
 from hw.exc import HardwareError, UnsupportedCameraSize
-from hw.lights import Lights
-from hw.system import Probes
-from hw.triggers import (
-    ActiveWindows,
-    SimulatedTriggerSource,
-    Timelapse,
-    TriggerEvent,
-    TriggerGate,
-    Triggers,
-    make_pin_factory,
-)
 
 log = logging.getLogger("appliance")
-
-# The settings a reload (SIGHUP) applies while running; any other change needs a restart.
-LIVE_SETTINGS = frozenset(
-    (
-        "trigger_cooldown_s",
-        "max_captures_per_minute",
-        "burst_count",
-        "burst_interval_s",
-        "timelapse_interval_s",
-        "active_windows",
-        "flash_pre_delay_s",
-        "capture_timeout_s",
-        "thumbnail_max_px",
-        "camera_make",
-        "camera_model",
-        "camera_id",
-        "cleanup_start_free_percent",
-        "cleanup_start_free_bytes",
-        "cleanup_stop_free_percent",
-        "cleanup_stop_free_bytes",
-        "headroom_hours",
-        "max_capture_age_days",
-        "capture_min_free_bytes",
-    )
-)
-# Seconds between two readings of the clock between captures (a jump is noticed within this).
-CLOCK_CHECK_INTERVAL_S = 10
-# Seconds between two STATUS= lines to systemd (shown by systemctl status).
-STATUS_INTERVAL_S = 30
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -246,28 +198,6 @@ def config_command(args) -> int:
     return status
 
 
-def _make_camera(config: config_module.Config):
-    size = config.camera_size_px if any(config.camera_size_px) else None
-    if config.simulate:
-        return SimulatedCamera(
-            replay_dir=Path(config.simulate_replay_dir) if config.simulate_replay_dir else None,
-            size_px=size or (1280, 960),
-            lores_size_px=config.camera_lores_size_px,
-            jpeg_quality=config.jpeg_quality,
-        )
-    return Picamera2Camera(
-        size_px=size,
-        lores_size_px=config.camera_lores_size_px,
-        jpeg_quality=config.jpeg_quality,
-        controls=camera_controls(
-            exposure_time_us=config.camera_exposure_time_us,
-            analogue_gain=config.camera_analogue_gain,
-            awb_mode=config.camera_awb_mode,
-        ),
-        autofocus=config.camera_autofocus,
-    )
-
-
 def _preflight(config: config_module.Config) -> list[Check]:
     checks = preflight(
         Path(config.data_dir),
@@ -349,256 +279,30 @@ def run(
     (:class:`~appliance.store.CorruptDatabaseError`, :class:`~appliance.store.IndexGoneError`,
     after the loop has stopped), so that systemd restarts the appliance and it checks the store.
 
-    SIGHUP calls ``reload_config()`` and applies the settings in :data:`LIVE_SETTINGS`; others
-    that changed are logged as needing a restart, and a bad config is logged and ignored.  A
-    SIGHUP during start-up is ignored: the config has just been read.  ``stopping``: the signal
-    handler :func:`main` installed before reading the config, if it did.
+    SIGHUP calls ``reload_config()`` and applies it (:meth:`Appliance.reload`); a bad config is
+    logged and ignored.  A SIGHUP during start-up is ignored: the config has just been read.
+    ``stopping``: the signal handler :func:`main` installed before reading the config, if it did.
     """
     stopping = stopping or _Stopping()
-    with _stop_signals(stopping):
+    with _stop_signals(stopping), contextlib.closing(Notifier()) as notifier:
         try:
-            return _run(config, duration_s, reload_config, stopping)
+            checks = _preflight(config)
+            for check in checks:
+                level = {FATAL: logging.ERROR, WARNING: logging.WARNING}.get(check.level, logging.INFO)
+                log.log(level, "preflight %s: %s", check.name, check.reason)
+            if any(check.level == FATAL for check in checks):
+                return 1
+            with Appliance(config, notifier=notifier, read_config=reload_config) as appliance:
+                if reload_config is not None:
+                    signal.signal(signal.SIGHUP, lambda num, frame: appliance.loop.request_reload())
+                stopping.loop = appliance.loop
+                print(f"Status page: {appliance.server.url} ({appliance.mode}, data in {config.data_dir})",
+                      flush=True)  # fmt: skip
+                appliance.run(duration_s)
         except _Stopped as exc:
             log.info("stopped during start-up (%s); the next start goes on from there", exc)
             return 0
-
-
-def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
-    started = time.monotonic()
-    mode = "simulation" if config.simulate else "hardware"
-    data_dir = Path(config.data_dir)
-    checks = _preflight(config)
-    for check in checks:
-        log.log(
-            {FATAL: logging.ERROR, WARNING: logging.WARNING}.get(check.level, logging.INFO),
-            "preflight %s: %s",
-            check.name,
-            check.reason,
-        )
-    if any(check.level == FATAL for check in checks):
-        return 1
-    events = queue.Queue()
-    with contextlib.ExitStack() as stack:
-        notifier = Notifier()
-        stack.callback(notifier.close)
-        notifier.status("checking the capture store")
-        store, reconciliation = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px, beside=True)
-        closed = []  # whether the store closed cleanly, once it has
-        stack.callback(lambda: closed.append(store.close()))
-        log.log(
-            logging.WARNING if reconciliation.needs_attention else logging.INFO,
-            "capture store: %s",
-            reconciliation.summary(),
-        )
-
-        health = Health()
-
-        def gap_accepted(gap_s: float) -> None:
-            # Had the clock been behind before, every capture would now look older than it is.
-            days = config.max_capture_age_days
-            if days and gap_s > days * 86400:
-                store.set_expiry_floor()
-                log.warning(
-                    "clock: %.0f days ahead of the last time the appliance ran, more than "
-                    "max_capture_age_days; the captures from before are deleted by age only once "
-                    "newer ones are", gap_s / 86400,
-                )  # fmt: skip
-
-        clock = TrustedClock(
-            anchor=store.clock_anchor(), record_anchor=store.set_clock_anchor, gap_accepted=gap_accepted
-        )
-        clock.now()  # its state, for the log and the page from the start
-        if clock.status().state == DISTRUSTED:  # unsynchronised: the preflight check said so
-            log.warning("clock: %s", clock.status().reason)
-        cleanup = Cleanup(
-            store, Policy.from_config(config), interval_s=config.cleanup_interval_s, clock=clock
-        )
-        reader = IndexReader(data_dir)
-
-        def summary() -> str:
-            stamp = clock.now()  # counted by time since boot while the wall clock is not trusted
-            counts = reader.counts(
-                stamp.wall, boot=None if stamp.clock_synced else (stamp.boot_id, stamp.since_boot_s)
-            )
-            free = shutil.disk_usage(data_dir).free
-            return (
-                f"{counts['last_24h']} captures in the last 24 h, {counts['total']} in all; "
-                f"{free / 1e9:.1f} GB free; cleanup {cleanup.state}"
-            )
-
-        pin_factory = make_pin_factory(config.simulate)
-        gate = TriggerGate(
-            cooldown_s=config.trigger_cooldown_s,
-            max_captures_per_minute=config.max_captures_per_minute,
-            captures_per_event=config.burst_count,
-        )
-        lights = Lights(
-            flash_pin=config.flash_pin or None,
-            uv_pin=config.uv_pin or None,
-            flash_active_high=config.flash_active_high,
-            uv_active_high=config.uv_active_high,
-            flash_pre_delay_s=config.flash_pre_delay_s,
-            pin_factory=pin_factory,
-        )
-        stack.callback(lights.close)  # off on every way out, a crash included
-
-        camera = RecoveringCamera(lambda: _make_camera(config), max_failures=config.camera_max_failures)
-        stack.callback(camera.close)
-        probes = Probes(data_dir)
-
-        def hardware_status() -> dict:
-            return {
-                "camera": camera.status(),
-                "triggers": gate.status(),
-                "system": probes.snapshot(),
-                "uv_light_on": lights.uv_on,
-                "clock": dataclasses.asdict(clock.status()),
-            }
-
-        app = make_app(
-            reader,
-            mode=mode,
-            started_monotonic=started,
-            health=health,
-            reconciliation=reconciliation,
-            cleanup_status=cleanup.status,
-            hardware_status=hardware_status,
-            submit=events.put,
-            token=config.web_token,
-            export_config=lambda: config,  # the reloaded one after a SIGHUP
-        )
-        host = config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
-        server = WebServer(app, host, config.web_port)
-        stack.callback(server.stop)
-
-        scheduler = schedule.Scheduler()
-        loop = MainLoop(
-            events=events,
-            camera=camera,
-            store=store,
-            scheduler=scheduler,
-            clock=clock,
-            capture_timeout_s=config.capture_timeout_s,
-            thumbnail_max_px=config.thumbnail_max_px,
-            identity=Identity(config.camera_make, config.camera_model or camera.model, config.camera_id),
-            health=health,
-            cleanup=cleanup,
-            notifier=notifier,
-            lights=lights,
-            burst_count=config.burst_count,
-            burst_interval_s=config.burst_interval_s,
-        )
-        hold_actions = {
-            "none": None,
-            "test_shot": lambda: events.put(TriggerEvent("manual", time.monotonic())),
-            "shutdown": lambda: loop.request_stop("button held: clean stop; the data is safe"),
-        }
-        triggers = Triggers(
-            events,
-            button_pin=config.button_pin or None,
-            motion_pin=config.motion_pin or None,
-            bounce_time_s=config.button_bounce_time_s or None,
-            gate=gate,
-            hold_time_s=config.button_hold_time_s,
-            when_held=hold_actions[config.button_hold_action],
-            pin_factory=pin_factory,
-        )
-        stack.callback(triggers.close)
-
-        cleanup_job = guarded("cleanup", cleanup.tick)
-        # Every second: the tick itself keeps the interval on the monotonic clock, and goes on
-        # deleting in short slices while a run is under way.
-        scheduler.every(1).seconds.do(cleanup_job)
-        scheduler.every(CHECKPOINT_INTERVAL_S).seconds.do(guarded("WAL checkpoint", store.checkpoint))
-        scheduler.every(1).seconds.do(guarded("camera recovery", camera.recover))
-        scheduler.every(CLOCK_CHECK_INTERVAL_S).seconds.do(guarded("clock check", clock.tick))
-        timelapse = Timelapse(
-            events,
-            interval_s=config.timelapse_interval_s,
-            windows=ActiveWindows(config.active_windows),
-            gate=gate,
-        )
-        scheduler.every(1).seconds.do(guarded("timelapse", timelapse.tick))
-        if config.uv_pin:
-            uv_job = guarded(
-                "UV light", lambda: lights.set_uv(timelapse.windows.contains(datetime.datetime.now().time()))
-            )
-            uv_job()
-            scheduler.every(10).seconds.do(uv_job)
-        if notifier.enabled:
-            status_job = guarded("systemd status", lambda: notifier.status(summary()))
-            scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
-        if reconciliation.full_check_due:
-            # In short steps between captures: capturing starts now, the check ends a little later.
-            full_check = FullCheck(
-                store, reconciliation, config.thumbnail_max_px, busy=lambda: not events.empty()
-            )
-            stack.callback(full_check.close)
-            scheduler.every(STEP_INTERVAL_S).seconds.do(guarded("full check", full_check.step))
-
-        def apply(new: config_module.Config) -> None:
-            gate.configure(
-                cooldown_s=new.trigger_cooldown_s,
-                max_captures_per_minute=new.max_captures_per_minute,
-                captures_per_event=new.burst_count,
-            )
-            loop.configure(
-                capture_timeout_s=new.capture_timeout_s,
-                thumbnail_max_px=new.thumbnail_max_px,
-                identity=Identity(new.camera_make, new.camera_model or camera.model, new.camera_id),
-                burst_count=new.burst_count,
-                burst_interval_s=new.burst_interval_s,
-            )
-            timelapse.configure(
-                interval_s=new.timelapse_interval_s, windows=ActiveWindows(new.active_windows)
-            )
-            lights.flash_pre_delay_s = new.flash_pre_delay_s
-            cleanup.policy = Policy.from_config(new)
-
-        def reload() -> None:
-            nonlocal config
-            try:
-                new = reload_config()
-            except ConfigError as exc:
-                log.error("config not reloaded, keeping the running one: %s", exc)
-                return
-            changed = {
-                f.name for f in config_module.settings() if getattr(new, f.name) != getattr(config, f.name)
-            }
-            # The deployment settings are read at each export (the web's reads the current
-            # config), import_convert only by `appliance import`: nothing to restart.
-            later = changed - LIVE_SETTINGS - config_module.EXPORT_IMPORT_SETTINGS
-            try:
-                running = dataclasses.replace(new, **{key: getattr(config, key) for key in later})
-            except ConfigError as exc:
-                log.error("config not reloaded: with the settings that take a restart unchanged, %s", exc)
-                return
-            apply(running)
-            config = running
-            log.info("config reloaded: %s", ", ".join(sorted(changed - later)) or "nothing changed")
-            if later:
-                log.warning("config: %s changed, which takes a restart", ", ".join(sorted(later)))
-
-        if reload_config is not None:
-            loop.on_reload = reload
-            signal.signal(signal.SIGHUP, lambda num, frame: loop.request_reload())
-        stopping.loop = loop
-
-        if config.simulate:
-            source = SimulatedTriggerSource(triggers, config.simulate_trigger_interval_s)
-            source.start()
-            stack.callback(source.stop)
-
-        cleanup_job()  # before the first capture, not one interval later
-        print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
-        notifier.ready(summary())
-        try:
-            loop.run(duration_s)
-        finally:
-            notifier.stopping()
-        if loop.fatal is not None:
-            raise loop.fatal
-    if closed != [True]:
+    if not appliance.store_closed:
         log.error(
             "stopped, but the capture store was not closed cleanly (see above); the next start checks it"
         )
@@ -861,6 +565,8 @@ def main(
 def _command(args, stopping: _Stopping | None = None) -> int:
     if args.command == "bench":
         configure_logging("WARNING")
+        from appliance.bench import main as bench_main  # a big module, for this command alone
+
         return bench_main(args.data_dir, args.json, photo=args.photo, captures=args.captures)
     if args.command == "config":
         return config_command(args)

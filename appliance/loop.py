@@ -6,6 +6,7 @@ a stop request (a signal, or the end of ``duration_s``) lets the capture in flig
 """
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import math
@@ -95,20 +96,46 @@ class Health:
             return dict(self._problems)
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the main loop does with each trigger.
+
+    ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail
+    edge; ``identity``: the EXIF make, model and serial written into photos the camera takes (an
+    empty model: the camera's own; replayed photos are stored as they are); ``burst_count``,
+    ``burst_interval_s``: photos per trigger and seconds from the start of one to the next.
+    """
+
+    capture_timeout_s: float = 10.0
+    thumbnail_max_px: int = 320
+    identity: exif.Identity = exif.Identity("Raspberry Pi", "")
+    burst_count: int = 1
+    burst_interval_s: float = 0.5
+
+    @classmethod
+    def from_config(cls, config) -> "LoopSettings":
+        """From the settings of the same names, and ``camera_make``, ``camera_model``,
+        ``camera_id`` for the identity."""
+        return cls(
+            capture_timeout_s=config.capture_timeout_s,
+            thumbnail_max_px=config.thumbnail_max_px,
+            identity=exif.Identity(config.camera_make, config.camera_model, config.camera_id),
+            burst_count=config.burst_count,
+            burst_interval_s=config.burst_interval_s,
+        )
+
+
 class MainLoop:
     """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events``, does each
     :class:`Request` put there, and runs ``scheduler``.
 
     ``camera``: a :class:`~hw.camera.Camera`; ``store``: the writer of the capture store;
-    ``capture_timeout_s``: seconds a capture may take; ``thumbnail_max_px``: longest thumbnail edge;
-    ``identity``: the EXIF make and model written into photos the camera takes (replayed photos are
-    stored as they are); ``clock``: where timestamps come from; ``health``: where failures are
+    ``settings``: :class:`LoopSettings`; ``clock``: where timestamps come from; ``health``: where failures are
     reported for the status page; ``cleanup``: the :class:`~appliance.cleanup.Cleanup` that may
     pause capturing for space; ``notifier``: systemd, sent ``WATCHDOG=1`` from the loop itself at
     its :attr:`~boot.systemd.Notifier.watchdog_interval_s`, so that a wedged capture (or job) stops
     the keep-alives and systemd restarts the service; ``lights``: the flash, on during each
-    capture; ``burst_count``, ``burst_interval_s``: photos per trigger and seconds from the start
-    of one to the next (the photos of a burst share an ``event_id``).
+    capture.  The photos of a burst share an ``event_id``.
     """
 
     def __init__(
@@ -118,28 +145,18 @@ class MainLoop:
         camera: Camera,
         store: CaptureStore,
         scheduler: schedule.Scheduler,
-        capture_timeout_s: float,
-        thumbnail_max_px: int,
-        identity: exif.Identity,
+        settings: LoopSettings = LoopSettings(),
         clock: SystemClock | None = None,
         health: Health | None = None,
         cleanup: Cleanup | None = None,
         notifier: Notifier | None = None,
         lights: Lights | None = None,
-        burst_count: int = 1,
-        burst_interval_s: float = 0.5,
     ):
         self._events = events
         self._camera = camera
         self._store = store
         self._scheduler = scheduler
-        self.configure(
-            capture_timeout_s=capture_timeout_s,
-            thumbnail_max_px=thumbnail_max_px,
-            identity=identity,
-            burst_count=burst_count,
-            burst_interval_s=burst_interval_s,
-        )
+        self.configure(settings)
         self._clock = clock or SystemClock()
         self.health = health or Health()
         self._cleanup = cleanup
@@ -151,21 +168,12 @@ class MainLoop:
         self._next_ping = -math.inf
         self.on_reload: Callable[[], None] | None = None  # run by the loop after request_reload()
 
-    def configure(
-        self,
-        *,
-        capture_timeout_s: float,
-        thumbnail_max_px: int,
-        identity: exif.Identity,
-        burst_count: int,
-        burst_interval_s: float,
-    ) -> None:
-        """Set the settings that may change while running (a config reload): see the class."""
-        self._capture_timeout_s = capture_timeout_s
-        self._thumbnail_max_px = thumbnail_max_px
-        self._identity = identity
-        self._burst_count = burst_count
-        self._burst_interval_s = burst_interval_s
+    def configure(self, settings: LoopSettings) -> None:
+        """Take ``settings`` from the next capture on (a config reload)."""
+        self.settings = settings
+        self._identity = dataclasses.replace(
+            settings.identity, model=settings.identity.model or self._camera.model
+        )
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop after the capture in flight.  Safe to call from a signal handler:
@@ -275,9 +283,9 @@ class MainLoop:
         ends the burst early."""
         event_id, rows = new_id(), []
         started = time.monotonic()
-        for index in range(self._burst_count):
+        for index in range(self.settings.burst_count):
             if index:
-                self._pause(started + index * self._burst_interval_s - time.monotonic())
+                self._pause(started + index * self.settings.burst_interval_s - time.monotonic())
                 if self._stop_reason is not None:
                     break
             self._keepalive(time.monotonic())  # captures slower than the interval get no pause
@@ -307,7 +315,7 @@ class MainLoop:
         try:
             flash = self._lights is not None and self._camera.ready()  # none for a recovering camera
             with self._lights.flash() if flash else contextlib.nullcontext():
-                shot = self._camera.capture(self._capture_timeout_s)
+                shot = self._camera.capture(self.settings.capture_timeout_s)
         except CameraFailed as exc:
             log.error("capture for %s trigger failed: %s", event.source, exc)
             self._stop_fatal(exc)
@@ -327,7 +335,7 @@ class MainLoop:
             except ValueError as exc:
                 log.warning("capture for %s trigger stored without EXIF: %s", event.source, exc)
         try:
-            thumbnail = thumbnails.make(jpeg, shot.frame, self._thumbnail_max_px)
+            thumbnail = thumbnails.make(jpeg, shot.frame, self.settings.thumbnail_max_px)
         except (OSError, ValueError) as exc:
             log.warning("capture for %s trigger has no thumbnail: %s", event.source, exc)
             thumbnail = None

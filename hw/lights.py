@@ -8,22 +8,44 @@ simulation and tests the same devices are built on gpiozero's own
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from gpiozero import DigitalOutputDevice
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class LightsSettings:
+    """How the lights are wired and used.
+
+    ``flash_pin``, ``uv_pin``: BCM names such as ``"GPIO27"``, or None when not fitted;
+    ``flash_active_high``, ``uv_active_high``: False when the light is on while its pin is low
+    (many relay boards); ``flash_pre_delay_s``: seconds :meth:`Lights.flash` keeps the flash on
+    before the exposure starts, so that a lamp that takes time to warm up (an LED driver's soft
+    start, a relay's closing time) is at full output for the whole exposure.
+    """
+
+    flash_pin: str | None = None
+    uv_pin: str | None = None
+    flash_active_high: bool = True
+    uv_active_high: bool = True
+    flash_pre_delay_s: float = 0.0
+
+    @classmethod
+    def from_config(cls, config) -> "LightsSettings":
+        """From the settings of the same names (an empty pin: not fitted)."""
+        return cls(
+            flash_pin=config.flash_pin or None,
+            uv_pin=config.uv_pin or None,
+            flash_active_high=config.flash_active_high,
+            uv_active_high=config.uv_active_high,
+            flash_pre_delay_s=config.flash_pre_delay_s,
+        )
+
+
 class Lights:
-    """The flash and the UV light.
-
-    ``flash_pin`` and ``uv_pin`` are BCM names such as ``"GPIO27"``, or None when not fitted.
-    ``*_active_high`` is False when the light is on while its pin is low (many relay boards).
-
-    ``flash_pre_delay_s`` (an attribute that may be changed) is how long, in seconds,
-    :meth:`flash` keeps the flash on before the exposure starts, so that a lamp that takes time to
-    warm up (an LED driver's soft start, a relay's closing time) is at full output for the whole
-    exposure.
+    """The flash and the UV light, as ``settings`` (:class:`LightsSettings`) says.
 
     Every light is off from the moment it is built (an active-low pin is driven high), and
     :meth:`close` turns them all off again.  To have them off after a crash too, close this
@@ -33,30 +55,36 @@ class Lights:
     is left reserved when it does.
     """
 
-    def __init__(
-        self,
-        *,
-        flash_pin: str | None,
-        uv_pin: str | None,
-        flash_active_high: bool = True,
-        uv_active_high: bool = True,
-        flash_pre_delay_s: float = 0.0,
-        pin_factory=None,
-    ):
-        self.flash_pre_delay_s = flash_pre_delay_s
+    def __init__(self, settings: LightsSettings, *, pin_factory=None):
+        self.settings = settings
         self._flash = self._uv = None
         try:
-            if flash_pin:
+            if settings.flash_pin:
                 self._flash = DigitalOutputDevice(
-                    flash_pin, active_high=flash_active_high, initial_value=False, pin_factory=pin_factory
+                    settings.flash_pin,
+                    active_high=settings.flash_active_high,
+                    initial_value=False,
+                    pin_factory=pin_factory,
                 )
-            if uv_pin:
+            if settings.uv_pin:
                 self._uv = DigitalOutputDevice(
-                    uv_pin, active_high=uv_active_high, initial_value=False, pin_factory=pin_factory
+                    settings.uv_pin,
+                    active_high=settings.uv_active_high,
+                    initial_value=False,
+                    pin_factory=pin_factory,
                 )
         except BaseException:
             self.close()
             raise
+
+    def configure(self, settings: LightsSettings) -> None:
+        """Apply a config reload: ``flash_pre_delay_s`` from the next flash on.  The pins and their
+        polarity are taken at construction only (changing them takes a restart).  Raises
+        ``ValueError`` when they differ from the running ones."""
+        wiring = ("flash_pin", "uv_pin", "flash_active_high", "uv_active_high")
+        if any(getattr(settings, name) != getattr(self.settings, name) for name in wiring):
+            raise ValueError("the lights' pins change only with a restart")
+        self.settings = settings
 
     @contextlib.contextmanager
     def flash(self):
@@ -70,7 +98,7 @@ class Lights:
             return
         self._flash.on()
         try:
-            time.sleep(self.flash_pre_delay_s)
+            time.sleep(self.settings.flash_pre_delay_s)
             yield
         finally:
             # close() may have run meanwhile (turning the flash off); don't mask the body's error

@@ -46,43 +46,61 @@ def make_pin_factory(simulate: bool):
     return MockFactory() if simulate else None
 
 
-class TriggerGate:
-    """Decides which trigger events become captures, so that a flapping sensor cannot fill the card.
+@dataclass(frozen=True)
+class GateSettings:
+    """The rules of a :class:`TriggerGate`.
 
-    An event from ``source`` is admitted unless (a) the same source was admitted less than
-    ``cooldown_s`` seconds ago (timelapse is exempt: its interval spaces it), or (b) admitting it
-    would make more than ``max_captures_per_minute`` captures in the last 60 s, each event counting
-    ``captures_per_event`` captures (its burst); 0 turns the rate limit off.  ``manual`` events (a
-    person asked) are always admitted and not counted.  Times are ``time.monotonic()`` seconds, so a
-    wall-clock jump changes nothing.  Thread-safe: gpiozero's threads and the main loop call
-    :meth:`admit` together.
+    ``cooldown_s``: seconds after an admitted event during which the same source is held back
+    (>= 0); ``max_captures_per_minute``: captures admitted in any 60 s at most (0: no limit);
+    ``captures_per_event``: captures each event makes (its burst, >= 1).
 
     Raises ``ValueError`` when a burst alone exceeds the rate limit (nothing could ever pass).
     """
 
-    def __init__(self, *, cooldown_s: float, max_captures_per_minute: int, captures_per_event: int = 1):
+    cooldown_s: float = 0.0
+    max_captures_per_minute: int = 0
+    captures_per_event: int = 1
+
+    def __post_init__(self):
+        if self.max_captures_per_minute and self.captures_per_event > self.max_captures_per_minute:
+            raise ValueError(
+                f"a burst of {self.captures_per_event} exceeds {self.max_captures_per_minute} "
+                "captures per minute"
+            )
+
+    @classmethod
+    def from_config(cls, config) -> "GateSettings":
+        """From the appliance's settings ``trigger_cooldown_s``, ``max_captures_per_minute`` and
+        ``burst_count`` (any object with those attributes)."""
+        return cls(config.trigger_cooldown_s, config.max_captures_per_minute, config.burst_count)
+
+
+class TriggerGate:
+    """Decides which trigger events become captures, so that a flapping sensor cannot fill the card.
+
+    An event from ``source`` is admitted unless (a) the same source was admitted less than
+    ``settings.cooldown_s`` seconds ago (timelapse is exempt: its interval spaces it), or (b)
+    admitting it would make more than ``settings.max_captures_per_minute`` captures in the last
+    60 s, each event counting ``captures_per_event`` captures (its burst); 0 turns the rate limit
+    off (:class:`GateSettings`).  ``manual`` events (a
+    person asked) are always admitted and not counted.  Times are ``time.monotonic()`` seconds, so a
+    wall-clock jump changes nothing.  Thread-safe: gpiozero's threads and the main loop call
+    :meth:`admit` together.
+    """
+
+    def __init__(self, settings: "GateSettings"):
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._admitted: collections.deque[float] = collections.deque()
         self._suppressed: collections.Counter[str] = collections.Counter()
         self._limiting = False
-        self.configure(
-            cooldown_s=cooldown_s,
-            max_captures_per_minute=max_captures_per_minute,
-            captures_per_event=captures_per_event,
-        )
+        self.configure(settings)
 
-    def configure(
-        self, *, cooldown_s: float, max_captures_per_minute: int, captures_per_event: int = 1
-    ) -> None:
+    def configure(self, settings: "GateSettings") -> None:
         """Change the rules (a config reload); what was admitted and counted so far is kept."""
-        if max_captures_per_minute and captures_per_event > max_captures_per_minute:
-            raise ValueError(
-                f"a burst of {captures_per_event} exceeds {max_captures_per_minute} captures per minute"
-            )
         with self._lock:
-            self._cooldown_s = cooldown_s
-            self._max_events = max_captures_per_minute // captures_per_event if max_captures_per_minute else 0
+            self.settings = settings
+            self._max_events = settings.max_captures_per_minute // settings.captures_per_event
 
     def admit(self, source: str, now: float | None = None) -> bool:
         """Whether an event from ``source`` at ``now`` (monotonic s, default: now) may capture;
@@ -92,7 +110,7 @@ class TriggerGate:
         now = time.monotonic() if now is None else now
         with self._lock:
             last = self._last.get(source)
-            if source != "timelapse" and last is not None and now - last < self._cooldown_s:
+            if source != "timelapse" and last is not None and now - last < self.settings.cooldown_s:
                 self._suppressed[source] += 1
                 return False
             while self._admitted and now - self._admitted[0] >= 60:
@@ -207,25 +225,42 @@ class ActiveWindows:
         )
 
 
+@dataclass(frozen=True)
+class TimelapseSettings:
+    """``interval_s``: seconds between timelapse captures (0: none); ``windows``: when, as
+    :class:`ActiveWindows` takes them (none: always).  Raises ``ValueError`` for a bad window."""
+
+    interval_s: float = 0.0
+    windows: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        ActiveWindows(self.windows)  # a bad window is refused here, not at the first tick
+
+    @classmethod
+    def from_config(cls, config) -> "TimelapseSettings":
+        """From the settings ``timelapse_interval_s`` and ``active_windows``."""
+        return cls(config.timelapse_interval_s, tuple(config.active_windows))
+
+
 class Timelapse:
-    """Puts a ``timelapse`` :class:`TriggerEvent` on ``events`` every ``interval_s`` seconds
-    (monotonic; 0: never) while the local time is within ``windows``, through ``gate``.
-    :meth:`tick` is called by the main loop's scheduler (at least once a second); ``now`` and
-    ``local_time`` are for tests.
+    """Puts a ``timelapse`` :class:`TriggerEvent` on ``events`` every ``settings.interval_s``
+    seconds (monotonic; 0: never) while the local time is within ``settings.windows``, through
+    ``gate``.  :meth:`tick` is called by the main loop's scheduler (at least once a second); ``now``
+    and ``local_time`` are for tests.
     """
 
-    def __init__(self, events, *, interval_s: float, windows: ActiveWindows, gate: TriggerGate | None = None):
+    def __init__(self, events, settings: TimelapseSettings, *, gate: TriggerGate | None = None):
         self._events = events
         self._gate = gate
         self._due: float | None = None
-        self.configure(interval_s=interval_s, windows=windows)
+        self.configure(settings)
 
-    def configure(self, *, interval_s: float, windows: ActiveWindows) -> None:
+    def configure(self, settings: TimelapseSettings) -> None:
         """Change the interval and windows (a config reload): a shorter interval applies to the
         capture already waiting too."""
-        self.interval_s, self.windows = interval_s, windows
+        self.interval_s, self.windows = settings.interval_s, ActiveWindows(settings.windows)
         if self._due is not None:
-            self._due = min(self._due, time.monotonic() + interval_s)
+            self._due = min(self._due, time.monotonic() + settings.interval_s)
 
     def tick(self, now: float | None = None, local_time: datetime.time | None = None) -> None:
         if not self.interval_s:

@@ -17,7 +17,7 @@ from PIL import Image
 from appliance.cleanup import Cleanup, Policy, decide
 from appliance.cli import main
 from appliance.exif import Identity
-from appliance.loop import MainLoop
+from appliance.loop import LoopSettings, MainLoop
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
@@ -377,8 +377,8 @@ def test_capture_pauses_on_a_real_full_card_and_cleanup_keeps_the_floor(tiny_fs,
                     stop_free_bytes=1_000_000, headroom_hours=0, capture_min_free_bytes=300_000)  # fmt: skip
     cleanup = Cleanup(store, policy, interval_s=0)
     loop = MainLoop(events=queue.Queue(), camera=SimulatedCamera(size_px=(640, 480)), store=store,
-                    scheduler=schedule.Scheduler(), capture_timeout_s=1, thumbnail_max_px=160,
-                    identity=Identity("Raspberry Pi", "simulated"), cleanup=cleanup)  # fmt: skip
+                    scheduler=schedule.Scheduler(), cleanup=cleanup,
+                    settings=LoopSettings(1, 160, Identity("Raspberry Pi", "simulated")))  # fmt: skip
     free_after_each = []
     stored = []
     for _ in range(120):  # about 3 MB of photos through a 2 MiB card

@@ -7,7 +7,7 @@ from gpiozero import DigitalOutputDevice
 from gpiozero.exc import GPIOPinInUse, PinInvalidPin
 from gpiozero.pins.mock import MockFactory
 
-from hw.lights import Lights
+from hw.lights import Lights, LightsSettings
 
 PRE_DELAY_S = 0.1
 
@@ -21,7 +21,7 @@ def factory():
 
 def make_lights(factory, **kwargs):
     options = {"flash_pin": "GPIO27", "uv_pin": "GPIO22"}
-    return Lights(pin_factory=factory, **(options | kwargs))
+    return Lights(LightsSettings(**(options | kwargs)), pin_factory=factory)
 
 
 def levels(pin):

@@ -13,27 +13,31 @@ from gpiozero.pins.mock import MockFactory
 from PIL import ExifTags, Image
 
 from appliance.exif import Identity
-from appliance.loop import MainLoop, guarded
+from appliance.loop import LoopSettings, MainLoop, guarded
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraError, CameraFailed, CameraTimeout
-from hw.lights import Lights
+from hw.lights import Lights, LightsSettings
 from hw.triggers import TriggerEvent
 
 DAY = datetime.timedelta(days=1)
 
 
-def make_loop(store, camera=None, scheduler=None, clock=None, **options):
+def make_loop(store, camera=None, scheduler=None, clock=None, burst_count=1, burst_interval_s=0.5, **options):
     events = queue.Queue()
     loop = MainLoop(
         events=events,
         camera=camera or SimulatedCamera(size_px=(640, 480)),
         store=store,
         scheduler=scheduler or schedule.Scheduler(),
-        capture_timeout_s=1.0,
-        thumbnail_max_px=320,
-        identity=Identity("Raspberry Pi", "simulated", "trap-07"),
+        settings=LoopSettings(
+            capture_timeout_s=1.0,
+            thumbnail_max_px=320,
+            identity=Identity("Raspberry Pi", "simulated", "trap-07"),
+            burst_count=burst_count,
+            burst_interval_s=burst_interval_s,
+        ),
         clock=clock,
         **options,
     )
@@ -222,7 +226,7 @@ def test_a_burst_takes_its_photos_at_the_interval_under_one_event(store):
 
 def test_the_flash_is_on_only_while_the_camera_captures(store):
     factory = MockFactory()
-    lights = Lights(flash_pin="GPIO27", uv_pin=None, flash_pre_delay_s=0.05, pin_factory=factory)
+    lights = Lights(LightsSettings("GPIO27", flash_pre_delay_s=0.05), pin_factory=factory)
     pin = factory.pin("GPIO27")
     seen = []
 
@@ -301,7 +305,7 @@ def test_a_camera_that_keeps_failing_stops_the_loop_as_fatal(store):
 
 def test_no_flash_for_a_camera_that_is_recovering(store):
     factory = MockFactory()
-    lights = Lights(flash_pin="GPIO27", uv_pin=None, pin_factory=factory)
+    lights = Lights(LightsSettings("GPIO27"), pin_factory=factory)
     now = [0.0]
     simulated = SimulatedCamera(size_px=(64, 48))
     camera = RecoveringCamera(lambda: simulated, monotonic=lambda: now[0])

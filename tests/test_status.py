@@ -5,8 +5,6 @@ import json
 import signal
 from pathlib import Path
 
-import requests
-
 from tests.test_end_to_end import start, status_url, wait_for_captures
 
 FIXTURE = Path(__file__).with_name("fixtures") / "api_status.json"
@@ -28,9 +26,7 @@ def shape(value, path=()):
     return None
 
 
-def test_api_status_of_a_simulated_run_keeps_the_keys_it_had_before_the_status_contract(
-    tmp_path, run_config
-):
+def test_api_status_of_a_simulated_run_keeps_the_keys_it_had_before_the_status_contract(tmp_path, run_config):
     # The fixture is /api/status of `appliance run --simulate` taken on c9d1fb4, before the
     # status contract: a key renamed or dropped breaks every reader of the API.
     process = start(tmp_path / "data", run_config, "--trigger-interval-s", "0.2")

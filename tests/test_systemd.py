@@ -1,6 +1,7 @@
 """systemd notification over a real AF_UNIX datagram socket, as systemd listens for it."""
 
 import contextlib
+import dataclasses
 import queue
 import socket
 import subprocess
@@ -12,10 +13,14 @@ import pytest
 import schedule
 
 from appliance.exif import Identity
-from appliance.loop import MainLoop
+from appliance.loop import LoopSettings, MainLoop
 from boot.systemd import Notifier
 from hw.camera import SimulatedCamera
 from hw.triggers import TriggerEvent
+
+SETTINGS = LoopSettings(
+    capture_timeout_s=5, thumbnail_max_px=32, identity=Identity("Raspberry Pi", "simulated")
+)
 
 
 class Listener:
@@ -101,8 +106,7 @@ def test_the_loop_pings_while_it_makes_progress_and_not_while_a_capture_hangs(st
     notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
     events = queue.Queue()
     loop = MainLoop(events=events, camera=SimulatedCamera(size_px=(64, 48), capture_time_s=1.5), store=store,
-                    scheduler=schedule.Scheduler(), capture_timeout_s=5, thumbnail_max_px=32,
-                    identity=Identity("Raspberry Pi", "simulated"), notifier=notifier)  # fmt: skip
+                    scheduler=schedule.Scheduler(), settings=SETTINGS, notifier=notifier)  # fmt: skip
     loop.run(duration_s=0.6)  # idle: pings
     events.put(TriggerEvent("button", time.monotonic()))
     loop.run(duration_s=2.2)  # a capture that hangs for 1.5 s, then pings again
@@ -133,9 +137,8 @@ def test_a_long_burst_keeps_pinging_and_a_stop_cuts_it_short(store, listener):
     notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
     events = queue.Queue()
     loop = MainLoop(events=events, camera=SimulatedCamera(size_px=(64, 48)), store=store,
-                    scheduler=schedule.Scheduler(), capture_timeout_s=5, thumbnail_max_px=32,
-                    identity=Identity("Raspberry Pi", "simulated"), notifier=notifier,
-                    burst_count=5, burst_interval_s=2.0)  # fmt: skip
+                    scheduler=schedule.Scheduler(), notifier=notifier,
+                    settings=dataclasses.replace(SETTINGS, burst_count=5, burst_interval_s=2.0))  # fmt: skip
     events.put(TriggerEvent("motion", time.monotonic()))
     threading.Timer(1.0, loop.request_stop, ["SIGTERM"]).start()
     started = time.monotonic()
@@ -150,9 +153,8 @@ def test_captures_slower_than_the_burst_interval_still_ping(store, listener):
     notifier = Notifier({"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "200000"})  # ping every 0.1 s
     events = queue.Queue()
     loop = MainLoop(events=events, camera=SimulatedCamera(size_px=(64, 48), capture_time_s=0.3), store=store,
-                    scheduler=schedule.Scheduler(), capture_timeout_s=5, thumbnail_max_px=32,
-                    identity=Identity("Raspberry Pi", "simulated"), notifier=notifier,
-                    burst_count=6, burst_interval_s=0.05)  # fmt: skip
+                    scheduler=schedule.Scheduler(), notifier=notifier,
+                    settings=dataclasses.replace(SETTINGS, burst_count=6, burst_interval_s=0.05))  # fmt: skip
     events.put(TriggerEvent("motion", time.monotonic()))
     loop.run(duration_s=2.5)
     assert store.db["captures"].count == 6

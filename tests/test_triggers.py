@@ -11,7 +11,7 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hw.triggers import ActiveWindows, Timelapse, TriggerGate, Triggers
+from hw.triggers import ActiveWindows, GateSettings, Timelapse, TimelapseSettings, TriggerGate, Triggers
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def press(pin, hold_s=0.01):
 
 
 def test_cooldown_holds_back_the_same_source_but_not_another():
-    gate = TriggerGate(cooldown_s=2, max_captures_per_minute=0)
+    gate = TriggerGate(GateSettings(cooldown_s=2, max_captures_per_minute=0))
     assert gate.admit("motion", now=100.0)
     assert not gate.admit("motion", now=101.9)
     assert gate.admit("button", now=101.9)
@@ -48,7 +48,7 @@ def test_cooldown_holds_back_the_same_source_but_not_another():
 
 
 def test_rate_limit_counts_bursts_whole_and_eases_after_a_minute(caplog):
-    gate = TriggerGate(cooldown_s=0, max_captures_per_minute=10, captures_per_event=3)
+    gate = TriggerGate(GateSettings(cooldown_s=0, max_captures_per_minute=10, captures_per_event=3))
     admitted = [gate.admit("motion", now=t) for t in (0, 1, 2, 3, 4)]
     assert admitted == [True, True, True, False, False]  # 3 bursts of 3 = 9; a fourth would be 12
     assert caplog.text.count("rate limit reached") == 1  # once per episode, not per trigger
@@ -57,7 +57,7 @@ def test_rate_limit_counts_bursts_whole_and_eases_after_a_minute(caplog):
 
 
 def test_manual_shots_pass_whatever_the_gate_and_timelapse_skips_the_cooldown():
-    gate = TriggerGate(cooldown_s=100, max_captures_per_minute=1)
+    gate = TriggerGate(GateSettings(cooldown_s=100, max_captures_per_minute=1))
     assert gate.admit("timelapse", now=0)
     assert gate.admit("timelapse", now=70)  # a minute later: no cooldown for timelapse
     assert gate.admit("manual", now=70) and gate.admit("manual", now=70)
@@ -65,7 +65,7 @@ def test_manual_shots_pass_whatever_the_gate_and_timelapse_skips_the_cooldown():
 
 def test_a_burst_larger_than_the_rate_limit_is_refused():
     with pytest.raises(ValueError, match="burst of 5 exceeds 4"):
-        TriggerGate(cooldown_s=0, max_captures_per_minute=4, captures_per_event=5)
+        TriggerGate(GateSettings(cooldown_s=0, max_captures_per_minute=4, captures_per_event=5))
 
 
 @given(
@@ -77,9 +77,7 @@ def test_a_burst_larger_than_the_rate_limit_is_refused():
 def test_no_window_of_60_s_admits_more_captures_than_the_limit(cooldown_s, max_per_minute, burst, arrivals):
     if burst > max_per_minute:
         return
-    gate = TriggerGate(
-        cooldown_s=cooldown_s, max_captures_per_minute=max_per_minute, captures_per_event=burst
-    )
+    gate = TriggerGate(GateSettings(cooldown_s, max_per_minute, burst))
     now, admitted = 0.0, []
     for source, gap in arrivals:
         now += gap
@@ -95,7 +93,7 @@ def test_no_window_of_60_s_admits_more_captures_than_the_limit(cooldown_s, max_p
 
 
 def test_the_gate_is_safe_from_many_threads():
-    gate = TriggerGate(cooldown_s=0, max_captures_per_minute=100)
+    gate = TriggerGate(GateSettings(cooldown_s=0, max_captures_per_minute=100))
     results = []
     barrier = threading.Barrier(8)
 
@@ -115,7 +113,7 @@ def test_a_flapping_button_on_real_pins_captures_once_per_cooldown(factory):
     # bounce_time is the pin driver's (lgpio's) job and MockPin does not emulate it
     # (tests/test_hw.py checks that it reaches the pin); the cooldown holds whatever the driver does.
     events = queue.Queue()
-    gate = TriggerGate(cooldown_s=0.5, max_captures_per_minute=0)
+    gate = TriggerGate(GateSettings(cooldown_s=0.5, max_captures_per_minute=0))
     triggers = Triggers(events, button_pin="GPIO17", motion_pin=None, bounce_time_s=None, gate=gate,
                         pin_factory=factory)  # fmt: skip
     pin = factory.pin("GPIO17")
@@ -170,7 +168,7 @@ def test_malformed_windows_are_refused_by_name(bad):
 
 def test_timelapse_captures_on_its_interval_only_inside_the_window():
     events = queue.Queue()
-    timelapse = Timelapse(events, interval_s=60, windows=ActiveWindows(["19:00-06:00"]))
+    timelapse = Timelapse(events, TimelapseSettings(60, ("19:00-06:00",)))
     night, noon = datetime.time(23), datetime.time(12)
     for t in range(0, 300, 1):  # five minutes of ticks, a second apart
         timelapse.tick(now=float(t), local_time=night if t < 200 else noon)
@@ -180,8 +178,8 @@ def test_timelapse_captures_on_its_interval_only_inside_the_window():
 
 def test_timelapse_goes_through_the_rate_limit():
     events = queue.Queue()
-    gate = TriggerGate(cooldown_s=0, max_captures_per_minute=2)
-    timelapse = Timelapse(events, interval_s=10, windows=ActiveWindows(), gate=gate)
+    gate = TriggerGate(GateSettings(cooldown_s=0, max_captures_per_minute=2))
+    timelapse = Timelapse(events, TimelapseSettings(10), gate=gate)
     for t in range(0, 60, 10):
         timelapse.tick(now=float(t), local_time=datetime.time(12))
     assert len(drain(events, 0.1)) == 2
@@ -190,9 +188,9 @@ def test_timelapse_goes_through_the_rate_limit():
 
 def test_a_shorter_interval_from_a_reload_applies_to_the_capture_already_waiting():
     events = queue.Queue()
-    timelapse = Timelapse(events, interval_s=3600, windows=ActiveWindows())
+    timelapse = Timelapse(events, TimelapseSettings(3600))
     now = time.monotonic()
     timelapse.tick(now=now, local_time=datetime.time(12))
-    timelapse.configure(interval_s=60, windows=ActiveWindows())
+    timelapse.configure(TimelapseSettings(60))
     timelapse.tick(now=now + 61, local_time=datetime.time(12))
     assert len(drain(events, 0.1)) == 2

@@ -18,7 +18,7 @@ from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraTimeout
 from hw.system import Probes
-from hw.triggers import TriggerGate
+from hw.triggers import GateSettings, TriggerGate
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_camera_power_and_clock_problems_and_suppressed_triggers_are_shown(store
     simulated.inject_failure(CameraTimeout("no frame within 5 s"))
     with pytest.raises(CameraTimeout):
         camera.capture(5)
-    gate = TriggerGate(cooldown_s=10, max_captures_per_minute=0)
+    gate = TriggerGate(GateSettings(cooldown_s=10))
     gate.admit("motion", now=0)
     gate.admit("motion", now=1)
     (tmp_path / "temp").write_text("85500\n")

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance import thumbnails, web
 from appliance.cleanup import Cleanup, Policy
 from appliance.exif import Identity
-from appliance.loop import Health, MainLoop
+from appliance.loop import Health, LoopSettings, MainLoop
 from appliance.reconcile import Reconciliation
 from appliance.store import TRIGGERS, CaptureStore, IndexReader
 from appliance.web import WebServer, make_app
@@ -38,7 +38,7 @@ from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraError, CameraFailed, CameraTimeout
 from hw.system import Probes
-from hw.triggers import TriggerGate
+from hw.triggers import GateSettings, TriggerGate
 
 TOKEN = "a-long-random-web-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -153,7 +153,7 @@ def hardware(store, tmp_path, monkeypatch):
     parts = types.SimpleNamespace(clock_synced=True, simulated=SimulatedCamera(size_px=(64, 48)))
     monkeypatch.setattr("hw.clock.clock_synced", lambda: parts.clock_synced)
     parts.camera = RecoveringCamera(lambda: parts.simulated, max_failures=2)
-    parts.gate = TriggerGate(cooldown_s=10, max_captures_per_minute=0)
+    parts.gate = TriggerGate(GateSettings(cooldown_s=10))
     parts.thermal = tmp_path / "thermal_zone0_temp"
     parts.thermal.write_text("51700\n")
     parts.vcgencmd = tmp_path / "vcgencmd"
@@ -197,9 +197,7 @@ def main_loop(tmp_path, monkeypatch):
                 camera=SimulatedCamera(size_px=(64, 48)),
                 store=store,
                 scheduler=schedule.Scheduler(),
-                capture_timeout_s=1.0,
-                thumbnail_max_px=32,
-                identity=Identity("Raspberry Pi", "simulated", "trap-07"),
+                settings=LoopSettings(1.0, 32, Identity("Raspberry Pi", "simulated", "trap-07")),
                 health=health,
             )
             started.put(loop)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from hw import system
 from hw.camera import Picamera2Camera, RecoveringCamera
-from hw.lights import Lights
+from hw.lights import Lights, LightsSettings
 
 
 def test_a_real_capture_is_a_jpeg_with_a_frame_and_metadata():
@@ -35,7 +35,7 @@ def test_the_camera_closes_and_opens_again_many_times_without_leaking():
 
 
 def test_a_light_pin_is_driven_and_released():
-    lights = Lights(flash_pin="GPIO27", uv_pin=None)
+    lights = Lights(LightsSettings("GPIO27"))
     with lights.flash():
         assert lights._flash.value == 1
     assert lights._flash.value == 0

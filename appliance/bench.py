@@ -74,10 +74,9 @@ from appliance import config as config_module
 from appliance import thumbnails
 from appliance.cleanup import BATCH_SIZE, Policy, decide
 from appliance.exc import ApplianceError
-from appliance.exif import Identity
 from appliance.export import CHUNK_BYTES, Package, zip_stream
 from appliance.importer import import_photos
-from appliance.loop import MainLoop
+from appliance.loop import LoopSettings, MainLoop
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, Reconciliation
 from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
 from appliance.web import PAGE_SIZE, WebServer, make_app
@@ -749,9 +748,7 @@ def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = 
             camera=camera,
             store=store,
             scheduler=scheduler,
-            capture_timeout_s=defaults.capture_timeout_s,
-            thumbnail_max_px=defaults.thumbnail_max_px,
-            identity=Identity(defaults.camera_make, camera.model),
+            settings=LoopSettings.from_config(defaults),
         )
         report = Reconciliation()
         if recover:

@@ -11,7 +11,15 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hw.triggers import ActiveWindows, GateSettings, Timelapse, TimelapseSettings, TriggerGate, Triggers
+from hw.triggers import (
+    ActiveWindows,
+    GateSettings,
+    SimulatedTriggerSource,
+    Timelapse,
+    TimelapseSettings,
+    TriggerGate,
+    Triggers,
+)
 
 
 @pytest.fixture
@@ -111,7 +119,7 @@ def test_the_gate_is_safe_from_many_threads():
 
 def test_a_flapping_button_on_real_pins_captures_once_per_cooldown(factory):
     # bounce_time is the pin driver's (lgpio's) job and MockPin does not emulate it
-    # (tests/test_hw.py checks that it reaches the pin); the cooldown holds whatever the driver does.
+    # (test_bounce_time_reaches_the_pin checks that it reaches the pin); the cooldown holds whatever the driver does.
     events = queue.Queue()
     gate = TriggerGate(GateSettings(cooldown_s=0.5, max_captures_per_minute=0))
     triggers = Triggers(events, button_pin="GPIO17", motion_pin=None, bounce_time_s=None, gate=gate,
@@ -194,3 +202,54 @@ def test_a_shorter_interval_from_a_reload_applies_to_the_capture_already_waiting
     timelapse.configure(TimelapseSettings(60))
     timelapse.tick(now=now + 61, local_time=datetime.time(12))
     assert len(drain(events, 0.1)) == 2
+
+
+def make_triggers(factory, events, **kwargs):
+    options = {"button_pin": "GPIO17", "motion_pin": "GPIO4", "bounce_time_s": None}
+    return Triggers(events, pin_factory=factory, **(options | kwargs))
+
+
+def test_button_press_puts_one_event_and_never_captures(factory):
+    events = queue.Queue()
+    triggers = make_triggers(factory, events)
+    before = time.monotonic()
+    factory.pin("GPIO17").drive_low()
+    factory.pin("GPIO17").drive_high()
+    event = events.get(timeout=1)
+    assert event.source == "button" and before <= event.monotonic_s <= time.monotonic()
+    assert events.empty()
+    triggers.close()
+
+
+def test_pir_pulse_is_seen_through_gpiozero_sampling(factory):
+    events = queue.Queue()
+    triggers = make_triggers(factory, events)
+    # gpiozero takes its first sample as the initial state, not as an edge
+    assert triggers.motion.wait_for_no_motion(timeout=1)
+    factory.pin("GPIO4").drive_high()
+    assert events.get(timeout=2).source == "motion"
+    factory.pin("GPIO4").drive_low()
+    triggers.close()
+
+
+def test_bounce_time_reaches_the_pin(factory):
+    triggers = make_triggers(factory, queue.Queue(), bounce_time_s=0.05)
+    assert triggers.button.pin.bounce == 0.05
+    triggers.close()
+
+
+def test_unfitted_sensor_is_not_built(factory):
+    triggers = make_triggers(factory, queue.Queue(), motion_pin=None)
+    assert triggers.motion is None and triggers.button is not None
+    triggers.close()
+
+
+def test_simulated_source_drives_the_real_callbacks_in_turn(factory):
+    events = queue.Queue()
+    triggers = make_triggers(factory, events)
+    source = SimulatedTriggerSource(triggers, interval_s=0.05)
+    source.start()
+    sources = [events.get(timeout=2).source for _ in range(4)]
+    source.stop()
+    triggers.close()
+    assert sources == ["button", "motion", "button", "motion"]

@@ -119,7 +119,8 @@ def test_the_gate_is_safe_from_many_threads():
 
 def test_a_flapping_button_on_real_pins_captures_once_per_cooldown(factory):
     # bounce_time is the pin driver's (lgpio's) job and MockPin does not emulate it
-    # (test_bounce_time_reaches_the_pin checks that it reaches the pin); the cooldown holds whatever the driver does.
+    # (test_bounce_time_reaches_the_pin checks that it reaches the pin); the cooldown holds
+    # whatever the driver does.
     events = queue.Queue()
     gate = TriggerGate(GateSettings(cooldown_s=0.5, max_captures_per_minute=0))
     triggers = Triggers(events, button_pin="GPIO17", motion_pin=None, bounce_time_s=None, gate=gate,

@@ -953,7 +953,9 @@ def transfer_figures(scratch: Path, photo: bytes) -> dict:
                     thumbnail = thumbnails.from_jpeg(jpeg, max_px)
                     bare.add(jpeg, thumbnail, timestamp=clock.now(), trigger="import")
             else:
-                summary = import_photos(folder, IndexReader(scratch / "imported"), imported, max_px=max_px)
+                summary = import_photos(
+                    folder, IndexReader(scratch / "imported"), imported, thumbnail_max_px=max_px
+                )
                 if summary.skipped or summary.duplicates:
                     raise ApplianceError(f"bench: import skipped photos: {summary.skipped}")
             seconds[step] += time.perf_counter() - started

@@ -466,7 +466,7 @@ def import_command(config: config_module.Config, args) -> int:
         "trigger": args.trigger,
         "convert": config.import_convert,
         "jpeg_quality": config.jpeg_quality,
-        "max_px": config.thumbnail_max_px,
+        "thumbnail_max_px": config.thumbnail_max_px,
         "assume": args.utc_offset or "local",
         "min_free_bytes": config.capture_min_free_bytes,
         "progress": _tty_progress(lambda done, total: f"importing: {done}/{total} files", every=10),

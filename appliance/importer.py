@@ -111,7 +111,7 @@ def read_photo(
     *,
     convert: bool,
     jpeg_quality: int,
-    max_px: int,
+    thumbnail_max_px: int,
     assume: datetime.tzinfo | str | None,
     is_duplicate: Callable[[bytes], bool],
 ) -> Photo | None:
@@ -125,14 +125,16 @@ def read_photo(
         warnings.simplefilter("always")
         # Past Image.MAX_IMAGE_PIXELS (89 MP) Pillow only warns, up to twice that: refuse it.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        photo = _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate)
+        photo = _read_photo(path, data, mtime, convert, jpeg_quality, thumbnail_max_px, assume, is_duplicate)
     damage = [str(w.message).strip() for w in caught if issubclass(w.category, UserWarning)]
     if photo is not None and damage and not photo.note:
         photo.note = f"EXIF partly damaged, kept what could be read (Pillow: {damage[0]})"
     return photo
 
 
-def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_duplicate) -> Photo | None:
+def _read_photo(
+    path, data, mtime, convert, jpeg_quality, thumbnail_max_px, assume, is_duplicate
+) -> Photo | None:
     try:
         image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -152,7 +154,7 @@ def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_dup
                 return None
             # Decodes at thumbnail scale: a truncated photo fails here.  Upright unless the EXIF
             # could not be read, orientation included.
-            thumbnail = thumbnails.from_jpeg(jpeg, max_px, upright=not note)
+            thumbnail = thumbnails.from_jpeg(jpeg, thumbnail_max_px, upright=not note)
         elif not convert:
             raise Skip(f"{image.format} is not JPEG (import_convert = false)")
         elif image.width * image.height > CONVERT_MAX_PIXELS:
@@ -168,7 +170,7 @@ def _read_photo(path, data, mtime, convert, jpeg_quality, max_px, assume, is_dup
             jpeg = out.getvalue()
             if is_duplicate(jpeg):
                 return None
-            thumbnail = thumbnails.from_frame(upright, max_px)
+            thumbnail = thumbnails.from_frame(upright, thumbnail_max_px)
             metadata["import"]["converted_from"] = image.format
     taken = exif.original_time(fields)
     source = "EXIF DateTimeOriginal and OffsetTimeOriginal"
@@ -191,7 +193,7 @@ def import_photos(
     trigger: str = "import",
     convert: bool = True,
     jpeg_quality: int = 90,
-    max_px: int = 320,
+    thumbnail_max_px: int = 320,
     assume: datetime.tzinfo | str | None = "local",
     min_free_bytes: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -200,7 +202,7 @@ def import_photos(
     """Import the photos under ``folder`` into ``store`` (None: a dry run, which writes nothing),
     looking duplicates up in ``reader`` (the same data directory's index).  ``trigger``: recorded
     for each capture (see :data:`~appliance.store.TRIGGERS`); ``convert``, ``jpeg_quality``: for
-    images that are not JPEG; ``max_px``: thumbnail size; ``assume``: zone of EXIF times without
+    images that are not JPEG; ``thumbnail_max_px``: thumbnail size; ``assume``: zone of EXIF times without
     offset; ``min_free_bytes``: the free space to keep; ``progress(done, total)`` per file;
     ``stop_requested()``: asked before each file, True ends the import there (for Ctrl-C, which
     must not interrupt a photo halfway into the store).
@@ -233,7 +235,7 @@ def import_photos(
                 *_read(path),
                 convert=convert,
                 jpeg_quality=jpeg_quality,
-                max_px=max_px,
+                thumbnail_max_px=thumbnail_max_px,
                 assume=assume,
                 is_duplicate=is_duplicate,
             )

@@ -15,37 +15,37 @@ WEBP_QUALITY = 80
 WEBP_METHOD = 0
 
 
-def _encode(image: Image.Image, max_px: int) -> bytes:
-    image.thumbnail((max_px, max_px), Image.Resampling.BILINEAR, reducing_gap=2.0)
+def _encode(image: Image.Image, thumbnail_max_px: int) -> bytes:
+    image.thumbnail((thumbnail_max_px, thumbnail_max_px), Image.Resampling.BILINEAR, reducing_gap=2.0)
     out = io.BytesIO()
     image.save(out, "WEBP", quality=WEBP_QUALITY, method=WEBP_METHOD)
     return out.getvalue()
 
 
-def from_frame(frame: Image.Image, max_px: int) -> bytes:
-    """Encode an upright camera frame (any Pillow mode) as a WebP no larger than ``max_px`` on its
-    longest edge.  Never upscales.  Returns the WebP bytes."""
-    return _encode(frame.convert("RGB"), max_px)
+def from_frame(frame: Image.Image, thumbnail_max_px: int) -> bytes:
+    """Encode an upright camera frame (any Pillow mode) as a WebP no larger than
+    ``thumbnail_max_px`` on its longest edge.  Never upscales.  Returns the WebP bytes."""
+    return _encode(frame.convert("RGB"), thumbnail_max_px)
 
 
-def from_jpeg(jpeg: bytes, max_px: int, *, upright: bool = True) -> bytes:
-    """Encode the JPEG ``jpeg`` as a WebP no larger than ``max_px`` on its longest edge, turned
-    upright by its EXIF orientation (``upright=False``: as stored, for a photo whose EXIF cannot
-    be read).
+def from_jpeg(jpeg: bytes, thumbnail_max_px: int, *, upright: bool = True) -> bytes:
+    """Encode the JPEG ``jpeg`` as a WebP no larger than ``thumbnail_max_px`` on its longest
+    edge, turned upright by its EXIF orientation (``upright=False``: as stored, for a photo whose
+    EXIF cannot be read).
 
     Raises ``OSError`` (Pillow's ``UnidentifiedImageError`` included) or ``ValueError`` when the
     bytes are not a decodable image.
     """
     with Image.open(io.BytesIO(jpeg)) as image:
         # Draft to the square box so a photo rotated by its EXIF orientation is still large enough.
-        image.draft("RGB", (max_px, max_px))
+        image.draft("RGB", (thumbnail_max_px, thumbnail_max_px))
         frame = (ImageOps.exif_transpose(image) if upright else image).convert("RGB")
-    return _encode(frame, max_px)
+    return _encode(frame, thumbnail_max_px)
 
 
-def make(jpeg: bytes, frame: Image.Image | None, max_px: int) -> bytes:
-    """The thumbnail of a capture: from ``frame`` when it is large enough for ``max_px``, else from
-    ``jpeg``.  Errors as :func:`from_jpeg`."""
-    if frame is not None and max(frame.size) >= max_px:
-        return from_frame(frame, max_px)
-    return from_jpeg(jpeg, max_px)
+def make(jpeg: bytes, frame: Image.Image | None, thumbnail_max_px: int) -> bytes:
+    """The thumbnail of a capture: from ``frame`` when it is large enough for
+    ``thumbnail_max_px``, else from ``jpeg``.  Errors as :func:`from_jpeg`."""
+    if frame is not None and max(frame.size) >= thumbnail_max_px:
+        return from_frame(frame, thumbnail_max_px)
+    return from_jpeg(jpeg, thumbnail_max_px)

@@ -208,10 +208,14 @@ class Cleanup:
     with the cause on the status page, logged once, until free space is back above the start of
     cleaning.
 
-    ``clock``: where the time comes from, a :class:`~appliance.clocktrust.TrustedClock` (by
-    default one checked against the store's anchor), whose ``clock_synced`` says whether age
-    expiry may run.  Injected for tests: ``disk_usage(path)`` (as :func:`shutil.disk_usage`),
-    ``clock`` (a :class:`~hw.clock.ManualClock`), ``monotonic`` (as :func:`time.monotonic`).
+    :param store: the writer of the capture store whose files it deletes.
+    :param policy: the :class:`Policy`; :meth:`configure` swaps it.
+    :param interval_s: seconds (monotonic) between two checks of free space.
+    :param disk_usage: ``disk_usage(path)`` as :func:`shutil.disk_usage` (injected for tests).
+    :param clock: where the time comes from, a :class:`~appliance.clocktrust.TrustedClock` (by
+        default one checked against the store's anchor), whose ``clock_synced`` says whether age
+        expiry may run; a :class:`~hw.clock.ManualClock` in tests.
+    :param monotonic: as :func:`time.monotonic` (injected for tests).
     """
 
     def __init__(

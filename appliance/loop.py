@@ -127,15 +127,21 @@ class LoopSettings:
 
 class MainLoop:
     """Captures on each :class:`~hw.triggers.TriggerEvent` from ``events``, does each
-    :class:`Request` put there, and runs ``scheduler``.
+    :class:`Request` put there, and runs ``scheduler``.  The photos of a burst share an
+    ``event_id``.
 
-    ``camera``: a :class:`~hw.camera.Camera`; ``store``: the writer of the capture store;
-    ``settings``: :class:`LoopSettings`; ``clock``: where timestamps come from; ``health``: where failures are
-    reported for the status page; ``cleanup``: the :class:`~appliance.cleanup.Cleanup` that may
-    pause capturing for space; ``notifier``: systemd, sent ``WATCHDOG=1`` from the loop itself at
-    its :attr:`~boot.systemd.Notifier.watchdog_interval_s`, so that a wedged capture (or job) stops
-    the keep-alives and systemd restarts the service; ``lights``: the flash, on during each
-    capture.  The photos of a burst share an ``event_id``.
+    :param events: the queue the triggers and the web server put work on.
+    :param camera: a :class:`~hw.camera.Camera`.
+    :param store: the writer of the capture store (:class:`~appliance.store.CaptureStore`).
+    :param scheduler: the periodic jobs, run between captures.
+    :param settings: :class:`LoopSettings`; :meth:`configure` swaps them.
+    :param clock: where timestamps come from (default: the system clock).
+    :param health: where failures are reported for the status page.
+    :param cleanup: the :class:`~appliance.cleanup.Cleanup` that may pause capturing for space.
+    :param notifier: systemd, sent ``WATCHDOG=1`` from the loop itself at its
+        :attr:`~boot.systemd.Notifier.watchdog_interval_s`, so that a wedged capture (or job)
+        stops the keep-alives and systemd restarts the service.
+    :param lights: the flash, on during each capture.
     """
 
     def __init__(

@@ -103,9 +103,10 @@ class Appliance:
     exit closes the parts in reverse order (the lights off, the camera closed, the web server
     stopped, the store closed last but one).
 
-    ``config``: the settings (:class:`~appliance.config.Config`), the data directory already
-    checked by preflight; ``notifier``: systemd's notification socket (a disabled one outside
-    systemd); ``read_config()``: reads the config files again on SIGHUP (None: no reload).
+    :param config: the settings (:class:`~appliance.config.Config`), the data directory already
+        checked by preflight.
+    :param notifier: systemd's notification socket (None: a disabled one, as outside systemd).
+    :param read_config: reads the config files again on SIGHUP (None: no reload).
 
     Raises, closing what was opened: :class:`~appliance.exc.ApplianceError` (the store cannot be
     opened), :class:`~hw.exc.HardwareError` and gpiozero's errors (camera, pins), ``OSError`` (the

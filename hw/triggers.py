@@ -139,14 +139,20 @@ class TriggerGate:
 class Triggers:
     """The button and the PIR sensor, putting :class:`TriggerEvent` objects on ``events``.
 
-    ``button_pin`` and ``motion_pin`` are BCM names such as ``"GPIO17"``, or None when not fitted.
-    The button is wired between the pin and ground (internal pull-up; pressed = low) and debounced
-    by gpiozero with ``bounce_time_s`` seconds.  The PIR output drives the pin high on motion
-    (pull-down); gpiozero's ``MotionSensor`` has no ``bounce_time`` and samples the pin at 10 Hz
-    instead, which is what tames a PIR's output.  Each event passes ``gate`` first (None: all pass).
+    The button is wired between its pin and ground (internal pull-up; pressed = low).  The PIR
+    output drives its pin high on motion (pull-down); gpiozero's ``MotionSensor`` has no
+    ``bounce_time`` and samples the pin at 10 Hz instead, which is what tames a PIR's output.
 
-    ``when_held`` is called (on a gpiozero thread: it must only hand work over) once the button
-    has been held for ``hold_time_s`` seconds; the press itself has already triggered a capture.
+    :param events: the main loop's queue.
+    :param button_pin: the button's BCM name such as ``"GPIO17"``, or None when not fitted.
+    :param motion_pin: the PIR sensor's, the same way.
+    :param bounce_time_s: the button's debounce time in seconds (gpiozero's ``bounce_time``), or
+        None.
+    :param gate: the :class:`TriggerGate` each event passes first (None: all pass).
+    :param hold_time_s: seconds the button must be held before ``when_held`` is called.
+    :param when_held: called once the button has been held (on a gpiozero thread: it must only
+        hand work over); the press itself has already triggered a capture.
+    :param pin_factory: gpiozero's pin factory (``MockFactory`` in simulation; None: the default).
 
     Raises gpiozero's ``PinInvalidPin`` or ``GPIOPinInUse`` for a pin that cannot be used.
     """

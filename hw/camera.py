@@ -149,15 +149,20 @@ def camera_controls(*, exposure_time_us: int = 0, analogue_gain: float = 0.0, aw
 class Picamera2Camera:
     """A Raspberry Pi camera driven by picamera2, kept running so a trigger never waits for start-up.
 
-    One ``Picamera2`` for the life of this object.  Still configuration with ``main`` at
-    ``size_px`` (``None``: the sensor's full resolution) and a ``lores`` stream at ``lores_size_px``
-    in YUV420 (the only lores format every Pi model supports, the Pi 4 and older included), converted
-    to an RGB frame of half that size by :func:`yuv420_frame` (a full colour conversion, not the Y
-    plane).  The JPEG is encoded in memory from the request at ``jpeg_quality`` (1-95, Pillow's and
-    picamera2's scale).  ``controls``: libcamera controls applied from the start (see
-    :func:`camera_controls`).  ``autofocus`` (cameras with a focus motor, e.g. Camera Module 3):
-    ``"off"`` leaves the lens where libcamera puts it, ``"continuous"`` refocuses all the time,
-    ``"cycle"`` runs one autofocus cycle before each capture (adds up to about a second).
+    One ``Picamera2`` for the life of this object, in a still configuration with a ``main`` and a
+    ``lores`` stream; the JPEG is encoded in memory from each request.
+
+    :param size_px: the photo's size (``main``), ``(width, height)`` in pixels; None: the
+        sensor's full resolution.
+    :param lores_size_px: the ``lores`` stream's size, in YUV420 (the only lores format every Pi
+        model supports, the Pi 4 and older included), converted to an RGB frame of half that size
+        by :func:`yuv420_frame` (a full colour conversion, not the Y plane).
+    :param jpeg_quality: 1-95, Pillow's and picamera2's scale.
+    :param camera_num: which camera, for picamera2 (0: the first).
+    :param controls: libcamera controls applied from the start (see :func:`camera_controls`).
+    :param autofocus: for cameras with a focus motor (e.g. Camera Module 3): ``"off"`` leaves the
+        lens where libcamera puts it, ``"continuous"`` refocuses all the time, ``"cycle"`` runs
+        one autofocus cycle before each capture (adds up to about a second).
 
     Metadata of each shot: the :data:`METADATA_KEYS` the request carries.
 
@@ -375,17 +380,18 @@ class RecoveringCamera:
 class SimulatedCamera:
     """A camera with no hardware: renders a synthetic scene, or replays the photos in a folder.
 
-    With ``replay_dir``, the JPEG files in it (sorted by name, looping) are returned byte for byte;
-    a file that is not a decodable JPEG is logged with its name and skipped.  Without it, each
-    capture renders a ``size_px`` scene (sky, ground and a moving "animal") with Pillow.
+    :meth:`inject_failure` makes captures fail, to exercise error handling and recovery; a closed
+    camera refuses to capture, as a real one does.  :attr:`model` is ``"simulated"``.
 
-    ``capture_time_s`` adds a delay like a real exposure (one longer than the capture's timeout
-    sleeps for the timeout, then raises ``CameraTimeout``: a hanging camera).  :meth:`inject_failure`
-    makes captures fail, to exercise error handling and recovery; a closed camera refuses to
-    capture, as a real one does.  :attr:`model` is ``"simulated"``.
-
-    ``size_px`` and ``lores_size_px`` are at most :data:`SIMULATED_MAX_SIZE_PX`, as a real camera's
-    are at most its sensor's.
+    :param replay_dir: a folder whose JPEG files (sorted by name, looping) are returned byte for
+        byte; a file that is not a decodable JPEG is logged with its name and skipped.  None: each
+        capture renders a ``size_px`` scene (sky, ground and a moving "animal") with Pillow.
+    :param size_px: the rendered photo's size, ``(width, height)``, at most
+        :data:`SIMULATED_MAX_SIZE_PX` (as a real camera's is at most its sensor's).
+    :param lores_size_px: the preview frame's size, the same way.
+    :param jpeg_quality: 1-95, of the rendered photos.
+    :param capture_time_s: a delay like a real exposure (one longer than the capture's timeout
+        sleeps for the timeout, then raises ``CameraTimeout``: a hanging camera).
 
     Raises :class:`~hw.exc.UnsupportedCameraSize` for a larger size, :class:`~hw.exc.CameraError`
     at construction when ``replay_dir`` is not a folder, and at capture when no file in it is a

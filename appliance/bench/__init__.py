@@ -32,7 +32,7 @@ The capture path (issue 8), with one photo (``--photo``, or a synthetic 12 MP on
 - Field figures for the card under the data directory: captures per minute the storage sustains
   with this photo, and hours of capturing until cleanup would start.
 
-Import and export (issue 9), with :data:`TRANSFER_PHOTOS` distinct copies of the photo:
+Import and export (issue 9), with :data:`plan.TRANSFER_PHOTOS` distinct copies of the photo:
 
 - ``appliance import`` of a folder of them, against the bare way to store such files (read each,
   make its thumbnail from the JPEG, :meth:`CaptureStore.add`): what identifying, EXIF, the
@@ -72,6 +72,7 @@ from PIL import Image
 
 from appliance import config as config_module
 from appliance import thumbnails
+from appliance.bench import plan
 from appliance.cleanup import BATCH_SIZE, Policy, decide
 from appliance.exc import ApplianceError
 from appliance.exif import Identity
@@ -86,8 +87,6 @@ from hw.clock import SystemClock
 from hw.exc import CameraError
 from hw.triggers import Triggers
 
-INDEX_SIZES = (1_000, 100_000, 1_000_000)
-DELETED = 10_000
 PHOTO_BYTES, THUMBNAIL_BYTES = 3_000, 300  # small files: the cost measured is the file system's
 # The index rows' timeline: the last day is the same at every size (one capture every
 # RECENT_INTERVAL_S, the newest NEWEST_AGE_S old: 30 in the last hour, 720 in the last 24 h, all
@@ -96,49 +95,13 @@ PHOTO_BYTES, THUMBNAIL_BYTES = 3_000, 300  # small files: the cost measured is t
 RECENT_CAPTURES, RECENT_INTERVAL_S, NEWEST_AGE_S = 720, 120, 30
 HISTORY_S = 90 * 86400
 METADATA = json.dumps({"ExposureTime": 10000, "AnalogueGain": 1.0})
-WEB_REQUESTS, WEB_WARMUP = 200, 20  # per route and index size
-# Issue 6: "pagination cost must not grow with the page number or the index size".
-WEB_RATIO_TARGET = 1.5
-# Issue 4 asks that choosing a batch not grow with the index: held to the same bound as the web.
-SELECT_RATIO_TARGET = 1.5
-SELECT_RUNS = 51
-
-# The capture path (issue 8).
-CAPTURES = 10_000  # --captures: stored by the ingest run, and as many bare durable writes
-MIN_CAPTURES = 100
 ROUND = 100  # captures per round; the store and the bare writes alternate rounds
 # The RSS growth is measured from this capture to the last (from a quarter of the run when it is
 # shorter than 10,000 captures: CI's --captures 1000 measures from capture 250).
 GROWTH_FROM = 1_000
-THUMBNAIL_RUNS = 15  # of each way, interleaved; the figures are medians
-LATENCY_TRIGGERS = 200  # at most; a short run presses captures // 20 times (CI: 100)
-# Of each index, interleaved; the figures are medians (on a 2-core VM one start in three is slow).
-STARTUP_RUNS = 10
 STARTUP_TIMEOUT_S = 120.0
-# The synthetic photo when none is given: the full resolution of the HQ Camera (12.3 MP), at the
-# default jpeg_quality, textured so that it weighs about what a real photo of that size does.
-SYNTHETIC_SIZE_PX = (4056, 3040)
 # Hours until cleanup are given at this capture rate (one a minute) and at the default rate limit.
 FIELD_CAPTURES_PER_HOUR = 60
-# Issue 8's targets.
-INGEST_RATIO_TARGET = 0.80
-THUMBNAIL_SPEEDUP_TARGET = {"jpeg": 2.0, "frame": 10.0}
-THUMBNAIL_FLOOR_TARGET = 1.3
-LATENCY_P99_RATIO_TARGET = 1.5
-# Issue 15: a full check recovering 25,000 photos beside capturing holds trigger-to-acknowledged
-# p99 within twice the idle p99.
-RECOVERY_PHOTOS = 25_000
-RECOVERY_PHOTO_PX = (320, 240)
-RECOVERY_LATENCY_TARGET = 2.0
-PEAK_RSS_TARGET_BYTES = 80 << 20  # a Pi Zero 2 W has 512 MiB in all
-RSS_GROWTH_TARGET_BYTES = 5 << 20
-STARTUP_RATIO_TARGET = 1.2
-# Issue 9 sets no speed target; these say the import costs little beyond storing the photos, and
-# the ZIP little beyond what its format needs, in memory bounded whatever the package's size.
-TRANSFER_PHOTOS = 50
-IMPORT_RATIO_TARGET = 0.8
-EXPORT_RATIO_TARGET = 1.5
-EXPORT_PEAK_TARGET_BYTES = 4 << 20
 # Config for the start-up runs: cleanup, timelapse and simulated triggers all out of the way.
 STARTUP_CONFIG = """\
 trigger_cooldown_s = 0
@@ -237,25 +200,27 @@ def cleanup_figures(data_dir: Path) -> dict:
     store = CaptureStore(data_dir)
     # One index per size, the largest the store whose captures are then deleted; each holds the
     # first captures of the same history.
-    smaller = {size: CaptureStore(data_dir / f"index-{size}") for size in INDEX_SIZES[:-1]}
-    stores = {**smaller, INDEX_SIZES[-1]: store}
+    smaller = {size: CaptureStore(data_dir / f"index-{size}") for size in plan.INDEX_SIZES[:-1]}
+    stores = {**smaller, plan.INDEX_SIZES[-1]: store}
     figures: dict = {"select_batch_ms": {}}
     now = datetime.datetime.now(datetime.UTC)
     try:
         for size, index in stores.items():
-            _grow_index(index, size, total=INDEX_SIZES[-1], now=now)
+            _grow_index(index, size, total=plan.INDEX_SIZES[-1], now=now)
             index.checkpoint()
         os.sync()  # or the kernel's writeback of the indexes just written runs through the timing
         # Interleaved, one run of each size a round, so that a busy moment weighs on all alike;
         # then the least of each: on a shared machine noise only adds.
         times: dict[int, list[float]] = {size: [] for size in stores}
-        for _ in range(SELECT_RUNS):
+        for _ in range(plan.SELECT_RUNS):
             for size, index in stores.items():
                 times[size] += _times_s(lambda index=index: index.oldest_unprotected(BATCH_SIZE), 1)
         for size in stores:
             figures["select_batch_ms"][size] = round(min(times[size]) * 1000, 3)
         figures["select_ratio_1m_vs_1k"] = round(
-            figures["select_batch_ms"][INDEX_SIZES[-1]] / figures["select_batch_ms"][INDEX_SIZES[0]], 2
+            figures["select_batch_ms"][plan.INDEX_SIZES[-1]]
+            / figures["select_batch_ms"][plan.INDEX_SIZES[0]],
+            2,
         )
         figures["select_plan"] = " ".join(
             row[3] for row in store.db.execute(
@@ -263,11 +228,11 @@ def cleanup_figures(data_dir: Path) -> dict:
             )
         )  # fmt: skip
 
-        _progress(f"writing {DELETED:,} captures' files twice")
-        victims = store.oldest_unprotected(DELETED)
+        _progress(f"writing {plan.DELETED:,} captures' files twice")
+        victims = store.oldest_unprotected(plan.DELETED)
         _write_files([data_dir / row[k] for row in victims for k in ("media_path", "thumbnail_path")])
         baseline = [
-            data_dir / "baseline" / f"{i:05d}{ext}" for i in range(DELETED) for ext in (".jpg", ".webp")
+            data_dir / "baseline" / f"{i:05d}{ext}" for i in range(plan.DELETED) for ext in (".jpg", ".webp")
         ]
         _write_files(baseline)
         os.sync()  # both sets on the disk before either is deleted
@@ -316,16 +281,16 @@ def web_routes(size: int) -> dict[str, str]:
 
 def web_figures(data_dir: Path) -> dict:
     """Measure the web page in ``data_dir`` with an index of the smallest and of the largest of
-    :data:`INDEX_SIZES` captures, each served by its own :class:`~appliance.web.WebServer` on
+    :data:`plan.INDEX_SIZES` captures, each served by its own :class:`~appliance.web.WebServer` on
     loopback while its writer stays open, as in the appliance.
 
-    Returns ``web_ms`` (``{route: {size: {"p50": ms, "p99": ms}}}``, over :data:`WEB_REQUESTS`
-    after :data:`WEB_WARMUP`), ``web_ratio_1m_vs_1k`` (``{route: p50 at the largest / p50 at the
+    Returns ``web_ms`` (``{route: {size: {"p50": ms, "p99": ms}}}``, over :data:`plan.WEB_REQUESTS`
+    after :data:`plan.WEB_WARMUP`), ``web_ratio_1m_vs_1k`` (``{route: p50 at the largest / p50 at the
     smallest}``), ``web_ratio_target``, ``web_verdict`` (``{route: "PASS" or "MISS"}``) and
     ``web_captures`` (``{size: the status page's counts}``, to show they did the same work).
     Raises :class:`ApplianceError` when a route answers anything but 200 or the wrong captures.
     """
-    sizes = (INDEX_SIZES[0], INDEX_SIZES[-1])
+    sizes = (plan.INDEX_SIZES[0], plan.INDEX_SIZES[-1])
     now = datetime.datetime.now(datetime.UTC)  # one timeline: the same last day at both sizes
     times = {route: {size: [] for size in sizes} for route in web_routes(1)}
     counts = {}
@@ -353,15 +318,15 @@ def web_figures(data_dir: Path) -> dict:
                     raise ApplianceError(f"bench: {path} is not a full page")
         # Round robin over routes and sizes, the first size alternating, so that a moment when the
         # machine is busy, and whatever one request leaves in the caches, fall on all alike.
-        for i in range(WEB_WARMUP + WEB_REQUESTS):
-            _progress(f"web: round {i + 1} of {WEB_WARMUP + WEB_REQUESTS}")
+        for i in range(plan.WEB_WARMUP + plan.WEB_REQUESTS):
+            _progress(f"web: round {i + 1} of {plan.WEB_WARMUP + plan.WEB_REQUESTS}")
             for route in times:
                 for size in sizes if i % 2 else sizes[::-1]:
                     seconds = _get(connections[size], web_routes(size)[route])[0]
-                    if i >= WEB_WARMUP:
+                    if i >= plan.WEB_WARMUP:
                         times[route][size].append(seconds)
     _progress("")
-    figures: dict = {"web_ms": {}, "web_ratio_1m_vs_1k": {}, "web_ratio_target": WEB_RATIO_TARGET,
+    figures: dict = {"web_ms": {}, "web_ratio_1m_vs_1k": {}, "web_ratio_target": plan.WEB_RATIO_TARGET,
                      "web_verdict": {}, "web_captures": counts}  # fmt: skip
     for route, by_size in times.items():
         figures["web_ms"][route] = {
@@ -373,7 +338,7 @@ def web_figures(data_dir: Path) -> dict:
         }
         p50 = [figures["web_ms"][route][size]["p50"] for size in sizes]
         ratio = figures["web_ratio_1m_vs_1k"][route] = round(p50[1] / p50[0], 2)
-        figures["web_verdict"][route] = "PASS" if ratio <= WEB_RATIO_TARGET else "MISS"
+        figures["web_verdict"][route] = "PASS" if ratio <= plan.WEB_RATIO_TARGET else "MISS"
     return figures
 
 
@@ -388,11 +353,11 @@ def verdict(value: float | None, compare: str, target: float) -> dict:
 
 
 def synthetic_photo(size_px: tuple[int, int] | None = None, quality: int = 90) -> bytes:
-    """A JPEG of ``size_px`` (default :data:`SYNTHETIC_SIZE_PX`) at ``quality`` whose texture
+    """A JPEG of ``size_px`` (default :data:`plan.SYNTHETIC_SIZE_PX`) at ``quality`` whose texture
     (smoothed noise over gradients) makes it weigh about what a camera's photo of that size does
     (4.6 MB at 12.3 MP): a flat synthetic scene would compress to a fraction of it and flatter every
     figure that writes it."""
-    size_px = tuple(size_px or SYNTHETIC_SIZE_PX)
+    size_px = tuple(size_px or plan.SYNTHETIC_SIZE_PX)
     width, height = size_px
     noise = Image.effect_noise((width // 2, height // 2), 40).resize(size_px, Image.Resampling.BILINEAR)
     ramp = Image.linear_gradient("L").resize(size_px)
@@ -558,7 +523,7 @@ def _reduced_decode(jpeg: bytes, max_px: int) -> None:
 
 
 def thumbnail_figures(photo_dir: Path) -> dict:
-    """Median milliseconds of :data:`THUMBNAIL_RUNS` of each way to make the thumbnail of the photo
+    """Median milliseconds of :data:`plan.THUMBNAIL_RUNS` of each way to make the thumbnail of the photo
     in ``photo_dir``, interleaved: ``frame`` (the store's, from the camera's small frame), ``jpeg``
     (the store's, from the JPEG), ``naive`` (full decode, ``thumbnail()``, WebP at Pillow's default
     effort) and ``decode_floor`` (the reduced-size decode alone).  Returns ``thumbnail_ms`` and
@@ -573,8 +538,8 @@ def thumbnail_figures(photo_dir: Path) -> dict:
         "decode_floor": lambda: _reduced_decode(jpeg, max_px),
     }
     times = {name: [] for name in ways}
-    for run in range(THUMBNAIL_RUNS + 1):
-        _progress(f"thumbnails: run {run + 1} of {THUMBNAIL_RUNS + 1}")
+    for run in range(plan.THUMBNAIL_RUNS + 1):
+        _progress(f"thumbnails: run {run + 1} of {plan.THUMBNAIL_RUNS + 1}")
         names = list(ways)
         for name in names[run % len(names) :] + names[: run % len(names)]:
             started = time.perf_counter()
@@ -651,9 +616,9 @@ def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:
 
 def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: dict) -> dict:
     """The same presses as :func:`latency_figures`, while a full check recovers
-    :data:`RECOVERY_PHOTOS` photos found without their rows (a lost index), beside capturing as
+    :data:`plan.RECOVERY_PHOTOS` photos found without their rows (a lost index), beside capturing as
     ``appliance run`` does it (:class:`~appliance.reconcile.FullCheck`, a step every
-    :data:`~appliance.reconcile.STEP_INTERVAL_S`).  The photos are :data:`RECOVERY_PHOTO_PX` JPEGs,
+    :data:`~appliance.reconcile.STEP_INTERVAL_S`).  The photos are :data:`plan.RECOVERY_PHOTO_PX` JPEGs,
     so that 25,000 fit any card.
 
     Returns ``recovery_latency_ms`` (p50 and p99 of trigger to acknowledgement minus the camera's
@@ -661,11 +626,11 @@ def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: di
     recovery, from :func:`latency_figures`), ``recovery_progress``: the share of the check done by
     the last press (it must still be under way, or the figure means nothing), and
     ``recovery_photos_per_s``: how fast the check went meanwhile."""
-    jpeg = synthetic_photo(RECOVERY_PHOTO_PX)
+    jpeg = synthetic_photo(plan.RECOVERY_PHOTO_PX)
     media = data_dir / "store" / "media"
-    for i in range(RECOVERY_PHOTOS):
+    for i in range(plan.RECOVERY_PHOTOS):
         if i % 1000 == 0:
-            _progress(f"recovery: planting photos without rows, {i:,} of {RECOVERY_PHOTOS:,}")
+            _progress(f"recovery: planting photos without rows, {i:,} of {plan.RECOVERY_PHOTOS:,}")
         capture_id = os.urandom(16).hex()
         (media / capture_id[:2]).mkdir(parents=True, exist_ok=True)
         (media / capture_id[:2] / f"{capture_id}.jpg").write_bytes(jpeg)
@@ -674,11 +639,11 @@ def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: di
     elapsed = time.monotonic() - started
     ms = _percentiles(latency)
     return {
-        "recovery_photos": RECOVERY_PHOTOS,
+        "recovery_photos": plan.RECOVERY_PHOTOS,
         "recovery_latency_ms": ms,
         "recovery_latency_ratio": round(ms["p99"] / idle_ms["p99"], 2),
         "recovery_progress": round(progress, 3),
-        "recovery_photos_per_s": round(progress * RECOVERY_PHOTOS / elapsed, 1),
+        "recovery_photos_per_s": round(progress * plan.RECOVERY_PHOTOS / elapsed, 1),
     }
 
 
@@ -827,7 +792,7 @@ def _start_to_ready(data_dir: Path, config: Path, notify: socket.socket, address
 
 def startup_figures(data_dir: Path, full: Path) -> dict:
     """Seconds from process start to ``READY=1`` of a real ``appliance run --simulate`` (its own
-    notify socket, port 0, cleanup and simulated triggers out of the way), :data:`STARTUP_RUNS`
+    notify socket, port 0, cleanup and simulated triggers out of the way), :data:`plan.STARTUP_RUNS`
     times each with an empty index (made in ``data_dir``) and with the index in ``full``, both
     after a clean shutdown, interleaved.  Returns ``startup_s`` (``{"empty", "full"}``: medians),
     ``startup_index_size`` (the captures in ``full``) and ``startup_ratio`` (full / empty)."""
@@ -845,9 +810,9 @@ def startup_figures(data_dir: Path, full: Path) -> dict:
         address = os.path.join(short, "notify")
         notify.bind(address)
         notify.settimeout(0.05)
-        for run in range(STARTUP_RUNS):
+        for run in range(plan.STARTUP_RUNS):
             for name in ("empty", "full") if run % 2 == 0 else ("full", "empty"):
-                _progress(f"start-up: run {run + 1} of {STARTUP_RUNS}, {name} index")
+                _progress(f"start-up: run {run + 1} of {plan.STARTUP_RUNS}, {name} index")
                 times[name].append(
                     _start_to_ready(empty if name == "empty" else full, config, notify, address)
                 )
@@ -895,39 +860,43 @@ def verdicts(figures: dict) -> dict:
     memory = figures["memory"]
     growth = memory["growth_bytes"]
     return {
-        "ingest_ratio": verdict(figures["ingest"]["ratio"], ">=", INGEST_RATIO_TARGET),
+        "ingest_ratio": verdict(figures["ingest"]["ratio"], ">=", plan.INGEST_RATIO_TARGET),
         "thumbnail_speedup_vs_naive_jpeg": verdict(
-            figures["thumbnail_speedup_vs_naive"]["jpeg"], ">=", THUMBNAIL_SPEEDUP_TARGET["jpeg"]
+            figures["thumbnail_speedup_vs_naive"]["jpeg"], ">=", plan.THUMBNAIL_SPEEDUP_TARGET["jpeg"]
         ),
         "thumbnail_speedup_vs_naive_frame": verdict(
-            figures["thumbnail_speedup_vs_naive"]["frame"], ">=", THUMBNAIL_SPEEDUP_TARGET["frame"]
+            figures["thumbnail_speedup_vs_naive"]["frame"], ">=", plan.THUMBNAIL_SPEEDUP_TARGET["frame"]
         ),
         "thumbnail_vs_decode_floor": verdict(
-            figures["thumbnail_vs_decode_floor"], "<=", THUMBNAIL_FLOOR_TARGET
+            figures["thumbnail_vs_decode_floor"], "<=", plan.THUMBNAIL_FLOOR_TARGET
         ),
-        "latency_p99_ratio": verdict(figures["latency_ratio"]["p99"], "<=", LATENCY_P99_RATIO_TARGET),
-        "recovery_latency_ratio": verdict(figures["recovery_latency_ratio"], "<=", RECOVERY_LATENCY_TARGET),
+        "latency_p99_ratio": verdict(figures["latency_ratio"]["p99"], "<=", plan.LATENCY_P99_RATIO_TARGET),
+        "recovery_latency_ratio": verdict(
+            figures["recovery_latency_ratio"], "<=", plan.RECOVERY_LATENCY_TARGET
+        ),
         "peak_rss_mib": verdict(
-            round(memory["peak_rss_bytes"] / 2**20, 1), "<=", PEAK_RSS_TARGET_BYTES / 2**20
+            round(memory["peak_rss_bytes"] / 2**20, 1), "<=", plan.PEAK_RSS_TARGET_BYTES / 2**20
         ),
         "rss_growth_mib": verdict(
-            None if growth is None else round(growth / 2**20, 2), "<=", RSS_GROWTH_TARGET_BYTES / 2**20
+            None if growth is None else round(growth / 2**20, 2), "<=", plan.RSS_GROWTH_TARGET_BYTES / 2**20
         ),
-        "startup_ratio": verdict(figures["startup_ratio"], "<=", STARTUP_RATIO_TARGET),
+        "startup_ratio": verdict(figures["startup_ratio"], "<=", plan.STARTUP_RATIO_TARGET),
         "captures_per_minute": verdict(
             figures["field"]["captures_per_minute"], ">=", figures["field"]["rate_limit_per_minute"]
         ),
-        "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", SELECT_RATIO_TARGET),
-        "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", IMPORT_RATIO_TARGET),
-        "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", EXPORT_RATIO_TARGET),
+        "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", plan.SELECT_RATIO_TARGET),
+        "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", plan.IMPORT_RATIO_TARGET),
+        "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", plan.EXPORT_RATIO_TARGET),
         "zip_peak_mib": verdict(
-            round(figures["transfer"]["zip_peak_bytes"] / 2**20, 2), "<=", EXPORT_PEAK_TARGET_BYTES / 2**20
+            round(figures["transfer"]["zip_peak_bytes"] / 2**20, 2),
+            "<=",
+            plan.EXPORT_PEAK_TARGET_BYTES / 2**20,
         ),
     }
 
 
 def transfer_figures(scratch: Path, photo: bytes) -> dict:
-    """``appliance import`` and the Camtrap DP ZIP, with :data:`TRANSFER_PHOTOS` distinct copies of
+    """``appliance import`` and the Camtrap DP ZIP, with :data:`plan.TRANSFER_PHOTOS` distinct copies of
     ``photo`` (bytes appended after its end) in ``scratch``.  Each way runs in two halves, in the
     order ABBA, so that a busy moment weighs on both alike.
 
@@ -940,7 +909,7 @@ def transfer_figures(scratch: Path, photo: bytes) -> dict:
     halves = [scratch / "first", scratch / "second"]
     for half, folder in enumerate(halves):
         folder.mkdir()
-        for n in range(half, TRANSFER_PHOTOS, 2):
+        for n in range(half, plan.TRANSFER_PHOTOS, 2):
             (folder / f"{n:04d}.jpg").write_bytes(photo + n.to_bytes(4, "big"))
     max_px, clock = config_module.load().thumbnail_max_px, SystemClock()
     bare, imported = CaptureStore(scratch / "bare"), CaptureStore(scratch / "imported")
@@ -948,7 +917,7 @@ def transfer_figures(scratch: Path, photo: bytes) -> dict:
     try:
         for step, folder in [("bare", halves[0]), ("import", halves[0]), ("import", halves[1]),
                              ("bare", halves[1])]:  # fmt: skip
-            _progress(f"import: {TRANSFER_PHOTOS} photos, {step}")
+            _progress(f"import: {plan.TRANSFER_PHOTOS} photos, {step}")
             started = time.perf_counter()
             if step == "bare":
                 for path in sorted(folder.iterdir()):
@@ -972,7 +941,7 @@ def transfer_figures(scratch: Path, photo: bytes) -> dict:
 
     def read_and_crc() -> None:
         crc = 0
-        for row in reader.latest(TRANSFER_PHOTOS):
+        for row in reader.latest(plan.TRANSFER_PHOTOS):
             with open(scratch / "imported" / row["media_path"], "rb") as file:
                 for chunk in iter(lambda file=file: file.read(CHUNK_BYTES), b""):
                     crc = zlib.crc32(chunk, crc)
@@ -991,12 +960,12 @@ def transfer_figures(scratch: Path, photo: bytes) -> dict:
     finally:
         tracemalloc.stop()
         _progress("")
-    photo_bytes = TRANSFER_PHOTOS * len(photo)
+    photo_bytes = plan.TRANSFER_PHOTOS * len(photo)
     return {
         "transfer": {
-            "photos": TRANSFER_PHOTOS,
-            "import_per_s": round(TRANSFER_PHOTOS / seconds["import"], 2),
-            "bare_per_s": round(TRANSFER_PHOTOS / seconds["bare"], 2),
+            "photos": plan.TRANSFER_PHOTOS,
+            "import_per_s": round(plan.TRANSFER_PHOTOS / seconds["import"], 2),
+            "bare_per_s": round(plan.TRANSFER_PHOTOS / seconds["bare"], 2),
             "import_ratio": round(seconds["bare"] / seconds["import"], 3),
             "zip_bytes": zip_bytes,
             "zip_mb_per_s": round(2 * zip_bytes / seconds["zip"] / 1e6, 1),
@@ -1021,14 +990,14 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
         figures |= thumbnail_figures(photo_dir)
         (Path(scratch) / "latency").mkdir()
         figures |= latency_figures(
-            Path(scratch) / "latency", photo_dir, min(LATENCY_TRIGGERS, captures // 20)
+            Path(scratch) / "latency", photo_dir, min(plan.LATENCY_TRIGGERS, captures // 20)
         )
         shutil.rmtree(Path(scratch) / "latency")
         (Path(scratch) / "recovery").mkdir()
         figures |= recovery_figures(
             Path(scratch) / "recovery",
             photo_dir,
-            min(LATENCY_TRIGGERS, captures // 20),
+            min(plan.LATENCY_TRIGGERS, captures // 20),
             figures["latency_ms"]["acknowledged"],
         )
         shutil.rmtree(Path(scratch) / "recovery")
@@ -1041,7 +1010,7 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
         figures |= web_figures(Path(scratch))
         # The web's largest index, closed cleanly by now: building another would take half a minute.
         (Path(scratch) / "startup").mkdir()
-        figures |= startup_figures(Path(scratch) / "startup", Path(scratch) / str(INDEX_SIZES[-1]))
+        figures |= startup_figures(Path(scratch) / "startup", Path(scratch) / str(plan.INDEX_SIZES[-1]))
     figures["verdicts"] = verdicts(figures)
     return figures
 
@@ -1097,7 +1066,7 @@ def print_table(figures: dict, photo_name: str) -> None:
         figures,
     )
     print(
-        f"    median ms of {THUMBNAIL_RUNS}: frame {ms['frame']:.1f}, JPEG {ms['jpeg']:.1f}, "
+        f"    median ms of {plan.THUMBNAIL_RUNS}: frame {ms['frame']:.1f}, JPEG {ms['jpeg']:.1f}, "
         f"naive {ms['naive']:.1f}, reduced decode alone {ms['decode_floor']:.1f}"
     )
     latency = figures["latency_ms"]
@@ -1147,7 +1116,7 @@ def print_table(figures: dict, photo_name: str) -> None:
         figures,
     )
     print(
-        f"    median s of {STARTUP_RUNS}: empty {startup['empty']:.3f}, "
+        f"    median s of {plan.STARTUP_RUNS}: empty {startup['empty']:.3f}, "
         f"{figures['startup_index_size']:,} captures {startup['full']:.3f}"
     )
     _line(
@@ -1181,13 +1150,15 @@ def print_table(figures: dict, photo_name: str) -> None:
     )
 
 
-def main(data_dir: str | None, as_json: bool, *, photo: str | None = None, captures: int = CAPTURES) -> int:
+def main(
+    data_dir: str | None, as_json: bool, *, photo: str | None = None, captures: int = plan.CAPTURES
+) -> int:
     """``appliance bench``: measure in ``data_dir`` (default: the temporary folder) with the JPEG
     at ``photo`` (default: :func:`synthetic_photo`) and ``captures`` captures; print the figures
     as a table, or as one JSON object.  Returns 0 whatever the verdicts (a measurement, not a
     test), 1 when the benchmark itself failed, 2 for a bad argument."""
-    if captures < MIN_CAPTURES:
-        print(f"appliance bench: --captures must be at least {MIN_CAPTURES}", file=sys.stderr)
+    if captures < plan.MIN_CAPTURES:
+        print(f"appliance bench: --captures must be at least {plan.MIN_CAPTURES}", file=sys.stderr)
         return 2
     try:
         if photo is None:
@@ -1209,29 +1180,29 @@ def main(data_dir: str | None, as_json: bool, *, photo: str | None = None, captu
     print_table(figures, photo_name)
     print(
         "cleanup: choosing a batch of the oldest unprotected captures "
-        f"(least of {SELECT_RUNS}, sizes interleaved)"
+        f"(least of {plan.SELECT_RUNS}, sizes interleaved)"
     )
     for size, ms in figures["select_batch_ms"].items():
         print(f"  {size:>9,} captures   {ms:8.3f} ms")
     check = figures["verdicts"]["select_ratio_1m_vs_1k"]
     print(
-        f"  plan: {figures['select_plan']}\n  ratio {INDEX_SIZES[-1]:,} / {INDEX_SIZES[0]:,}: "
+        f"  plan: {figures['select_plan']}\n  ratio {plan.INDEX_SIZES[-1]:,} / {plan.INDEX_SIZES[0]:,}: "
         f"{figures['select_ratio_1m_vs_1k']}   target <= {check['target']:g}  {check['verdict']}"
     )
-    print(f"cleanup: deleting {DELETED:,} captures (photo + thumbnail each)")
+    print(f"cleanup: deleting {plan.DELETED:,} captures (photo + thumbnail each)")
     print(f"  through the store  {figures['delete_s']:8.3f} s   (rows, files, folder fsyncs, in batches)")
     print(f"  bare os.unlink     {figures['unlink_s']:8.3f} s   (the same number of files, no fsync)")
     print(f"  ratio              {figures['delete_vs_unlink']:8.2f}   (no target: the price of the fsyncs)")
     small, large = figures["web_captures"]
     print(
-        f"web: latency over HTTP keep-alive, p50 / p99 in ms of {WEB_REQUESTS} requests each "
-        f"(after {WEB_WARMUP} to warm up)"
+        f"web: latency over HTTP keep-alive, p50 / p99 in ms of {plan.WEB_REQUESTS} requests each "
+        f"(after {plan.WEB_WARMUP} to warm up)"
     )
     recent = ", ".join(
         f"{c['last_hour']} / {c['last_24h']} of {size:,}" for size, c in figures["web_captures"].items()
     )
     print(f"  captures in the last hour / 24 h: {recent}")
-    header = f"{small:,} captures", f"{large:,} captures", f"ratio p50 (target <= {WEB_RATIO_TARGET})"
+    header = f"{small:,} captures", f"{large:,} captures", f"ratio p50 (target <= {plan.WEB_RATIO_TARGET})"
     print(f"  {'route':<40} {header[0]:>19} {header[1]:>19}   {header[2]}")
     for route, by_size in figures["web_ms"].items():
         cells = [f"{by_size[size]['p50']:8.3f} / {by_size[size]['p99']:8.3f}" for size in (small, large)]

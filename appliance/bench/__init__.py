@@ -73,6 +73,10 @@ from PIL import Image
 from appliance import config as config_module
 from appliance import thumbnails
 from appliance.bench import plan
+from appliance.bench.index import RECENT_CAPTURES as RECENT_CAPTURES
+from appliance.bench.index import _grow_index
+from appliance.bench.measuring import _median_s, _percentiles, _progress, _times_s
+from appliance.bench.photo import _replay_shot, synthetic_photo
 from appliance.cleanup import BATCH_SIZE, Policy, decide
 from appliance.exc import ApplianceError
 from appliance.exif import Identity
@@ -80,21 +84,13 @@ from appliance.export import CHUNK_BYTES, Package, zip_stream
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, Reconciliation
-from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
+from appliance.store import DB_NAME, CaptureStore, IndexReader, publish
 from appliance.web import PAGE_SIZE, WebServer, make_app
 from hw.camera import SimulatedCamera
 from hw.clock import SystemClock
-from hw.exc import CameraError
 from hw.triggers import Triggers
 
 PHOTO_BYTES, THUMBNAIL_BYTES = 3_000, 300  # small files: the cost measured is the file system's
-# The index rows' timeline: the last day is the same at every size (one capture every
-# RECENT_INTERVAL_S, the newest NEWEST_AGE_S old: 30 in the last hour, 720 in the last 24 h, all
-# within the smallest index), so that the status counts do the same work at every size, and the
-# sizes differ only by the history before it, spread evenly back to HISTORY_S.
-RECENT_CAPTURES, RECENT_INTERVAL_S, NEWEST_AGE_S = 720, 120, 30
-HISTORY_S = 90 * 86400
-METADATA = json.dumps({"ExposureTime": 10000, "AnalogueGain": 1.0})
 ROUND = 100  # captures per round; the store and the bare writes alternate rounds
 # The RSS growth is measured from this capture to the last (from a quarter of the run when it is
 # shorter than 10,000 captures: CI's --captures 1000 measures from capture 250).
@@ -115,76 +111,6 @@ capture_min_free_bytes = 0
 cleanup_interval_s = 3600
 simulate_trigger_interval_s = 3600
 """
-
-
-def _progress(text: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{text:<60}", end="", file=sys.stderr, flush=True)
-
-
-# One statement per batch, so that SQLite, not Python, makes the rows.  MATERIALIZED: without it
-# SQLite flattens the CTE and evaluates randomblob() once per use of the id, giving a row whose
-# paths name another id.
-_FILL = """
-WITH RECURSIVE numbers(seq) AS (SELECT :first UNION ALL SELECT seq + 1 FROM numbers WHERE seq < :last),
-rows AS MATERIALIZED (
-    SELECT seq, lower(hex(randomblob(16))) AS id,
-           CASE WHEN :total - seq < :recent THEN :newest_s + (:total - seq) * :interval_s
-                ELSE 86400 + (:total - seq - :recent + 1) * :spread_s END AS age_s
-    FROM numbers
-)
-INSERT INTO captures (id, seq, captured_at, clock_synced, boot_id, since_boot_s, trigger, capture_method,
-                      event_id, media_path, thumbnail_path, bytes, width, height, sha256, protected,
-                      recovered, metadata)
-SELECT id, seq, strftime('%Y-%m-%dT%H:%M:%f', julianday(:now) - age_s / 86400.0) || '+00:00', 1,
-       printf('%032x', CAST(age_s / 86400 AS INTEGER)), 86400 - age_s % 86400,
-       CASE seq % 10 WHEN 6 THEN 'timelapse' WHEN 7 THEN 'timelapse' WHEN 8 THEN 'button'
-                     WHEN 9 THEN 'manual' ELSE 'motion' END,
-       CASE seq % 10 WHEN 6 THEN 'timeLapse' WHEN 7 THEN 'timeLapse' ELSE 'activityDetection' END,
-       id, 'media/' || substr(id, 1, 2) || '/' || id || '.jpg',
-       'thumbnails/' || substr(id, 1, 2) || '/' || id || '.webp',
-       2500000 + seq * 7919 % 1500000, 4056, 3040, lower(hex(randomblob(32))), seq % 1000 = 0, 0, :metadata
-FROM rows
-"""
-
-
-def _grow_index(store: CaptureStore, rows: int, *, total: int, now: datetime.datetime) -> None:
-    """Add index rows (no files) up to ``rows`` captures, as fast as SQLite takes them.
-
-    The rows are those of seq ``store.last_seq + 1`` to ``rows`` in an index of ``total`` captures
-    (seq 1 to ``total``) ending at ``now`` (aware): the newest :data:`RECENT_CAPTURES` one every
-    :data:`RECENT_INTERVAL_S`, the others spread evenly back to :data:`HISTORY_S` before ``now``.
-    Triggers are mixed (6 in 10 motion, 2 timelapse, 1 button, 1 manual), one capture in 1,000 is
-    protected, and every row has its thumbnail path (the files are not written).
-    """
-    spread_s = (HISTORY_S - 86400) / max(1, total - RECENT_CAPTURES)
-    while store.last_seq < rows:
-        last = min(rows, store.last_seq + 50_000)
-        with store.db.atomic():
-            store.db.execute(
-                _FILL,
-                {
-                    "first": store.last_seq + 1, "last": last, "total": total, "now": iso_utc(now),
-                    "recent": RECENT_CAPTURES, "newest_s": NEWEST_AGE_S, "interval_s": RECENT_INTERVAL_S,
-                    "spread_s": spread_s, "metadata": METADATA,
-                },
-            )  # fmt: skip
-            store.db["counters"].update("last_seq", {"value": last})
-        store.last_seq = last
-        _progress(f"building the index: {store.last_seq:,} captures")
-
-
-def _times_s(work, repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def _median_s(work, repeat: int = 21) -> float:
-    return statistics.median(_times_s(work, repeat))
 
 
 def _write_files(paths: list[Path]) -> None:
@@ -350,30 +276,6 @@ def verdict(value: float | None, compare: str, target: float) -> dict:
     else:
         result = "PASS" if (value >= target if compare == ">=" else value <= target) else "MISS"
     return {"value": value, "compare": compare, "target": target, "verdict": result}
-
-
-def synthetic_photo(size_px: tuple[int, int] | None = None, quality: int = 90) -> bytes:
-    """A JPEG of ``size_px`` (default :data:`plan.SYNTHETIC_SIZE_PX`) at ``quality`` whose texture
-    (smoothed noise over gradients) makes it weigh about what a camera's photo of that size does
-    (4.6 MB at 12.3 MP): a flat synthetic scene would compress to a fraction of it and flatter every
-    figure that writes it."""
-    size_px = tuple(size_px or plan.SYNTHETIC_SIZE_PX)
-    width, height = size_px
-    noise = Image.effect_noise((width // 2, height // 2), 40).resize(size_px, Image.Resampling.BILINEAR)
-    ramp = Image.linear_gradient("L").resize(size_px)
-    image = Image.merge("RGB", (Image.blend(noise, ramp, 0.5), noise, Image.blend(ramp, noise, 0.7)))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
-def _replay_shot(photo_dir: Path, lores_size_px: tuple[int, int]):
-    """The :class:`~hw.camera.Shot` a simulated camera makes of the one photo in ``photo_dir``:
-    the JPEG as it is, and the small frame the thumbnail is made from."""
-    try:
-        return SimulatedCamera(replay_dir=photo_dir, lores_size_px=lores_size_px).capture(timeout_s=60)
-    except CameraError as exc:
-        raise ApplianceError(f"bench: the photo cannot be used: {exc}") from exc
 
 
 def _status_bytes(field: str) -> int | None:
@@ -585,13 +487,6 @@ class _AcknowledgingStore(CaptureStore):
         row = super().add(*args, **kwargs)
         self.acknowledged.put((time.monotonic(), row))
         return row
-
-
-def _percentiles(seconds: list[float]) -> dict:
-    return {
-        "p50": round(statistics.median(seconds) * 1000, 3),
-        "p99": round(statistics.quantiles(seconds, n=100)[98] * 1000, 3),
-    }
 
 
 def latency_figures(data_dir: Path, photo_dir: Path, triggers: int) -> dict:

@@ -43,10 +43,8 @@ Import and export (issue 9), with :data:`plan.TRANSFER_PHOTOS` distinct copies o
 """
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
-import http.client
 import io
 import json
 import os
@@ -62,8 +60,6 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
-import zlib
 from pathlib import Path
 
 import schedule
@@ -73,24 +69,23 @@ from PIL import Image
 from appliance import config as config_module
 from appliance import thumbnails
 from appliance.bench import plan
+from appliance.bench.cleanup import cleanup_figures
 from appliance.bench.index import RECENT_CAPTURES as RECENT_CAPTURES
-from appliance.bench.index import _grow_index
-from appliance.bench.measuring import _median_s, _percentiles, _progress, _times_s
+from appliance.bench.index import _grow_index as _grow_index
+from appliance.bench.measuring import _median_s, _percentiles, _progress
 from appliance.bench.photo import _replay_shot, synthetic_photo
-from appliance.cleanup import BATCH_SIZE, Policy, decide
+from appliance.bench.transfer import transfer_figures
+from appliance.bench.web import web_figures
+from appliance.cleanup import Policy, decide
 from appliance.exc import ApplianceError
 from appliance.exif import Identity
-from appliance.export import CHUNK_BYTES, Package, zip_stream
-from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, Reconciliation
 from appliance.store import DB_NAME, CaptureStore, IndexReader, publish
-from appliance.web import PAGE_SIZE, WebServer, make_app
 from hw.camera import SimulatedCamera
 from hw.clock import SystemClock
 from hw.triggers import Triggers
 
-PHOTO_BYTES, THUMBNAIL_BYTES = 3_000, 300  # small files: the cost measured is the file system's
 ROUND = 100  # captures per round; the store and the bare writes alternate rounds
 # The RSS growth is measured from this capture to the last (from a quarter of the run when it is
 # shorter than 10,000 captures: CI's --captures 1000 measures from capture 250).
@@ -111,161 +106,6 @@ capture_min_free_bytes = 0
 cleanup_interval_s = 3600
 simulate_trigger_interval_s = 3600
 """
-
-
-def _write_files(paths: list[Path]) -> None:
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\0" * (THUMBNAIL_BYTES if path.suffix == ".webp" else PHOTO_BYTES))
-
-
-def cleanup_figures(data_dir: Path) -> dict:
-    """Measure cleanup in ``data_dir`` (created; it should be on the card to measure).  Returns the
-    figures: ``select_batch_ms`` by index size, ``select_ratio_1m_vs_1k``, ``delete_s``,
-    ``unlink_s`` and ``delete_vs_unlink``."""
-    store = CaptureStore(data_dir)
-    # One index per size, the largest the store whose captures are then deleted; each holds the
-    # first captures of the same history.
-    smaller = {size: CaptureStore(data_dir / f"index-{size}") for size in plan.INDEX_SIZES[:-1]}
-    stores = {**smaller, plan.INDEX_SIZES[-1]: store}
-    figures: dict = {"select_batch_ms": {}}
-    now = datetime.datetime.now(datetime.UTC)
-    try:
-        for size, index in stores.items():
-            _grow_index(index, size, total=plan.INDEX_SIZES[-1], now=now)
-            index.checkpoint()
-        os.sync()  # or the kernel's writeback of the indexes just written runs through the timing
-        # Interleaved, one run of each size a round, so that a busy moment weighs on all alike;
-        # then the least of each: on a shared machine noise only adds.
-        times: dict[int, list[float]] = {size: [] for size in stores}
-        for _ in range(plan.SELECT_RUNS):
-            for size, index in stores.items():
-                times[size] += _times_s(lambda index=index: index.oldest_unprotected(BATCH_SIZE), 1)
-        for size in stores:
-            figures["select_batch_ms"][size] = round(min(times[size]) * 1000, 3)
-        figures["select_ratio_1m_vs_1k"] = round(
-            figures["select_batch_ms"][plan.INDEX_SIZES[-1]]
-            / figures["select_batch_ms"][plan.INDEX_SIZES[0]],
-            2,
-        )
-        figures["select_plan"] = " ".join(
-            row[3] for row in store.db.execute(
-                "EXPLAIN QUERY PLAN SELECT id FROM captures WHERE protected = 0 ORDER BY seq LIMIT 500"
-            )
-        )  # fmt: skip
-
-        _progress(f"writing {plan.DELETED:,} captures' files twice")
-        victims = store.oldest_unprotected(plan.DELETED)
-        _write_files([data_dir / row[k] for row in victims for k in ("media_path", "thumbnail_path")])
-        baseline = [
-            data_dir / "baseline" / f"{i:05d}{ext}" for i in range(plan.DELETED) for ext in (".jpg", ".webp")
-        ]
-        _write_files(baseline)
-        os.sync()  # both sets on the disk before either is deleted
-
-        _progress("deleting through the store")
-        started = time.perf_counter()
-        for first in range(0, len(victims), BATCH_SIZE):
-            store.delete(victims[first : first + BATCH_SIZE])
-        figures["delete_s"] = round(time.perf_counter() - started, 3)
-        _progress("deleting with bare os.unlink")
-        started = time.perf_counter()
-        for path in baseline:
-            os.unlink(path)
-        figures["unlink_s"] = round(time.perf_counter() - started, 3)
-        figures["delete_vs_unlink"] = round(figures["delete_s"] / figures["unlink_s"], 2)
-    finally:
-        for index in stores.values():
-            index.close()
-        _progress("")
-    return figures
-
-
-def _get(connection: http.client.HTTPConnection, path: str) -> tuple[float, bytes]:
-    """GET ``path`` on ``connection`` (kept alive); returns (seconds until the whole body was read,
-    the body).  Raises :class:`ApplianceError` for an answer other than 200."""
-    started = time.perf_counter()
-    connection.request("GET", path)
-    response = connection.getresponse()
-    body = response.read()
-    seconds = time.perf_counter() - started
-    if response.status != 200:
-        raise ApplianceError(f"bench: GET {path} answered {response.status}: {body[:200]!r}")
-    return seconds, body
-
-
-def web_routes(size: int) -> dict[str, str]:
-    """The routes measured, by name, as paths for an index of seq 1 to ``size``."""
-    return {
-        "/": "/",
-        "/api/status": "/api/status",
-        "/api/captures?before=<middle>&limit=24": f"/api/captures?before={size // 2}&limit={PAGE_SIZE}",
-        # The oldest full page: seq PAGE_SIZE down to 1.
-        "/api/captures?before=<oldest>": f"/api/captures?before={PAGE_SIZE + 1}",
-    }
-
-
-def web_figures(data_dir: Path) -> dict:
-    """Measure the web page in ``data_dir`` with an index of the smallest and of the largest of
-    :data:`plan.INDEX_SIZES` captures, each served by its own :class:`~appliance.web.WebServer` on
-    loopback while its writer stays open, as in the appliance.
-
-    Returns ``web_ms`` (``{route: {size: {"p50": ms, "p99": ms}}}``, over :data:`plan.WEB_REQUESTS`
-    after :data:`plan.WEB_WARMUP`), ``web_ratio_1m_vs_1k`` (``{route: p50 at the largest / p50 at the
-    smallest}``), ``web_ratio_target``, ``web_verdict`` (``{route: "PASS" or "MISS"}``) and
-    ``web_captures`` (``{size: the status page's counts}``, to show they did the same work).
-    Raises :class:`ApplianceError` when a route answers anything but 200 or the wrong captures.
-    """
-    sizes = (plan.INDEX_SIZES[0], plan.INDEX_SIZES[-1])
-    now = datetime.datetime.now(datetime.UTC)  # one timeline: the same last day at both sizes
-    times = {route: {size: [] for size in sizes} for route in web_routes(1)}
-    counts = {}
-    with contextlib.ExitStack() as stack:
-        for size in sizes:
-            store = CaptureStore(data_dir / str(size))
-            stack.callback(store.close)
-            _grow_index(store, size, total=size, now=now)
-        # Connected only now: the server drops a connection idle for SOCKET_TIMEOUT_S.
-        connections = {}
-        for size in sizes:
-            app = make_app(
-                IndexReader(data_dir / str(size)), mode="simulation", started_monotonic=time.monotonic()
-            )
-            server = WebServer(app, "127.0.0.1", 0)
-            stack.callback(server.stop)
-            connections[size] = http.client.HTTPConnection(server.host, server.port, timeout=30)
-            stack.callback(connections[size].close)
-            counts[size] = json.loads(_get(connections[size], "/api/status")[1])["captures"]
-            if counts[size]["total"] != size:
-                raise ApplianceError(f"bench: /api/status counts {counts[size]['total']}, not {size}")
-            for path in web_routes(size).values():
-                body = _get(connections[size], path)[1]
-                if path.startswith("/api/captures") and len(json.loads(body)["captures"]) != PAGE_SIZE:
-                    raise ApplianceError(f"bench: {path} is not a full page")
-        # Round robin over routes and sizes, the first size alternating, so that a moment when the
-        # machine is busy, and whatever one request leaves in the caches, fall on all alike.
-        for i in range(plan.WEB_WARMUP + plan.WEB_REQUESTS):
-            _progress(f"web: round {i + 1} of {plan.WEB_WARMUP + plan.WEB_REQUESTS}")
-            for route in times:
-                for size in sizes if i % 2 else sizes[::-1]:
-                    seconds = _get(connections[size], web_routes(size)[route])[0]
-                    if i >= plan.WEB_WARMUP:
-                        times[route][size].append(seconds)
-    _progress("")
-    figures: dict = {"web_ms": {}, "web_ratio_1m_vs_1k": {}, "web_ratio_target": plan.WEB_RATIO_TARGET,
-                     "web_verdict": {}, "web_captures": counts}  # fmt: skip
-    for route, by_size in times.items():
-        figures["web_ms"][route] = {
-            size: {
-                "p50": round(statistics.median(seconds) * 1000, 3),
-                "p99": round(statistics.quantiles(seconds, n=100)[98] * 1000, 3),
-            }
-            for size, seconds in by_size.items()
-        }
-        p50 = [figures["web_ms"][route][size]["p50"] for size in sizes]
-        ratio = figures["web_ratio_1m_vs_1k"][route] = round(p50[1] / p50[0], 2)
-        figures["web_verdict"][route] = "PASS" if ratio <= plan.WEB_RATIO_TARGET else "MISS"
-    return figures
 
 
 def verdict(value: float | None, compare: str, target: float) -> dict:
@@ -787,87 +627,6 @@ def verdicts(figures: dict) -> dict:
             "<=",
             plan.EXPORT_PEAK_TARGET_BYTES / 2**20,
         ),
-    }
-
-
-def transfer_figures(scratch: Path, photo: bytes) -> dict:
-    """``appliance import`` and the Camtrap DP ZIP, with :data:`plan.TRANSFER_PHOTOS` distinct copies of
-    ``photo`` (bytes appended after its end) in ``scratch``.  Each way runs in two halves, in the
-    order ABBA, so that a busy moment weighs on both alike.
-
-    Returns ``transfer``: ``photos``, ``import_per_s`` and ``bare_per_s`` (photos stored per
-    second), ``import_ratio`` (import / bare), ``zip_mb_per_s`` and ``read_crc_mb_per_s``,
-    ``zip_ratio`` (time to stream the ZIP / time to read and CRC the photos), ``zip_bytes``,
-    ``zip_peak_bytes`` (tracemalloc peak while streaming, in a third, untimed run: tracing slows
-    every allocation).
-    """
-    halves = [scratch / "first", scratch / "second"]
-    for half, folder in enumerate(halves):
-        folder.mkdir()
-        for n in range(half, plan.TRANSFER_PHOTOS, 2):
-            (folder / f"{n:04d}.jpg").write_bytes(photo + n.to_bytes(4, "big"))
-    max_px, clock = config_module.load().thumbnail_max_px, SystemClock()
-    bare, imported = CaptureStore(scratch / "bare"), CaptureStore(scratch / "imported")
-    seconds = {"bare": 0.0, "import": 0.0, "zip": 0.0, "read": 0.0}
-    try:
-        for step, folder in [("bare", halves[0]), ("import", halves[0]), ("import", halves[1]),
-                             ("bare", halves[1])]:  # fmt: skip
-            _progress(f"import: {plan.TRANSFER_PHOTOS} photos, {step}")
-            started = time.perf_counter()
-            if step == "bare":
-                for path in sorted(folder.iterdir()):
-                    jpeg = path.read_bytes()
-                    thumbnail = thumbnails.from_jpeg(jpeg, max_px)
-                    bare.add(jpeg, thumbnail, timestamp=clock.now(), trigger="import")
-            else:
-                summary = import_photos(folder, IndexReader(scratch / "imported"), imported, max_px=max_px)
-                if summary.skipped or summary.duplicates:
-                    raise ApplianceError(f"bench: import skipped photos: {summary.skipped}")
-            seconds[step] += time.perf_counter() - started
-    finally:
-        bare.close()
-        imported.close()
-    _progress("export: the Camtrap DP ZIP")
-    reader = IndexReader(scratch / "imported")
-    config = dataclasses.replace(config_module.load(), latitude=51.496, longitude=4.774)
-
-    def stream_zip() -> int:
-        return sum(len(chunk) for chunk in zip_stream(Package(config, reader)))
-
-    def read_and_crc() -> None:
-        crc = 0
-        for row in reader.latest(plan.TRANSFER_PHOTOS):
-            with open(scratch / "imported" / row["media_path"], "rb") as file:
-                for chunk in iter(lambda file=file: file.read(CHUNK_BYTES), b""):
-                    crc = zlib.crc32(chunk, crc)
-
-    for step in ("read", "zip", "zip", "read"):
-        started = time.perf_counter()
-        if step == "zip":
-            stream_zip()
-        else:
-            read_and_crc()
-        seconds[step] += time.perf_counter() - started
-    tracemalloc.start()
-    try:
-        zip_bytes = stream_zip()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        _progress("")
-    photo_bytes = plan.TRANSFER_PHOTOS * len(photo)
-    return {
-        "transfer": {
-            "photos": plan.TRANSFER_PHOTOS,
-            "import_per_s": round(plan.TRANSFER_PHOTOS / seconds["import"], 2),
-            "bare_per_s": round(plan.TRANSFER_PHOTOS / seconds["bare"], 2),
-            "import_ratio": round(seconds["bare"] / seconds["import"], 3),
-            "zip_bytes": zip_bytes,
-            "zip_mb_per_s": round(2 * zip_bytes / seconds["zip"] / 1e6, 1),
-            "read_crc_mb_per_s": round(2 * photo_bytes / seconds["read"] / 1e6, 1),
-            "zip_ratio": round(seconds["zip"] / seconds["read"], 3),
-            "zip_peak_bytes": peak,
-        }
     }
 
 

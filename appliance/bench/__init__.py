@@ -132,35 +132,4 @@ def main(
         print(json.dumps(figures))
         return 0
     print_table(figures, photo_name)
-    print(
-        "cleanup: choosing a batch of the oldest unprotected captures "
-        f"(least of {plan.SELECT_RUNS}, sizes interleaved)"
-    )
-    for size, ms in figures["select_batch_ms"].items():
-        print(f"  {size:>9,} captures   {ms:8.3f} ms")
-    check = figures["verdicts"]["select_ratio_1m_vs_1k"]
-    print(
-        f"  plan: {figures['select_plan']}\n  ratio {plan.INDEX_SIZES[-1]:,} / {plan.INDEX_SIZES[0]:,}: "
-        f"{figures['select_ratio_1m_vs_1k']}   target <= {check['target']:g}  {check['verdict']}"
-    )
-    print(f"cleanup: deleting {plan.DELETED:,} captures (photo + thumbnail each)")
-    print(f"  through the store  {figures['delete_s']:8.3f} s   (rows, files, folder fsyncs, in batches)")
-    print(f"  bare os.unlink     {figures['unlink_s']:8.3f} s   (the same number of files, no fsync)")
-    print(f"  ratio              {figures['delete_vs_unlink']:8.2f}   (no target: the price of the fsyncs)")
-    small, large = figures["web_captures"]
-    print(
-        f"web: latency over HTTP keep-alive, p50 / p99 in ms of {plan.WEB_REQUESTS} requests each "
-        f"(after {plan.WEB_WARMUP} to warm up)"
-    )
-    recent = ", ".join(
-        f"{c['last_hour']} / {c['last_24h']} of {size:,}" for size, c in figures["web_captures"].items()
-    )
-    print(f"  captures in the last hour / 24 h: {recent}")
-    header = f"{small:,} captures", f"{large:,} captures", f"ratio p50 (target <= {plan.WEB_RATIO_TARGET})"
-    print(f"  {'route':<40} {header[0]:>19} {header[1]:>19}   {header[2]}")
-    for route, by_size in figures["web_ms"].items():
-        cells = [f"{by_size[size]['p50']:8.3f} / {by_size[size]['p99']:8.3f}" for size in (small, large)]
-        ratio, verdict_ = figures["web_ratio_1m_vs_1k"][route], figures["web_verdict"][route]
-        print(f"  {route:<40} {cells[0]:>19} {cells[1]:>19}   {ratio:9.2f}  {verdict_}")
-    print(f"({figures['bench_s']:.0f} s)")
     return 0

@@ -40,6 +40,14 @@ Import and export (issue 9), with :data:`plan.TRANSFER_PHOTOS` distinct copies o
 - The streamed Camtrap DP ZIP of those captures, against reading the same photos and computing
   their CRC-32, which every ZIP writer must; and the peak of Python's allocations while streaming
   (``tracemalloc``), which must not depend on the size of the package.
+
+One module per concept: :mod:`~appliance.bench.plan` (how much is measured, and the targets),
+:mod:`~appliance.bench.cleanup`, :mod:`~appliance.bench.web`, :mod:`~appliance.bench.ingest`
+(ingest, thumbnails, field figures), :mod:`~appliance.bench.latency` (idle and recovering),
+:mod:`~appliance.bench.startup`, :mod:`~appliance.bench.transfer`, what they share
+(:mod:`~appliance.bench.measuring`, :mod:`~appliance.bench.photo`, :mod:`~appliance.bench.index`)
+and :mod:`~appliance.bench.report` (verdicts and the table).  This one runs them in order
+(:func:`measure`) and is the command (:func:`main`).  Importing it touches no disk.
 """
 
 import json
@@ -52,17 +60,40 @@ from pathlib import Path
 
 from appliance.bench import plan
 from appliance.bench.cleanup import cleanup_figures
-from appliance.bench.index import RECENT_CAPTURES as RECENT_CAPTURES
-from appliance.bench.index import _grow_index as _grow_index
+from appliance.bench.index import RECENT_CAPTURES
+from appliance.bench.index import _grow_index as _grow_index  # the tests build indexes with it
 from appliance.bench.ingest import field_figures, ingest_figures, thumbnail_figures
 from appliance.bench.latency import latency_figures, recovery_figures
 from appliance.bench.measuring import _progress
 from appliance.bench.photo import synthetic_photo
-from appliance.bench.report import print_table, verdicts
+from appliance.bench.report import print_table, verdict, verdicts
 from appliance.bench.startup import startup_figures
 from appliance.bench.transfer import transfer_figures
-from appliance.bench.web import web_figures
+from appliance.bench.web import web_figures, web_routes
 from appliance.exc import ApplianceError
+
+# The names appliance.bench had as one module.  The sizes and targets are in plan only: set there,
+# they reach every figure; a copy here would take a test's setting and silently ignore it.
+__all__ = [
+    "RECENT_CAPTURES",
+    "cleanup_figures",
+    "field_figures",
+    "ingest_figures",
+    "latency_figures",
+    "main",
+    "measure",
+    "plan",
+    "print_table",
+    "recovery_figures",
+    "startup_figures",
+    "synthetic_photo",
+    "thumbnail_figures",
+    "transfer_figures",
+    "verdict",
+    "verdicts",
+    "web_figures",
+    "web_routes",
+]
 
 
 def measure(data_dir: Path, photo: bytes, captures: int) -> dict:

@@ -48,7 +48,7 @@ from appliance.cleanup import free_percent
 from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED
 from appliance.config import Config
 from appliance.datadir import DataDir, UnsafePath
-from appliance.exc import ExportError
+from appliance.exc import ExportError, UnknownCapture
 from appliance.export import Package, parse_time, zip_stream
 from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
@@ -65,6 +65,9 @@ MAX_PAGE_SIZE = 100
 REFRESH_S = 30
 # Seconds a web request waits for the main loop to do its action.
 ACTION_TIMEOUT_S = 15
+# The status an action's error (Request.error) answers with, by its type (the first that matches);
+# any other error: 503, the appliance cannot do it now.
+ACTION_ERRORS = ((UnknownCapture, 404),)
 # Problems that mean the appliance is not capturing (healthz 503, red banner); others warn.
 ERROR_AREAS = ("camera", "storage", "space")
 SESSION_COOKIE = "appliance_session"
@@ -333,6 +336,10 @@ def make_app(
         if fetch_site or not host or netloc != host:
             raise bottle.HTTPError(403, "cross-site request refused")
 
+    def failed(error: Exception):
+        status = next((code for kind, code in ACTION_ERRORS if isinstance(error, kind)), 503)
+        raise bottle.HTTPError(status, str(error))
+
     def ask(request: Request, timeout_s: float = ACTION_TIMEOUT_S) -> Request:
         submit(request)
         if not request.done.wait(timeout_s):
@@ -431,15 +438,15 @@ def make_app(
     def api_capture_now():
         check_action()
         done = ask(Request("capture"))
-        if done.error:
-            raise bottle.HTTPError(503, done.error)
+        if done.error is not None:
+            failed(done.error)
         return {"captured": done.result}
 
     def protect(capture_id: str, protected: bool) -> None:
         check_action()
         done = ask(Request("protect" if protected else "unprotect", _capture_id(capture_id)))
-        if done.error:
-            raise bottle.HTTPError(404 if done.error == "no such capture" else 503, done.error)
+        if done.error is not None:
+            failed(done.error)
 
     @app.post("/api/captures/<capture_id>/<verb:re:protect|unprotect>")
     def api_protect(capture_id, verb):

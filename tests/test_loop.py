@@ -12,8 +12,9 @@ import schedule
 from gpiozero.pins.mock import MockFactory
 from PIL import ExifTags, Image
 
+from appliance.exc import NotCaptured, UnknownCapture
 from appliance.exif import Identity
-from appliance.loop import MainLoop, guarded
+from appliance.loop import MainLoop, Request, guarded
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
@@ -316,3 +317,18 @@ def test_no_flash_for_a_camera_that_is_recovering(store):
     assert [s.state for s in pin.states] == [False]  # never switched on
     lights.close()
     factory.close()
+
+
+def test_a_request_carries_its_error_as_a_type(store):
+    loop, events = make_loop(store)
+    camera_failed = SimulatedCamera(size_px=(64, 48))
+    unknown, shot = Request("protect", "0" * 32), Request("capture")
+    events.put(unknown)
+    loop.run(duration_s=0.2)
+    assert isinstance(unknown.error, UnknownCapture) and isinstance(unknown.error, KeyError)
+    assert unknown.error.capture_id == "0" * 32 and unknown.done.is_set()
+    loop, events = make_loop(store, camera_failed)
+    camera_failed.inject_failure(CameraTimeout("no frame within 1.0 s"))
+    events.put(shot)
+    loop.run(duration_s=0.2)
+    assert isinstance(shot.error, NotCaptured) and shot.result == []

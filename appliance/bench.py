@@ -79,8 +79,9 @@ from appliance.export import CHUNK_BYTES, Package, zip_stream
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, Reconciliation
+from appliance.status import StatusCollector
 from appliance.store import DB_NAME, CaptureStore, IndexReader, iso_utc, publish
-from appliance.web import PAGE_SIZE, WebServer, make_app
+from appliance.web import PAGE_SIZE, WebDeps, WebServer, make_app
 from hw.camera import SimulatedCamera
 from hw.clock import SystemClock
 from hw.exc import CameraError
@@ -337,9 +338,9 @@ def web_figures(data_dir: Path) -> dict:
         # Connected only now: the server drops a connection idle for SOCKET_TIMEOUT_S.
         connections = {}
         for size in sizes:
-            app = make_app(
-                IndexReader(data_dir / str(size)), mode="simulation", started_monotonic=time.monotonic()
-            )
+            reader = IndexReader(data_dir / str(size))
+            status = StatusCollector(reader, mode="simulation", started_monotonic=time.monotonic())
+            app = make_app(WebDeps(reader, status.collect))
             server = WebServer(app, "127.0.0.1", 0)
             stack.callback(server.stop)
             connections[size] = http.client.HTTPConnection(server.host, server.port, timeout=30)

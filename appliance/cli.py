@@ -20,7 +20,6 @@ import dataclasses
 import datetime
 import logging
 import queue
-import shutil
 import signal
 import sys
 import time
@@ -40,8 +39,9 @@ from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import Health, MainLoop, guarded
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
+from appliance.status import StatusCollector
 from appliance.store import CHECKPOINT_INTERVAL_S, DB_NAME, TRIGGERS, IndexReader, unsafe_layout
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
@@ -415,17 +415,6 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         )
         reader = IndexReader(data_dir)
 
-        def summary() -> str:
-            stamp = clock.now()  # counted by time since boot while the wall clock is not trusted
-            counts = reader.counts(
-                stamp.wall, boot=None if stamp.clock_synced else (stamp.boot_id, stamp.since_boot_s)
-            )
-            free = shutil.disk_usage(data_dir).free
-            return (
-                f"{counts['last_24h']} captures in the last 24 h, {counts['total']} in all; "
-                f"{free / 1e9:.1f} GB free; cleanup {cleanup.state}"
-            )
-
         pin_factory = make_pin_factory(config.simulate)
         gate = TriggerGate(
             cooldown_s=config.trigger_cooldown_s,
@@ -446,26 +435,27 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
         stack.callback(camera.close)
         probes = Probes(data_dir)
 
-        def hardware_status() -> dict:
-            return {
-                "camera": camera.status(),
-                "triggers": gate.status(),
-                "system": probes.snapshot(),
-                "uv_light_on": lights.uv_on,
-                "clock": dataclasses.asdict(clock.status()),
-            }
-
-        app = make_app(
+        collector = StatusCollector(
             reader,
             mode=mode,
             started_monotonic=started,
             health=health,
             reconciliation=reconciliation,
-            cleanup_status=cleanup.status,
-            hardware_status=hardware_status,
-            submit=events.put,
-            token=config.web_token,
-            export_config=lambda: config,  # the reloaded one after a SIGHUP
+            cleanup=cleanup,
+            camera=camera,
+            gate=gate,
+            probes=probes,
+            lights=lights,
+            clock=clock,
+        )
+        app = make_app(
+            WebDeps(
+                reader,
+                collector.collect,
+                submit=events.put,
+                token=config.web_token,
+                config=lambda: config,  # the reloaded one after a SIGHUP
+            )
         )
         host = config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
         server = WebServer(app, host, config.web_port)
@@ -526,8 +516,11 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
             uv_job()
             scheduler.every(10).seconds.do(uv_job)
         if notifier.enabled:
-            status_job = guarded("systemd status", lambda: notifier.status(summary()))
-            scheduler.every(STATUS_INTERVAL_S).seconds.do(status_job)
+
+            def send_status() -> None:
+                notifier.status(collector.collect().systemd_line())
+
+            scheduler.every(STATUS_INTERVAL_S).seconds.do(guarded("systemd status", send_status))
         if reconciliation.full_check_due:
             # In short steps between captures: capturing starts now, the check ends a little later.
             full_check = FullCheck(
@@ -591,7 +584,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
 
         cleanup_job()  # before the first capture, not one interval later
         print(f"Status page: {server.url} ({mode}, data in {data_dir})", flush=True)
-        notifier.ready(summary())
+        notifier.ready(collector.collect().systemd_line())
         try:
             loop.run(duration_s)
         finally:

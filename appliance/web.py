@@ -20,10 +20,10 @@ Files: ``GET /thumbnails/<id>.webp``, ``GET /media/<id>.jpg`` (immutable: ETag a
 Cache-Control).
 """
 
+import dataclasses
 import datetime
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import bottle
@@ -43,23 +44,18 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
-from appliance import __version__
-from appliance.cleanup import free_percent
-from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED
+from appliance import __version__  # noqa: F401 (tests read it here)
 from appliance.config import Config
 from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import ExportError, UnknownCapture
 from appliance.export import Package, parse_time, zip_stream
-from appliance.loop import Health, Request
-from appliance.reconcile import Reconciliation
+from appliance.loop import Request
+from appliance.status import LATEST_COUNT, Status, capture_json  # noqa: F401 (re-exported)
 from appliance.store import TRIGGERS, IndexReader
-from hw import system
-from hw.clock import boot_id
 
 log = logging.getLogger(__name__)
 
 VIEWS = Path(__file__).with_name("views")
-LATEST_COUNT = 12
 PAGE_SIZE = 24
 MAX_PAGE_SIZE = 100
 REFRESH_S = 30
@@ -68,8 +64,6 @@ ACTION_TIMEOUT_S = 15
 # The status an action's error (Request.error) answers with, by its type (the first that matches);
 # any other error: 503, the appliance cannot do it now.
 ACTION_ERRORS = ((UnknownCapture, 404),)
-# Problems that mean the appliance is not capturing (healthz 503, red banner); others warn.
-ERROR_AREAS = ("camera", "storage", "space")
 SESSION_COOKIE = "appliance_session"
 # Request bodies (the login form, empty action POSTs) are tiny; anything bigger is refused (413).
 MAX_BODY_BYTES = 16 << 10
@@ -112,31 +106,6 @@ REVALIDATE = "no-cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
 # An unreadable index is logged at most this often (each request still answers 503 with the reason).
 UNREADABLE_LOG_INTERVAL_S = 60
-
-
-def capture_json(row: dict, *, full: bool = False) -> dict:
-    """A capture as the API gives it (README, "JSON API"); ``full`` adds its metadata."""
-    out = {
-        "id": row["id"],
-        "seq": row["seq"],
-        "captured_at": row["captured_at"],
-        "clock_synced": bool(row["clock_synced"]),
-        "recovered": bool(row["recovered"]),
-        "trigger": row["trigger"],
-        "capture_method": row["capture_method"],
-        "event_id": row["event_id"],
-        "bytes": row["bytes"],
-        "width": row["width"],
-        "height": row["height"],
-        "protected": bool(row["protected"]),
-        "page_url": f"/captures/{row['id']}",
-        "media_url": f"/media/{row['id']}.jpg",
-        "thumbnail_url": f"/thumbnails/{row['id']}.webp" if row["thumbnail_path"] else None,
-    }
-    if full:
-        out["sha256"] = row["sha256"]
-        out["metadata"] = json.loads(row["metadata"] or "{}")
-    return out
 
 
 def _query(name: str, parse: Callable[[str], object], default=None):
@@ -203,92 +172,44 @@ def _capture_id(capture_id: str) -> str:
     return capture_id
 
 
-def make_app(
-    reader: IndexReader,
-    *,
-    mode: str,
-    started_monotonic: float,
-    health: Health | None = None,
-    reconciliation: Reconciliation | None = None,
-    cleanup_status: Callable[[], dict] | None = None,
-    hardware_status: Callable[[], dict] | None = None,
-    disk_usage: Callable[[Path], object] = system.disk_usage,
-    submit: Callable[[Request], None] | None = None,
-    token: str = "",
-    export_config: Callable[[], Config] | None = None,
-) -> bottle.Bottle:
-    """Build the web app.
+@dataclass(frozen=True)
+class WebDeps:
+    """What the web app reads, and whom it asks to act.
 
-    ``reader``: the index; ``mode``: ``"simulation"`` or ``"hardware"``; ``started_monotonic``:
-    :func:`time.monotonic` at start-up (for the uptime); ``health``: the main loop's current
-    problems; ``reconciliation``: what the start-up check of the store did, updated by a full check
-    running beside capturing; ``cleanup_status()``: the cleanup's state
-    (:meth:`~appliance.cleanup.Cleanup.status`); ``hardware_status()``: ``{"camera":
-    RecoveringCamera.status(), "triggers": TriggerGate.status(), "system": Probes.snapshot(),
-    "uv_light_on": bool}`` (see :mod:`hw`); ``disk_usage(path)``: as
-    :func:`hw.system.disk_usage` (None when unknown), for the data directory's filesystem;
-    ``submit(request)``: hands an action to the main loop (None: actions are off); ``token``: the
-    ``web_token`` actions (and the export) need ("": actions are off, the export is open);
-    ``export_config()``: the config whose deployment settings the export uses, read at each
-    export (None: no export, 404).
+    :param reader: the index, read-only (:class:`~appliance.store.IndexReader`).
+    :param status: returns the appliance's state now, a :class:`~appliance.status.Status`
+        (:meth:`StatusCollector.collect <appliance.status.StatusCollector.collect>`): the page,
+        ``/api/status``, ``/healthz`` and ``/metrics`` all read it.
+    :param submit: hands an action (a :class:`~appliance.loop.Request`) to the main loop; None:
+        actions are off.
+    :param token: the ``web_token`` that actions (and the export) need; "": actions are off and
+        the export is open to all.
+    :param config: returns the config whose deployment settings the export uses, read at each
+        export (after a reload, the new one); None: no export (404).
     """
+
+    reader: IndexReader
+    status: Callable[[], Status]
+    submit: Callable[[Request], None] | None = None
+    token: str = ""
+    config: Callable[[], Config] | None = None
+
+
+def make_app(deps: WebDeps) -> bottle.Bottle:
+    """The web app (a WSGI callable) over ``deps``; serve it with :class:`WebServer`."""
+    reader, token, submit, export_config = deps.reader, deps.token, deps.submit, deps.config
     app = bottle.Bottle()
-    files = DataDir(reader.data_dir) if reader is not None else None
+    files = DataDir(reader.data_dir)
     # Every route: an unreadable index is a 503; each answers with its ``cache`` (NO_STORE unless
     # the route says otherwise).
     app.install(_IndexUnreadable())
     app.install(_CacheControl())
-    health = health or Health()
     session = hmac.new(token.encode(), b"appliance session", hashlib.sha256).hexdigest() if token else ""
     actions_on = bool(token) and submit is not None
     exports = threading.BoundedSemaphore(MAX_EXPORTS)
 
-    def status() -> dict:
-        usage = disk_usage(reader.data_dir)
-        cleanup = cleanup_status() if cleanup_status else {}
-        problems = health.problems()
-        if cleanup.get("state") == "paused":
-            problems["space"] = cleanup["reason"]
-        hardware = hardware_status() if hardware_status else {}
-        camera = hardware.get("camera") or {}
-        if camera.get("state", "ok") != "ok":
-            problems["camera"] = (
-                f"{camera['state']} after {camera['failures']} failures: {camera['last_error']}"
-            )
-        system = hardware.get("system") or {}
-        if system.get("problems"):
-            problems["power and temperature"] = ", ".join(system["problems"])
-        clock = hardware.get("clock") or {}
-        if clock.get("state") == DISTRUSTED:
-            problems["clock"] = clock["reason"]
-        elif system.get("clock_synced") is False or clock.get("state") == UNSYNCHRONISED:
-            problems["clock"] = "not synchronised: captures are flagged clock_synced = 0"
-        # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
-        trusted = clock.get("state", TRUSTED) == TRUSTED and system.get("clock_synced") is not False
-        boot = None if trusted else (boot_id(), time.clock_gettime(time.CLOCK_BOOTTIME))
-        counts = reader.counts(datetime.datetime.now(datetime.UTC), boot=boot)
-        floor = cleanup.get("capture_min_free_bytes") or 0
-        rate = counts["bytes_last_hour"]
-        return {
-            "version": __version__,
-            "mode": mode,
-            "level": "error" if problems.keys() & set(ERROR_AREAS) else "warning" if problems else "ok",
-            "problems": problems,
-            "startup_check": reconciliation.as_dict() if reconciliation else None,
-            "cleanup": cleanup | {"last_run": reader.last_cleanup_run()},
-            "uptime_s": round(time.monotonic() - started_monotonic, 1),
-            "captures": counts,
-            "disk": usage
-            and {
-                "total_bytes": usage.total,
-                "free_bytes": usage.free,
-                "free_percent": round(free_percent(usage), 1),
-                "hours_left": round(max(0, usage.free - floor) / rate, 1) if rate else None,
-            },
-            "actions": actions_on,
-            **hardware,
-            "latest": [capture_json(row) for row in reader.latest(LATEST_COUNT)],
-        }
+    def status() -> Status:
+        return dataclasses.replace(deps.status(), actions=actions_on)
 
     def credentials() -> str | None:
         """How the request is authorised: ``"bearer"``, ``"cookie"`` or None (not at all)."""
@@ -354,7 +275,7 @@ def make_app(
     @app.get("/", cache=REVALIDATE)
     def index():
         export_on = export_config is not None and (not token or authorised())
-        return render("status", refresh_s=REFRESH_S, export_on=export_on, **status())
+        return render("status", refresh_s=REFRESH_S, export_on=export_on, status=status())
 
     @app.get("/favicon.ico", cache=REVALIDATE)
     def favicon():
@@ -403,7 +324,7 @@ def make_app(
 
     @app.get("/api/status")
     def api_status():
-        return status()
+        return status().to_json()
 
     @app.get("/api/captures")
     def api_captures():
@@ -422,9 +343,9 @@ def make_app(
     @app.get("/healthz")
     def healthz():
         current = status()
-        errors = {k: v for k, v in current["problems"].items() if k in ERROR_AREAS}
-        bottle.response.status = 503 if errors else 200
-        return {"status": "error" if errors else "ok", "problems": current["problems"]}
+        stopped = current.level == "error"  # a problem stops capturing
+        bottle.response.status = 503 if stopped else 200
+        return {"status": "error" if stopped else "ok", "problems": current.problem_reasons()}
 
     registry = prometheus_client.CollectorRegistry()
     registry.register(_Metrics(status, reader))
@@ -564,23 +485,23 @@ class _Metrics:
     """The status as Prometheus metrics, read at each scrape (a custom collector, as
     prometheus_client documents for values kept elsewhere)."""
 
-    def __init__(self, status: Callable[[], dict], reader: IndexReader):
+    def __init__(self, status: Callable[[], Status], reader: IndexReader):
         self._status, self._reader = status, reader
 
     def collect(self):
         status = self._status()
         captures = GaugeMetricFamily("appliance_captures", "Captures in the index.")
-        captures.add_metric([], status["captures"]["total"])
+        captures.add_metric([], status.captures.total)
         yield captures
         hour = GaugeMetricFamily("appliance_captures_last_hour", "Captures of the last hour.")
-        hour.add_metric([], status["captures"]["last_hour"])
+        hour.add_metric([], status.captures.last_hour)
         yield hour
         suppressed = CounterMetricFamily(
             "appliance_triggers_suppressed",
             "Triggers counted but not captured since start-up.",
             labels=["source"],
         )
-        for source, count in (status.get("triggers") or {}).get("suppressed", {}).items():
+        for source, count in (status.triggers.suppressed if status.triggers else {}).items():
             suppressed.add_metric([source], count)
         yield suppressed
         runs, freed = self._reader.cleanup_totals()
@@ -590,15 +511,14 @@ class _Metrics:
         freed_bytes = CounterMetricFamily("appliance_cleanup_freed_bytes", "Bytes freed by cleanup runs.")
         freed_bytes.add_metric([], freed)
         yield freed_bytes
-        if status["disk"]:
+        if status.disk:
             free = GaugeMetricFamily("appliance_free_bytes", "Free bytes on the data filesystem.")
-            free.add_metric([], status["disk"]["free_bytes"])
+            free.add_metric([], status.disk.free_bytes)
             yield free
-        camera = status.get("camera") or {}
         failures = CounterMetricFamily("appliance_camera_failures", "Camera failures since start-up.")
-        failures.add_metric([], camera.get("total_failures", 0))
+        failures.add_metric([], status.camera.total_failures if status.camera else 0)
         yield failures
-        temperature = (status.get("system") or {}).get("cpu_temperature_c")
+        temperature = status.system.cpu_temperature_c if status.system else None
         if temperature is not None:
             gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
             gauge.add_metric([], temperature)

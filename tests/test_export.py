@@ -24,8 +24,9 @@ from appliance import config as config_module
 from appliance.cli import main
 from appliance.exc import ExportError
 from appliance.export import Package, zip_stream
+from appliance.status import StatusCollector
 from appliance.store import IndexReader
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
 from hw.clock import ManualClock
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "camtrap-dp" / "validate_offline.py"
@@ -199,17 +200,13 @@ def deployment(tmp_path, text=DEPLOYMENT):
 @pytest.fixture
 def serve(tmp_path, store):
     """Serve the store's web app on 127.0.0.1 (real HTTP) with the deployment config; returns
-    ``url(path)``.  Keyword arguments go to make_app."""
+    ``url(path)``.  Keyword arguments go to WebDeps."""
     servers = []
 
     def start(**options):
-        app = make_app(
-            IndexReader(store.data_dir),
-            mode="simulation",
-            started_monotonic=0,
-            export_config=lambda: deployment(tmp_path),
-            **options,
-        )
+        reader = IndexReader(store.data_dir)
+        status = StatusCollector(reader, mode="simulation", started_monotonic=0)
+        app = make_app(WebDeps(reader, status.collect, config=lambda: deployment(tmp_path), **options))
         servers.append(WebServer(app, "127.0.0.1", 0))
         return lambda path: servers[-1].url.rstrip("/") + path
 
@@ -280,8 +277,11 @@ def test_the_zip_needs_the_token_when_one_is_set(tmp_path, store, filled, serve)
 
 
 def test_the_zip_is_refused_with_the_reason_when_settings_are_missing(tmp_path, store, filled):
-    app = make_app(IndexReader(store.data_dir), mode="simulation", started_monotonic=0,
-                   export_config=lambda: deployment(tmp_path, 'deployment_id = "x"\n'))  # fmt: skip
+    reader = IndexReader(store.data_dir)
+    status = StatusCollector(reader, mode="simulation", started_monotonic=0)
+    app = make_app(
+        WebDeps(reader, status.collect, config=lambda: deployment(tmp_path, 'deployment_id = "x"\n'))
+    )
     server = WebServer(app, "127.0.0.1", 0)
     try:
         response = requests.get(server.url + "export/camtrap-dp.zip", timeout=10)

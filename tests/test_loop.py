@@ -16,7 +16,7 @@ from appliance.exc import NotCaptured, UnknownCapture
 from appliance.exif import Identity
 from appliance.loop import MainLoop, Request, guarded
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
-from hw.camera import RecoveringCamera, SimulatedCamera
+from hw.camera import CameraStatus, RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraError, CameraFailed, CameraTimeout
 from hw.lights import Lights
@@ -256,22 +256,18 @@ def test_a_camera_that_fails_recovers_and_the_status_says_so(store):
     cameras[0].inject_failure(CameraTimeout("no frame within 1.0 s"))
     events.put(trigger())
     loop.run(duration_s=0.2)
-    assert camera.status()["state"] == "recovering"
+    assert camera.status().state == "recovering"
     assert "no frame" in loop.health.problems()["camera"]
     events.put(trigger())  # before the back-off: refused at once, the closed camera untouched
     loop.run(duration_s=0.2)
-    assert camera.status()["failures"] == 1 and len(cameras) == 1
+    assert camera.status().failures == 1 and len(cameras) == 1
     now[0] = 1.0
     events.put(trigger())
     loop.run(duration_s=0.3)
     assert len(cameras) == 2 and cameras[0]._closed
-    assert camera.status() == {
-        "state": "ok",
-        "failures": 0,
-        "total_failures": 1,
-        "last_error": None,
-        "retry_in_s": None,
-    }
+    assert camera.status() == CameraStatus(
+        state="ok", failures=0, total_failures=1, last_error=None, retry_in_s=None
+    )
     assert "camera" not in loop.health.problems()
     assert store.db["captures"].count == 1
 

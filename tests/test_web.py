@@ -12,8 +12,9 @@ from PIL import Image
 
 from appliance import thumbnails
 from appliance.loop import Health
+from appliance.status import StatusCollector
 from appliance.store import IndexReader
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraTimeout
@@ -28,11 +29,11 @@ def server(store, photo):
     rows = [store.add(photo, thumbnail, timestamp=clock.now(), trigger=t) for t in ("button", "motion")]
     store.add(photo, None, timestamp=clock.now(), trigger="manual")  # its thumbnail could not be made
     disk = shutil._ntuple_diskusage(1000, 600, 400)
-    app = make_app(
-        IndexReader(store.data_dir), mode="simulation", started_monotonic=time.monotonic() - 3725,
-        disk_usage=lambda path: disk,
-    )  # fmt: skip
-    server = WebServer(app, "127.0.0.1", 0)
+    reader = IndexReader(store.data_dir)
+    status = StatusCollector(
+        reader, mode="simulation", started_monotonic=time.monotonic() - 3725, disk_usage=lambda path: disk
+    )
+    server = WebServer(make_app(WebDeps(reader, status.collect)), "127.0.0.1", 0)
     server.rows = rows
     yield server
     server.stop()
@@ -123,15 +124,18 @@ def test_malformed_http_request_gets_400_and_the_server_keeps_serving(server):
     assert get(server, "/api/status").status_code == 200
 
 
-def test_busy_port_fails_at_start_up(server):
+def test_busy_port_fails_at_start_up(server, store):
+    reader = IndexReader(store.data_dir)
+    app = make_app(WebDeps(reader, StatusCollector(reader, mode="simulation", started_monotonic=0).collect))
     with pytest.raises(OSError):
-        WebServer(make_app(None, mode="simulation", started_monotonic=0), "127.0.0.1", server.port)
+        WebServer(app, "127.0.0.1", server.port)
 
 
 def test_problems_of_the_main_loop_show_as_a_banner_and_in_the_api(store):
     health = Health()
-    app = make_app(IndexReader(store.data_dir), mode="hardware", started_monotonic=0, health=health)
-    server = WebServer(app, "127.0.0.1", 0)
+    reader = IndexReader(store.data_dir)
+    status = StatusCollector(reader, mode="hardware", started_monotonic=0, health=health)
+    server = WebServer(make_app(WebDeps(reader, status.collect)), "127.0.0.1", 0)
     try:
         assert 'class="problem"' not in get(server, "/").text
         health.set("storage", "the last capture could not be stored: No space left on device")
@@ -160,18 +164,11 @@ def test_camera_power_and_clock_problems_and_suppressed_triggers_are_shown(store
     vcgencmd.chmod(0o755)
     probes = Probes(store.data_dir, thermal_path=tmp_path / "temp", throttled_command=[str(vcgencmd)])
 
-    def hardware_status():
-        return {
-            "camera": camera.status(),
-            "triggers": gate.status(),
-            "system": probes.snapshot(),
-            "uv_light_on": False,
-        }
-
-    app = make_app(
-        IndexReader(store.data_dir), mode="hardware", started_monotonic=0, hardware_status=hardware_status
+    reader = IndexReader(store.data_dir)
+    status = StatusCollector(
+        reader, mode="hardware", started_monotonic=0, camera=camera, gate=gate, probes=probes
     )
-    server = WebServer(app, "127.0.0.1", 0)
+    server = WebServer(make_app(WebDeps(reader, status.collect)), "127.0.0.1", 0)
     try:
         status = get(server, "/api/status").json()
         problems = status["problems"]

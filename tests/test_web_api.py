@@ -3,6 +3,7 @@ main loop, a fuzz of paths, queries and methods, and the real server's limits on
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import html
@@ -32,11 +33,14 @@ from appliance.cleanup import Cleanup, Policy
 from appliance.exif import Identity
 from appliance.loop import Health, MainLoop
 from appliance.reconcile import Reconciliation
+from appliance.status import StatusCollector
 from appliance.store import TRIGGERS, CaptureStore, IndexReader
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
+from hw import system
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraError, CameraFailed, CameraTimeout
+from hw.lights import Lights
 from hw.system import Probes
 from hw.triggers import TriggerGate
 
@@ -127,18 +131,30 @@ def many(store) -> list[dict]:
     return rows + [store.add(jpeg, None, timestamp=clock.now(), trigger="motion") for _ in range(3)]
 
 
+# The options of client() that go to the StatusCollector; the others go to WebDeps.
+COLLECTOR_OPTIONS = set(inspect.signature(StatusCollector).parameters) - {"reader"}
+
+
+def app_over(reader: IndexReader, **options):
+    """The app over ``reader``: ``options`` as StatusCollector's (default: simulation, up 3725 s,
+    disk DISK) and WebDeps's."""
+    parts = {key: options.pop(key) for key in COLLECTOR_OPTIONS & options.keys()}
+    defaults = {
+        "mode": "simulation",
+        "started_monotonic": time.monotonic() - 3725,
+        "disk_usage": lambda path: DISK,
+    }
+    status = StatusCollector(reader, **defaults | parts)
+    return make_app(WebDeps(reader, status.collect, **options))
+
+
 @pytest.fixture
 def client(store):
-    """``client(**options)``: the app over ``store`` as a webtest.TestApp whose requests come to
-    Host HOST; ``options`` as make_app's (default: simulation, up 3725 s, disk DISK)."""
+    """``client(**options)``: the app over ``store`` (see :func:`app_over`) as a webtest.TestApp
+    whose requests come to Host HOST."""
 
     def make(**options) -> webtest.TestApp:
-        defaults = {
-            "mode": "simulation",
-            "started_monotonic": time.monotonic() - 3725,
-            "disk_usage": lambda path: DISK,
-        }
-        app = make_app(IndexReader(store.data_dir), **defaults | options)
+        app = app_over(IndexReader(store.data_dir), **options)
         return webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST})
 
     return make
@@ -146,10 +162,11 @@ def client(store):
 
 @pytest.fixture
 def hardware(store, tmp_path, monkeypatch):
-    """The real hardware parts behind ``hardware_status`` as main() wires them: a recovering camera
-    over a simulated one, a trigger gate, and probes reading a thermal-zone file (51.7 °C) and a
-    vcgencmd that reports nothing wrong.  The kernel's clock is synchronised unless
-    ``hardware.clock_synced`` is set False.  ``hardware.camera`` may be replaced."""
+    """The real hardware parts as main() wires them: a recovering camera over a simulated one, a
+    trigger gate, lights without pins, and probes reading a thermal-zone file (51.7 °C) and a
+    vcgencmd that reports nothing wrong; ``hardware.parts()`` gives them as StatusCollector
+    takes them.  The kernel's clock is synchronised unless ``hardware.clock_synced`` is set False.
+    ``hardware.camera`` may be replaced."""
     parts = types.SimpleNamespace(clock_synced=True, simulated=SimulatedCamera(size_px=(64, 48)))
     monkeypatch.setattr("hw.clock.clock_synced", lambda: parts.clock_synced)
     parts.camera = RecoveringCamera(lambda: parts.simulated, max_failures=2)
@@ -163,15 +180,12 @@ def hardware(store, tmp_path, monkeypatch):
         store.data_dir, ttl_s=0, thermal_path=parts.thermal, throttled_command=[str(parts.vcgencmd)]
     )
 
-    def status() -> dict:
-        return {
-            "camera": parts.camera.status(),
-            "triggers": parts.gate.status(),
-            "system": probes.snapshot(),
-            "uv_light_on": False,
-        }
+    lights = Lights(flash_pin=None, uv_pin=None)
 
-    parts.status = status
+    def collector_parts() -> dict:
+        return {"camera": parts.camera, "gate": parts.gate, "probes": probes, "lights": lights}
+
+    parts.parts = collector_parts
     return parts
 
 
@@ -214,8 +228,8 @@ def main_loop(tmp_path, monkeypatch):
     reader = IndexReader(data_dir)
 
     def app(token: str = TOKEN):
-        return make_app(
-            reader, mode="simulation", started_monotonic=time.monotonic(), health=health,
+        return app_over(
+            reader, started_monotonic=time.monotonic(), disk_usage=system.disk_usage, health=health,
             submit=events.put, token=token,
         )  # fmt: skip
 
@@ -252,7 +266,7 @@ def test_status_page_shows_counts_suppressed_triggers_disk_meter_hours_left_and_
     hardware.gate.admit("motion", now=0)
     hardware.gate.admit("motion", now=1)
     hardware.gate.admit("motion", now=2)
-    response = client(hardware_status=hardware.status).get("/", status=200)
+    response = client(**hardware.parts()).get("/", status=200)
     assert response.content_type == "text/html"
     page = response.text
     assert '<p class="banner ok">' in page
@@ -294,7 +308,7 @@ def test_status_banner_is_ok_warning_or_error(client, hardware, level):
         hardware.clock_synced = False
     elif level == "error":
         health.set("storage", "the last capture could not be stored: No space left on device")
-    app = client(health=health, hardware_status=hardware.status)
+    app = client(health=health, **hardware.parts())
     page = app.get("/", status=200).text
     assert re.findall(r'<p class="banner (\w+)">', page) == [level]
     assert app.get("/api/status").json["level"] == level
@@ -423,9 +437,7 @@ def test_api_status_gives_every_field(client, captures, hardware, store):
          "total_bytes": DISK.total}
     )  # fmt: skip
     cleanup = Cleanup(store, Policy(), disk_usage=lambda path: DISK)
-    app = client(
-        hardware_status=hardware.status, cleanup_status=cleanup.status, reconciliation=Reconciliation()
-    )
+    app = client(**hardware.parts(), cleanup=cleanup, reconciliation=Reconciliation())
     status = app.get("/api/status", status=200).json
     assert status.keys() == {
         "version", "mode", "level", "problems", "startup_check", "cleanup", "uptime_s", "captures",
@@ -433,7 +445,7 @@ def test_api_status_gives_every_field(client, captures, hardware, store):
     }  # fmt: skip
     assert status["version"] == web.__version__ and status["mode"] == "simulation"
     assert status["level"] == "ok" and status["problems"] == {}
-    assert status["startup_check"] == Reconciliation().as_dict()
+    assert status["startup_check"] == dataclasses.asdict(Reconciliation()) | {"repairs": 0}
     assert status["startup_check"]["repairs"] == 0 and status["startup_check"]["scope"] == "none"
     assert status["cleanup"].keys() == {
         "state", "reason", "start_free_bytes", "stop_free_bytes", "headroom_bytes",
@@ -509,8 +521,7 @@ def two_hundred_fifty(tmp_path_factory) -> webtest.TestApp:
     clock = ManualClock()
     for i in range(250):
         store.add(jpeg, None, timestamp=clock.now(), trigger=TRIGGERS[i % 4])
-    reader = IndexReader(store.data_dir)
-    app = make_app(reader, mode="simulation", started_monotonic=0, disk_usage=lambda path: DISK)
+    app = app_over(IndexReader(store.data_dir), started_monotonic=0)
     yield webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST})
     store.close()
 
@@ -584,7 +595,7 @@ def test_api_capture_gives_sha256_and_parsed_metadata(client, captures, store):
 
 
 def test_healthz_is_200_when_healthy(client, hardware):
-    response = client(hardware_status=hardware.status).get("/healthz", status=200)
+    response = client(**hardware.parts()).get("/healthz", status=200)
     assert response.json == {"status": "ok", "problems": {}}
 
 
@@ -602,7 +613,7 @@ def test_healthz_is_503_for_a_recovering_camera(client, hardware):
     hardware.simulated.inject_failure(CameraTimeout("no frame within 1 s"))
     with pytest.raises(CameraTimeout):
         hardware.camera.capture(1.0)
-    response = client(hardware_status=hardware.status).get("/healthz", status=503)
+    response = client(**hardware.parts()).get("/healthz", status=503)
     assert response.json["status"] == "error"
     assert response.json["problems"] == {
         "camera": "recovering after 1 failures: capture: no frame within 1 s"
@@ -614,7 +625,7 @@ def test_healthz_is_503_for_a_failed_camera(client, hardware):
     hardware.simulated.inject_failure(CameraError("Device or resource busy"))
     with pytest.raises(CameraFailed):
         hardware.camera.capture(1.0)
-    response = client(hardware_status=hardware.status).get("/healthz", status=503)
+    response = client(**hardware.parts()).get("/healthz", status=503)
     assert response.json["problems"]["camera"].startswith(
         "failed after 1 failures: capture: Device or resource"
     )
@@ -622,13 +633,13 @@ def test_healthz_is_503_for_a_failed_camera(client, hardware):
 
 def test_healthz_stays_200_for_a_clock_warning_alone(client, hardware):
     hardware.clock_synced = False
-    response = client(hardware_status=hardware.status).get("/healthz", status=200)
+    response = client(**hardware.parts()).get("/healthz", status=200)
     assert response.json["status"] == "ok" and list(response.json["problems"]) == ["clock"]
 
 
 def test_healthz_stays_200_for_a_power_warning_alone(client, hardware):
     hardware.vcgencmd.write_text("#!/bin/sh\necho throttled=0x50005\n")
-    response = client(hardware_status=hardware.status).get("/healthz", status=200)
+    response = client(**hardware.parts()).get("/healthz", status=200)
     assert response.json["status"] == "ok"
     assert response.json["problems"] == {"power and temperature": "under-voltage, throttled"}
 
@@ -649,7 +660,7 @@ def test_metrics_are_prometheus_text_with_every_series(client, captures, hardwar
     hardware.simulated.inject_failure(CameraTimeout("no frame within 1 s"))
     with pytest.raises(CameraTimeout):
         hardware.camera.capture(1.0)
-    response = client(hardware_status=hardware.status).get("/metrics", status=200)
+    response = client(**hardware.parts()).get("/metrics", status=200)
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     types_ = {family.name: family.type for family in text_string_to_metric_families(response.text)}
     assert types_ == {
@@ -677,7 +688,7 @@ def test_metrics_are_prometheus_text_with_every_series(client, captures, hardwar
 
 def test_metrics_leave_out_the_cpu_temperature_when_unknown(client, hardware):
     hardware.thermal.unlink()
-    samples = metric_samples(client(hardware_status=hardware.status).get("/metrics", status=200).text)
+    samples = metric_samples(client(**hardware.parts()).get("/metrics", status=200).text)
     assert not any(name == "appliance_cpu_temperature_celsius" for name, _ in samples)
     assert samples[("appliance_camera_failures_total", ())] == 0
 
@@ -1087,9 +1098,9 @@ def test_fuzzed_requests_never_get_a_5xx_nor_a_file_outside_the_index(loop_app, 
 @pytest.fixture
 def live(store, captures):
     """The app (actions on, behind a loop that never answers) served by WebServer on a free port."""
-    app = make_app(
-        IndexReader(store.data_dir), mode="simulation", started_monotonic=time.monotonic(),
-        disk_usage=lambda path: DISK, token=TOKEN, submit=queue.Queue().put,
+    app = app_over(
+        IndexReader(store.data_dir), started_monotonic=time.monotonic(), token=TOKEN,
+        submit=queue.Queue().put,
     )  # fmt: skip
     server = WebServer(app, "127.0.0.1", 0)
     yield server

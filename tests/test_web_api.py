@@ -1252,7 +1252,7 @@ def test_100_silent_clients_leave_the_page_answering_within_1_s(live, capsys):
 
 
 def test_a_request_still_arriving_after_the_request_timeout_is_dropped(live, monkeypatch):
-    monkeypatch.setattr(web, "REQUEST_TIMEOUT_S", 1)
+    monkeypatch.setattr("appliance.web.app.REQUEST_TIMEOUT_S", 1)
     with socket.create_connection(("127.0.0.1", live.port), timeout=0.2) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\n")
         started = time.monotonic()

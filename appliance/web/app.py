@@ -55,7 +55,7 @@ from appliance.store import TRIGGERS, IndexReader
 
 log = logging.getLogger(__name__)
 
-VIEWS = Path(__file__).with_name("views")
+VIEWS = Path(__file__).parent.parent / "views"
 PAGE_SIZE = 24
 MAX_PAGE_SIZE = 100
 REFRESH_S = 30

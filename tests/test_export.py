@@ -365,7 +365,7 @@ def test_a_client_that_stops_reading_is_dropped_and_its_snapshot_ends(
     """A download whose client stays connected but reads nothing more is dropped by the kernel
     after SEND_TIMEOUT_S (TCP_USER_TIMEOUT), which ends its read transaction: the WAL checkpoints
     again, and the download's place is free."""
-    monkeypatch.setattr("appliance.web.app.SEND_TIMEOUT_S", 1)
+    monkeypatch.setattr("appliance.web.server.SEND_TIMEOUT_S", 1)
     with start_download(store, photo, clock, serve):
         deadline = time.monotonic() + 15
         while store.checkpoint()[0] == 1:  # the client, still connected, reads nothing more

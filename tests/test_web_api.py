@@ -28,14 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance import thumbnails, web
+from appliance import __version__, thumbnails, web
 from appliance.cleanup import Cleanup, Policy
 from appliance.exif import Identity
 from appliance.loop import Health, MainLoop
 from appliance.reconcile import Reconciliation
 from appliance.status import StatusCollector
 from appliance.store import TRIGGERS, CaptureStore, IndexReader
-from appliance.web import WebDeps, WebServer, make_app
+from appliance.web import WebDeps, WebServer, auth, make_app
 from hw import system
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
@@ -443,7 +443,7 @@ def test_api_status_gives_every_field(client, captures, hardware, store):
         "version", "mode", "level", "problems", "startup_check", "cleanup", "uptime_s", "captures",
         "disk", "actions", "camera", "triggers", "system", "uv_light_on", "latest",
     }  # fmt: skip
-    assert status["version"] == web.__version__ and status["mode"] == "simulation"
+    assert status["version"] == __version__ and status["mode"] == "simulation"
     assert status["level"] == "ok" and status["problems"] == {}
     assert status["startup_check"] == dataclasses.asdict(Reconciliation()) | {"repairs": 0}
     assert status["startup_check"]["repairs"] == 0 and status["startup_check"]["scope"] == "none"
@@ -864,7 +864,7 @@ def test_actions_with_the_bearer_token_are_accepted(loop_app):
 
 
 def test_tokens_are_compared_in_constant_time():
-    source = inspect.getsource(web.make_app)
+    source = inspect.getsource(auth)
     # The bearer token, the session cookie and the log-in form: each through hmac.compare_digest.
     assert source.count("hmac.compare_digest(") >= 3
     assert len(re.findall(r"compare_digest\([^\n]*\btoken\.encode\(\)\)", source)) >= 2
@@ -1252,7 +1252,7 @@ def test_100_silent_clients_leave_the_page_answering_within_1_s(live, capsys):
 
 
 def test_a_request_still_arriving_after_the_request_timeout_is_dropped(live, monkeypatch):
-    monkeypatch.setattr("appliance.web.app.REQUEST_TIMEOUT_S", 1)
+    monkeypatch.setattr("appliance.web.server.REQUEST_TIMEOUT_S", 1)
     with socket.create_connection(("127.0.0.1", live.port), timeout=0.2) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: trap.local\r\n")
         started = time.monotonic()

@@ -130,6 +130,22 @@ class Decision:
     reason: str
 
 
+@dataclass(frozen=True)
+class CleanupStatus:
+    """What :meth:`Cleanup.status` tells: ``state`` (``"ok"``, ``"cleaning"`` or ``"paused"``:
+    capturing paused for space), ``reason`` (why, in words; "" when there is nothing to say) and
+    the thresholds of the last decision in bytes, free space below which cleaning starts, above
+    which it stops, and the headroom (None before the first decision), and the floor below which
+    capturing pauses (``capture_min_free_bytes``)."""
+
+    state: str
+    reason: str
+    start_free_bytes: int | None
+    stop_free_bytes: int | None
+    headroom_bytes: int | None
+    capture_min_free_bytes: int
+
+
 def decide(
     total: int,
     free: int,
@@ -356,23 +372,22 @@ class Cleanup:
                 self._capture_cost = taken
             self._free_before_capture = None
 
-    def status(self) -> dict:
-        """The current state for the status page: ``state``, ``reason`` and the thresholds in
-        bytes (a new dict each time, safe to hand to another thread)."""
+    def status(self) -> CleanupStatus:
+        """The current state (a frozen value, safe to hand to another thread)."""
         decision = self.last_decision
         reason = self._paused_reason or (decision.reason if decision else "")
         if self._only_protected:
             reason += "; only protected captures remain"
         if self._blocked:
             reason += f"; {len(self._stuck)} captures' files cannot be deleted"
-        return {
-            "state": self.state,
-            "reason": reason.lstrip("; "),
-            "start_free_bytes": decision.start_bytes if decision else None,
-            "stop_free_bytes": decision.stop_bytes if decision else None,
-            "headroom_bytes": decision.headroom_bytes if decision else None,
-            "capture_min_free_bytes": self.policy.capture_min_free_bytes,
-        }
+        return CleanupStatus(
+            state=self.state,
+            reason=reason.lstrip("; "),
+            start_free_bytes=decision.start_bytes if decision else None,
+            stop_free_bytes=decision.stop_bytes if decision else None,
+            headroom_bytes=decision.headroom_bytes if decision else None,
+            capture_min_free_bytes=self.policy.capture_min_free_bytes,
+        )
 
     def _expected_capture_bytes(self) -> int:
         return self._capture_cost * 3 // 2

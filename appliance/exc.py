@@ -13,6 +13,20 @@ class StoreError(ApplianceError, OSError):
     """The capture store could not write or read a capture."""
 
 
+class UnknownCapture(StoreError, KeyError):
+    """No capture in the index has the id ``capture_id`` (asked to protect or unprotect it, say).
+    The web API answers it with a 404."""
+
+    def __init__(self, capture_id: str):
+        self.capture_id = capture_id
+        super().__init__("no such capture")
+
+
+class NotCaptured(ApplianceError, OSError):
+    """A capture asked for (a test shot from the status page) was not stored: the camera failed,
+    the store could not write it, or capturing is paused for space.  The status page says which."""
+
+
 class ExportError(ApplianceError, ValueError):
     """An export cannot be made as asked: settings it needs are missing, or the output folder is
     not empty.  Nothing has been written."""

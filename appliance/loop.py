@@ -21,7 +21,7 @@ import schedule
 
 from appliance import exif, thumbnails
 from appliance.cleanup import Cleanup
-from appliance.exc import StoreError
+from appliance.exc import NotCaptured, StoreError, UnknownCapture
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexGoneError, new_id
 from boot.systemd import Notifier
 from hw.camera import Camera
@@ -48,13 +48,16 @@ class Request:
     """An action asked for by another thread (the web server), done by the main loop, which alone
     writes: ``action`` is ``"capture"`` (a test shot, trigger ``manual``), ``"protect"`` or
     ``"unprotect"`` (``capture_id``).  The asker waits on :attr:`done`, then reads :attr:`result`
-    (the ids captured; None for the others) or :attr:`error` (a one-line reason)."""
+    (the ids captured; None for the others) or :attr:`error`, the exception that stopped it:
+    :class:`~appliance.exc.UnknownCapture` (no capture has that id),
+    :class:`~appliance.exc.NotCaptured` (the test shot was not stored), or the
+    :class:`~appliance.exc.StoreError` or ``sqlite3.Error`` the store raised."""
 
     action: str
     capture_id: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: list[str] | None = None
-    error: str | None = None
+    error: Exception | None = None
 
 
 def guarded(name: str, job: Callable[[], object]) -> Callable[[], object]:
@@ -253,14 +256,14 @@ class MainLoop:
             if request.action == "capture":
                 request.result = [row["id"] for row in self.burst(TriggerEvent("manual", time.monotonic()))]
                 if not request.result:
-                    request.error = "the capture failed; see the status page"
+                    request.error = NotCaptured("the capture failed; see the status page")
             else:
                 self._store.set_protected(request.capture_id, request.action == "protect")
-        except KeyError:
-            request.error = "no such capture"
+        except KeyError:  # the store's word for an id it does not have
+            request.error = UnknownCapture(request.capture_id)
         except (StoreError, sqlite3.Error) as exc:
             log.error("%s asked from the status page failed: %s", request.action, exc)
-            request.error = str(exc)
+            request.error = exc
             if isinstance(exc, FATAL):
                 self._stop_fatal(exc)
         finally:

@@ -60,7 +60,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
 import schedule
 from PIL import Image
@@ -181,8 +181,15 @@ class Reconciliation:
         due = "; a full check follows, beside capturing" if self.full_check_due and not full else ""
         return f"{what} in {self.duration_s:.1f} s: {done}{due}"
 
-    def as_dict(self) -> dict:
-        return asdict(self) | {"repairs": self.repairs}
+    def status(self) -> "Reconciliation":
+        """A copy of what was found and done so far, for another thread: a full check running
+        beside capturing goes on updating this one."""
+        return replace(
+            self,
+            stray=list(self.stray),
+            unreadable=list(self.unreadable),
+            shards_skipped=list(self.shards_skipped),
+        )
 
 
 def open_store(

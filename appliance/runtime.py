@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import logging
 import queue
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +26,9 @@ from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.exc import ConfigError
 from appliance.loop import Health, LoopSettings, MainLoop, guarded
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
+from appliance.status import StatusCollector
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
 from boot.systemd import Notifier
 from hw.camera import Picamera2Camera, RecoveringCamera, SimulatedCamera, camera_controls
 from hw.lights import Lights, LightsSettings
@@ -187,6 +187,19 @@ class Appliance:
         self.camera = RecoveringCamera(lambda: make_camera(config), max_failures=config.camera_max_failures)
         stack.callback(self.camera.close)
         self.probes = Probes(self.data_dir)
+        self.status = StatusCollector(
+            self.reader,
+            mode=self.mode,
+            started_monotonic=self.started,
+            health=self.health,
+            reconciliation=self.reconciliation,
+            cleanup=self.cleanup,
+            camera=self.camera,
+            gate=self.gate,
+            probes=self.probes,
+            lights=self.lights,
+            clock=self.clock,
+        )
         self.server = WebServer(self._web_app(), _web_host(config), config.web_port)
         stack.callback(self.server.stop)
         self.scheduler = schedule.Scheduler()
@@ -257,7 +270,7 @@ class Appliance:
         guarded("cleanup", self.cleanup.tick)()  # before the first capture, not a second later
         if self.config.uv_pin:
             guarded("UV light", self._switch_uv)()
-        self.notifier.ready(self.summary())
+        self.notifier.ready(self.status.collect().systemd_line())
         try:
             self.loop.run(duration_s)
         finally:
@@ -291,43 +304,18 @@ class Appliance:
         if done.restart:
             log.warning("config: %s changed, which takes a restart", ", ".join(sorted(done.restart)))
 
-    def summary(self) -> str:
-        """One line for systemd's ``STATUS=``: captures, free space, cleanup."""
-        stamp = self.clock.now()  # counted by time since boot while the wall clock is not trusted
-        counts = self.reader.counts(
-            stamp.wall, boot=None if stamp.clock_synced else (stamp.boot_id, stamp.since_boot_s)
-        )
-        free = shutil.disk_usage(self.data_dir).free
-        return (
-            f"{counts['last_24h']} captures in the last 24 h, {counts['total']} in all; "
-            f"{free / 1e9:.1f} GB free; cleanup {self.cleanup.state}"
-        )
-
     def _send_status(self) -> None:
-        self.notifier.status(self.summary())
-
-    def hardware_status(self) -> dict:
-        return {
-            "camera": self.camera.status(),
-            "triggers": self.gate.status(),
-            "system": self.probes.snapshot(),
-            "uv_light_on": self.lights.uv_on,
-            "clock": dataclasses.asdict(self.clock.status()),
-        }
+        self.notifier.status(self.status.collect().systemd_line())
 
     def _web_app(self):
-        return make_app(
+        deps = WebDeps(
             self.reader,
-            mode=self.mode,
-            started_monotonic=self.started,
-            health=self.health,
-            reconciliation=self.reconciliation,
-            cleanup_status=self.cleanup.status,
-            hardware_status=self.hardware_status,
+            self.status.collect,
             submit=self.events.put,
             token=self.config.web_token,
-            export_config=self.current_config,
+            config=self.current_config,  # the reloaded one after a SIGHUP
         )
+        return make_app(deps)
 
     def _clock_gap_accepted(self, gap_s: float) -> None:
         # Had the clock been behind before, every capture would now look older than it is.

@@ -266,6 +266,21 @@ class Picamera2Camera:
                 log.warning("closing the camera failed: %s", exc)
 
 
+@dataclass(frozen=True)
+class CameraStatus:
+    """What :meth:`RecoveringCamera.status` tells: ``state`` is ``"ok"``, ``"recovering"`` (closed,
+    waiting to be re-opened) or ``"failed"`` (too many failures in a row: the process must
+    restart); ``failures`` in a row and ``total_failures`` since start-up (failed captures and
+    failed re-opens); ``last_error``, the reason of the last failure (None after a success);
+    ``retry_in_s``, seconds until the next re-open (None when none is scheduled)."""
+
+    state: str
+    failures: int
+    total_failures: int
+    last_error: str | None
+    retry_in_s: float | None
+
+
 class RecoveringCamera:
     """A camera that recovers by itself: ``open_camera()`` makes a new camera (a
     :class:`Picamera2Camera` or a :class:`SimulatedCamera`), and is called once here, so a camera
@@ -295,10 +310,8 @@ class RecoveringCamera:
         self._retry_at: float | None = None
         self._last_error: str | None = None
 
-    def status(self) -> dict:
-        """``{"state": "ok" | "recovering" | "failed", "failures": n (in a row), "total_failures":
-        n (since start-up), "last_error": str or None, "retry_in_s": seconds until the next re-open
-        or None}``."""
+    def status(self) -> CameraStatus:
+        """The camera's state now (see :class:`CameraStatus`)."""
         with self._lock:
             if self._failures >= self._max_failures:
                 state = "failed"
@@ -307,13 +320,7 @@ class RecoveringCamera:
             else:
                 state = "ok"
             retry = None if self._retry_at is None else max(0.0, round(self._retry_at - self._monotonic(), 1))
-            return {
-                "state": state,
-                "failures": self._failures,
-                "total_failures": self._total_failures,
-                "last_error": self._last_error,
-                "retry_in_s": retry,
-            }
+            return CameraStatus(state, self._failures, self._total_failures, self._last_error, retry)
 
     def capture(self, timeout_s: float) -> Shot:
         self.recover()

@@ -3,12 +3,10 @@ synchronisation and free disk space.
 
 Every probe returns None where its value is not available (off a Pi, a missing file, a failed
 command) and never raises; the reason is logged at DEBUG.  :class:`Probes` gathers them into one
-JSON-serialisable dict, cached so that web requests cannot run ``vcgencmd`` more than once per
+:class:`SystemStatus`, cached so that web requests cannot run ``vcgencmd`` more than once per
 ``ttl_s`` seconds.
 """
 
-import copy
-import dataclasses
 import logging
 import re
 import shutil
@@ -145,8 +143,23 @@ def disk_usage(path: Path) -> shutil._ntuple_diskusage | None:
         return None
 
 
+@dataclass(frozen=True)
+class SystemStatus:
+    """What :meth:`Probes.status` tells: ``cpu_temperature_c`` (degrees Celsius), ``throttled``
+    (the firmware's :class:`Throttled` state), ``problems`` (short reasons: throttling now, and a
+    CPU at or above :data:`HOT_C`; empty when all is well) and ``clock_synced`` (see
+    :func:`clock_synced`); None where a value is not available.  Disk usage is not here: the status
+    reads it fresh, with :func:`disk_usage`."""
+
+    cpu_temperature_c: float | None
+    throttled: Throttled | None
+    problems: tuple[str, ...]
+    clock_synced: bool | None
+
+
 class Probes:
-    """All the probes in one dict, cached for ``ttl_s`` seconds and safe to call from many threads.
+    """All the probes in one :class:`SystemStatus`, cached for ``ttl_s`` seconds and safe to call
+    from many threads.
 
     ``data_dir``: a directory on the file system whose space is reported.  ``thermal_path`` and
     ``throttled_command``: see :func:`cpu_temperature_c` and :func:`throttled`.  ``monotonic``: the
@@ -168,38 +181,26 @@ class Probes:
         self.throttled_command = throttled_command
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._snapshot: dict | None = None
+        self._status: SystemStatus | None = None
         self._taken_at = 0.0
 
-    def snapshot(self) -> dict:
-        """The probes' values, at most ``ttl_s`` seconds old, as a new JSON-serialisable dict::
-
-            {"cpu_temperature_c": float | None,
-             "throttled": {"raw": int, "under_voltage_now": bool, ...every Throttled field} | None,
-             "problems": [str, ...],  # throttling now, and a CPU at or above HOT_C
-             "clock_synced": bool | None}
-
-        (Disk usage is not here: the status page reads it fresh, with :func:`disk_usage`.)
+    def status(self) -> SystemStatus:
+        """The probes' values, at most ``ttl_s`` seconds old (a frozen value: safe to share).
 
         A caller arriving while the probes run waits for them (up to the command's 2 s timeout)
         rather than running them again.
         """
         with self._lock:
             now = self._monotonic()
-            if self._snapshot is None or now - self._taken_at >= self.ttl_s:
-                self._snapshot = self._probe()
+            if self._status is None or now - self._taken_at >= self.ttl_s:
+                self._status = self._probe()
                 self._taken_at = now
-            return copy.deepcopy(self._snapshot)
+            return self._status
 
-    def _probe(self) -> dict:
+    def _probe(self) -> SystemStatus:
         temperature_c = cpu_temperature_c(self.thermal_path)
         state = throttled(self.throttled_command)
         problems = state.problems() if state else []
         if temperature_c is not None and temperature_c >= HOT_C:
             problems.append(f"CPU temperature {temperature_c:.0f} °C")
-        return {
-            "cpu_temperature_c": temperature_c,
-            "throttled": dataclasses.asdict(state) if state else None,
-            "problems": problems,
-            "clock_synced": clock_synced(),
-        }
+        return SystemStatus(temperature_c, state, tuple(problems), clock_synced())

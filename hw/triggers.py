@@ -47,6 +47,16 @@ def make_pin_factory(simulate: bool):
 
 
 @dataclass(frozen=True)
+class GateStatus:
+    """What :meth:`TriggerGate.status` tells: the trigger events counted but not captured
+    (cooldown and rate limit) since start-up, ``suppressed`` by source (``{"motion": 3}``; a new
+    dict each time) and ``suppressed_total``."""
+
+    suppressed: dict[str, int]
+    suppressed_total: int
+
+
+@dataclass(frozen=True)
 class GateSettings:
     """The rules of a :class:`TriggerGate`.
 
@@ -130,10 +140,10 @@ class TriggerGate:
             self._admitted.append(now)
             return True
 
-    def status(self) -> dict:
-        """``{"suppressed": {source: count}, "suppressed_total": count}`` since start-up."""
+    def status(self) -> GateStatus:
+        """The events suppressed since start-up (see :class:`GateStatus`)."""
         with self._lock:
-            return {"suppressed": dict(self._suppressed), "suppressed_total": sum(self._suppressed.values())}
+            return GateStatus(dict(self._suppressed), sum(self._suppressed.values()))
 
 
 class Triggers:

@@ -1,16 +1,35 @@
 import contextlib
+import datetime
 import errno
 import importlib
 import os
+import queue
+import shutil
 import subprocess
 import sys
+import threading
+import time
+import types
 import zipfile
 from pathlib import Path
 
 import pytest
+import schedule
+import webtest
+from web_client import HOST, METADATA, OLD_DAY, TOKEN, app_over, shoot
 
-from appliance.store import CaptureStore
+from appliance import thumbnails
+from appliance.exif import Identity
+from appliance.loop import Health, LoopSettings, MainLoop
+from appliance.status import StatusCollector
+from appliance.store import CaptureStore, IndexReader
+from appliance.web import WebDeps, WebServer, make_app
+from hw import system
+from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
+from hw.lights import Lights, LightsSettings
+from hw.system import Probes
+from hw.triggers import GateSettings, TriggerGate
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 FAKE_PICAMERA2 = Path(__file__).parent / "fake_picamera2"
@@ -249,3 +268,195 @@ class ShiftedClock:
 @pytest.fixture
 def shifted_clock(clockshift_library, tmp_path) -> ShiftedClock:
     return ShiftedClock(clockshift_library, tmp_path)
+
+
+# --- Captures and the web app -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def captures(store) -> list[dict]:
+    """Five captures, oldest first: a motion and a timelapse one on OLD_DAY, then a button, a motion
+    (with camera metadata) and a manual one (without a thumbnail) in the last half hour."""
+    camera = SimulatedCamera(size_px=(64, 48))
+    old = ManualClock(datetime.datetime.combine(OLD_DAY, datetime.time(8), datetime.UTC))
+    recent = ManualClock(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=30))
+    plan = [
+        (old, "motion", True, None),
+        (old, "timelapse", True, None),
+        (recent, "button", True, None),
+        (recent, "motion", True, METADATA),
+        (recent, "manual", False, None),
+    ]
+    rows = []
+    for clock, trigger, with_thumbnail, metadata in plan:
+        jpeg, thumbnail = shoot(camera)
+        thumbnail = thumbnail if with_thumbnail else None
+        rows.append(store.add(jpeg, thumbnail, timestamp=clock.now(), trigger=trigger, metadata=metadata))
+    return rows
+
+
+@pytest.fixture
+def many(store) -> list[dict]:
+    """63 captures, oldest first: 60 a minute apart on OLD_DAY from 08:00 UTC, motion and button in
+    turn, then 3 motion ones the day after."""
+    jpeg, _ = shoot(SimulatedCamera(size_px=(64, 48)))
+    clock = ManualClock(datetime.datetime.combine(OLD_DAY, datetime.time(8), datetime.UTC), step_s=60)
+    rows = [
+        store.add(jpeg, None, timestamp=clock.now(), trigger=("motion", "button")[i % 2]) for i in range(60)
+    ]
+    clock.wall += datetime.timedelta(days=1)
+    return rows + [store.add(jpeg, None, timestamp=clock.now(), trigger="motion") for _ in range(3)]
+
+
+@pytest.fixture
+def client(store):
+    """``client(**options)``: the app over ``store`` (see :func:`app_over`) as a webtest.TestApp
+    whose requests come to Host HOST."""
+
+    def make(**options) -> webtest.TestApp:
+        app = app_over(IndexReader(store.data_dir), **options)
+        return webtest.TestApp(app, extra_environ={"HTTP_HOST": HOST})
+
+    return make
+
+
+@pytest.fixture
+def hardware(store, tmp_path, monkeypatch):
+    """The real hardware parts as main() wires them: a recovering camera over a simulated one, a
+    trigger gate, lights without pins, and probes reading a thermal-zone file (51.7 °C) and a
+    vcgencmd that reports nothing wrong; ``hardware.parts()`` gives them as StatusCollector
+    takes them.  The kernel's clock is synchronised unless ``hardware.clock_synced`` is set False.
+    ``hardware.camera`` may be replaced."""
+    parts = types.SimpleNamespace(clock_synced=True, simulated=SimulatedCamera(size_px=(64, 48)))
+    monkeypatch.setattr("hw.clock.clock_synced", lambda: parts.clock_synced)
+    parts.camera = RecoveringCamera(lambda: parts.simulated, max_failures=2)
+    parts.gate = TriggerGate(GateSettings(cooldown_s=10))
+    parts.thermal = tmp_path / "thermal_zone0_temp"
+    parts.thermal.write_text("51700\n")
+    parts.vcgencmd = tmp_path / "vcgencmd"
+    parts.vcgencmd.write_text("#!/bin/sh\necho throttled=0x0\n")
+    parts.vcgencmd.chmod(0o755)
+    probes = Probes(
+        store.data_dir, ttl_s=0, thermal_path=parts.thermal, throttled_command=[str(parts.vcgencmd)]
+    )
+
+    lights = Lights(LightsSettings())
+
+    def collector_parts() -> dict:
+        return {"camera": parts.camera, "gate": parts.gate, "probes": probes, "lights": lights}
+
+    parts.parts = collector_parts
+    return parts
+
+
+@pytest.fixture
+def main_loop(tmp_path, monkeypatch):
+    """A real MainLoop with a simulated camera running in a background thread, over a store in
+    ``tmp_path / "data"``; ``main_loop.app(token)`` is the app handing its actions to the loop's
+    own queue (as main() builds it).  The capture store is opened in the loop's thread, as in
+    main(): its SQLite connection belongs to the thread that opened it."""
+    monkeypatch.setattr("appliance.loop.MAX_WAIT_S", 0.05)  # the loop sees the stop request soon
+    data_dir = tmp_path / "data"
+    events, health, started = queue.Queue(), Health(), queue.Queue()
+
+    def run() -> None:
+        try:
+            store = CaptureStore(data_dir)
+        except BaseException as exc:
+            started.put(exc)
+            raise
+        try:
+            loop = MainLoop(
+                events=events,
+                camera=SimulatedCamera(size_px=(64, 48)),
+                store=store,
+                scheduler=schedule.Scheduler(),
+                settings=LoopSettings(1.0, 32, Identity("Raspberry Pi", "simulated", "trap-07")),
+                health=health,
+            )
+            started.put(loop)
+            loop.run()
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=run, name="main loop")
+    thread.start()
+    loop = started.get(timeout=10)
+    assert isinstance(loop, MainLoop), loop
+    reader = IndexReader(data_dir)
+
+    def app(token: str = TOKEN):
+        return app_over(
+            reader, started_monotonic=time.monotonic(), disk_usage=system.disk_usage, health=health,
+            submit=events.put, token=token,
+        )  # fmt: skip
+
+    yield types.SimpleNamespace(app=app, reader=reader)
+    loop.request_stop("test over")
+    thread.join(timeout=10)
+    assert not thread.is_alive() and loop.fatal is None
+
+
+@pytest.fixture
+def loop_app(main_loop):
+    """The app over :func:`main_loop` (token TOKEN) as a webtest.TestApp whose requests come to
+    Host HOST."""
+    app = webtest.TestApp(main_loop.app(), extra_environ={"HTTP_HOST": HOST})
+    return types.SimpleNamespace(app=app, reader=main_loop.reader)
+
+
+@pytest.fixture
+def live(store, captures):
+    """The app (actions on, behind a loop that never answers) served by WebServer on a free port."""
+    app = app_over(
+        IndexReader(store.data_dir), started_monotonic=time.monotonic(), token=TOKEN,
+        submit=queue.Queue().put,
+    )  # fmt: skip
+    server = WebServer(app, "127.0.0.1", 0)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(store, photo):
+    clock = ManualClock(datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5))
+    thumbnail = thumbnails.from_jpeg(photo, 320)
+    rows = [store.add(photo, thumbnail, timestamp=clock.now(), trigger=t) for t in ("button", "motion")]
+    store.add(photo, None, timestamp=clock.now(), trigger="manual")  # its thumbnail could not be made
+    disk = shutil._ntuple_diskusage(1000, 600, 400)
+    reader = IndexReader(store.data_dir)
+    status = StatusCollector(
+        reader, mode="simulation", started_monotonic=time.monotonic() - 3725, disk_usage=lambda path: disk
+    )
+    server = WebServer(make_app(WebDeps(reader, status.collect)), "127.0.0.1", 0)
+    server.rows = rows
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def filled(store, burst_dir):
+    """The store with real photos: a button burst of 3, a motion capture taken with an unsynced
+    clock, and 2 timelapse captures a day later.  Returns the rows in capture order."""
+    photos = sorted(burst_dir.glob("*.JPG"))
+    clock = ManualClock(datetime.datetime(2026, 6, 1, 21, 0, tzinfo=datetime.UTC), step_s=0.5)
+    rows = [
+        store.add(
+            jpeg.read_bytes(),
+            None,
+            timestamp=clock.now(),
+            trigger="button",
+            event_id="burst1",
+            metadata={"exif": {"Make": "Raspberry Pi", "ExposureTime": 0.01}},
+        )  # fmt: skip
+        for jpeg in photos[:3]
+    ]
+    clock.clock_synced = False
+    rows.append(store.add(photos[3].read_bytes(), None, timestamp=clock.now(), trigger="motion"))
+    clock.clock_synced = True
+    clock.wall += datetime.timedelta(days=1)
+    rows += [
+        store.add(jpeg.read_bytes(), None, timestamp=clock.now(), trigger="timelapse") for jpeg in photos[4:6]
+    ]
+    store.set_protected(rows[1]["id"], True)
+    return rows

@@ -196,7 +196,7 @@ def test_only_protected_left_pauses_capture_and_warns_once_then_resumes(store, p
             cleanup.tick()
             ticker.now += 61
             assert cleanup.capture_pause() is not None
-        assert cleanup.state == "paused" and "capturing paused for space" in cleanup.status()["reason"]
+        assert cleanup.state == "paused" and "capturing paused for space" in cleanup.status().reason
         assert caplog.text.count("only protected captures remain") == 1
         assert caplog.text.count("capturing paused") == 1
         assert IndexReader(store.data_dir).last_cleanup_run() is None  # no empty runs recorded
@@ -304,7 +304,7 @@ def test_a_card_filled_by_something_else_is_not_fed_with_photos(store, photo, ca
     assert remaining(store) == [r["id"] for r in rows]  # not one photo for the other writer
     reason = cleanup.capture_pause()
     assert reason and "something else is filling the card" in reason and cleanup.state == "paused"
-    assert cleanup.status()["reason"] == reason
+    assert cleanup.status().reason == reason
     assert caplog.text.count("something else is filling the card") == 1
     disk.base_free += 790 * len(photo)  # whoever it was took it away again
     ticker.now += 60
@@ -484,7 +484,7 @@ def test_files_that_cannot_be_deleted_stop_cleanup_instead_of_emptying_the_index
             ticker.now += 60
     left = remaining(store)
     assert len(left) == 30 - 18  # one batch went (18 photos were asked for), then cleanup stopped
-    assert "cannot be deleted" in cleanup.status()["reason"]
+    assert "cannot be deleted" in cleanup.status().reason
     assert caplog.text.count("cannot be deleted now") == 1
     cleanup.tick()  # the card is writable again: the stuck files go, and cleanup goes on
     assert not store.in_flight().keys() - {i for i, r in store.in_flight().items() if r == "capture"}
@@ -565,7 +565,7 @@ def test_headroom_is_the_last_hour_of_this_boot_scaled_to_an_hour(store, photo, 
     cleanup = Cleanup(store, policy, disk_usage=disk, clock=clock)
     cleanup.tick()
     # 10 photos in the window, scaled to an hour (a window of at least 10 minutes), times 2 h.
-    assert cleanup.status()["headroom_bytes"] == int(10 * len(photo) / hours_of_data * 2)
+    assert cleanup.status().headroom_bytes == int(10 * len(photo) / hours_of_data * 2)
 
 
 def test_one_busy_file_does_not_stop_cleanup(store, photo, faulty_disk):

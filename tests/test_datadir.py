@@ -20,8 +20,9 @@ from appliance.cli import main
 from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import StoreError
 from appliance.reconcile import open_store
+from appliance.status import StatusCollector
 from appliance.store import SHARDS, CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
-from appliance.web import WebServer, make_app
+from appliance.web import WebDeps, WebServer, make_app
 from hw.clock import ManualClock
 
 
@@ -293,7 +294,9 @@ def test_the_web_serves_no_file_reached_through_a_symlink(tmp_path, outside):
     (data / rows[0]["media_path"]).symlink_to(outside / "secret")  # a photo: elsewhere
     (data / rows[0]["thumbnail_path"]).unlink()
     (data / rows[0]["thumbnail_path"]).symlink_to(outside / ("ab" * 16 + ".webp"))
-    server = WebServer(make_app(IndexReader(data), mode="simulation", started_monotonic=0), "127.0.0.1", 0)
+    reader = IndexReader(data)
+    status = StatusCollector(reader, mode="simulation", started_monotonic=0)
+    server = WebServer(make_app(WebDeps(reader, status.collect)), "127.0.0.1", 0)
     try:
         for path in (f"media/{rows[0]['id']}.jpg", f"thumbnails/{rows[0]['id']}.webp"):
             answer = requests.get(server.url + path, timeout=5)

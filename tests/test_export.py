@@ -2,17 +2,13 @@
 offline validator of ../shared/camtrap-dp and read back."""
 
 import csv
-import datetime
 import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import tracemalloc
-import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -25,11 +21,9 @@ from appliance.cli import main
 from appliance.exc import ExportError
 from appliance.export import Package, zip_stream
 from appliance.store import IndexReader
-from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "camtrap-dp" / "validate_offline.py"
-START = datetime.datetime(2026, 6, 1, 21, 0, tzinfo=datetime.UTC)
 DEPLOYMENT = """\
 deployment_id = "ridge-2026"
 latitude = 51.496
@@ -47,34 +41,6 @@ contributors = ["Ada Lovelace", "Field Station"]
 data_license = "CC0-1.0"
 media_license = "CC-BY-4.0"
 """
-
-
-@pytest.fixture
-def filled(store, burst_dir):
-    """The store with real photos: a button burst of 3, a motion capture taken with an unsynced
-    clock, and 2 timelapse captures a day later.  Returns the rows in capture order."""
-    photos = sorted(burst_dir.glob("*.JPG"))
-    clock = ManualClock(START, step_s=0.5)
-    rows = [
-        store.add(
-            jpeg.read_bytes(),
-            None,
-            timestamp=clock.now(),
-            trigger="button",
-            event_id="burst1",
-            metadata={"exif": {"Make": "Raspberry Pi", "ExposureTime": 0.01}},
-        )  # fmt: skip
-        for jpeg in photos[:3]
-    ]
-    clock.clock_synced = False
-    rows.append(store.add(photos[3].read_bytes(), None, timestamp=clock.now(), trigger="motion"))
-    clock.clock_synced = True
-    clock.wall += datetime.timedelta(days=1)
-    rows += [
-        store.add(jpeg.read_bytes(), None, timestamp=clock.now(), trigger="timelapse") for jpeg in photos[4:6]
-    ]
-    store.set_protected(rows[1]["id"], True)
-    return rows
 
 
 def export(tmp_path, store, *args, config=DEPLOYMENT):
@@ -187,35 +153,10 @@ def test_the_export_only_reads_the_index_beside_the_running_store(tmp_path, stor
     assert len(read_csv(tmp_path / "package" / "media.csv")) == len(filled)
 
 
-# The streamed ZIP (GET /export/camtrap-dp.zip) -------------------------------------------------
-
-
 def deployment(tmp_path, text=DEPLOYMENT):
     path = tmp_path / "deployment.toml"
     path.write_text(text)
     return config_module.load(path)
-
-
-@pytest.fixture
-def serve(tmp_path, store):
-    """Serve the store's web app on 127.0.0.1 (real HTTP) with the deployment config; returns
-    ``url(path)``.  Keyword arguments go to make_app."""
-    servers = []
-
-    def start(**options):
-        app = make_app(
-            IndexReader(store.data_dir),
-            mode="simulation",
-            started_monotonic=0,
-            export_config=lambda: deployment(tmp_path),
-            **options,
-        )
-        servers.append(WebServer(app, "127.0.0.1", 0))
-        return lambda path: servers[-1].url.rstrip("/") + path
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def download(url, path, **kwargs) -> requests.Response:
@@ -225,71 +166,6 @@ def download(url, path, **kwargs) -> requests.Response:
                 for chunk in response.iter_content(1 << 16):
                     out.write(chunk)
         return response
-
-
-def test_the_streamed_zip_is_a_valid_archive_whose_package_validates(tmp_path, store, filled, serve):
-    url = serve()
-    archive = tmp_path / "package.zip"
-    response = download(url("/export/camtrap-dp.zip"), archive)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"] == "application/zip"
-    assert response.headers["Content-Disposition"] == 'attachment; filename="ridge-2026.zip"'
-    assert "Content-Length" not in response.headers  # streamed (chunked), never built first
-    with zipfile.ZipFile(archive) as zf:
-        assert zf.testzip() is None  # every member's CRC checks
-        names = zf.namelist()
-        zf.extractall(tmp_path / "unzipped")
-    assert names[:2] == ["datapackage.json", "deployments.csv"]
-    assert sorted(names[2:-2]) == sorted(f"media/{r['id']}.jpg" for r in filled)
-    assert names[-2:] == ["media.csv", "observations.csv"]
-    result = validate(tmp_path / "unzipped")
-    assert result.returncode == 0, result.stdout + result.stderr
-    # The same package as the folder export (but for the time it was created).
-    assert export(tmp_path, store, tmp_path / "folder") == 0
-    for name in ("deployments.csv", "media.csv", "observations.csv"):
-        assert (tmp_path / "unzipped" / name).read_bytes() == (tmp_path / "folder" / name).read_bytes()
-    for row in filled:
-        unzipped = tmp_path / "unzipped" / "media" / f"{row['id']}.jpg"
-        assert unzipped.read_bytes() == (store.data_dir / row["media_path"]).read_bytes()
-
-
-def test_the_zip_takes_a_range_and_media_none(tmp_path, store, filled, serve):
-    url = serve()
-    archive = tmp_path / "day.zip"
-    query = "?since=2026-06-02&media=none"
-    assert download(url("/export/camtrap-dp.zip" + query), archive).status_code == 200
-    with zipfile.ZipFile(archive) as zf:
-        assert not [name for name in zf.namelist() if name.startswith("media/")]
-        media = list(csv.DictReader(io.TextIOWrapper(zf.open("media.csv"), "utf-8")))
-    assert [m["mediaID"] for m in media] == [r["id"] for r in filled[4:]]
-    for bad in ("?since=yesterday", "?media=link", "?until=2026-13-01", "?until=9999-12-31T23:00-05:00"):
-        response = requests.get(url("/export/camtrap-dp.zip" + bad), timeout=10)
-        assert response.status_code == 400 and "bad" in response.text
-
-
-def test_the_zip_needs_the_token_when_one_is_set(tmp_path, store, filled, serve):
-    url = serve(token="s3cret")
-    response = requests.get(url("/export/camtrap-dp.zip"), timeout=10)
-    assert response.status_code == 401
-    wrong = {"Authorization": "Bearer s3cre"}
-    assert requests.get(url("/export/camtrap-dp.zip"), headers=wrong, timeout=10).status_code == 401
-    assert "Download all as Camtrap DP" not in requests.get(url("/"), timeout=10).text
-    archive = tmp_path / "package.zip"
-    response = download(url("/export/camtrap-dp.zip"), archive, headers={"Authorization": "Bearer s3cret"})
-    assert response.status_code == 200 and zipfile.is_zipfile(archive)
-
-
-def test_the_zip_is_refused_with_the_reason_when_settings_are_missing(tmp_path, store, filled):
-    app = make_app(IndexReader(store.data_dir), mode="simulation", started_monotonic=0,
-                   export_config=lambda: deployment(tmp_path, 'deployment_id = "x"\n'))  # fmt: skip
-    server = WebServer(app, "127.0.0.1", 0)
-    try:
-        response = requests.get(server.url + "export/camtrap-dp.zip", timeout=10)
-        assert response.status_code == 409
-        assert "latitude, longitude: not set in the config" in response.text
-        assert "Download all as Camtrap DP" in requests.get(server.url, timeout=10).text
-    finally:
-        server.stop()
 
 
 def test_the_zip_streams_one_photo_at_a_time(tmp_path, store, samples, clock):
@@ -331,78 +207,6 @@ def test_a_photo_deleted_while_streaming_is_left_out_and_the_rest_agrees(tmp_pat
     assert not (tmp_path / "unzipped" / "media" / f"{gone['id']}.jpg").exists()
     result = validate(tmp_path / "unzipped")
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def start_download(store, photo, clock, serve) -> socket.socket:
-    """A client that starts the ZIP download of about 20 MB of photos (more than the socket
-    buffers and the server's buffer hold) and reads only its first 4 kB; the download's snapshot
-    then holds the WAL."""
-    for _ in range(60):
-        store.add(photo, None, timestamp=clock.now(), trigger="motion")
-    url = urllib.parse.urlsplit(serve()("/export/camtrap-dp.zip"))
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect((url.hostname, url.port))
-    client.sendall(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-    assert client.recv(4096).startswith(b"HTTP/1.1 200")
-    store.add(photo, None, timestamp=clock.now(), trigger="motion")
-    assert store.checkpoint()[0] == 1  # the download's snapshot holds the WAL
-    return client
-
-
-def test_a_client_that_goes_away_ends_the_snapshot(tmp_path, store, photo, clock, serve):
-    """A download dropped halfway closes its read transaction, so the WAL checkpoints again."""
-    start_download(store, photo, clock, serve).close()
-    deadline = time.monotonic() + 10
-    while store.checkpoint()[0] == 1:
-        assert time.monotonic() < deadline, "the snapshot of a dropped download was never closed"
-        time.sleep(0.1)
-
-
-def test_a_client_that_stops_reading_is_dropped_and_its_snapshot_ends(
-    tmp_path, store, photo, clock, serve, monkeypatch
-):
-    """A download whose client stays connected but reads nothing more is dropped by the kernel
-    after SEND_TIMEOUT_S (TCP_USER_TIMEOUT), which ends its read transaction: the WAL checkpoints
-    again, and the download's place is free."""
-    monkeypatch.setattr("appliance.web.SEND_TIMEOUT_S", 1)
-    with start_download(store, photo, clock, serve):
-        deadline = time.monotonic() + 15
-        while store.checkpoint()[0] == 1:  # the client, still connected, reads nothing more
-            assert time.monotonic() < deadline, "the snapshot of a stalled download was never closed"
-            time.sleep(0.2)
-
-
-def test_a_head_request_releases_its_snapshot(tmp_path, store, filled, serve, photo, clock):
-    url = serve()
-    response = requests.head(url("/export/camtrap-dp.zip"), timeout=10)
-    assert response.status_code == 200 and response.headers["Content-Type"] == "application/zip"
-    store.add(photo, None, timestamp=clock.now(), trigger="motion")
-    assert store.checkpoint()[0] == 0
-
-
-def test_downloads_at_once_are_limited_and_the_rest_told_to_wait(tmp_path, store, photo, clock, serve):
-    for _ in range(60):  # about 20 MB each: more than the socket buffers hold
-        store.add(photo, None, timestamp=clock.now(), trigger="motion")
-    url = serve()
-    first = requests.get(url("/export/camtrap-dp.zip"), stream=True, timeout=10)
-    second = requests.get(url("/export/camtrap-dp.zip"), stream=True, timeout=10)
-    try:
-        assert first.status_code == second.status_code == 200
-        busy = requests.get(url("/export/camtrap-dp.zip"), timeout=10)
-        assert busy.status_code == 503 and "2 downloads are under way" in busy.text
-        assert busy.headers["Retry-After"] == "60"
-        assert requests.get(url("/api/status"), timeout=10).status_code == 200  # the page still answers
-        for _ in first.iter_content(1 << 20):  # the first one finishes: its place is free again
-            pass
-    finally:
-        first.close()
-        second.close()
-    deadline = time.monotonic() + 10
-    while (status := requests.head(url("/export/camtrap-dp.zip"), timeout=10).status_code) == 503:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert status == 200
 
 
 def test_an_unreadable_photo_is_left_out_and_logged(tmp_path, store, filled, caplog):

@@ -12,10 +12,11 @@ import schedule
 from gpiozero.pins.mock import MockFactory
 from PIL import ExifTags, Image
 
+from appliance.exc import NotCaptured, UnknownCapture
 from appliance.exif import Identity
-from appliance.loop import LoopSettings, MainLoop, guarded
+from appliance.loop import LoopSettings, MainLoop, Request, guarded
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexReader
-from hw.camera import RecoveringCamera, SimulatedCamera
+from hw.camera import CameraStatus, RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraError, CameraFailed, CameraTimeout
 from hw.lights import Lights, LightsSettings
@@ -259,22 +260,18 @@ def test_a_camera_that_fails_recovers_and_the_status_says_so(store):
     cameras[0].inject_failure(CameraTimeout("no frame within 1.0 s"))
     events.put(trigger())
     loop.run(duration_s=0.2)
-    assert camera.status()["state"] == "recovering"
+    assert camera.status().state == "recovering"
     assert "no frame" in loop.health.problems()["camera"]
     events.put(trigger())  # before the back-off: refused at once, the closed camera untouched
     loop.run(duration_s=0.2)
-    assert camera.status()["failures"] == 1 and len(cameras) == 1
+    assert camera.status().failures == 1 and len(cameras) == 1
     now[0] = 1.0
     events.put(trigger())
     loop.run(duration_s=0.3)
     assert len(cameras) == 2 and cameras[0]._closed
-    assert camera.status() == {
-        "state": "ok",
-        "failures": 0,
-        "total_failures": 1,
-        "last_error": None,
-        "retry_in_s": None,
-    }
+    assert camera.status() == CameraStatus(
+        state="ok", failures=0, total_failures=1, last_error=None, retry_in_s=None
+    )
     assert "camera" not in loop.health.problems()
     assert store.db["captures"].count == 1
 
@@ -320,3 +317,18 @@ def test_no_flash_for_a_camera_that_is_recovering(store):
     assert [s.state for s in pin.states] == [False]  # never switched on
     lights.close()
     factory.close()
+
+
+def test_a_request_carries_its_error_as_a_type(store):
+    loop, events = make_loop(store)
+    camera_failed = SimulatedCamera(size_px=(64, 48))
+    unknown, shot = Request("protect", "0" * 32), Request("capture")
+    events.put(unknown)
+    loop.run(duration_s=0.2)
+    assert isinstance(unknown.error, UnknownCapture) and isinstance(unknown.error, KeyError)
+    assert unknown.error.capture_id == "0" * 32 and unknown.done.is_set()
+    loop, events = make_loop(store, camera_failed)
+    camera_failed.inject_failure(CameraTimeout("no frame within 1.0 s"))
+    events.put(shot)
+    loop.run(duration_s=0.2)
+    assert isinstance(shot.error, NotCaptured) and shot.result == []

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from appliance.cli import main
-from hw.camera import METADATA_KEYS, Picamera2Camera, RecoveringCamera, camera_controls
+from hw.camera import METADATA_KEYS, CameraStatus, Picamera2Camera, RecoveringCamera, camera_controls
 from hw.exc import CameraError, CameraFailed, CameraTimeout, CameraUnavailable, UnsupportedCameraSize
 
 LORES = (640, 480)
@@ -357,7 +357,7 @@ def test_timeout_closes_the_camera_until_it_recovers(fake, recovering, monotonic
 
     assert fake.Picamera2.open_count == 0
     status = recovering.status()
-    assert (status["state"], status["failures"], status["retry_in_s"]) == ("recovering", 1, 1.0)
+    assert (status.state, status.failures, status.retry_in_s) == ("recovering", 1, 1.0)
     with pytest.raises(CameraUnavailable):
         recovering.capture(TIMEOUT_S)
 
@@ -377,7 +377,7 @@ def test_recover_waits_for_the_back_off_then_reopens_one_camera(fake, recovering
     assert len(fake.Picamera2.instances) == 2
     assert fake.Picamera2.open_count == 1
     assert fake.Picamera2.max_open_count == 1
-    assert recovering.status()["state"] == "ok"
+    assert recovering.status().state == "ok"
     assert recovering.capture(TIMEOUT_S).jpeg
 
 
@@ -391,8 +391,8 @@ def test_busy_camera_on_reopen_counts_as_a_failure(fake, recovering, monotonic):
     recovering.recover()
 
     status = recovering.status()
-    assert (status["state"], status["failures"], status["retry_in_s"]) == ("recovering", 2, 2.0)
-    assert "Device or resource busy" in status["last_error"]
+    assert (status.state, status.failures, status.retry_in_s) == ("recovering", 2, 2.0)
+    assert "Device or resource busy" in status.last_error
     assert fake.Picamera2.open_count == 0
 
 
@@ -408,7 +408,7 @@ def test_third_failure_in_a_row_raises_camera_failed(fake, recovering, monotonic
     with pytest.raises(CameraFailed, match="3 times in a row"):
         recovering.recover()
 
-    assert recovering.status()["state"] == "failed"
+    assert recovering.status().state == "failed"
     assert fake.Picamera2.open_count == 0
 
 
@@ -417,23 +417,19 @@ def test_successful_capture_resets_the_failure_count(fake, recovering, monotonic
         fake.fail_next("captured_request", TimeoutError())
         with pytest.raises(CameraTimeout):
             recovering.capture(TIMEOUT_S)
-        monotonic.now_s += recovering.status()["retry_in_s"]
+        monotonic.now_s += recovering.status().retry_in_s
         recovering.recover()
-    assert recovering.status()["failures"] == 2
+    assert recovering.status().failures == 2
 
     recovering.capture(TIMEOUT_S)
 
-    assert recovering.status() == {
-        "state": "ok",
-        "failures": 0,
-        "total_failures": 2,
-        "last_error": None,
-        "retry_in_s": None,
-    }
+    assert recovering.status() == CameraStatus(
+        state="ok", failures=0, total_failures=2, last_error=None, retry_in_s=None
+    )
     fake.fail_next("captured_request", TimeoutError())
     with pytest.raises(CameraTimeout):
         recovering.capture(TIMEOUT_S)
-    assert recovering.status()["retry_in_s"] == 1.0  # the back-off starts again at 1 s
+    assert recovering.status().retry_in_s == 1.0  # the back-off starts again at 1 s
 
 
 def test_repeated_failures_and_recoveries_never_leak_a_camera(fake, recovering, monotonic):
@@ -444,7 +440,7 @@ def test_repeated_failures_and_recoveries_never_leak_a_camera(fake, recovering, 
         assert fake.Picamera2.open_count == 0
         fake.fail_next("__init__", RuntimeError("Device or resource busy"))
         for _ in range(2):  # the first re-open finds the camera busy, the second succeeds
-            monotonic.now_s += recovering.status()["retry_in_s"]
+            monotonic.now_s += recovering.status().retry_in_s
             recovering.recover()
         assert fake.Picamera2.open_count == 1
         recovering.capture(TIMEOUT_S)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 import threading
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from hw.system import (
     HOT_C,
     Probes,
+    SystemStatus,
     Throttled,
     clock_synced,
     cpu_temperature_c,
@@ -168,53 +170,55 @@ def test_disk_usage_matches_shutil(tmp_path):
     assert disk_usage(tmp_path / "absent") is None
 
 
-def test_snapshot_shape_is_json_serialisable(tmp_path):
+def test_status_holds_every_probe_and_is_json_serialisable(tmp_path):
     temp = tmp_path / "temp"
     temp.write_text("48312\n")
     probes = Probes(tmp_path, thermal_path=temp, throttled_command=[vcgencmd(tmp_path)])
-    snapshot = probes.snapshot()
-    assert json.loads(json.dumps(snapshot)) == snapshot
-    assert snapshot["cpu_temperature_c"] == pytest.approx(48.312)
+    status = probes.status()
+    plain = dataclasses.asdict(status)
+    assert json.loads(json.dumps(plain)) == plain | {"problems": list(status.problems)}
+    assert status.cpu_temperature_c == pytest.approx(48.312)
     set_flags = {"under_voltage_now", "throttled_now", "under_voltage_since_boot", "throttled_since_boot"}
-    assert snapshot["throttled"] == {"raw": 0x50005} | {name: name in set_flags for name in BITS}
-    assert snapshot["problems"] == ["under-voltage", "throttled"]
-    assert snapshot["clock_synced"] in (True, False)
+    assert plain["throttled"] == {"raw": 0x50005} | {name: name in set_flags for name in BITS}
+    assert status.problems == ("under-voltage", "throttled")
+    assert status.clock_synced in (True, False)
 
 
-def test_snapshot_off_a_pi_has_nones(tmp_path):
+def test_status_off_a_pi_has_nones(tmp_path):
     probes = Probes(
         tmp_path / "absent",
         thermal_path=tmp_path / "no-temp",
         throttled_command=[str(tmp_path / "no-vcgencmd")],
     )
-    snapshot = probes.snapshot()
-    assert json.loads(json.dumps(snapshot)) == snapshot
-    assert snapshot["cpu_temperature_c"] is None
-    assert snapshot["throttled"] is None
-    assert snapshot["problems"] == []
+    status = probes.status()
+    assert status.cpu_temperature_c is None
+    assert status.throttled is None
+    assert status.problems == ()
 
 
-def test_snapshot_is_cached_for_ttl(tmp_path):
+def test_status_is_cached_for_ttl(tmp_path):
     temp = tmp_path / "temp"
     temp.write_text("48312\n")
     monotonic = FakeMonotonic()
     probes = Probes(
         tmp_path, ttl_s=5.0, thermal_path=temp, throttled_command=[vcgencmd(tmp_path)], monotonic=monotonic
     )
-    assert probes.snapshot()["cpu_temperature_c"] == pytest.approx(48.312)
+    assert probes.status().cpu_temperature_c == pytest.approx(48.312)
     temp.write_text("50000\n")
     monotonic.now_s += 4.9
-    assert probes.snapshot()["cpu_temperature_c"] == pytest.approx(48.312)
+    assert probes.status().cpu_temperature_c == pytest.approx(48.312)
     assert runs(tmp_path) == 1
     monotonic.now_s += 0.1
-    assert probes.snapshot()["cpu_temperature_c"] == pytest.approx(50.0)
+    assert probes.status().cpu_temperature_c == pytest.approx(50.0)
     assert runs(tmp_path) == 2
 
 
-def test_snapshot_returned_is_the_callers_to_change(tmp_path):
+def test_status_returned_cannot_be_changed_by_a_caller(tmp_path):
     probes = Probes(tmp_path, thermal_path=tmp_path / "no-temp", throttled_command=[vcgencmd(tmp_path)])
-    probes.snapshot()["problems"].append("mine")
-    assert probes.snapshot()["problems"] == ["under-voltage", "throttled"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        probes.status().problems = ("mine",)
+    assert isinstance(probes.status(), SystemStatus)
+    assert probes.status().problems == ("under-voltage", "throttled")
 
 
 @pytest.mark.parametrize(
@@ -226,10 +230,10 @@ def test_problems_include_a_hot_cpu(tmp_path, millidegrees, problem):
     temp = tmp_path / "temp"
     temp.write_text(millidegrees + "\n")
     probes = Probes(tmp_path, thermal_path=temp, throttled_command=[vcgencmd(tmp_path, "throttled=0x0")])
-    assert probes.snapshot()["problems"] == ([problem] if problem else [])
+    assert probes.status().problems == ((problem,) if problem else ())
 
 
-def test_concurrent_snapshots_agree_and_probe_once(tmp_path):
+def test_concurrent_calls_agree_and_probe_once(tmp_path):
     temp = tmp_path / "temp"
     temp.write_text("48312\n")
     probes = Probes(tmp_path, thermal_path=temp, throttled_command=[vcgencmd(tmp_path, delay_s=0.2)])
@@ -238,7 +242,7 @@ def test_concurrent_snapshots_agree_and_probe_once(tmp_path):
 
     def call():
         barrier.wait()
-        results.append(probes.snapshot())
+        results.append(probes.status())
 
     threads = [threading.Thread(target=call) for _ in range(8)]
     for thread in threads:
@@ -247,5 +251,5 @@ def test_concurrent_snapshots_agree_and_probe_once(tmp_path):
         thread.join()
     assert len(results) == 8
     assert all(result == results[0] for result in results)
-    assert results[0]["throttled"]["raw"] == 0x50005
+    assert results[0].throttled.raw == 0x50005
     assert runs(tmp_path) == 1

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hw.triggers import (
     ActiveWindows,
     GateSettings,
+    GateStatus,
     SimulatedTriggerSource,
     Timelapse,
     TimelapseSettings,
@@ -52,7 +53,7 @@ def test_cooldown_holds_back_the_same_source_but_not_another():
     assert not gate.admit("motion", now=101.9)
     assert gate.admit("button", now=101.9)
     assert gate.admit("motion", now=102.0)
-    assert gate.status() == {"suppressed": {"motion": 1}, "suppressed_total": 1}
+    assert gate.status() == GateStatus(suppressed={"motion": 1}, suppressed_total=1)
 
 
 def test_rate_limit_counts_bursts_whole_and_eases_after_a_minute(caplog):
@@ -61,7 +62,7 @@ def test_rate_limit_counts_bursts_whole_and_eases_after_a_minute(caplog):
     assert admitted == [True, True, True, False, False]  # 3 bursts of 3 = 9; a fourth would be 12
     assert caplog.text.count("rate limit reached") == 1  # once per episode, not per trigger
     assert gate.admit("motion", now=60.0)  # the first burst left the window
-    assert gate.status()["suppressed_total"] == 2
+    assert gate.status().suppressed_total == 2
 
 
 def test_manual_shots_pass_whatever_the_gate_and_timelapse_skips_the_cooldown():
@@ -97,7 +98,7 @@ def test_no_window_of_60_s_admits_more_captures_than_the_limit(cooldown_s, max_p
     for source in ("button", "motion"):
         mine = [t for s, t in admitted if s == source]
         assert all(b - a >= cooldown_s for a, b in zip(mine, mine[1:], strict=False))
-    assert len(admitted) + gate.status()["suppressed_total"] == len(arrivals)
+    assert len(admitted) + gate.status().suppressed_total == len(arrivals)
 
 
 def test_the_gate_is_safe_from_many_threads():
@@ -114,7 +115,7 @@ def test_the_gate_is_safe_from_many_threads():
         t.start()
     for t in threads:
         t.join()
-    assert results.count(True) == 100 and gate.status()["suppressed_total"] == 300
+    assert results.count(True) == 100 and gate.status().suppressed_total == 300
 
 
 def test_a_flapping_button_on_real_pins_captures_once_per_cooldown(factory):
@@ -129,7 +130,7 @@ def test_a_flapping_button_on_real_pins_captures_once_per_cooldown(factory):
     for _ in range(20):  # 20 presses in about 0.2 s
         press(pin)
     assert len(drain(events)) == 1
-    assert gate.status()["suppressed"]["button"] == 19
+    assert gate.status().suppressed["button"] == 19
     time.sleep(0.5)
     press(pin)
     assert [e.source for e in drain(events)] == ["button"]
@@ -192,7 +193,7 @@ def test_timelapse_goes_through_the_rate_limit():
     for t in range(0, 60, 10):
         timelapse.tick(now=float(t), local_time=datetime.time(12))
     assert len(drain(events, 0.1)) == 2
-    assert gate.status()["suppressed"] == {"timelapse": 4}
+    assert gate.status().suppressed == {"timelapse": 4}
 
 
 def test_a_shorter_interval_from_a_reload_applies_to_the_capture_already_waiting():

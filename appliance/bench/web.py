@@ -14,8 +14,9 @@ from appliance.bench import plan
 from appliance.bench.index import _grow_index
 from appliance.bench.measuring import _progress
 from appliance.exc import ApplianceError
+from appliance.status import StatusCollector
 from appliance.store import CaptureStore, IndexReader
-from appliance.web import PAGE_SIZE, WebServer, make_app
+from appliance.web import PAGE_SIZE, WebDeps, WebServer, make_app
 
 
 def _get(connection: http.client.HTTPConnection, path: str) -> tuple[float, bytes]:
@@ -65,9 +66,9 @@ def web_figures(data_dir: Path) -> dict:
         # Connected only now: the server drops a connection idle for SOCKET_TIMEOUT_S.
         connections = {}
         for size in sizes:
-            app = make_app(
-                IndexReader(data_dir / str(size)), mode="simulation", started_monotonic=time.monotonic()
-            )
+            reader = IndexReader(data_dir / str(size))
+            status = StatusCollector(reader, mode="simulation", started_monotonic=time.monotonic())
+            app = make_app(WebDeps(reader, status.collect))
             server = WebServer(app, "127.0.0.1", 0)
             stack.callback(server.stop)
             connections[size] = http.client.HTTPConnection(server.host, server.port, timeout=30)

@@ -1,0 +1,71 @@
+"""``GET /metrics``: the status as Prometheus metrics (text format), read at each scrape."""
+
+from collections.abc import Callable
+
+import bottle
+import prometheus_client
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from appliance.status import Status
+from appliance.store import IndexReader
+
+
+class Metrics:
+    """The handler of ``/metrics``.
+
+    :param status: returns the :class:`~appliance.status.Status` now.
+    :param reader: the index (the cleanup runs' totals).
+    """
+
+    def __init__(self, status: Callable[[], Status], reader: IndexReader):
+        self._registry = prometheus_client.CollectorRegistry()
+        self._registry.register(_Collector(status, reader))
+
+    def metrics(self) -> bytes:
+        """Every series, in Prometheus's text format."""
+        bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
+        return prometheus_client.generate_latest(self._registry)
+
+
+class _Collector:
+    """The status as Prometheus metrics, read at each scrape (a custom collector, as
+    prometheus_client documents for values kept elsewhere)."""
+
+    def __init__(self, status: Callable[[], Status], reader: IndexReader):
+        self._status, self._reader = status, reader
+
+    def collect(self):
+        status = self._status()
+        captures = GaugeMetricFamily("appliance_captures", "Captures in the index.")
+        captures.add_metric([], status.captures.total)
+        yield captures
+        hour = GaugeMetricFamily("appliance_captures_last_hour", "Captures of the last hour.")
+        hour.add_metric([], status.captures.last_hour)
+        yield hour
+        suppressed = CounterMetricFamily(
+            "appliance_triggers_suppressed",
+            "Triggers counted but not captured since start-up.",
+            labels=["source"],
+        )
+        for source, count in (status.triggers.suppressed if status.triggers else {}).items():
+            suppressed.add_metric([source], count)
+        yield suppressed
+        runs, freed = self._reader.cleanup_totals()
+        cleanup_runs = CounterMetricFamily("appliance_cleanup_runs", "Cleanup runs recorded in the index.")
+        cleanup_runs.add_metric([], runs)
+        yield cleanup_runs
+        freed_bytes = CounterMetricFamily("appliance_cleanup_freed_bytes", "Bytes freed by cleanup runs.")
+        freed_bytes.add_metric([], freed)
+        yield freed_bytes
+        if status.disk:
+            free = GaugeMetricFamily("appliance_free_bytes", "Free bytes on the data filesystem.")
+            free.add_metric([], status.disk.free_bytes)
+            yield free
+        failures = CounterMetricFamily("appliance_camera_failures", "Camera failures since start-up.")
+        failures.add_metric([], status.camera.total_failures if status.camera else 0)
+        yield failures
+        temperature = status.system.cpu_temperature_c if status.system else None
+        if temperature is not None:
+            gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
+            gauge.add_metric([], temperature)
+            yield gauge

@@ -529,7 +529,7 @@ def test_a_pause_brings_the_next_check_forward_and_lifts_itself(store, photo):
 
 
 def test_a_card_filled_to_the_last_byte_by_something_else_is_cleaned(tiny_fs, monkeypatch):
-    monkeypatch.setattr("appliance.store.RESERVE_BYTES", 64 << 10)  # of a 2 MiB card
+    monkeypatch.setattr("appliance.store.writer.RESERVE_BYTES", 64 << 10)  # of a 2 MiB card
     store = CaptureStore(tiny_fs)
     clock = ManualClock()
     out = io.BytesIO()

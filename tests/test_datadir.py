@@ -13,7 +13,6 @@ import pytest
 import requests
 from PIL import Image
 
-from appliance import store as store_module
 from appliance import thumbnails
 from appliance.cleanup import Cleanup, Policy
 from appliance.cli import main
@@ -21,6 +20,7 @@ from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import StoreError
 from appliance.reconcile import open_store
 from appliance.store import SHARDS, CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
+from appliance.store import writer as store_module
 from appliance.web import WebServer, make_app
 from hw.clock import ManualClock
 

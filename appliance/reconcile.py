@@ -49,7 +49,6 @@ where it was at the next start.
 
 import contextlib
 import datetime
-import hashlib
 import io
 import json
 import logging
@@ -77,8 +76,7 @@ from appliance.store import (
     CaptureStore,
     CorruptDatabaseError,
     IndexGoneError,
-    iso_utc,
-    jpeg_size,
+    capture_row,
     media_path,
     set_aside,
     thumbnail_path,
@@ -385,24 +383,11 @@ def _recover(files: DataDir, capture_id: str, photo, thumb_size, max_px: int):
         webp, _ = _thumbnail_of(jpeg, max_px)
     if taken is None:
         taken = datetime.datetime.fromtimestamp(photo[1] / 1e9, datetime.UTC)
-    width, height = jpeg_size(jpeg)
-    row = {
-        "id": capture_id,
-        "captured_at": iso_utc(taken),
-        "clock_synced": 0,
-        "trigger": "unknown",
-        "media_path": media_path(capture_id),
-        "thumbnail_path": None,  # set when it is carried out: the thumbnail there, or the new one
-        "bytes": len(jpeg),
-        "width": width,
-        "height": height,
-        "sha256": hashlib.sha256(jpeg).hexdigest(),
-        "protected": 0,
-        "recovered": 1,
-        "metadata": "{}",
-        "capture_method": None,  # unknown: what triggered it was in the lost row
-        "event_id": capture_id,
-    }
+    # No seq yet; thumbnail_path is set when it is carried out (the thumbnail there, or the new one).
+    row = capture_row(
+        capture_id, jpeg, trigger="unknown", captured_at=taken, clock_synced=False, thumbnail=False,
+        recovered=True,
+    )  # fmt: skip
     return "recover", "", row, webp
 
 

@@ -26,7 +26,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import socket
 import sqlite3
 import threading
@@ -52,6 +51,8 @@ from appliance.exc import ExportError
 from appliance.export import Package, parse_time, zip_stream
 from appliance.loop import Health, Request
 from appliance.reconcile import Reconciliation
+from appliance.store import CAPTURE_FILE_NAME as _FILE_NAME
+from appliance.store import CAPTURE_ID as _ID
 from appliance.store import TRIGGERS, IndexReader
 from hw import system
 from hw.clock import boot_id
@@ -86,8 +87,6 @@ OUTBUF_BYTES = 1 << 20
 SEND_TIMEOUT_S = 30
 # ZIP downloads at once: each holds a server thread and reads the card; more wait (503).
 MAX_EXPORTS = 2
-_ID = re.compile(r"[0-9a-f]{32}")
-_FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
 SECURITY_HEADERS = [
     (
         "Content-Security-Policy",

@@ -50,10 +50,8 @@ where it was at the next start.
 import contextlib
 import datetime
 import io
-import json
 import logging
 import queue
-import re
 import sqlite3
 import stat
 import threading
@@ -70,9 +68,10 @@ from appliance.exc import StoreError
 from appliance.store import (
     DB_NAME,
     MAX_PHOTO_BYTES,
-    RECOVERED_COLUMNS,
+    MEDIA_NAME,
     SHARDS,
     TEMP_NAME,
+    THUMBNAIL_NAME,
     CaptureStore,
     CorruptDatabaseError,
     IndexGoneError,
@@ -84,9 +83,6 @@ from appliance.store import (
 
 log = logging.getLogger(__name__)
 
-_ID = r"[0-9a-f]{32}"
-_MEDIA_NAME = re.compile(rf"({_ID})\.jpg")
-_THUMBNAIL_NAME = re.compile(rf"({_ID})\.webp")
 # Seconds of the store's thread a full check step may take beside capturing (at least one
 # finding, however long): a trigger that comes meanwhile waits at most about this long.  Steps
 # are due every STEP_INTERVAL_S, and end early when a trigger waits.
@@ -285,10 +281,12 @@ def _inspect_one(store: CaptureStore, capture_id: str, max_px: int, *, deleting:
     files = store.files
     try:
         photo, thumb_size = _states(files, capture_id)
-        row = store.db.execute(
-            "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
-        ).fetchone()
-        row = dict(zip(("id", "bytes", "thumbnail_path"), row, strict=True)) if row else None
+    except OSError as exc:
+        return _Finding(capture_id, "unreadable", reason=str(exc))
+    # Outside the OSError handlers: damage to the index (a StoreError, so an OSError) is no
+    # unreadable photo.
+    row = store.checked_row(capture_id)
+    try:
         return _inspect(files, capture_id, row, photo, thumb_size, max_px, deleting=deleting)
     except OSError as exc:
         return _Finding(capture_id, "unreadable", reason=str(exc))
@@ -512,7 +510,7 @@ class _Apply:
             self.thumbnails_set[sid] = thumb
 
     def _now(self, capture_id: str) -> tuple:
-        row = self.store.db.execute("SELECT 1 FROM captures WHERE id = ?", [capture_id]).fetchone()
+        row = self.store.checked_row(capture_id)
         photo, thumb_size = _states(self.store.files, capture_id)
         return (row is not None, photo, thumb_size)
 
@@ -552,44 +550,19 @@ class _Apply:
         for rel in sorted(self.touched):
             with contextlib.suppress(FileNotFoundError), files.folder(rel) as folder:
                 folder.fsync()
-        db = self.store.db
-        if self.dropped or self.thumbnails_set or self.queued or counters or self.written or self.freed:
-            with db.atomic():
-                db.conn.executemany("DELETE FROM captures WHERE id = ?", [(i,) for i in self.dropped])
-                db.conn.executemany(
-                    "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
-                    [(path, i) for i, path in self.thumbnails_set.items()],
-                )
-                if self.queued:
-                    db["recovery"].insert_all(self.queued, replace=True)
-                for name, value in (counters or {}).items():
-                    db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
-                for name, n in (("bytes_written", self.written), ("bytes_freed", self.freed)):
-                    db.execute("UPDATE counters SET value = value + ? WHERE name = ?", [n, name])
+        self.store.commit_repairs(
+            dropped=self.dropped, thumbnails=self.thumbnails_set, recovered=self.queued,
+            full_check=counters, written=self.written, freed=self.freed,
+        )  # fmt: skip
         self.reset()
         self._skipping = None
 
     def index_recovered(self, limit: int) -> int:
         """Index up to ``limit`` of the photos waiting in ``recovery``, the earliest taken first,
         after every capture indexed so far, in one transaction; returns how many."""
-        store, columns = self.store, ", ".join(RECOVERED_COLUMNS)
-        with store.db.atomic():
-            ids = [row[0] for row in store.db.execute(
-                "SELECT id FROM recovery ORDER BY captured_at, id LIMIT ?", [limit]
-            ).fetchall()]  # fmt: skip
-            if not ids:
-                return 0
-            chosen = "SELECT value FROM json_each(?)"
-            store.db.execute(
-                f"INSERT INTO captures (seq, {columns}) SELECT ? + ROW_NUMBER() OVER "
-                f"(ORDER BY captured_at, id), {columns} FROM recovery WHERE id IN ({chosen})",
-                [store.last_seq, json.dumps(ids)],
-            )
-            store.db.execute(f"DELETE FROM recovery WHERE id IN ({chosen})", [json.dumps(ids)])
-            store.db["counters"].update("last_seq", {"value": store.last_seq + len(ids)})
-        store.last_seq += len(ids)
-        self.report.recovered += len(ids)
-        return len(ids)
+        indexed = self.store.index_recovered(limit)
+        self.report.recovered += indexed
+        return indexed
 
     def index_queued_now(self) -> None:
         """Index every photo waiting in ``recovery`` now (after the in-flight ids of a start-up
@@ -637,19 +610,12 @@ class FullCheck:
         self._apply = _Apply(store, report, skip=store.in_flight)
         self._uri = (store.data_dir / DB_NAME).resolve().as_uri() + "?mode=ro"
         with store.guard():
-            counters = dict(store.db.execute("SELECT name, value FROM counters").fetchall())
-            resume = (
-                not restart
-                and counters["full_check_pending"]
-                and (counters["full_check_shard"] < len(SHARDS) or self._queued())
-            )
-            self._next = counters["full_check_shard"] if resume else 0
-            self._skipped = counters["full_check_skipped"] if resume else 0
+            state = store.full_check_state()
+            resume = not restart and state["pending"] and (state["shard"] < len(SHARDS) or state["queued"])
+            self._next = state["shard"] if resume else 0
+            self._skipped = state["skipped"] if resume else 0
             if not resume:
-                with store.db.atomic():
-                    for name, value in (("full_check_pending", 1), ("full_check_shard", 0),
-                                        ("full_check_skipped", 0)):  # fmt: skip
-                        store.db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
+                store.start_full_check()
         self._chunks: queue.Queue[_Chunk] = queue.Queue(QUEUED_CHUNKS)
         if resume:
             log.info("full check: going on at shard %d of %d", self._next, len(SHARDS))
@@ -809,9 +775,6 @@ class FullCheck:
         }
         self._report.full_check_progress = 1.0
 
-    def _queued(self) -> bool:
-        return self._store.db.execute("SELECT 1 FROM recovery LIMIT 1").fetchone() is not None
-
     # -- the worker's side: reads only --
 
     def _read(self) -> None:
@@ -891,7 +854,7 @@ class FullCheck:
                         if entry.name not in SHARDS or not entry.is_dir(follow_symlinks=False):
                             findings.append(_entry_finding(kind, entry))
         listed = []
-        for kind, pattern in (("media", _MEDIA_NAME), ("thumbnails", _THUMBNAIL_NAME)):
+        for kind, pattern in (("media", MEDIA_NAME), ("thumbnails", THUMBNAIL_NAME)):
             found = {}
             try:
                 with files.folder(f"{kind}/{shard}") as folder:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import sqlite_utils
@@ -30,7 +31,15 @@ from appliance.store.paths import (
     unsafe_layout,
 )
 from appliance.store.salvage import CorruptDatabaseError, IndexGoneError, is_corruption
-from appliance.store.schema import TRIGGERS, capture_row, clock_anchor, iso_utc, migrations, refuse_newer
+from appliance.store.schema import (
+    RECOVERED_COLUMNS,
+    TRIGGERS,
+    capture_row,
+    clock_anchor,
+    iso_utc,
+    migrations,
+    refuse_newer,
+)
 from hw.clock import Timestamp
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,9 @@ log = logging.getLogger(__name__)
 RESERVE_BYTES = 8 << 20
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
+# The counters a full check keeps (m003, m008): whether one is under way, the next shard it looks
+# at, and how many shards it could not read (see appliance.reconcile).
+FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
 
 
 def _index_operation(method):
@@ -314,6 +326,97 @@ class CaptureStore:
     def full_check_pending(self, pending: bool) -> None:
         with self.db.atomic():
             self.db["counters"].update("full_check_pending", {"value": int(pending)})
+
+    @_index_operation
+    def full_check_state(self) -> dict:
+        """Where a full check stands: ``{"pending": bool, "shard": the index in SHARDS of the next
+        shard to look at, "skipped": shards it could not read, "queued": whether photos found
+        without a row wait to be indexed}`` (see :mod:`appliance.reconcile`)."""
+        counters = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+        queued = self.db.execute("SELECT 1 FROM recovery LIMIT 1").fetchone() is not None
+        return {
+            "pending": bool(counters["full_check_pending"]),
+            "shard": counters["full_check_shard"],
+            "skipped": counters["full_check_skipped"],
+            "queued": queued,
+        }
+
+    @_index_operation
+    def start_full_check(self) -> None:
+        """Record, in one commit, that a full check starts again from the first shard."""
+        with self.db.atomic():
+            self._set_counters({"full_check_pending": 1, "full_check_shard": 0, "full_check_skipped": 0})
+
+    def _set_counters(self, values: dict[str, int]) -> None:
+        unknown = set(values) - set(FULL_CHECK_COUNTERS)
+        if unknown:  # last_seq above all: only the store moves it, and only up
+            raise ValueError(f"not a counter of the full check: {', '.join(sorted(unknown))}")
+        for name, value in values.items():
+            self.db.execute("UPDATE counters SET value = ? WHERE name = ?", [value, name])
+
+    @_index_operation
+    def checked_row(self, capture_id: str) -> dict | None:
+        """``{"id", "bytes", "thumbnail_path"}`` of the row of ``capture_id``, what reconciliation
+        compares with its files, or None when it has none."""
+        row = self.db.execute(
+            "SELECT id, bytes, thumbnail_path FROM captures WHERE id = ?", [capture_id]
+        ).fetchone()
+        return dict(zip(("id", "bytes", "thumbnail_path"), row, strict=True)) if row else None
+
+    @_index_operation
+    def commit_repairs(
+        self,
+        *,
+        dropped: Sequence[str] = (),
+        thumbnails: dict[str, str | None] | None = None,
+        recovered: Sequence[dict] = (),
+        full_check: dict[str, int] | None = None,
+        written: int = 0,
+        freed: int = 0,
+    ) -> None:
+        """Commit what reconciliation repaired, in one transaction (its files already published
+        or removed, durably): drop the rows of ``dropped`` (ids), set ``thumbnail_path`` to
+        ``{id: path or None}`` of ``thumbnails``, queue the photos found without a row
+        (``recovered``: rows from :func:`~appliance.store.schema.capture_row`, without seq) for
+        :meth:`index_recovered`, set the counters of ``full_check`` (``{name: value}``, names
+        from :data:`FULL_CHECK_COUNTERS`; raises ``ValueError`` for another), and add the room
+        files took (``written``) and gave back (``freed``), in bytes, to their counters."""
+        if not (dropped or thumbnails or recovered or full_check or written or freed):
+            return
+        with self.db.atomic():
+            self.db.conn.executemany("DELETE FROM captures WHERE id = ?", [(i,) for i in dropped])
+            self.db.conn.executemany(
+                "UPDATE captures SET thumbnail_path = ? WHERE id = ?",
+                [(path, i) for i, path in (thumbnails or {}).items()],
+            )
+            if recovered:
+                self.db["recovery"].insert_all(recovered, replace=True)
+            self._set_counters(full_check or {})
+            self._count("bytes_written", written)
+            self._count("bytes_freed", freed)
+
+    @_index_operation
+    def index_recovered(self, limit: int) -> int:
+        """Index up to ``limit`` of the photos queued by :meth:`commit_repairs`, the earliest taken
+        first (then by id), after every capture indexed so far (new seqs), in one transaction;
+        returns how many (0: none was waiting)."""
+        columns = ", ".join(RECOVERED_COLUMNS)
+        with self.db.atomic():
+            ids = [row[0] for row in self.db.execute(
+                "SELECT id FROM recovery ORDER BY captured_at, id LIMIT ?", [limit]
+            ).fetchall()]  # fmt: skip
+            if not ids:
+                return 0
+            chosen = "SELECT value FROM json_each(?)"
+            self.db.execute(
+                f"INSERT INTO captures (seq, {columns}) SELECT ? + ROW_NUMBER() OVER "
+                f"(ORDER BY captured_at, id), {columns} FROM recovery WHERE id IN ({chosen})",
+                [self.last_seq, json.dumps(ids)],
+            )
+            self.db.execute(f"DELETE FROM recovery WHERE id IN ({chosen})", [json.dumps(ids)])
+            self.db["counters"].update("last_seq", {"value": self.last_seq + len(ids)})
+        self.last_seq += len(ids)
+        return len(ids)
 
     @_index_operation
     def checkpoint(self) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from appliance.store.durable import free_number, new_database, numbered, set_asi
 from appliance.store.paths import CAPTURE_ID, DAMAGED_DIR, DB_NAME, REBUILD_SUFFIX, media_path, thumbnail_path
 from appliance.store.schema import FILL_METHOD_AND_EVENT, TRIGGERS, migrations
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "appliance.store", one name for the whole store
 
 # Primary SQLite result codes that mean the file itself is damaged (https://sqlite.org/rescode.html).
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26

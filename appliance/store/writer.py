@@ -42,7 +42,7 @@ from appliance.store.schema import (
 )
 from hw.clock import Timestamp
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # "appliance.store", one name for the whole store
 
 # Kept allocated for a card filled to the last byte by something else: released, it gives SQLite
 # room to delete captures.  Bytes.

@@ -21,6 +21,7 @@ from appliance.loop import MainLoop
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
+from hw.system import DiskUsage
 from hw.triggers import TriggerEvent
 
 GB = 10**9
@@ -39,7 +40,7 @@ class FakeDisk:
         data = self.store.data_dir
         files = [*(data / "media").rglob("*.*"), *(data / "thumbnails").rglob("*.*")]
         free = self.base_free - sum(p.stat().st_size for p in files)
-        return shutil._ntuple_diskusage(self.total, self.total - free, free)
+        return DiskUsage(self.total, self.total - free, free)
 
 
 class CardDisk(FakeDisk):
@@ -49,7 +50,7 @@ class CardDisk(FakeDisk):
     def __call__(self, path):
         taken = sum(p.lstat().st_blocks * 512 for p in self.store.data_dir.rglob("*") if p.is_file())
         free = self.base_free - taken
-        return shutil._ntuple_diskusage(self.total, self.total - free, free)
+        return DiskUsage(self.total, self.total - free, free)
 
 
 class Ticker:

@@ -2,7 +2,6 @@ import datetime
 import hashlib
 import io
 import re
-import shutil
 import socket
 import time
 
@@ -17,7 +16,7 @@ from appliance.web import WebServer, make_app
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraTimeout
-from hw.system import Probes
+from hw.system import DiskUsage, Probes
 from hw.triggers import TriggerGate
 
 
@@ -27,7 +26,7 @@ def server(store, photo):
     thumbnail = thumbnails.from_jpeg(photo, 320)
     rows = [store.add(photo, thumbnail, timestamp=clock.now(), trigger=t) for t in ("button", "motion")]
     store.add(photo, None, timestamp=clock.now(), trigger="manual")  # its thumbnail could not be made
-    disk = shutil._ntuple_diskusage(1000, 600, 400)
+    disk = DiskUsage(1000, 600, 400)
     app = make_app(
         IndexReader(store.data_dir), mode="simulation", started_monotonic=time.monotonic() - 3725,
         disk_usage=lambda path: disk,

@@ -20,6 +20,7 @@ Paths inside the data directory are given as relative strings with ``/`` separat
 import contextlib
 import errno
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,11 @@ def temp_name(name: str) -> str:
     """The name :meth:`Folder.publish` writes ``name`` under until it is complete:
     ``.<name>.tmp``."""
     return f".{name}.tmp"
+
+
+# Every name temp_name gives, and only those: how cleanup and reconciliation know a write that a
+# crash left unfinished.
+TEMP_NAME = re.compile(r"\..+\.tmp")
 
 
 def _check_name(name: str) -> str:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hw import clock
 
@@ -133,11 +134,19 @@ def clock_synced() -> bool | None:
         return None
 
 
-def disk_usage(path: Path) -> shutil._ntuple_diskusage | None:
+class DiskUsage(NamedTuple):
+    """A file system's size, in bytes: the fields of :func:`shutil.disk_usage`'s result."""
+
+    total: int
+    used: int
+    free: int
+
+
+def disk_usage(path: Path) -> DiskUsage | None:
     """:func:`shutil.disk_usage` of the file system holding ``path`` (total, used, free, in bytes),
     or None when it cannot be had (e.g. ``path`` does not exist)."""
     try:
-        return shutil.disk_usage(path)
+        return DiskUsage(*shutil.disk_usage(path))
     except OSError as exc:
         log.debug("no disk usage for %s: %s", path, exc)
         return None

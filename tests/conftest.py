@@ -197,7 +197,7 @@ class FaultyDisk:
             step("open", _where(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr("appliance.store.open", builtin_open, raising=False)
+        monkeypatch.setattr("appliance.store.salvage.open", builtin_open, raising=False)
         monkeypatch.setattr(os, "open", os_open)
         monkeypatch.setattr(
             os, "write", lambda fd, data: (step("write", _where(fd)), real["write"](fd, data))[1]

@@ -21,6 +21,7 @@ from appliance.loop import LoopSettings, MainLoop
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
+from hw.system import DiskUsage
 from hw.triggers import TriggerEvent
 
 GB = 10**9
@@ -39,7 +40,7 @@ class FakeDisk:
         data = self.store.data_dir
         files = [*(data / "media").rglob("*.*"), *(data / "thumbnails").rglob("*.*")]
         free = self.base_free - sum(p.stat().st_size for p in files)
-        return shutil._ntuple_diskusage(self.total, self.total - free, free)
+        return DiskUsage(self.total, self.total - free, free)
 
 
 class CardDisk(FakeDisk):
@@ -49,7 +50,7 @@ class CardDisk(FakeDisk):
     def __call__(self, path):
         taken = sum(p.lstat().st_blocks * 512 for p in self.store.data_dir.rglob("*") if p.is_file())
         free = self.base_free - taken
-        return shutil._ntuple_diskusage(self.total, self.total - free, free)
+        return DiskUsage(self.total, self.total - free, free)
 
 
 class Ticker:
@@ -529,7 +530,7 @@ def test_a_pause_brings_the_next_check_forward_and_lifts_itself(store, photo):
 
 
 def test_a_card_filled_to_the_last_byte_by_something_else_is_cleaned(tiny_fs, monkeypatch):
-    monkeypatch.setattr("appliance.store.RESERVE_BYTES", 64 << 10)  # of a 2 MiB card
+    monkeypatch.setattr("appliance.store.writer.RESERVE_BYTES", 64 << 10)  # of a 2 MiB card
     store = CaptureStore(tiny_fs)
     clock = ManualClock()
     out = io.BytesIO()

@@ -13,7 +13,6 @@ import pytest
 import requests
 from PIL import Image
 
-from appliance import store as store_module
 from appliance import thumbnails
 from appliance.cleanup import Cleanup, Policy
 from appliance.cli import main
@@ -21,7 +20,16 @@ from appliance.datadir import DataDir, UnsafePath
 from appliance.exc import StoreError
 from appliance.reconcile import open_store
 from appliance.status import StatusCollector
-from appliance.store import SHARDS, CaptureStore, IndexReader, media_path, thumbnail_path, unsafe_layout
+from appliance.store import (
+    SHARDS,
+    CaptureStore,
+    IndexReader,
+    durable,
+    media_path,
+    salvage,
+    thumbnail_path,
+    unsafe_layout,
+)
 from appliance.web import WebDeps, WebServer, make_app
 from hw.clock import ManualClock
 
@@ -337,13 +345,13 @@ def test_a_rebuild_never_writes_the_new_index_through_a_symlink(tmp_path, outsid
     store.close()
     with open(data / "captures.db", "r+b") as f:  # a damaged index, to be rebuilt at the next start
         f.write(b"\xff" * 100)
-    real_salvage = store_module._salvage
+    real_salvage = salvage._salvage
 
     def planted_meanwhile(db_path):  # a symlink at the rebuilt index's name, after the layout check
         (data / "captures.db.new").symlink_to(outside / "rebuilt.db")
         return real_salvage(db_path)
 
-    monkeypatch.setattr(store_module, "_salvage", planted_meanwhile)
+    monkeypatch.setattr(salvage, "_salvage", planted_meanwhile)
     with pytest.raises(StoreError, match="captures.db.new is not a regular file"):
         CaptureStore(data)
     assert not (outside / "rebuilt.db").exists() and (data / "captures.db.new").is_symlink()
@@ -352,14 +360,14 @@ def test_a_rebuild_never_writes_the_new_index_through_a_symlink(tmp_path, outsid
 def test_a_new_database_replaced_while_sqlite_opens_it_is_not_written(tmp_path, outside, monkeypatch):
     folder = tmp_path / "data"
     folder.mkdir()
-    real_connect = store_module.sqlite3.connect
+    real_connect = durable.sqlite3.connect
 
     def swapped(path, *args, **kwargs):  # between our O_EXCL file and SQLite's open by path
         os.unlink(path)
         os.symlink(outside / "elsewhere.db", path)
         return real_connect(path, *args, **kwargs)
 
-    monkeypatch.setattr(store_module.sqlite3, "connect", swapped)
+    monkeypatch.setattr(durable.sqlite3, "connect", swapped)
     with DataDir(folder).folder() as root, pytest.raises(UnsafePath, match="was replaced"):
-        store_module._new_database(root, "captures.db.new")
+        durable.new_database(root, "captures.db.new")
     assert (outside / "elsewhere.db").stat().st_size == 0  # SQLite made it; nothing was written

@@ -527,7 +527,7 @@ def test_damage_found_by_any_write_stops_and_leads_to_a_rebuild(tmp_path):
 
 
 def test_a_failing_finish_of_a_full_check_is_tried_again(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr("appliance.reconcile.MAX_BACKOFF_S", 0.0)
+    monkeypatch.setattr("appliance.fullcheck.MAX_BACKOFF_S", 0.0)
     store, rows = populate(tmp_path, 2)
     plant(tmp_path, "ab" * 16, own_photo(TAKEN))
     check = FullCheck(store, report := Reconciliation(), 160)
@@ -545,7 +545,7 @@ def test_a_failing_finish_of_a_full_check_is_tried_again(tmp_path, monkeypatch, 
 
 
 def test_a_step_that_fails_loses_nothing_it_had_found(tmp_path, monkeypatch, faulty_disk, caplog):
-    monkeypatch.setattr("appliance.reconcile.MAX_BACKOFF_S", 0.0)
+    monkeypatch.setattr("appliance.fullcheck.MAX_BACKOFF_S", 0.0)
     store, rows = populate(tmp_path, 3)
     lost = {f"{i:02x}" + "c" * 30: own_photo(TAKEN) for i in range(0, 256, 8)}  # rows lost, no thumbnails
     for capture_id, jpeg in lost.items():

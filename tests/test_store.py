@@ -18,10 +18,12 @@ from appliance.exc import StoreError
 from appliance.store import (
     CLEAN_MARKER,
     DB_NAME,
+    RECOVERED_COLUMNS,
     CaptureStore,
     IndexGoneError,
     IndexReader,
     NewerDatabaseError,
+    capture_row,
     media_path,
     migrations,
     new_id,
@@ -32,6 +34,10 @@ from appliance.store import (
 from hw.clock import ManualClock
 
 YEAR = datetime.timedelta(days=365)
+# The columns a photo found without its row gets only once indexed, and those that differ.
+NOT_RECOVERED = ("seq", "boot_id", "since_boot_s")
+DIFFERENT = ("id", "media_path", "captured_at", "clock_synced", "trigger", "recovered",
+             "capture_method", "event_id")  # fmt: skip
 
 
 def test_add_writes_photo_thumbnail_and_row(store, photo, clock):
@@ -117,6 +123,20 @@ def test_an_older_database_is_upgraded_in_place(tmp_path):
     [row] = IndexReader(tmp_path).latest(10)
     assert (row["seq"], row["protected"], row["recovered"], row["boot_id"]) == (1, 1, 0, None)
     assert (row["capture_method"], row["event_id"]) == ("activityDetection", "ab" * 16)
+
+
+def test_a_capture_and_a_recovered_photo_get_their_rows_from_one_builder(store, photo, clock):
+    row = store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    assert set(row) == set(store.db["captures"].columns_dict)
+    recovered = capture_row(
+        "ab" * 16, photo, trigger="unknown", captured_at=clock.now().wall, clock_synced=False,
+        thumbnail=False, recovered=True,
+    )  # fmt: skip
+    assert list(recovered) == list(RECOVERED_COLUMNS) == [c for c in row if c not in NOT_RECOVERED]
+    assert (recovered["recovered"], recovered["capture_method"], recovered["metadata"]) == (1, None, "{}")
+    assert {k: v for k, v in row.items() if k in RECOVERED_COLUMNS and k not in DIFFERENT} == {
+        k: v for k, v in recovered.items() if k not in DIFFERENT
+    }
 
 
 def test_capture_method_follows_the_trigger_and_a_burst_shares_its_event(store, photo, clock):

@@ -1,68 +1,15 @@
-"""Large indexes made fast for the cleanup and web figures: rows that look like captures (no
-files), with the same last day at every size.
-"""
+"""Large indexes made fast for the cleanup and web figures (:mod:`appliance.store.synthetic`),
+with a progress line."""
 
 import datetime
-import json
 
 from appliance.bench.measuring import _progress
-from appliance.store import CaptureStore, iso_utc
+from appliance.store import CaptureStore
+from appliance.store.synthetic import RECENT_CAPTURES, grow
 
-# The index rows' timeline: the last day is the same at every size (one capture every
-# RECENT_INTERVAL_S, the newest NEWEST_AGE_S old: 30 in the last hour, 720 in the last 24 h, all
-# within the smallest index), so that the status counts do the same work at every size, and the
-# sizes differ only by the history before it, spread evenly back to HISTORY_S.
-RECENT_CAPTURES, RECENT_INTERVAL_S, NEWEST_AGE_S = 720, 120, 30
-HISTORY_S = 90 * 86400
-METADATA = json.dumps({"ExposureTime": 10000, "AnalogueGain": 1.0})
-
-# One statement per batch, so that SQLite, not Python, makes the rows.  MATERIALIZED: without it
-# SQLite flattens the CTE and evaluates randomblob() once per use of the id, giving a row whose
-# paths name another id.
-_FILL = """
-WITH RECURSIVE numbers(seq) AS (SELECT :first UNION ALL SELECT seq + 1 FROM numbers WHERE seq < :last),
-rows AS MATERIALIZED (
-    SELECT seq, lower(hex(randomblob(16))) AS id,
-           CASE WHEN :total - seq < :recent THEN :newest_s + (:total - seq) * :interval_s
-                ELSE 86400 + (:total - seq - :recent + 1) * :spread_s END AS age_s
-    FROM numbers
-)
-INSERT INTO captures (id, seq, captured_at, clock_synced, boot_id, since_boot_s, trigger, capture_method,
-                      event_id, media_path, thumbnail_path, bytes, width, height, sha256, protected,
-                      recovered, metadata)
-SELECT id, seq, strftime('%Y-%m-%dT%H:%M:%f', julianday(:now) - age_s / 86400.0) || '+00:00', 1,
-       printf('%032x', CAST(age_s / 86400 AS INTEGER)), 86400 - age_s % 86400,
-       CASE seq % 10 WHEN 6 THEN 'timelapse' WHEN 7 THEN 'timelapse' WHEN 8 THEN 'button'
-                     WHEN 9 THEN 'manual' ELSE 'motion' END,
-       CASE seq % 10 WHEN 6 THEN 'timeLapse' WHEN 7 THEN 'timeLapse' ELSE 'activityDetection' END,
-       id, 'media/' || substr(id, 1, 2) || '/' || id || '.jpg',
-       'thumbnails/' || substr(id, 1, 2) || '/' || id || '.webp',
-       2500000 + seq * 7919 % 1500000, 4056, 3040, lower(hex(randomblob(32))), seq % 1000 = 0, 0, :metadata
-FROM rows
-"""
+__all__ = ["RECENT_CAPTURES", "_grow_index"]
 
 
 def _grow_index(store: CaptureStore, rows: int, *, total: int, now: datetime.datetime) -> None:
-    """Add index rows (no files) up to ``rows`` captures, as fast as SQLite takes them.
-
-    The rows are those of seq ``store.last_seq + 1`` to ``rows`` in an index of ``total`` captures
-    (seq 1 to ``total``) ending at ``now`` (aware): the newest :data:`RECENT_CAPTURES` one every
-    :data:`RECENT_INTERVAL_S`, the others spread evenly back to :data:`HISTORY_S` before ``now``.
-    Triggers are mixed (6 in 10 motion, 2 timelapse, 1 button, 1 manual), one capture in 1,000 is
-    protected, and every row has its thumbnail path (the files are not written).
-    """
-    spread_s = (HISTORY_S - 86400) / max(1, total - RECENT_CAPTURES)
-    while store.last_seq < rows:
-        last = min(rows, store.last_seq + 50_000)
-        with store.db.atomic():
-            store.db.execute(
-                _FILL,
-                {
-                    "first": store.last_seq + 1, "last": last, "total": total, "now": iso_utc(now),
-                    "recent": RECENT_CAPTURES, "newest_s": NEWEST_AGE_S, "interval_s": RECENT_INTERVAL_S,
-                    "spread_s": spread_s, "metadata": METADATA,
-                },
-            )  # fmt: skip
-            store.db["counters"].update("last_seq", {"value": last})
-        store.last_seq = last
-        _progress(f"building the index: {store.last_seq:,} captures")
+    """:func:`appliance.store.synthetic.grow`, telling its progress on the terminal."""
+    grow(store, rows, total=total, now=now, progress=_progress)

@@ -4,16 +4,13 @@ without a symlink (:mod:`appliance.datadir`).  An id is never reused and its fil
 they are cached for a year, with an ETag."""
 
 import os
-import re
 
 import bottle
 
 from appliance.datadir import DataDir, UnsafePath
-from appliance.store import IndexReader
+from appliance.store import CAPTURE_FILE_NAME, IndexReader
 from appliance.web.plugins import IMMUTABLE
 from appliance.web.request import header
-
-_FILE_NAME = re.compile(r"([0-9a-f]{32})\.(webp|jpg)")
 
 
 class Files:
@@ -36,7 +33,7 @@ class Files:
         streams it (closed once sent): a 304 when ``If-None-Match`` has its ETag, a 400 for a
         malformed name, a 404 for an unknown capture or one without that file (deleted meanwhile,
         or not a regular file in the data directory), a 503 when it cannot be read."""
-        match = _FILE_NAME.fullmatch(name)
+        match = CAPTURE_FILE_NAME.fullmatch(name)
         if not match or match[2] != extension:
             raise bottle.HTTPError(400, f"expected /<32 hex characters>.{extension}")
         row = self._reader.get(match[1])

@@ -2,18 +2,16 @@
 the redirect it answers with.  Each bad value is a 400 naming it, never a 500."""
 
 import datetime
-import re
 import urllib.parse
 from collections.abc import Callable
 
 import bottle
 
-from appliance.store import TRIGGERS, IndexReader
+from appliance.store import CAPTURE_ID, TRIGGERS, IndexReader
 
 # Captures on a page of the gallery and of /api/captures; ?limit= asks for at most MAX_PAGE_SIZE.
 PAGE_SIZE = 24
 MAX_PAGE_SIZE = 100
-_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def query(name: str, parse: Callable[[str], object], default=None):
@@ -80,7 +78,7 @@ def trigger(value: str) -> str:
 
 def capture_id(value: str) -> str:
     """``value`` when it is a capture id (32 lower-case hex characters), else a 400."""
-    if not _ID.fullmatch(value):
+    if not CAPTURE_ID.fullmatch(value):
         raise bottle.HTTPError(400, "expected a capture id of 32 hex characters")
     return value
 

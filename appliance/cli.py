@@ -62,30 +62,6 @@ from hw.triggers import (
 
 log = logging.getLogger("appliance")
 
-# The settings a reload (SIGHUP) applies while running; any other change needs a restart.
-LIVE_SETTINGS = frozenset(
-    (
-        "trigger_cooldown_s",
-        "max_captures_per_minute",
-        "burst_count",
-        "burst_interval_s",
-        "timelapse_interval_s",
-        "active_windows",
-        "flash_pre_delay_s",
-        "capture_timeout_s",
-        "thumbnail_max_px",
-        "camera_make",
-        "camera_model",
-        "camera_id",
-        "cleanup_start_free_percent",
-        "cleanup_start_free_bytes",
-        "cleanup_stop_free_percent",
-        "cleanup_stop_free_bytes",
-        "headroom_hours",
-        "max_capture_age_days",
-        "capture_min_free_bytes",
-    )
-)
 # Seconds between two readings of the clock between captures (a jump is noticed within this).
 CLOCK_CHECK_INTERVAL_S = 10
 # Seconds between two STATUS= lines to systemd (shown by systemctl status).
@@ -349,8 +325,9 @@ def run(
     (:class:`~appliance.store.CorruptDatabaseError`, :class:`~appliance.store.IndexGoneError`,
     after the loop has stopped), so that systemd restarts the appliance and it checks the store.
 
-    SIGHUP calls ``reload_config()`` and applies the settings in :data:`LIVE_SETTINGS`; others
-    that changed are logged as needing a restart, and a bad config is logged and ignored.  A
+    SIGHUP calls ``reload_config()`` and applies the settings whose reload rule is
+    :data:`~appliance.config.LIVE` (those of :data:`~appliance.config.EXPORT` are read where used);
+    others that changed are logged as needing a restart, and a bad config is logged and ignored.  A
     SIGHUP during start-up is ignored: the config has just been read.  ``stopping``: the signal
     handler :func:`main` installed before reading the config, if it did.
     """
@@ -565,9 +542,7 @@ def _run(config, duration_s, reload_config, stopping: _Stopping) -> int:
             changed = {
                 f.name for f in config_module.settings() if getattr(new, f.name) != getattr(config, f.name)
             }
-            # The deployment settings are read at each export (the web's reads the current
-            # config), import_convert only by `appliance import`: nothing to restart.
-            later = changed - LIVE_SETTINGS - config_module.EXPORT_IMPORT_SETTINGS
+            later = changed & config_module.settings_by_reload(config_module.RESTART)
             try:
                 running = dataclasses.replace(new, **{key: getattr(config, key) for key in later})
             except ConfigError as exc:

@@ -40,6 +40,18 @@ def test_defaults_need_no_file():
     assert cfg.button_pin == "GPIO17"
 
 
+def test_every_setting_has_one_reload_rule():
+    names = {f.name for f in config.settings()}
+    by_rule = {rule: config.settings_by_reload(rule) for rule in config.RELOAD_RULES}
+    assert set().union(*by_rule.values()) == names
+    assert sum(map(len, by_rule.values())) == len(names)
+    assert {"burst_count", "cleanup_start_free_bytes", "camera_id"} <= by_rule[config.LIVE]
+    assert {"jpeg_quality", "web_port", "data_dir"} <= by_rule[config.RESTART]
+    assert {"latitude", "contributors", "import_convert"} <= by_rule[config.EXPORT]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        config.settings_by_reload("sometimes")
+
+
 def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
     path = write(tmp_path, 'button_pin = "GPIO27"\ncapture_timeout_s = 3\ncamera_size_px = [2028, 1520]\n')
     cfg = config.load(path)

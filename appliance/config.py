@@ -96,8 +96,10 @@ class Config:
     )
     data_mount: str = _setting(
         "",
-        'Mount point the data directory must be on, e.g. "/mnt/usb" for a USB disk: while it is not '
-        'mounted the appliance refuses to start rather than write to the SD card; "": no requirement.',
+        'Mount point the data directory must be on, e.g. "/var/lib/appliance" for a USB disk mounted '
+        "there (the service's data directory; mount the disk at it in /etc/fstab, with nofail): while "
+        "it is not mounted, the appliance refuses to start (exit status 1, preflight data_mount in the "
+        'log) rather than write to the SD card; "": no requirement.',
         bounds.path_or_empty,
         reload=RESTART,
     )
@@ -132,7 +134,7 @@ class Config:
     )
     button_bounce_time_s: float = _setting(
         0.05,
-        "gpiozero bounce_time of the button, in seconds.",
+        "gpiozero bounce_time of the button, in seconds; 0 turns debouncing off.",
         bounds.between(0, 5),
         reload=RESTART,
         kind=float,
@@ -171,22 +173,24 @@ class Config:
     )
     camera_awb_mode: str = _setting(
         "auto",
-        f"White balance: one of {', '.join(AWB_MODES)}.",
+        f"White balance (libcamera's AwbMode): one of {', '.join(AWB_MODES)}.",
         bounds.one_of(tuple(AWB_MODES)),
         reload=RESTART,
     )
     camera_autofocus: str = _setting(
         "off",
-        'Autofocus on cameras that have it (Camera Module 3): "off", "continuous", or "cycle" (one '
-        "focus cycle before each capture, up to about a second more per capture).",
+        'Autofocus on cameras that have it (Camera Module 3): "off"; "continuous" refocuses all the '
+        'time; "cycle" runs one focus cycle before each capture (up to about a second more per '
+        "capture). Ignored, with a warning, on a camera without autofocus.",
         bounds.one_of(AUTOFOCUS_MODES),
         reload=RESTART,
     )
     camera_max_failures: int = _setting(
         8,
         "Failed captures or re-opens of the camera in a row after which the appliance exits (status "
-        "1) for systemd to restart it; between failures the camera is re-opened after 1, 2, 4 ... s "
-        "(at most 60 s), so the default rides out about two minutes of camera trouble.",
+        "1) for systemd to restart it (every 30 s, for ever); between failures the camera is "
+        "re-opened after 1, 2, 4 ... s (at most 60 s), so the default rides out about two minutes "
+        "of camera trouble.",
         bounds.between(1, 1000),
         reload=RESTART,
     )
@@ -220,14 +224,18 @@ class Config:
     )
     max_captures_per_minute: int = _setting(
         30,
-        "At most this many captures in any 60 s, whatever triggered them (bursts count whole); "
-        "triggers beyond it are counted, not captured; 0: no limit.",
+        "At most this many captures in any 60 s, whatever triggered them (a burst counts whole); "
+        "triggers beyond it are counted, not captured; 0: no limit. At least burst_count.",
         bounds.between(0, 10_000),
         reload=LIVE,
     )
     burst_count: int = _setting(1, "Photos taken for each trigger.", bounds.between(1, 100), reload=LIVE)
     burst_interval_s: float = _setting(
-        0.5, "Seconds from one photo of a burst to the next.", bounds.between(0, 60), reload=LIVE, kind=float
+        0.5,
+        "Seconds from the start of one photo of a burst to the next.",
+        bounds.between(0, 60),
+        reload=LIVE,
+        kind=float,
     )
     button_hold_time_s: float = _setting(
         3.0,
@@ -239,8 +247,8 @@ class Config:
     button_hold_action: str = _setting(
         "none",
         'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
-        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, so its data is safe '
-        "whatever happens to the power; systemd does not restart it).",
+        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, exit status 0, so '
+        "its data is safe whatever happens to the power; systemd does not restart it).",
         bounds.one_of(("none", "test_shot", "shutdown")),
         reload=RESTART,
     )
@@ -253,8 +261,8 @@ class Config:
     )
     active_windows: tuple[str, ...] = _setting(
         (),
-        'Local times of day when timelapse captures and the UV light are on, e.g. ["19:00-06:00"] '
-        "(a window may span midnight); [] means always.",
+        'Local times of day when timelapse captures and the UV light are on, e.g. ["19:00-06:00"]; a '
+        "window whose end is before its start spans midnight; [] means always.",
         bounds.time_windows,
         reload=LIVE,
         kind=list,
@@ -266,7 +274,9 @@ class Config:
         reload=RESTART,
     )
     flash_active_high: bool = _setting(
-        True, "The flash is on when its pin is high (false: when low).", reload=RESTART
+        True,
+        "The flash is on when its pin is high (false: when low, as on many relay boards).",
+        reload=RESTART,
     )
     flash_pre_delay_s: float = _setting(
         0.0,
@@ -287,7 +297,8 @@ class Config:
     capture_timeout_s: float = _setting(
         5.0,
         "Seconds to wait for a frame before a capture fails; at most 25, so that a capture (twice "
-        "this with an autofocus cycle) always ends within the systemd watchdog's 60 s.",
+        "this with an autofocus cycle) always ends within the systemd watchdog's 60 s. At least twice "
+        "the exposure (camera_exposure_time_us) plus 1 s.",
         bounds.between(0.5, 25),
         reload=LIVE,
         kind=float,
@@ -314,7 +325,8 @@ class Config:
     cleanup_stop_free_percent: float = _setting(
         20.0,
         "Stop deleting once free space is back above this percentage (and above "
-        "cleanup_stop_free_bytes); at most 90, as free space may never reach more.",
+        "cleanup_stop_free_bytes); at most 90, as free space may never reach more. At least "
+        "cleanup_start_free_percent.",
         bounds.between(0, round(100 * MAX_STOP_FRACTION)),
         reload=LIVE,
         kind=float,
@@ -323,7 +335,8 @@ class Config:
         2 << 30,
         "Stop deleting once free space is back above this many bytes (and above "
         "cleanup_stop_free_percent); 2 GiB by default. Even with the headroom at its cap (half "
-        "the filesystem), cleaning must stop below 90 % of the data filesystem free.",
+        "the filesystem), cleaning must stop below 90 % of the data filesystem free. At least "
+        "cleanup_start_free_bytes.",
         bounds.byte_count(
             "with the headroom at its cap, cleaning must stop below 90 % of the data filesystem free"
         ),
@@ -349,7 +362,7 @@ class Config:
     capture_min_free_bytes: int = _setting(
         256 << 20,
         "Pause capturing while a capture would leave less than this many bytes free; 256 MiB "
-        "by default.  Cleaning always starts above it, so at most half of the data filesystem.",
+        "by default. Cleaning always starts above it, so at most half of the data filesystem.",
         bounds.byte_count("at most half of the data filesystem"),
         reload=LIVE,
     )
@@ -374,7 +387,7 @@ class Config:
         "",
         "Secret that turns on the web actions (a test shot, protecting captures) for whoever sends it "
         '(log-in form, or Authorization: Bearer); "": actions off. Use a long random string, at '
-        "least 16 characters, no spaces.",
+        "least 16 characters, no spaces, e.g. from openssl rand -hex 16.",
         bounds.web_token,
         reload=RESTART,
         secret=True,

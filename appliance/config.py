@@ -52,7 +52,7 @@ __all__ = [
     "PATH_MAX_BYTES", "RELOAD_RULES", "RESTART", "SAMPLING_DESIGNS", "TEXT_MAX_CHARS",
     "WEB_TOKEN_MAX_CHARS", "WEB_TOKEN_MIN_CHARS", "Config", "check_against_filesystem",
     "check_filesystem", "check_value", "default_paths", "defaults_file", "load", "settings",
-    "settings_by_reload",
+    "settings_by_reload", "toml_value",
 ]  # fmt: skip
 
 # Read in this order, later files overriding earlier ones (see the module docstring).
@@ -725,11 +725,12 @@ def check_filesystem(config: Config, path: Path | list[Path] | None = None) -> N
         raise ConfigError(f"{' + '.join(map(str, _paths(path))) or 'defaults'}: {exc}") from None
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """``value`` (a setting's: bool, int, float, str or a tuple of them) written as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: the same escapes as JSON
     return repr(value)
@@ -748,5 +749,5 @@ def defaults_file() -> str:
         allowed = getattr(f.metadata["check"], "allowed", None)
         if allowed and allowed not in f.metadata["doc"]:
             lines += textwrap.wrap(f"Allowed: {allowed}.", 98, initial_indent="# ", subsequent_indent="#   ")
-        lines += [f"# {f.name} = {_toml_value(f.default)}", ""]
+        lines += [f"# {f.name} = {toml_value(f.default)}", ""]
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The docs cannot drift from the code: the generated reference pages are what docs/generate.py
 writes, every setting is documented with the doc text ``appliance config --print-defaults``
-prints, the constants the docs name exist and the README keeps the commands CI runs
-(datasette's tests/test_docs.py is the model)."""
+prints, the constants the docs name exist, the README keeps the commands CI runs, and every
+relative link leads somewhere (datasette's tests/test_docs.py is the model)."""
 
 import importlib
 import importlib.util
@@ -100,3 +100,25 @@ def test_the_readme_gives_the_commands_ci_runs():
     assert f"```bash\n{run}\n```" in readme and f"```bash\n{test}\n```" in readme
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "python3 -m venv .venv\n" in ci and "-e '.[test]'" in ci and ".venv/bin/python -m pytest" in ci
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of the headings of ``path``: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)  # not in code
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).replace(" ", "-") for h in headings}
+
+
+def test_every_relative_link_of_the_docs_leads_somewhere():
+    pages = [README, REPO / "CHANGELOG.md", REPO / "systemd" / "README.md", *DOCS.glob("*.md")]
+    indexed = set(re.findall(r"\(docs/([a-z-]+\.md)\)", README.read_text(encoding="utf-8")))
+    assert {p.name for p in DOCS.glob("*.md")} <= indexed, "a page of docs/ missing from the README's index"
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file).resolve() if file else page
+            assert linked.exists(), f"{page.relative_to(REPO)}: {target}"
+            if anchor and linked.suffix == ".md":
+                assert anchor in _anchors(linked), f"{page.relative_to(REPO)}: {target}"

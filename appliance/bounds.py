@@ -173,6 +173,8 @@ def listen_host(value):
 
 
 def one_of(choices):
+    """A check that passes exactly the values of ``choices``."""
+
     def check(value):
         return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
 
@@ -238,6 +240,8 @@ SAMPLING_DESIGNS = (
 
 
 def between(low, high):
+    """A check of a number from ``low`` to ``high``, both included (in the setting's unit)."""
+
     def check(value):
         return None if low <= value <= high else f"must be between {low} and {high}"
 
@@ -246,12 +250,16 @@ def between(low, high):
 
 
 def byte_count(also: str):
+    """A check of a byte count from 0 to :data:`MAX_BYTES`; ``also`` says in words the bound that
+    :func:`check_against_filesystem` adds."""
     check = between(0, MAX_BYTES)
     check.allowed = f"0 to {MAX_BYTES} (1 PiB); {also}"
     return check
 
 
 def off_or_between(low, high):
+    """A check of a number that is 0 (off) or from ``low`` to ``high``."""
+
     def check(value):
         return None if value == 0 or low <= value <= high else f"must be 0 (off) or {low} to {high}"
 

@@ -1,4 +1,4 @@
-"""The configuration: TOML files, every key optional, documented here and in the README.
+"""The configuration: TOML files, every key optional, each documented here.
 
 :func:`load` reads files (stdlib ``tomllib``), rejects unknown keys and values of the wrong type or
 out of range with :class:`~appliance.exc.ConfigError` naming the file and the key, and returns a
@@ -8,276 +8,79 @@ Without ``--config``, the files at :data:`DEFAULT_PATHS` that exist are read in 
 overriding the keys it sets: ``/etc/appliance/appliance.toml`` (written by the installer), then
 ``/boot/firmware/appliance.toml``, on the SD card's FAT partition, so that settings can be changed
 from any computer with a card reader.
+
+Each setting declares, in the metadata of its :class:`Config` field, its ``doc``, ``check`` (see
+:mod:`appliance.bounds`), TOML ``kind`` and ``reload`` rule (:data:`LIVE`, :data:`RESTART` or
+:data:`EXPORT`); ``appliance config --print-defaults`` (:func:`defaults_file`) and
+docs/configuration.md (``python docs/generate.py``) are both written from it.
 """
 
 import dataclasses
-import datetime
-import ipaddress
 import json
 import math
 import os
-import re
 import shutil
 import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.cleanup import MAX_HEADROOM_FRACTION
+from appliance import bounds
+from appliance.bounds import (
+    FEATURE_TYPES,
+    MAX_BYTES,
+    MAX_CONTRIBUTORS,
+    MAX_START_PERCENT,
+    MAX_STOP_FRACTION,
+    MAX_WINDOWS,
+    MIN_SIZE_PX,
+    NAME_MAX_BYTES,
+    PATH_MAX_BYTES,
+    SAMPLING_DESIGNS,
+    TEXT_MAX_CHARS,
+    WEB_TOKEN_MAX_CHARS,
+    WEB_TOKEN_MIN_CHARS,
+    check_against_filesystem,
+)
 from appliance.exc import ConfigError
 from appliance.exif import MAX_TEXT as EXIF_MAX_CHARS
-from hw.camera import AUTOFOCUS_MODES, AWB_MODES, LARGEST_SENSOR_PX, SIMULATED_MAX_SIZE_PX
-from hw.triggers import ActiveWindows
+from hw.camera import AUTOFOCUS_MODES, AWB_MODES, SIMULATED_MAX_SIZE_PX
+
+__all__ = [
+    "AREAS", "DEFAULT_PATHS", "EXPORT", "FEATURE_TYPES", "LIVE", "MAX_BYTES", "MAX_CONTRIBUTORS",
+    "MAX_START_PERCENT", "MAX_STOP_FRACTION", "MAX_WINDOWS", "MIN_SIZE_PX", "NAME_MAX_BYTES",
+    "PATH_MAX_BYTES", "RELOAD_RULES", "RESTART", "SAMPLING_DESIGNS", "TEXT_MAX_CHARS",
+    "WEB_TOKEN_MAX_CHARS", "WEB_TOKEN_MIN_CHARS", "Config", "check_against_filesystem",
+    "check_filesystem", "check_value", "default_paths", "defaults_file", "load", "settings",
+    "settings_by_reload", "toml_value",
+]  # fmt: skip
 
 # Read in this order, later files overriding earlier ones (see the module docstring).
 DEFAULT_PATHS = (Path("/etc/appliance/appliance.toml"), Path("/boot/firmware/appliance.toml"))
 
-_BCM_PIN = re.compile(r"GPIO([0-9]|1[0-9]|2[0-7])")
-
-# The bounds of the settings; the README's configuration table gives each with its reason.
-# Byte thresholds: larger than any disk a Pi mounts (the real bound is check_against_filesystem).
-MAX_BYTES = 1 << 50  # 1 PiB
-# A path, encoded as the kernel sees it: Linux PATH_MAX (4096, with the terminating NUL) and NAME_MAX.
-PATH_MAX_BYTES = 4095
-NAME_MAX_BYTES = 255
-# Photo and low-resolution stream sizes: at least this many pixels a side (picamera2 rounds odd
-# sizes down to even ones, so a 1-pixel side would become 0), at most LARGEST_SENSOR_PX.
-MIN_SIZE_PX = 64
-# Text written into the Camtrap DP tables and descriptor: one line a spreadsheet shows whole.
-TEXT_MAX_CHARS = 255
-MAX_CONTRIBUTORS = 100
-MAX_WINDOWS = 24
-WEB_TOKEN_MIN_CHARS, WEB_TOKEN_MAX_CHARS = 16, 256
-# No free-space threshold may ask for more than half of the data filesystem to start cleaning, the
-# cap cleanup puts on the headroom (cleanup.MAX_HEADROOM_FRACTION); and cleanup must be able to stop
-# below this share of it: ext4 keeps 5 % of its blocks for root, so free space as the appliance
-# measures it never exceeds 95 %, and the filesystem's metadata, the index and the reserve file
-# take more.  A stop free space never reaches would have cleanup delete every unprotected capture.
-MAX_START_PERCENT = round(100 * MAX_HEADROOM_FRACTION)
-MAX_STOP_FRACTION = 0.9
+# How a changed setting takes effect in a running appliance (the ``reload`` of its metadata):
+# LIVE: a reload (SIGHUP, systemctl reload appliance) applies it while running;
+LIVE = "live"
+# RESTART: it keeps its running value until the appliance restarts (a reload logs that it waits);
+RESTART = "restart"
+# EXPORT: read where it is used, by each export (appliance export camtrap-dp; the web's ZIP reads
+# the running config, which a reload replaces) or by appliance import: nothing to restart.
+EXPORT = "export"
+RELOAD_RULES = (LIVE, RESTART, EXPORT)
 
 
-def _setting(default, doc: str, check=None, *, kind=None, secret=False):
-    """A config field: ``doc`` is the one-line description shown in the README and by tests;
-    ``check(value)`` returns an error string or None, and its ``allowed`` attribute (when it has
-    one) says in words which values pass, for ``--print-defaults`` and the README; ``kind`` is the
-    TOML type when the default's type is not enough (float settings accept integers), or a tuple of
-    types any of which is accepted (``(float, str)``: a number, or "" for unset); ``secret``: error
-    messages give the value's length, never the value."""
-    return field(
-        default=default,
-        metadata={"doc": doc, "check": check, "kind": kind or type(default), "secret": secret},
-    )
-
-
-def _allowing(allowed: str):
-    """Give the decorated check its ``allowed`` text."""
-
-    def decorate(check):
-        check.allowed = allowed
-        return check
-
-    return decorate
-
-
-def _pin(value):
-    if value == "" or _BCM_PIN.fullmatch(value):
-        return None
-    return 'must be a BCM pin name from "GPIO0" to "GPIO27", or "" when not fitted'
-
-
-_pin.allowed = '"GPIO0" to "GPIO27", or ""'
-
-
-def _size(value, full_ok=False):
-    low, (high_w, high_h) = MIN_SIZE_PX, LARGEST_SENSOR_PX
-    if full_ok and list(value) == [0, 0]:
-        return None
-    whole = len(value) == 2 and all(type(v) is int for v in value)
-    if whole and low <= value[0] <= high_w and low <= value[1] <= high_h:
-        return None
-    return (
-        f"must be [width, height] in pixels: two integers, the width {low} to {high_w} and the height "
-        f"{low} to {high_h} (the largest sensor of any Pi camera)" + (", or [0, 0]" if full_ok else "")
-    )
-
-
-_size.allowed = (
-    f"[{MIN_SIZE_PX}, {MIN_SIZE_PX}] to [{LARGEST_SENSOR_PX[0]}, {LARGEST_SENSOR_PX[1]}]; in simulation "
-    f"at most [{SIMULATED_MAX_SIZE_PX[0]}, {SIMULATED_MAX_SIZE_PX[1]}]"
-)
-
-
-@_allowing(f"[0, 0], or {_size.allowed}")
-def _size_or_full(value):
-    return _size(value, full_ok=True)
-
-
-def _path(value):
-    """A path the kernel takes: no control character (a NUL ends it early, a newline breaks the
-    log), at most PATH_MAX bytes in all, taken from the working directory, and NAME_MAX a name."""
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
-        return "must not contain control characters (NUL, newline, tab ...)"
-    try:
-        encoded = os.fsencode(value)
-        absolute = os.fsencode(os.path.abspath(value)) if value else encoded
-    except (UnicodeError, OSError):
-        return "is not a path this system can encode"
-    if len(absolute) > PATH_MAX_BYTES:
-        return f"is too long: at most {PATH_MAX_BYTES} bytes, from the working directory if relative"
-    if any(len(name) > NAME_MAX_BYTES for name in encoded.split(b"/")):
-        return f"has a name longer than {NAME_MAX_BYTES} bytes"
-    return None
-
-
-_path.allowed = (
-    f"a path without control characters, at most {PATH_MAX_BYTES} bytes ({NAME_MAX_BYTES} per name)"
-)
-
-
-@_allowing(f'{_path.allowed}; or ""')
-def _path_or_empty(value):
-    return None if value == "" else _path(value)
-
-
-@_allowing('an existing folder, or ""; only with simulate = true')
-def _folder_or_empty(value):
-    if value == "":
-        return None
-    return _path(value) or (None if Path(value).is_dir() else "is not a folder")
-
-
-def _text(max_chars: int, *, ascii_only: bool = False):
-    """A text written into a file: printable characters only (no control or formatting character,
-    no line break), at most ``max_chars``; with ``ascii_only``, printable ASCII (an EXIF ASCII
-    field is 7-bit ASCII: Exif 2.32, 4.6.2)."""
-
-    def check(value):
-        if len(value) > max_chars:
-            return f"is longer than {max_chars} characters"
-        if not value.isprintable():
-            return "must not contain control characters (line breaks, tabs ...)"
-        if ascii_only and not value.isascii():
-            return "must be plain ASCII (an EXIF text field is 7-bit ASCII)"
-        return None
-
-    kind = "printable ASCII" if ascii_only else "printable text"
-    check.allowed = f"{kind}, at most {max_chars} characters"
-    return check
-
-
-@_allowing(
-    f'"", or {WEB_TOKEN_MIN_CHARS} to {WEB_TOKEN_MAX_CHARS} printable characters, none of them a space'
-)
-def _token(value):
-    if value == "":
-        return None
-    if not all(c.isprintable() and not c.isspace() for c in value):
-        return "must be printable characters without spaces, tabs or line breaks"
-    if not WEB_TOKEN_MIN_CHARS <= len(value) <= WEB_TOKEN_MAX_CHARS:
-        return (
-            f"must be {WEB_TOKEN_MIN_CHARS} to {WEB_TOKEN_MAX_CHARS} characters long (or empty: "
-            "actions off); e.g. from openssl rand -hex 16"
-        )
-    return None
-
-
-@_allowing('"", "localhost", or an IP address (e.g. "0.0.0.0", "127.0.0.1", "::")')
-def _host(value):
-    if value in ("", "localhost"):
-        return None
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return 'must be an IP address such as "0.0.0.0" or "127.0.0.1", "localhost", or ""'
-    return None
-
-
-def _one_of(choices):
-    def check(value):
-        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}"
-
-    check.allowed = ", ".join(map(json.dumps, choices))
-    return check
-
-
-@_allowing(f'"HH:MM-HH:MM" strings, start and end differing; at most {MAX_WINDOWS}')
-def _windows(value):
-    if not all(isinstance(v, str) for v in value):
-        return 'must be a list of "HH:MM-HH:MM" strings'
-    if len(value) > MAX_WINDOWS:
-        return f"has more than {MAX_WINDOWS} windows"
-    try:
-        ActiveWindows(value)
-    except ValueError as exc:
-        return f"has {exc}"
-    return None
-
-
-_name = _text(TEXT_MAX_CHARS)
-
-
-@_allowing(f"at most {MAX_CONTRIBUTORS} names, each of printable text, at most {TEXT_MAX_CHARS} characters")
-def _names(value):
-    if len(value) > MAX_CONTRIBUTORS:
-        return f"has more than {MAX_CONTRIBUTORS} names"
-    if not all(isinstance(n, str) and n and not _name(n) for n in value):
-        return f"must be a list of names, each of printable text, at most {TEXT_MAX_CHARS} characters"
-    return None
-
-
-def _optional(check):
-    """``check`` for a number setting that also takes "" (unset)."""
-
-    def check_optional(value):
-        if isinstance(value, str):
-            return None if value == "" else 'must be a number, or "" when not set'
-        return check(value)
-
-    check_optional.allowed = f'{check.allowed}, or ""'
-    return check_optional
-
-
-@_allowing('an ISO 8601 date and time with a UTC offset, or ""')
-def _iso_datetime_or_empty(value):
-    try:
-        if value == "" or datetime.datetime.fromisoformat(value).tzinfo is not None:
-            return None
-    except ValueError:
-        pass
-    return 'must be an ISO 8601 date and time with a UTC offset, e.g. "2026-05-01T18:00:00+02:00", or ""'
-
-
-# Camtrap DP 1.0 enums (deployments-table-schema.json, camtrap-dp-profile.json).
-FEATURE_TYPES = (
-    "roadPaved", "roadDirt", "trailHiking", "trailGame", "roadUnderpass", "roadOverpass", "roadBridge",
-    "culvert", "burrow", "nestSite", "carcass", "waterSource", "fruitingTree",
-)  # fmt: skip
-SAMPLING_DESIGNS = (
-    "simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted", "opportunistic",
-)  # fmt: skip
-
-
-def _between(low, high):
-    def check(value):
-        return None if low <= value <= high else f"must be between {low} and {high}"
-
-    check.allowed = f"{low} to {high}"
-    return check
-
-
-def _byte_count(also: str):
-    check = _between(0, MAX_BYTES)
-    check.allowed = f"0 to {MAX_BYTES} (1 PiB); {also}"
-    return check
-
-
-def _off_or_between(low, high):
-    def check(value):
-        return None if value == 0 or low <= value <= high else f"must be 0 (off) or {low} to {high}"
-
-    check.allowed = f"0 (off), or {low} to {high}"
-    return check
+def _setting(default, doc: str, check=None, *, reload: str, kind=None, secret=False):
+    """A config field: ``doc`` is the one-line description that ``--print-defaults`` and
+    docs/configuration.md show; ``check(value)`` returns an error string or None, and its
+    ``allowed`` attribute (when it has one) says in words which values pass (see
+    :mod:`appliance.bounds`); ``reload`` is :data:`LIVE`, :data:`RESTART` or :data:`EXPORT`;
+    ``kind`` is the TOML type when the default's type is not enough (float settings accept
+    integers), or a tuple of types any of which is accepted (``(float, str)``: a number, or "" for
+    unset); ``secret``: error messages give the value's length, never the value."""
+    if reload not in RELOAD_RULES:
+        raise ValueError(f"reload must be one of {RELOAD_RULES}, not {reload!r}")
+    metadata = {"doc": doc, "check": check, "reload": reload, "kind": kind or type(default), "secret": secret}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -288,186 +91,263 @@ class Config:
         "appliance-data",
         "Folder holding captures.db, media/ and thumbnails/ (relative paths are taken from the "
         "working directory).",
-        _path,
+        bounds.kernel_path,
+        reload=RESTART,
     )
     data_mount: str = _setting(
         "",
-        'Mount point the data directory must be on, e.g. "/mnt/usb" for a USB disk: while it is not '
-        'mounted the appliance refuses to start rather than write to the SD card; "": no requirement.',
-        _path_or_empty,
+        'Mount point the data directory must be on, e.g. "/var/lib/appliance" for a USB disk mounted '
+        "there (the service's data directory; mount the disk at it in /etc/fstab, with nofail): while "
+        "it is not mounted, the appliance refuses to start (exit status 1, preflight data_mount in the "
+        'log) rather than write to the SD card; "": no requirement.',
+        bounds.path_or_empty,
+        reload=RESTART,
     )
-    simulate: bool = _setting(False, "Run without a Pi: gpiozero MockFactory pins and a simulated camera.")
+    simulate: bool = _setting(
+        False, "Run without a Pi: gpiozero MockFactory pins and a simulated camera.", reload=RESTART
+    )
     simulate_replay_dir: str = _setting(
         "",
         "In simulation, replay the JPEGs in this folder (in name order, looping) instead of "
         "rendering a synthetic scene.",
-        _folder_or_empty,
+        bounds.folder_or_empty,
+        reload=RESTART,
     )
     simulate_trigger_interval_s: float = _setting(
         3.0,
         "In simulation, seconds between simulated triggers (button and PIR in turn).",
-        _between(0.01, 3600),
+        bounds.between(0.01, 3600),
+        reload=RESTART,
         kind=float,
     )
-    button_pin: str = _setting("GPIO17", 'BCM pin of the push button (to ground), "" when not fitted.', _pin)
-    motion_pin: str = _setting("GPIO4", 'BCM pin of the PIR motion sensor output, "" when not fitted.', _pin)
+    button_pin: str = _setting(
+        "GPIO17",
+        'BCM pin of the push button (to ground), "" when not fitted.',
+        bounds.bcm_pin,
+        reload=RESTART,
+    )
+    motion_pin: str = _setting(
+        "GPIO4",
+        'BCM pin of the PIR motion sensor output, "" when not fitted.',
+        bounds.bcm_pin,
+        reload=RESTART,
+    )
     button_bounce_time_s: float = _setting(
         0.05,
-        "gpiozero bounce_time of the button, in seconds.",
-        _between(0, 5),
+        "gpiozero bounce_time of the button, in seconds; 0 turns debouncing off.",
+        bounds.between(0, 5),
+        reload=RESTART,
         kind=float,
     )
     camera_size_px: tuple[int, int] = _setting(
         (0, 0),
         "Photo size [width, height] in pixels; [0, 0] is the sensor's full resolution. At most the "
         "camera's largest sensor mode: a larger one stops the appliance at start (exit status 2).",
-        _size_or_full,
+        bounds.size_px_or_full,
+        reload=RESTART,
         kind=list,
     )
     camera_lores_size_px: tuple[int, int] = _setting(
         (640, 480),
         "Size [width, height] of the camera's low-resolution stream, at most camera_size_px (or the "
         "sensor's full resolution); thumbnails are made from a frame of half this size.",
-        _size,
+        bounds.size_px,
+        reload=RESTART,
         kind=list,
     )
-    jpeg_quality: int = _setting(90, "JPEG quality of photos, 1 to 95.", _between(1, 95))
+    jpeg_quality: int = _setting(
+        90, "JPEG quality of photos, 1 to 95.", bounds.between(1, 95), reload=RESTART
+    )
     camera_exposure_time_us: int = _setting(
-        0, "Fixed exposure time in microseconds; 0 lets the camera choose.", _between(0, 10_000_000)
+        0,
+        "Fixed exposure time in microseconds; 0 lets the camera choose.",
+        bounds.between(0, 10_000_000),
+        reload=RESTART,
     )
     camera_analogue_gain: float = _setting(
-        0.0, "Fixed analogue gain (1.0 is none); 0 lets the camera choose.", _between(0, 64), kind=float
+        0.0,
+        "Fixed analogue gain (1.0 is none); 0 lets the camera choose.",
+        bounds.between(0, 64),
+        reload=RESTART,
+        kind=float,
     )
     camera_awb_mode: str = _setting(
-        "auto", f"White balance: one of {', '.join(AWB_MODES)}.", _one_of(tuple(AWB_MODES))
+        "auto",
+        f"White balance (libcamera's AwbMode): one of {', '.join(AWB_MODES)}.",
+        bounds.one_of(tuple(AWB_MODES)),
+        reload=RESTART,
     )
     camera_autofocus: str = _setting(
         "off",
-        'Autofocus on cameras that have it (Camera Module 3): "off", "continuous", or "cycle" (one '
-        "focus cycle before each capture, up to about a second more per capture).",
-        _one_of(AUTOFOCUS_MODES),
+        'Autofocus on cameras that have it (Camera Module 3): "off"; "continuous" refocuses all the '
+        'time; "cycle" runs one focus cycle before each capture (up to about a second more per '
+        "capture). Ignored, with a warning, on a camera without autofocus.",
+        bounds.one_of(AUTOFOCUS_MODES),
+        reload=RESTART,
     )
     camera_max_failures: int = _setting(
         8,
         "Failed captures or re-opens of the camera in a row after which the appliance exits (status "
-        "1) for systemd to restart it; between failures the camera is re-opened after 1, 2, 4 ... s "
-        "(at most 60 s), so the default rides out about two minutes of camera trouble.",
-        _between(1, 1000),
+        "1) for systemd to restart it (every 30 s, for ever); between failures the camera is "
+        "re-opened after 1, 2, 4 ... s (at most 60 s), so the default rides out about two minutes "
+        "of camera trouble.",
+        bounds.between(1, 1000),
+        reload=RESTART,
     )
     camera_make: str = _setting(
         "Raspberry Pi",
         "EXIF Make written into each photo the camera takes.",
-        _text(EXIF_MAX_CHARS, ascii_only=True),
+        bounds.printable(EXIF_MAX_CHARS, ascii_only=True),
+        reload=LIVE,
     )
     camera_model: str = _setting(
         "",
         'EXIF Model written into each photo; "" takes the camera\'s own (the sensor, e.g. imx708, or '
         '"simulated").',
-        _text(EXIF_MAX_CHARS, ascii_only=True),
+        bounds.printable(EXIF_MAX_CHARS, ascii_only=True),
+        reload=LIVE,
     )
     camera_id: str = _setting(
         "",
         "Camera identifier (e.g. its serial number), written as EXIF BodySerialNumber and Camtrap DP "
         'cameraID; "": none.',
-        _text(EXIF_MAX_CHARS, ascii_only=True),
+        bounds.printable(EXIF_MAX_CHARS, ascii_only=True),
+        reload=LIVE,
     )
     trigger_cooldown_s: float = _setting(
         2.0,
         "Seconds after a capture from one source (button or motion) during which that source's "
         "triggers are counted, not captured.",
-        _between(0, 3600),
+        bounds.between(0, 3600),
+        reload=LIVE,
         kind=float,
     )
     max_captures_per_minute: int = _setting(
         30,
-        "At most this many captures in any 60 s, whatever triggered them (bursts count whole); "
-        "triggers beyond it are counted, not captured; 0: no limit.",
-        _between(0, 10_000),
+        "At most this many captures in any 60 s, whatever triggered them (a burst counts whole); "
+        "triggers beyond it are counted, not captured; 0: no limit. At least burst_count.",
+        bounds.between(0, 10_000),
+        reload=LIVE,
     )
-    burst_count: int = _setting(1, "Photos taken for each trigger.", _between(1, 100))
+    burst_count: int = _setting(1, "Photos taken for each trigger.", bounds.between(1, 100), reload=LIVE)
     burst_interval_s: float = _setting(
-        0.5, "Seconds from one photo of a burst to the next.", _between(0, 60), kind=float
+        0.5,
+        "Seconds from the start of one photo of a burst to the next.",
+        bounds.between(0, 60),
+        reload=LIVE,
+        kind=float,
     )
     button_hold_time_s: float = _setting(
-        3.0, "Seconds the button must be held for button_hold_action.", _between(0.5, 60), kind=float
+        3.0,
+        "Seconds the button must be held for button_hold_action.",
+        bounds.between(0.5, 60),
+        reload=RESTART,
+        kind=float,
     )
     button_hold_action: str = _setting(
         "none",
         'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
-        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, so its data is safe '
-        "whatever happens to the power; systemd does not restart it).",
-        _one_of(("none", "test_shot", "shutdown")),
+        'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, exit status 0, so '
+        "its data is safe whatever happens to the power; systemd does not restart it).",
+        bounds.one_of(("none", "test_shot", "shutdown")),
+        reload=RESTART,
     )
     timelapse_interval_s: float = _setting(
         0.0,
         "Seconds between timelapse captures (trigger timelapse) within active_windows; 0: no timelapse.",
-        _off_or_between(1, 86400),
+        bounds.off_or_between(1, 86400),
+        reload=LIVE,
         kind=float,
     )
     active_windows: tuple[str, ...] = _setting(
         (),
-        'Local times of day when timelapse captures and the UV light are on, e.g. ["19:00-06:00"] '
-        "(a window may span midnight); [] means always.",
-        _windows,
+        'Local times of day when timelapse captures and the UV light are on, e.g. ["19:00-06:00"]; a '
+        "window whose end is before its start spans midnight; [] means always.",
+        bounds.time_windows,
+        reload=LIVE,
         kind=list,
     )
     flash_pin: str = _setting(
-        "", 'BCM pin switching the flash, on only while each photo is taken; "" when not fitted.', _pin
+        "",
+        'BCM pin switching the flash, on only while each photo is taken; "" when not fitted.',
+        bounds.bcm_pin,
+        reload=RESTART,
     )
-    flash_active_high: bool = _setting(True, "The flash is on when its pin is high (false: when low).")
+    flash_active_high: bool = _setting(
+        True,
+        "The flash is on when its pin is high (false: when low, as on many relay boards).",
+        reload=RESTART,
+    )
     flash_pre_delay_s: float = _setting(
         0.0,
         "Seconds the flash is on before the exposure starts, for lights that need time to reach full output.",
-        _between(0, 5),
+        bounds.between(0, 5),
+        reload=LIVE,
         kind=float,
     )
     uv_pin: str = _setting(
-        "", 'BCM pin switching the attract (UV) light, on during active_windows; "" when not fitted.', _pin
+        "",
+        'BCM pin switching the attract (UV) light, on during active_windows; "" when not fitted.',
+        bounds.bcm_pin,
+        reload=RESTART,
     )
-    uv_active_high: bool = _setting(True, "The UV light is on when its pin is high (false: when low).")
+    uv_active_high: bool = _setting(
+        True, "The UV light is on when its pin is high (false: when low).", reload=RESTART
+    )
     capture_timeout_s: float = _setting(
         5.0,
         "Seconds to wait for a frame before a capture fails; at most 25, so that a capture (twice "
-        "this with an autofocus cycle) always ends within the systemd watchdog's 60 s.",
-        _between(0.5, 25),
+        "this with an autofocus cycle) always ends within the systemd watchdog's 60 s. At least twice "
+        "the exposure (camera_exposure_time_us) plus 1 s.",
+        bounds.between(0.5, 25),
+        reload=LIVE,
         kind=float,
     )
-    thumbnail_max_px: int = _setting(320, "Longest edge of WebP thumbnails, in pixels.", _between(16, 4096))
+    thumbnail_max_px: int = _setting(
+        320, "Longest edge of WebP thumbnails, in pixels.", bounds.between(16, 4096), reload=LIVE
+    )
     cleanup_start_free_percent: float = _setting(
         10.0,
         "Start deleting the oldest unprotected captures when free space on the data filesystem "
         "falls below this percentage of it (or below cleanup_start_free_bytes); at most 50, as "
         "cleaning that starts with more than half of the filesystem free would keep it mostly empty.",
-        _between(0, MAX_START_PERCENT),
+        bounds.between(0, MAX_START_PERCENT),
+        reload=LIVE,
         kind=float,
     )
     cleanup_start_free_bytes: int = _setting(
         1 << 30,
         "Start deleting when free space falls below this many bytes (or below "
         "cleanup_start_free_percent); 1 GiB by default. At most half of the data filesystem.",
-        _byte_count("at most half of the data filesystem"),
+        bounds.byte_count("at most half of the data filesystem"),
+        reload=LIVE,
     )
     cleanup_stop_free_percent: float = _setting(
         20.0,
         "Stop deleting once free space is back above this percentage (and above "
-        "cleanup_stop_free_bytes); at most 90, as free space may never reach more.",
-        _between(0, round(100 * MAX_STOP_FRACTION)),
+        "cleanup_stop_free_bytes); at most 90, as free space may never reach more. At least "
+        "cleanup_start_free_percent.",
+        bounds.between(0, round(100 * MAX_STOP_FRACTION)),
+        reload=LIVE,
         kind=float,
     )
     cleanup_stop_free_bytes: int = _setting(
         2 << 30,
         "Stop deleting once free space is back above this many bytes (and above "
         "cleanup_stop_free_percent); 2 GiB by default. Even with the headroom at its cap (half "
-        "the filesystem), cleaning must stop below 90 % of the data filesystem free.",
-        _byte_count(
+        "the filesystem), cleaning must stop below 90 % of the data filesystem free. At least "
+        "cleanup_start_free_bytes.",
+        bounds.byte_count(
             "with the headroom at its cap, cleaning must stop below 90 % of the data filesystem free"
         ),
+        reload=LIVE,
     )
     headroom_hours: float = _setting(
         24.0,
         "Also start deleting when free space would not hold this many hours of capturing at the "
         "last hour's rate (bytes captured in the last hour times this); 0 turns it off.",
-        _between(0, 24 * 365),
+        bounds.between(0, 24 * 365),
+        reload=LIVE,
         kind=float,
     )
     max_capture_age_days: float = _setting(
@@ -475,31 +355,41 @@ class Config:
         "Delete unprotected captures older than this many days (only those taken with a "
         "synchronised clock, and only while the clock is synchronised); 0 keeps them whatever "
         "their age.",
-        _between(0, 36500),
+        bounds.between(0, 36500),
+        reload=LIVE,
         kind=float,
     )
     capture_min_free_bytes: int = _setting(
         256 << 20,
         "Pause capturing while a capture would leave less than this many bytes free; 256 MiB "
-        "by default.  Cleaning always starts above it, so at most half of the data filesystem.",
-        _byte_count("at most half of the data filesystem"),
+        "by default. Cleaning always starts above it, so at most half of the data filesystem.",
+        bounds.byte_count("at most half of the data filesystem"),
+        reload=LIVE,
     )
     cleanup_interval_s: float = _setting(
-        60.0, "Seconds between disk-space checks (monotonic clock).", _between(1, 3600), kind=float
+        60.0,
+        "Seconds between disk-space checks (monotonic clock).",
+        bounds.between(1, 3600),
+        reload=RESTART,
+        kind=float,
     )
     web_host: str = _setting(
         "",
         'Address the status page listens on: "0.0.0.0" every interface, "127.0.0.1" this machine '
         'only; "" is 0.0.0.0 on hardware and 127.0.0.1 in simulation.',
-        _host,
+        bounds.listen_host,
+        reload=RESTART,
     )
-    web_port: int = _setting(8080, "TCP port of the status page (0: any free port).", _between(0, 65535))
+    web_port: int = _setting(
+        8080, "TCP port of the status page (0: any free port).", bounds.between(0, 65535), reload=RESTART
+    )
     web_token: str = _setting(
         "",
         "Secret that turns on the web actions (a test shot, protecting captures) for whoever sends it "
         '(log-in form, or Authorization: Bearer); "": actions off. Use a long random string, at '
-        "least 16 characters, no spaces.",
-        _token,
+        "least 16 characters, no spaces, e.g. from openssl rand -hex 16.",
+        bounds.web_token,
+        reload=RESTART,
         secret=True,
     )
 
@@ -508,103 +398,133 @@ class Config:
         "",
         'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or '
         '"appliance") and the date of the deployment start, e.g. "appliance-20260501".',
-        _name,
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     location_name: str = _setting(
-        "", 'Camtrap DP locationName, e.g. "Oak ridge, north edge"; "": none.', _name
+        "",
+        'Camtrap DP locationName, e.g. "Oak ridge, north edge"; "": none.',
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     location_id: str = _setting(
-        "", 'Camtrap DP locationID, shared by deployments at one place; "": none.', _name
+        "",
+        'Camtrap DP locationID, shared by deployments at one place; "": none.',
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     latitude: float | str = _setting(
         "",
         'Latitude of the camera in decimal degrees (WGS84); "": not set (the export refuses: '
         "Camtrap DP requires it).",
-        _optional(_between(-90, 90)),
+        bounds.optional(bounds.between(-90, 90)),
+        reload=EXPORT,
         kind=(float, str),
     )
     longitude: float | str = _setting(
         "",
         'Longitude of the camera in decimal degrees (WGS84); "": not set (the export refuses: '
         "Camtrap DP requires it).",
-        _optional(_between(-180, 180)),
+        bounds.optional(bounds.between(-180, 180)),
+        reload=EXPORT,
         kind=(float, str),
     )
     coordinate_uncertainty_m: int | str = _setting(
         "",
         "Uncertainty of latitude/longitude in metres (Camtrap DP coordinateUncertainty), at most "
         'half the Earth\'s circumference; "": unknown.',
-        _optional(_between(1, 20_037_509)),
+        bounds.optional(bounds.between(1, 20_037_509)),
+        reload=EXPORT,
         kind=(int, str),
     )
     camera_height_m: float | str = _setting(
         "",
         "Height of the camera above the ground in metres, at most 150 (the tallest trees stand "
         'about 116 m); "": unknown.',
-        _optional(_between(0, 150)),
+        bounds.optional(bounds.between(0, 150)),
+        reload=EXPORT,
         kind=(float, str),
     )
     camera_tilt_deg: int | str = _setting(
         "",
         'Tilt of the camera in degrees, -90 (down) to 90 (up), 0 level; "": unknown.',
-        _optional(_between(-90, 90)),
+        bounds.optional(bounds.between(-90, 90)),
+        reload=EXPORT,
         kind=(int, str),
     )
     camera_heading_deg: int | str = _setting(
         "",
         'Compass heading the camera faces in degrees, 0 (north) to 360, clockwise; "": unknown.',
-        _optional(_between(0, 360)),
+        bounds.optional(bounds.between(0, 360)),
+        reload=EXPORT,
         kind=(int, str),
     )
-    setup_by: str = _setting("", 'Who set the camera up (Camtrap DP setupBy); "": none.', _name)
-    habitat: str = _setting("", 'Short description of the habitat at the camera; "": none.', _name)
+    setup_by: str = _setting(
+        "", 'Who set the camera up (Camtrap DP setupBy); "": none.', bounds.camtrap_text, reload=EXPORT
+    )
+    habitat: str = _setting(
+        "", 'Short description of the habitat at the camera; "": none.', bounds.camtrap_text, reload=EXPORT
+    )
     feature_type: str = _setting(
         "",
         'Camtrap DP featureType the camera watches, e.g. "trailGame" or "waterSource"; "": none.',
-        _one_of(("", *FEATURE_TYPES)),
+        bounds.one_of(("", *FEATURE_TYPES)),
+        reload=EXPORT,
     )
-    bait_use: bool = _setting(False, "Bait or lure was used at the camera (Camtrap DP baitUse).")
+    bait_use: bool = _setting(
+        False, "Bait or lure was used at the camera (Camtrap DP baitUse).", reload=EXPORT
+    )
     deployment_start: str = _setting(
         "",
         'Start of the deployment, ISO 8601 with a UTC offset (e.g. "2026-05-01T18:00:00+02:00"); '
         '"": the first exported capture.',
-        _iso_datetime_or_empty,
+        bounds.iso_datetime_or_empty,
+        reload=EXPORT,
     )
     deployment_end: str = _setting(
         "",
         'End of the deployment, ISO 8601 with a UTC offset; "": the last exported capture.',
-        _iso_datetime_or_empty,
+        bounds.iso_datetime_or_empty,
+        reload=EXPORT,
     )
     project_title: str = _setting(
-        "", 'Title of the project in the exported package; "": the deployment id.', _name
+        "",
+        'Title of the project in the exported package; "": the deployment id.',
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     sampling_design: str = _setting(
         "opportunistic",
         "Camtrap DP samplingDesign of the project.",
-        _one_of(SAMPLING_DESIGNS),
+        bounds.one_of(SAMPLING_DESIGNS),
+        reload=EXPORT,
     )
     contributors: tuple[str, ...] = _setting(
         (),
         'People or organisations of the exported package, e.g. ["Ada Lovelace", "Field Station"]; '
         "the first is the contact, the others contributors.",
-        _names,
+        bounds.names,
+        reload=EXPORT,
         kind=list,
     )
     data_license: str = _setting(
         "",
         'Licence of the exported data (SPDX id, e.g. "CC0-1.0"); "": none (set both licences or neither).',
-        _name,
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     media_license: str = _setting(
         "",
         'Licence of the exported photos (SPDX id, e.g. "CC-BY-4.0"); "": none (set both licences or '
         "neither).",
-        _name,
+        bounds.camtrap_text,
+        reload=EXPORT,
     )
     import_convert: bool = _setting(
         True,
         "appliance import: convert images that are not JPEG (PNG, TIFF, WebP...) to JPEG at "
         "jpeg_quality, upright; false: skip them.",
+        reload=EXPORT,
     )
 
     def __post_init__(self):
@@ -658,21 +578,35 @@ class Config:
             )
 
 
-# The deployment metadata, read at each export (`appliance export camtrap-dp`, the web's ZIP), and
-# what only `appliance import` reads: none of them needs a restart.
-EXPORT_IMPORT_SETTINGS = frozenset(
-    (
-        "deployment_id", "location_name", "location_id", "latitude", "longitude",
-        "coordinate_uncertainty_m", "camera_height_m", "camera_tilt_deg", "camera_heading_deg", "setup_by",
-        "habitat", "feature_type", "bait_use", "deployment_start", "deployment_end", "project_title",
-        "sampling_design", "contributors", "data_license", "media_license", "import_convert",
-    )
-)  # fmt: skip
+# The settings by area, for docs/configuration.md: each area begins at its key and runs, in the
+# order of Config's fields, up to the next area's.
+AREAS = {
+    "data_dir": "Data directory",
+    "simulate": "Simulation",
+    "button_pin": "Trigger pins",
+    "camera_size_px": "Camera",
+    "trigger_cooldown_s": "Triggers: gate, bursts, button hold, timelapse",
+    "flash_pin": "Lights",
+    "capture_timeout_s": "Capture",
+    "cleanup_start_free_percent": "Disk space",
+    "web_host": "Status page",
+    "deployment_id": "Camtrap DP deployment",
+    "import_convert": "Import",
+}
 
 
 def settings() -> list[dataclasses.Field]:
     """The fields of :class:`Config`, in documentation order."""
     return list(dataclasses.fields(Config))
+
+
+def settings_by_reload(rule: str) -> frozenset[str]:
+    """The names of the settings whose reload rule is ``rule`` (:data:`LIVE`, :data:`RESTART` or
+    :data:`EXPORT`); the three sets hold every setting, each once.  Raises ``ValueError`` for
+    another rule."""
+    if rule not in RELOAD_RULES:
+        raise ValueError(f"rule must be one of {RELOAD_RULES}, not {rule!r}")
+    return frozenset(f.name for f in settings() if f.metadata["reload"] == rule)
 
 
 def check_value(key: str, value):
@@ -767,76 +701,6 @@ def _paths(path) -> list:
     return [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
 
 
-def check_against_filesystem(config: Config, total_bytes: int, where: str = "the data filesystem") -> None:
-    """Refuse free-space thresholds of ``config`` that would have cleanup delete every capture on a
-    data filesystem of ``total_bytes`` (``where`` names it in the message).
-
-    Cleanup starts when free space falls below the larger of ``cleanup_start_free_percent`` of the
-    filesystem and ``cleanup_start_free_bytes``, and always one capture above
-    ``capture_min_free_bytes``; a busy hour raises the start (``headroom_hours``) to at most half the
-    filesystem (:data:`~appliance.cleanup.MAX_HEADROOM_FRACTION`); a run stops once free space is
-    back above that start plus the hysteresis (the stop thresholds less the start ones).  Refused:
-
-    - ``cleanup_start_free_bytes`` or ``capture_min_free_bytes`` above half the filesystem: cleaning
-      would start with most of it free and go on (the percentages are bounded by their checks);
-    - a stop that, at its highest (the headroom at its cap, when ``headroom_hours`` is set), is above
-      :data:`MAX_STOP_FRACTION` of the filesystem: free space may never get there, and the run
-      would go on until no unprotected capture is left.
-
-    Raises :class:`ConfigError` naming the key, its value, the filesystem's size and the fix.
-    """
-    total, half = total_bytes, int(total_bytes * MAX_HEADROOM_FRACTION)
-    size = f"{where} ({_bytes(total)})"
-    unit = 10**6 if total >= 10**8 else 10**3  # round the example to MB, or kB on a tiny one
-    example = (
-        f"for a filesystem this size, e.g. capture_min_free_bytes = {total // 20 // unit * unit}, "
-        f"cleanup_start_free_bytes = {total // 10 // unit * unit}, "
-        f"cleanup_stop_free_bytes = {total // 5 // unit * unit}"
-    )
-    defaults = Config()
-    for key in ("cleanup_start_free_bytes", "capture_min_free_bytes"):  # cleaning starts above both
-        value = getattr(config, key)
-        if value <= half:
-            continue
-        default = " (the default)" if value == getattr(defaults, key) else ""
-        if value >= total:
-            what = "free space is always below it, so cleaning would start at once and delete every capture"
-        else:
-            what = "cleaning would start with more than half of it free, and keep it mostly empty"
-        raise ConfigError(
-            f"{key}: {value} bytes{default} is more than half of {size}: {what}; set {key} to at "
-            f"most {half} ({example})"
-        )
-    static_start = max(total * config.cleanup_start_free_percent / 100, config.cleanup_start_free_bytes)
-    static_stop = max(total * config.cleanup_stop_free_percent / 100, config.cleanup_stop_free_bytes)
-    headroom = half if config.headroom_hours else 0
-    highest_start = max(static_start, config.capture_min_free_bytes, headroom)
-    highest_stop = highest_start + max(0.0, static_stop - static_start)
-    limit = total * MAX_STOP_FRACTION
-    if highest_stop <= limit + 1:  # a byte for the rounding of the percentages
-        return
-    room = limit - highest_start + static_start  # the highest static stop that passes
-    if config.cleanup_stop_free_bytes >= total * config.cleanup_stop_free_percent / 100:
-        key, value, fix = "cleanup_stop_free_bytes", f"{config.cleanup_stop_free_bytes} bytes", f"{int(room)}"
-    else:
-        key, value, fix = (
-            "cleanup_stop_free_percent",
-            f"{config.cleanup_stop_free_percent:g} %",
-            f"{room * 100 / total:.0f}",
-        )
-    if config.cleanup_stop_free_bytes == defaults.cleanup_stop_free_bytes and key.endswith("bytes"):
-        value += " (the default)"
-    by_headroom = headroom == highest_start > static_start
-    raised = " (its start raised to half the filesystem by headroom_hours)" if by_headroom else ""
-    raise ConfigError(
-        f"{key}: {value} would have cleanup run until {_bytes(highest_stop)} of {size} are free"
-        f"{raised}, more than {100 * MAX_STOP_FRACTION:.0f} %, which free space may never reach: "
-        f"cleanup would delete every unprotected capture; set {key} to at most {fix}"
-        + (" or headroom_hours = 0" if by_headroom else "")
-        + f" ({example})"
-    )
-
-
 def check_filesystem(config: Config, path: Path | list[Path] | None = None) -> None:
     """:func:`check_against_filesystem` with the size of the filesystem holding ``config.data_dir``
     (or, while it does not exist, its nearest existing parent), for the config read from ``path``
@@ -861,15 +725,12 @@ def check_filesystem(config: Config, path: Path | list[Path] | None = None) -> N
         raise ConfigError(f"{' + '.join(map(str, _paths(path))) or 'defaults'}: {exc}") from None
 
 
-def _bytes(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
+    """``value`` (a setting's: bool, int, float, str or a tuple of them) written as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: the same escapes as JSON
     return repr(value)
@@ -888,5 +749,5 @@ def defaults_file() -> str:
         allowed = getattr(f.metadata["check"], "allowed", None)
         if allowed and allowed not in f.metadata["doc"]:
             lines += textwrap.wrap(f"Allowed: {allowed}.", 98, initial_indent="# ", subsequent_indent="#   ")
-        lines += [f"# {f.name} = {_toml_value(f.default)}", ""]
+        lines += [f"# {f.name} = {toml_value(f.default)}", ""]
     return "\n".join(lines)

@@ -46,29 +46,6 @@ from hw.triggers import (
 
 log = logging.getLogger("appliance")
 
-_LIVE_SETTINGS = frozenset(
-    (
-        "trigger_cooldown_s",
-        "max_captures_per_minute",
-        "burst_count",
-        "burst_interval_s",
-        "timelapse_interval_s",
-        "active_windows",
-        "flash_pre_delay_s",
-        "capture_timeout_s",
-        "thumbnail_max_px",
-        "camera_make",
-        "camera_model",
-        "camera_id",
-        "cleanup_start_free_percent",
-        "cleanup_start_free_bytes",
-        "cleanup_stop_free_percent",
-        "cleanup_stop_free_bytes",
-        "headroom_hours",
-        "max_capture_age_days",
-        "capture_min_free_bytes",
-    )
-)  # TEMPORARY until the settings carry their reload rule
 # Seconds between two readings of the clock between captures (a jump is noticed within this).
 CLOCK_CHECK_INTERVAL_S = 10
 # Seconds between two STATUS= lines to systemd (shown by systemctl status).
@@ -285,7 +262,7 @@ class Appliance:
         ``new`` with those settings kept is not a valid config."""
         old = self.config
         changed = {f.name for f in config_module.settings() if getattr(new, f.name) != getattr(old, f.name)}
-        restart = changed - _LIVE_SETTINGS - config_module.EXPORT_IMPORT_SETTINGS
+        restart = changed & config_module.settings_by_reload(config_module.RESTART)
         running = dataclasses.replace(new, **{name: getattr(old, name) for name in restart})
         settings = [(getattr(self, part), kind.from_config(running)) for part, kind in self.LIVE_PARTS]
         for part, part_settings in settings:

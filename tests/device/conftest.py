@@ -1,5 +1,5 @@
 """The on-device tier: real camera, real pins.  Runs only on a Raspberry Pi with
-``APPLIANCE_DEVICE_TESTS=1`` (and the wiring of the README's table); skipped with the reason
+``APPLIANCE_DEVICE_TESTS=1`` (and the wiring of docs/install.md's table); skipped with the reason
 elsewhere, as gpiozero's ``tests/test_real_pins.py`` does."""
 
 import os

@@ -45,7 +45,11 @@ log = logging.getLogger("appliance")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="An unattended camera trap: run it, check its data, clean up, keep photos, "
+        "export and import them.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the appliance until stopped (SIGTERM, SIGINT)")
     check = commands.add_parser(

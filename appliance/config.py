@@ -527,6 +527,12 @@ class Config:
         reload=EXPORT,
     )
 
+    @property
+    def web_listen_host(self) -> str:
+        """The address the status page listens on: :attr:`web_host`, or when it is "" the rule its
+        doc gives (every interface on a field unit, this machine alone in simulation)."""
+        return self.web_host or ("127.0.0.1" if self.simulate else "0.0.0.0")
+
     def __post_init__(self):
         if self.simulate:  # the simulated camera's sizes are bounded as a sensor's are
             for key in ("camera_size_px", "camera_lores_size_px"):

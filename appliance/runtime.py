@@ -177,7 +177,7 @@ class Appliance:
             lights=self.lights,
             clock=self.clock,
         )
-        self.server = WebServer(self._web_app(), _web_host(config), config.web_port)
+        self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port)
         stack.callback(self.server.stop)
         self.scheduler = schedule.Scheduler()
         self.loop = MainLoop(
@@ -321,11 +321,6 @@ class Appliance:
 
     def _close_store(self) -> None:
         self.store_closed = self.store.close()
-
-
-def _web_host(config: config_module.Config) -> str:
-    # The page is for the LAN on a field unit, for this machine alone in simulation.
-    return config.web_host or ("127.0.0.1" if config.simulate else "0.0.0.0")
 
 
 def make_camera(config: config_module.Config):

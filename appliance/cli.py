@@ -4,7 +4,8 @@ and repairs the data directory, ``appliance cleanup`` applies the disk-space pol
 camtrap-dp`` writes a Camtrap DP data package, ``appliance import`` indexes a folder of photos from
 elsewhere, and ``appliance config`` prints or checks config files.
 
-``main()`` wires everything with constructor arguments and closes it in reverse order on exit.
+``run`` is preflight, the running appliance (:class:`~appliance.runtime.Appliance`, which builds
+and closes the parts), signals and the main loop; the other commands open what they need.
 Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
 data directory unusable), 2 for a bad config or command line.  Of ``check``: 0 when every check is
 ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.  Of

@@ -38,8 +38,9 @@ The package, by concept: :mod:`~appliance.store.paths` (names in the data direct
 id and the shards), :mod:`~appliance.store.durable` (publishing and setting aside files),
 :mod:`~appliance.store.schema` (migrations and the capture row), :mod:`~appliance.store.salvage`
 (a damaged or vanished index), :mod:`~appliance.store.writer` (:class:`CaptureStore`) and
-:mod:`~appliance.store.reader` (:class:`IndexReader`, :class:`Snapshot`).  Everything public is
-imported from here.
+:mod:`~appliance.store.reader` (:class:`IndexReader`, :class:`Snapshot`); and
+:mod:`~appliance.store.synthetic`, rows with no files for ``appliance bench``.  Everything public
+is imported from here.
 """
 
 from appliance.store.durable import publish, set_aside

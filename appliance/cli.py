@@ -29,7 +29,7 @@ from gpiozero.exc import GPIOZeroError
 from appliance import config as config_module
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
-from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError
+from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError, UnknownCapture
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
@@ -420,7 +420,7 @@ def protect(config: config_module.Config, capture_ids: list[str], protected: boo
         for capture_id in capture_ids:
             try:
                 store.set_protected(capture_id, protected)
-            except KeyError:
+            except UnknownCapture:
                 unknown.append(capture_id)
     finally:
         store.close()

@@ -259,8 +259,8 @@ class MainLoop:
                     request.error = NotCaptured("the capture failed; see the status page")
             else:
                 self._store.set_protected(request.capture_id, request.action == "protect")
-        except KeyError:  # the store's word for an id it does not have
-            request.error = UnknownCapture(request.capture_id)
+        except UnknownCapture as exc:
+            request.error = exc
         except (StoreError, sqlite3.Error) as exc:
             log.error("%s asked from the status page failed: %s", request.action, exc)
             request.error = exc

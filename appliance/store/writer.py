@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance.datadir import DataDir, UnsafePath
-from appliance.exc import StoreError
+from appliance.exc import StoreError, UnknownCapture
 from appliance.store import salvage
 from appliance.store.paths import (
     CLEAN_MARKER,
@@ -783,10 +783,10 @@ class CaptureStore:
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:
         """Mark a capture as kept by the user (never deleted by cleanup) or not.
-        Raises ``KeyError`` for an unknown id."""
+        Raises :class:`~appliance.exc.UnknownCapture` (a ``KeyError``) for an unknown id."""
         with self.db.atomic():
             cursor = self.db.execute(
                 "UPDATE captures SET protected = ? WHERE id = ?", [int(protected), capture_id]
             )
         if cursor.rowcount == 0:
-            raise KeyError(capture_id)
+            raise UnknownCapture(capture_id)

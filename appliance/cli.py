@@ -21,6 +21,7 @@ import datetime
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -288,7 +289,7 @@ def run(
     logged and ignored.  A SIGHUP during start-up is ignored: the config has just been read.
     ``stopping``: the signal handler :func:`main` installed before reading the config, if it did.
     """
-    stopping = stopping or _Stopping()
+    stopping, started = stopping or _Stopping(), time.monotonic()
     with _stop_signals(stopping), contextlib.closing(Notifier()) as notifier:
         try:
             checks = _preflight(config)
@@ -297,11 +298,13 @@ def run(
                 log.log(level, "preflight %s: %s", check.name, check.reason)
             if any(check.level == FATAL for check in checks):
                 return 1
-            with Appliance(config, notifier=notifier, read_config=reload_config) as appliance:
+            with Appliance(
+                config, notifier=notifier, read_config=reload_config, started_monotonic=started
+            ) as appliance:
                 if reload_config is not None:
                     signal.signal(signal.SIGHUP, lambda num, frame: appliance.loop.request_reload())
                 stopping.loop = appliance.loop
-                print(f"Status page: {appliance.server.url} ({appliance.mode}, data in {config.data_dir})",
+                print(f"Status page: {appliance.server.url} ({appliance.mode}, data in {appliance.data_dir})",
                       flush=True)  # fmt: skip
                 appliance.run(duration_s)
         except _Stopped as exc:

@@ -84,6 +84,8 @@ class Appliance:
         checked by preflight.
     :param notifier: systemd's notification socket (None: a disabled one, as outside systemd).
     :param read_config: reads the config files again on SIGHUP (None: no reload).
+    :param started_monotonic: :func:`time.monotonic` when the start began, preflight included
+        (for the uptime; None: now).
 
     Raises, closing what was opened: :class:`~appliance.exc.ApplianceError` (the store cannot be
     opened), :class:`~hw.exc.HardwareError` and gpiozero's errors (camera, pins), ``OSError`` (the
@@ -106,9 +108,10 @@ class Appliance:
         *,
         notifier: Notifier | None = None,
         read_config: Callable[[], config_module.Config] | None = None,
+        started_monotonic: float | None = None,
     ):
         self.config = config
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started_monotonic is None else started_monotonic
         self.mode = "simulation" if config.simulate else "hardware"
         self.data_dir = Path(config.data_dir)
         self.events: queue.Queue = queue.Queue()
@@ -247,7 +250,7 @@ class Appliance:
         guarded("cleanup", self.cleanup.tick)()  # before the first capture, not a second later
         if self.config.uv_pin:
             guarded("UV light", self._switch_uv)()
-        self.notifier.ready(self.status.collect().systemd_line())
+        self.notifier.ready(self.status.systemd_line())
         try:
             self.loop.run(duration_s)
         finally:
@@ -263,7 +266,10 @@ class Appliance:
         old = self.config
         changed = {f.name for f in config_module.settings() if getattr(new, f.name) != getattr(old, f.name)}
         restart = changed & config_module.settings_by_reload(config_module.RESTART)
-        running = dataclasses.replace(new, **{name: getattr(old, name) for name in restart})
+        try:
+            running = dataclasses.replace(new, **{name: getattr(old, name) for name in restart})
+        except ConfigError as exc:  # valid alone (it was loaded), but not beside the running ones
+            raise ConfigError(f"with the settings that take a restart unchanged, {exc}") from None
         settings = [(getattr(self, part), kind.from_config(running)) for part, kind in self.LIVE_PARTS]
         for part, part_settings in settings:
             part.configure(part_settings)
@@ -282,7 +288,7 @@ class Appliance:
             log.warning("config: %s changed, which takes a restart", ", ".join(sorted(done.restart)))
 
     def _send_status(self) -> None:
-        self.notifier.status(self.status.collect().systemd_line())
+        self.notifier.status(self.status.systemd_line())
 
     def _web_app(self):
         deps = WebDeps(

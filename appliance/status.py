@@ -142,11 +142,15 @@ class Status:
     def systemd_line(self) -> str:
         """One line for systemd's ``STATUS=`` (shown by ``systemctl status``): captures of the last
         24 h and in all, free space in GB, and the cleanup's state."""
-        free = f"{self.disk.free_bytes / 1e9:.1f} GB free" if self.disk else "free space unknown"
-        return (
-            f"{self.captures.last_24h} captures in the last 24 h, {self.captures.total} in all; "
-            f"{free}; cleanup {self.cleanup.state if self.cleanup else 'ok'}"
-        )
+        return _systemd_line(self.captures, self.disk, self.cleanup)
+
+
+def _systemd_line(captures: "CaptureCounts", disk: "Disk | None", cleanup: CleanupStatus | None) -> str:
+    free = f"{disk.free_bytes / 1e9:.1f} GB free" if disk else "free space unknown"
+    return (
+        f"{captures.last_24h} captures in the last 24 h, {captures.total} in all; "
+        f"{free}; cleanup {cleanup.state if cleanup else 'ok'}"
+    )
 
 
 def _plain(value):
@@ -255,11 +259,7 @@ class StatusCollector:
         camera = self._camera.status() if self._camera else None
         probed = self._probes.status() if self._probes else None
         clock = self._clock.status() if self._clock else None
-        # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
-        synced = probed is None or probed.clock_synced is not False
-        trusted = synced and (clock is None or clock.state == TRUSTED)
-        boot = None if trusted else (boot_id(), time.clock_gettime(time.CLOCK_BOOTTIME))
-        counts = CaptureCounts(**self._reader.counts(datetime.datetime.now(datetime.UTC), boot=boot))
+        counts = self._counts(clock, synced=probed is None or probed.clock_synced is not False)
         return Status(
             version=__version__,
             mode=self._mode,
@@ -277,6 +277,20 @@ class StatusCollector:
             clock=clock,
             latest=tuple(capture_json(row) for row in self._reader.latest(LATEST_COUNT)),
         )
+
+    def systemd_line(self) -> str:
+        """:meth:`Status.systemd_line` of the state now, reading only the counts, the disk and
+        the cleanup: it runs on the main loop, which must not wait for the probes (a subprocess)
+        nor read the newest captures."""
+        cleanup = self._cleanup.status() if self._cleanup else None
+        counts = self._counts(self._clock.status() if self._clock else None, synced=True)
+        return _systemd_line(counts, self._disk(counts, cleanup), cleanup)
+
+    def _counts(self, clock: ClockStatus | None, *, synced: bool) -> CaptureCounts:
+        # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
+        trusted = synced and (clock is None or clock.state == TRUSTED)
+        boot = None if trusted else (boot_id(), time.clock_gettime(time.CLOCK_BOOTTIME))
+        return CaptureCounts(**self._reader.counts(datetime.datetime.now(datetime.UTC), boot=boot))
 
     def _problems(
         self,

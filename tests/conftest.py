@@ -4,7 +4,6 @@ import errno
 import importlib
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from hw import system
 from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.lights import Lights, LightsSettings
-from hw.system import Probes
+from hw.system import DiskUsage, Probes
 from hw.triggers import GateSettings, TriggerGate
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -423,7 +422,7 @@ def server(store, photo):
     thumbnail = thumbnails.from_jpeg(photo, 320)
     rows = [store.add(photo, thumbnail, timestamp=clock.now(), trigger=t) for t in ("button", "motion")]
     store.add(photo, None, timestamp=clock.now(), trigger="manual")  # its thumbnail could not be made
-    disk = shutil._ntuple_diskusage(1000, 600, 400)
+    disk = DiskUsage(1000, 600, 400)
     reader = IndexReader(store.data_dir)
     status = StatusCollector(
         reader, mode="simulation", started_monotonic=time.monotonic() - 3725, disk_usage=lambda path: disk

@@ -3,6 +3,7 @@ applies what the settings' reload rule says, and nothing a part does not read is
 
 import dataclasses
 import datetime
+import time
 
 import pytest
 import requests
@@ -81,7 +82,10 @@ def test_a_reload_valid_alone_but_not_with_the_running_restart_settings_changes_
     new = dataclasses.replace(config, camera_exposure_time_us=0, capture_timeout_s=3, burst_count=2)
     with Appliance(config, notifier=Notifier({})) as appliance:
         before = appliance.loop.settings
-        with pytest.raises(config_module.ConfigError, match="capture_timeout_s"):
+        with pytest.raises(
+            config_module.ConfigError,
+            match="with the settings that take a restart unchanged, capture_timeout_s",
+        ):
             appliance.reload(new)
         assert appliance.loop.settings is before and appliance.config is config
 
@@ -90,3 +94,10 @@ def test_the_jobs_are_listed_in_one_place_and_scheduled_from_it(appliance):
     names = [job.name for job in appliance.jobs()]
     assert names[:5] == ["cleanup", "WAL checkpoint", "camera recovery", "clock check", "timelapse"]
     assert len(appliance.scheduler.get_jobs()) == len(names)
+
+
+def test_the_uptime_counts_from_the_start_it_is_given(tmp_path):
+    config = Config(data_dir=str(tmp_path), simulate=True, web_host="127.0.0.1", web_port=0)
+    started = time.monotonic() - 100  # preflight began 100 s ago
+    with Appliance(config, notifier=Notifier({}), started_monotonic=started) as appliance:
+        assert appliance.status.collect().uptime_s >= 100

@@ -3,7 +3,6 @@ and systemd's ``STATUS=`` line; the JSON keeps the shape it had before the contr
 
 import datetime
 import json
-import shutil
 import signal
 import time
 import types
@@ -32,7 +31,7 @@ from hw.camera import RecoveringCamera, SimulatedCamera
 from hw.clock import ManualClock
 from hw.exc import CameraTimeout
 from hw.lights import Lights, LightsSettings
-from hw.system import Probes
+from hw.system import DiskUsage, Probes
 from hw.triggers import GateSettings, TriggerGate
 from tests.test_end_to_end import start, status_url, wait_for_captures
 
@@ -69,7 +68,7 @@ def test_api_status_of_a_simulated_run_keeps_the_keys_it_had_before_the_status_c
 
 # --- The collector, with real parts ----------------------------------------------------------------
 
-DISK = shutil._ntuple_diskusage(total=64_000_000_000, used=48_000_000_000, free=16_000_000_000)
+DISK = DiskUsage(total=64_000_000_000, used=48_000_000_000, free=16_000_000_000)
 
 
 @pytest.fixture
@@ -97,7 +96,7 @@ def parts(store, tmp_path, monkeypatch):
     parts.clock.now()
 
     def disk_usage(path):
-        return shutil._ntuple_diskusage(DISK.total, DISK.total - parts.free, parts.free)
+        return DiskUsage(DISK.total, DISK.total - parts.free, parts.free)
 
     parts.disk_usage = disk_usage
     parts.cleanup = Cleanup(store, Policy(), disk_usage=disk_usage, clock=parts.clock)
@@ -235,6 +234,15 @@ def test_the_systemd_line_keeps_its_wording(store, parts):
     )
     status = collector_of(store, parts, disk_usage=lambda path: None, cleanup=None).collect()
     assert status.systemd_line() == "2 captures in the last 24 h, 2 in all; free space unknown; cleanup ok"
+
+
+def test_the_systemd_line_sent_from_the_main_loop_never_runs_the_probes(store, parts, tmp_path):
+    runs = tmp_path / "vcgencmd-runs"
+    parts.vcgencmd.write_text(f"#!/bin/sh\necho run >> {runs}\necho throttled=0x0\n")
+    take(store, parts)
+    collector = collector_of(store, parts)
+    assert collector.systemd_line() == collector.collect().systemd_line()
+    assert runs.read_text() == "run\n"  # collect() ran vcgencmd once; systemd_line() never did
 
 
 # --- One collector behind the page, the API, /healthz and /metrics ---------------------------------

@@ -222,6 +222,10 @@ class Appliance:
             source = SimulatedTriggerSource(self.triggers, config.simulate_trigger_interval_s)
             source.start()
             stack.callback(source.stop)
+        # Before the first capture (and before the status page is announced), not a second later.
+        guarded("cleanup", self.cleanup.tick)()
+        if config.uv_pin:
+            guarded("UV light", self._switch_uv)()
 
     def jobs(self) -> list[Job]:
         """The periodic jobs of the main loop's scheduler, all of them."""
@@ -247,9 +251,6 @@ class Appliance:
         ``READY=1`` at the start and ``STOPPING=1`` at the end.  Raises what stopped the loop on
         its own (a damaged or vanished index, a camera that failed too often), so that systemd
         restarts the appliance."""
-        guarded("cleanup", self.cleanup.tick)()  # before the first capture, not a second later
-        if self.config.uv_pin:
-            guarded("UV light", self._switch_uv)()
         self.notifier.ready(self.status.systemd_line())
         try:
             self.loop.run(duration_s)

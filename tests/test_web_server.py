@@ -489,7 +489,7 @@ def test_fuzzed_raw_requests_through_the_real_server_never_get_a_5xx(main_loop, 
     ids=["malformed request line", "header without a colon", "body over 16 KiB", "headers over 16 KiB",
          "unknown transfer coding"],
 )  # fmt: skip
-def test_the_servers_own_error_answers_carry_the_security_headers_and_no_store(live, request_, status):
+def test_the_servers_own_refusals_carry_the_security_headers_and_no_store(live, request_, status):
     answer = exchange(live.port, request_)
     assert answer.status == status
     assert_every_answer_headers(answer)

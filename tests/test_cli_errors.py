@@ -157,8 +157,8 @@ def test_export_to_a_file_is_refused_naming_a_folder(tmp_path):
         'latitude = 51.5\nlongitude = 4.7\ndata_license = "CC0-1.0"\nmedia_license = "CC-BY-4.0"\n'
     )
     (tmp_path / "package.zip").write_text("mine")
-    result = appliance_command("export", "camtrap-dp", tmp_path / "package.zip", "--data-dir", tmp_path / "data",
-                               "--config", config)  # fmt: skip
+    result = appliance_command("export", "camtrap-dp", tmp_path / "package.zip",
+                               "--data-dir", tmp_path / "data", "--config", config)  # fmt: skip
     assert refusal(result) == (
         f"appliance: export: {tmp_path / 'package.zip'}: is a file, not a folder: name a new or empty folder "
         "for the package"

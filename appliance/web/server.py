@@ -89,7 +89,8 @@ def port_holder(port: int) -> str | None:
     """Which process listens on TCP ``port``, as ``"process 1234 (python3)"``, for the message of a
     port in use; None when it cannot be told (not Linux, a process this user may not look into, or
     one gone meanwhile).  Reads ``/proc/net/tcp`` and ``tcp6`` for the listening socket's inode,
-    then each process's ``/proc/PID/fd`` for that socket (proc(5)): milliseconds on a Pi."""
+    then each process's ``/proc/PID/fd`` for that socket (proc(5)): about 50 ms with 91 processes
+    on a 2-core development machine, on the error path only."""
     sockets = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from appliance.cleanup import MAX_HEADROOM_FRACTION
 from appliance.exc import ConfigError
-from hw.camera import LARGEST_SENSOR_PX, SIMULATED_MAX_SIZE_PX
+from hw.camera import LARGEST_SENSOR_PX, SIMULATED_MAX_SIZE_PX, first_replayable, replay_files
 from hw.triggers import ActiveWindows
 
 if TYPE_CHECKING:
@@ -119,11 +119,59 @@ def path_or_empty(value):
     return None if value == "" else kernel_path(value)
 
 
-@_allowing('an existing folder, or ""; only with simulate = true')
-def folder_or_empty(value):
+@_allowing(f"{kernel_path.allowed}, not empty, that is a folder or can be created as one")
+def data_folder(value):
+    """The data directory: a folder, or a path where one can be made (nothing on the way to it is a
+    file).  Checked as the config is read, so that every command refuses a file with exit status
+    2 before it opens anything."""
+    if value == "":
+        return 'must not be empty: name a folder (it is created if missing), e.g. "appliance-data"'
+    problem = kernel_path(value)
+    if problem:
+        return problem
+    path = Path(value)
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    if not os.path.lexists(path) or path.is_dir():
+        return None
+    where = "" if path == Path(value) else f"is inside {str(path)!r}, which "
+    if path.is_symlink():
+        return (
+            f"{where}is a symlink to {os.readlink(path)!r}, which does not exist: create that folder, "
+            "or name another"
+        )
+    return f"{where}is a file, not a folder: name a folder (it is created if missing), or move the file away"
+
+
+_REPLAY_UNSET = "leave it unset (run without --replay)"
+
+
+@_allowing('a folder holding at least one JPEG that can be decoded, or ""; only with simulate = true')
+def replay_folder(value):
+    """simulate_replay_dir: an existing folder (its photos are checked with the other settings, by
+    :func:`replay_photos`, once the config says it is used)."""
     if value == "":
         return None
-    return kernel_path(value) or (None if Path(value).is_dir() else "is not a folder")
+    problem = kernel_path(value)
+    if problem or Path(value).is_dir():
+        return problem
+    missing = "does not exist" if not os.path.lexists(value) else "is not a folder"
+    return f"{missing}: name a folder of JPEG photos, or {_REPLAY_UNSET}"
+
+
+def replay_photos(folder: str) -> str | None:
+    """What is wrong with the replay folder ``folder`` (an existing one): no JPEG in it that can be
+    decoded, so that the mistake is not hidden by the rendered scene the simulated camera would
+    fall back to.  Decodes its files in name order up to the first that is such a JPEG."""
+    to_do = f"add JPEG photos to it, or {_REPLAY_UNSET} for a rendered scene"
+    try:
+        files = replay_files(Path(folder))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc}): {to_do}"
+    if first_replayable(files) is None:
+        looked_at = f"{len(files)} file{'s' if len(files) != 1 else ''} looked at"
+        return f"holds no JPEG that can be decoded ({looked_at}): {to_do}"
+    return None
 
 
 def printable(max_chars: int, *, ascii_only: bool = False):

@@ -6,20 +6,25 @@ elsewhere, and ``appliance config`` prints or checks config files.
 
 ``run`` is preflight, the running appliance (:class:`~appliance.runtime.Appliance`, which builds
 and closes the parts), signals and the main loop; the other commands open what they need.
-Exit status of ``run``: 0 after a clean stop, 1 when start-up fails (no camera, GPIO unavailable,
-data directory unusable), 2 for a bad config or command line.  Of ``check``: 0 when every check is
-ok, 1 when one warns (something was repaired, say), 2 when one is fatal or the config is bad.  Of
-``export``: 0 on success, 1 when writing fails, 2 for a bad config or command line, settings the
-export needs that are not set, or an output folder that is not empty.  Of ``import``: 0 when every
-file was looked at (skipped files included), 1 when it stopped early (free space, the store, an
-interrupt), 2 for a bad config or command line.
+
+Exit status, the same rule for every command (each one's ``--help`` ends with its own,
+:data:`EXIT_STATUS`): 0 ok; 1 warnings, or done in part, or a failure of the machine (no camera,
+GPIO unavailable, the data disk unusable or not mounted, the status page's port in use: what
+systemd restarts ``run`` for, since it can mend itself); 2 refused, for a mistake in what was
+given (a bad config or command line, a data directory that is a file, a replay folder without a
+photo, a file or folder argument that is not what it must be), which no restart can mend
+(systemd/appliance.service: ``RestartPreventExitStatus=2``).  Each refusal is one line on standard
+error, ``appliance: ...``, saying what is wrong and what to do.
 """
 
 import argparse
 import contextlib
 import datetime
+import errno
 import logging
+import math
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +32,7 @@ from pathlib import Path
 
 from gpiozero.exc import GPIOZeroError
 
+from appliance import __version__
 from appliance import config as config_module
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
@@ -37,6 +43,7 @@ from appliance.loop import MainLoop
 from appliance.reconcile import open_store
 from appliance.runtime import Appliance
 from appliance.store import DB_NAME, TRIGGERS, IndexReader, unsafe_layout
+from appliance.web import listen, port_holder
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
@@ -46,13 +53,60 @@ from hw.exc import HardwareError, UnsupportedCameraSize
 log = logging.getLogger("appliance")
 
 
+# The exit statuses of each command, the end of its --help: a new command adds its line here.
+EXIT_STATUS = {
+    "appliance": "0 ok; 1 warnings, done in part, or a failure of the machine; 2 refused: a bad config "
+    "or command line, or an argument that is not what it must be. Each command's --help says more.",
+    "run": "0 after a clean stop (SIGTERM, SIGINT, --duration-s); 1 when the machine fails it: no camera, "
+    "GPIO unavailable, the data disk unusable or not mounted, the port of the status page in use, the "
+    "capture store not closed cleanly, a camera that keeps failing (systemd restarts it); 2 refused: a "
+    "bad config or command line, a data directory that is a file, a replay folder without a photo "
+    "(systemd does not restart it).",
+    "check": "0 every check is ok or only a note (in simulation an unsynchronised clock is a note); 1 a "
+    "check warns: something was repaired, or needs a look; 2 a check is fatal, or the config or command "
+    "line is bad.",
+    "cleanup": "0 done (with --dry-run, planned); 1 it failed: the appliance runs (the store's lock), or "
+    "the disk failed; 2 refused: a bad config or command line, or no capture store in the data directory.",
+    "clock": "0 the clock is trusted (with --trust: trusted from now on); 1 it is not (with --trust: the "
+    "kernel does not say it is synchronised, or the appliance runs); 2 a bad config or command line.",
+    "protect": "0 every capture is marked; 1 an id is unknown (the others are marked), or the appliance "
+    "runs; 2 refused: a bad config or command line, or no capture store in the data directory.",
+    "unprotect": "0 every capture is marked; 1 an id is unknown (the others are marked), or the appliance "
+    "runs; 2 refused: a bad config or command line, or no capture store in the data directory.",
+    "bench": "0 measured, whatever the verdicts; 1 the benchmark itself failed; 2 refused: a bad command "
+    "line, a --photo that is not a JPEG, a --data-dir that cannot be a folder.",
+    "config": "0 the defaults printed, or every file is ok; 2 a file is bad, or a bad command line.",
+    "export": "that of its format's command (appliance export camtrap-dp --help); 2 for a bad command line.",
+    "export camtrap-dp": "0 written; 1 writing failed; 2 refused: a bad config or command line, "
+    "settings the export needs that are not set, an output that is a file or a folder that is not empty.",
+    "import": "0 every file was looked at (skipped files included); 1 it stopped early (free space, the "
+    "store, an interrupt); 2 refused: a bad config or command line, or DIR is not a folder.",
+}
+# The commands that change an existing capture store, and refuse to make one.
+STORE_COMMANDS = ("cleanup", "protect", "unprotect")
+# A command without its own line in EXIT_STATUS (tests/test_cli_errors.py fails then) gets the rule.
+_EXIT_RULE = EXIT_STATUS["appliance"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of a command line is one line on standard error (exit
+    status 2): ``appliance: run: argument --port: ... (see appliance run --help)``."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("appliance").strip()
+        self.exit(2, f"appliance: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="appliance",
         description="An unattended camera trap: run it, check its data, clean up, keep photos, "
         "export and import them.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"appliance {__version__}", help="print the version and exit"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the appliance until stopped (SIGTERM, SIGINT)")
     check = commands.add_parser(
         "check", help="check the data directory and repair the index (stop the appliance first)"
@@ -75,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     for command in (protect, unprotect):
         command.add_argument("ids", nargs="+", metavar="ID", help="capture id (32 hex characters)")
     bench = commands.add_parser("bench", help="measure the capture path and store against baselines")
-    bench.add_argument("--data-dir", help="where to measure, on the card (default: the temporary folder)")
+    bench.add_argument("--data-dir", metavar="DIR",
+                       help="folder to measure in, created if missing; on the card, to measure the card "
+                            "(default: the temporary folder)")  # fmt: skip
     bench.add_argument("--photo", metavar="FILE", help="the JPEG to capture (default: a synthetic 12 MP one)")
     bench.add_argument("--captures", type=int, default=10_000, metavar="N",
                        help="captures in the ingest run (default 10,000; at least 100)")  # fmt: skip
@@ -100,7 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     camtrap_dp.add_argument("--media", choices=MEDIA_MODES, default="copy",
                             help="copy the photos (default), hard-link them, or write none")  # fmt: skip
     importing = commands.add_parser(
-        "import", help="index a folder of photos from an earlier unit or another camera (stop the appliance)"
+        "import",
+        help="index a folder of photos from an earlier unit or another camera (stop the appliance first)",
     )
     importing.add_argument("folder", type=Path, metavar="DIR", help="folder of photos (searched recursively)")
     importing.add_argument(
@@ -114,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
         "--utc-offset",
         type=_utc_offset,
         metavar="+HH:MM",
-        help="zone of EXIF times that carry no offset, e.g. +01:00 or =-05:30 (default: this machine's zone)",
+        help="zone of EXIF times that carry no offset, e.g. +01:00 or -05:30 (default: this machine's zone)",
     )
     importing.add_argument(
         "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
@@ -124,21 +181,55 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )
-        command.add_argument("--data-dir", help="override data_dir")
-        command.add_argument("--log-level", default="INFO" if command is run else "WARNING",
-                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])  # fmt: skip
+        command.add_argument("--data-dir", metavar="DIR", help="the data directory (overrides data_dir)")
+        level = "INFO" if command is run else "WARNING"
+        command.add_argument("--log-level", default=level, type=str.upper, metavar="LEVEL",
+                             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                             help=f"the least severe messages logged: DEBUG, INFO, WARNING or ERROR "
+                                  f"(default: {level})")  # fmt: skip
     for command in (run, check):
         command.add_argument(
-            "--simulate", action="store_true", default=None, help="no Pi: mock GPIO, simulated camera"
+            "--simulate", action="store_true", default=None, help="no Pi: mock GPIO pins, a simulated camera"
         )
-    run.add_argument("--replay", metavar="DIR", help="simulate, replaying the JPEGs in DIR")
+    run.add_argument("--replay", metavar="DIR",
+                     help="simulate, replaying the JPEG photos in DIR (in name order, looping)")  # fmt: skip
     run.add_argument(
         "--trigger-interval-s", type=float, metavar="S", help="in simulation, seconds between triggers"
     )
-    run.add_argument("--duration-s", type=float, metavar="S", help="stop cleanly after S seconds")
-    run.add_argument("--host", help="override web_host")
-    run.add_argument("--port", type=int, help="override web_port")
+    run.add_argument(
+        "--duration-s", type=_seconds, metavar="S", help="stop cleanly after S seconds (0 or more)"
+    )
+    run.add_argument("--host", help="address the status page listens on (overrides web_host)")
+    run.add_argument(
+        "--port", type=int, help="TCP port of the status page, 0 for any free one (overrides web_port)"
+    )
+    for name, command, summary in _commands(parser):
+        if summary and not command.description:  # its line in the list of commands, as a sentence
+            command.description = summary[:1].upper() + summary[1:] + "."
+        command.epilog = f"Exit status: {EXIT_STATUS.get(name, _EXIT_RULE)}"
     return parser
+
+
+def _commands(parser: argparse.ArgumentParser, name: str = "appliance", summary: str = ""):
+    """``(name, parser, summary)`` of ``parser`` and of each of its commands, depth first: the
+    command's name without "appliance" ("export camtrap-dp"), and its one-line help."""
+    yield name, parser, summary
+    for action in parser._actions:  # argparse lists its commands nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for command, subparser in action.choices.items():
+                full = f"{name} {command}".removeprefix("appliance ")
+                yield from _commands(subparser, full, helps.get(command, ""))
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds: give 0 or more, e.g. 30")
+    return seconds
 
 
 def _iso_time(text: str) -> datetime.datetime:
@@ -202,6 +293,34 @@ def config_command(args) -> int:
             return 2
         print(f"{' + '.join(map(str, paths))}: ok together")
     return status
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The status page's listening socket on ``host``:``port``, bound before ``run`` opens
+    anything; None, with the reason and what to do on standard error, when it cannot be bound."""
+    try:
+        return listen(host, port)
+    except OSError as exc:
+        print(f"appliance: the status page cannot listen on {host}:{port}: {_bind_problem(exc, port)}",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
+def _bind_problem(exc: OSError, port: int) -> str:
+    """What is wrong when binding the status page's port failed with ``exc``, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        holder = port_holder(port)
+        return (
+            f"the port is in use{f' by {holder}' if holder else ''}: stop that program, or choose "
+            "another port with --port or web_port (0: any free port)"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return 'that is no address of this machine: set web_host (--host) to one of its addresses, or ""'
+    if exc.errno == errno.EACCES:
+        return "a port below 1024 needs privileges: choose 1024 or above with --port or web_port"
+    if isinstance(exc, socket.gaierror):
+        return f"{exc.strerror}: set web_host (--host) to an IP address"
+    return f"{exc.strerror or exc}: check web_host and web_port (--host, --port)"
 
 
 def _preflight(config: config_module.Config) -> list[Check]:
@@ -277,9 +396,13 @@ def run(
 ) -> int:
     """Run the appliance with ``config`` until a signal or ``duration_s`` seconds.
 
+    Binds the status page's port first, before anything is opened, then runs preflight.
+
     Returns 0 after a clean stop, also when SIGTERM or SIGINT comes during start-up (preflight,
     the store's check, opening the camera: what was opened is closed, and the next start goes on
-    from there); 1 when a preflight check is fatal or the capture store could not be closed.
+    from there); 1 when the port cannot be bound (in use, say: another program may let it go,
+    so systemd tries again), when a preflight check is fatal, or when the capture store could not
+    be closed.
     Start-up failures of the parts raise (:class:`ApplianceError`, :class:`HardwareError`, gpiozero
     errors, ``OSError``), and so does a damaged or vanished index found while running
     (:class:`~appliance.store.CorruptDatabaseError`, :class:`~appliance.store.IndexGoneError`,
@@ -292,21 +415,29 @@ def run(
     stopping, started = stopping or _Stopping(), time.monotonic()
     with _stop_signals(stopping), contextlib.closing(Notifier()) as notifier:
         try:
-            checks = _preflight(config)
-            for check in checks:
-                level = {FATAL: logging.ERROR, WARNING: logging.WARNING}.get(check.level, logging.INFO)
-                log.log(level, "preflight %s: %s", check.name, check.reason)
-            if any(check.level == FATAL for check in checks):
+            listener = _listen(config.web_listen_host, config.web_port)
+            if listener is None:
                 return 1
-            with Appliance(
-                config, notifier=notifier, read_config=reload_config, started_monotonic=started
-            ) as appliance:
-                if reload_config is not None:
-                    signal.signal(signal.SIGHUP, lambda num, frame: appliance.loop.request_reload())
-                stopping.loop = appliance.loop
-                print(f"Status page: {appliance.server.url} ({appliance.mode}, data in {appliance.data_dir})",
-                      flush=True)  # fmt: skip
-                appliance.run(duration_s)
+            with contextlib.closing(listener):  # the web server closes it too, once it has it
+                checks = _preflight(config)
+                for check in checks:
+                    level = {FATAL: logging.ERROR, WARNING: logging.WARNING}.get(check.level, logging.INFO)
+                    log.log(level, "preflight %s: %s", check.name, check.reason)
+                if any(check.level == FATAL for check in checks):
+                    return 1
+                with Appliance(
+                    config,
+                    notifier=notifier,
+                    read_config=reload_config,
+                    started_monotonic=started,
+                    listener=listener,
+                ) as appliance:
+                    if reload_config is not None:
+                        signal.signal(signal.SIGHUP, lambda num, frame: appliance.loop.request_reload())
+                    stopping.loop = appliance.loop
+                    url, mode, data_dir = appliance.server.url, appliance.mode, appliance.data_dir
+                    print(f"Status page: {url} ({mode}, data in {data_dir})", flush=True)
+                    appliance.run(duration_s)
         except _Stopped as exc:
             log.info("stopped during start-up (%s); the next start goes on from there", exc)
             return 0
@@ -322,8 +453,9 @@ def run(
 def check(config: config_module.Config) -> int:
     """``appliance check``: the preflight checks, then a full reconciliation of the capture store.
 
-    Prints one line per check (level, name, reason) and returns 0 when all are ok, 1 when any
-    warns, 2 when any is fatal.  Never run it beside a running appliance: the store's lock refuses.
+    Prints one line per check (level, name, reason) and returns 0 when each is ok or a note (in
+    simulation, an unsynchronised clock: :func:`boot.preflight.check_clock`), 1 when any warns, 2
+    when any is fatal.  Never run it beside a running appliance: the store's lock refuses.
     """
     data_dir = Path(config.data_dir)
     checks = _preflight(config)
@@ -466,7 +598,9 @@ def import_command(config: config_module.Config, args) -> int:
     listing each skipped file with its reason, then a summary.  Ctrl-C (or SIGTERM) ends it after
     the photo being stored.  Returns 0, 1 when it stopped early, 2 when DIR is not a folder."""
     if not args.folder.is_dir():
-        print(f"appliance: import: {args.folder}: not a folder", file=sys.stderr)
+        what = "is not a folder" if args.folder.exists() else "no such folder"
+        print(f"appliance: import: {args.folder}: {what}: name the folder that holds the photos",
+              file=sys.stderr)  # fmt: skip
         return 2
     data_dir = Path(config.data_dir)
     interrupted = []
@@ -587,6 +721,11 @@ def _command(args, stopping: _Stopping | None = None) -> int:
     log.info("config: %s", args.config or ", ".join(map(str, config_module.default_paths())) or "defaults")
     if args.command == "check":
         return check(config)
+    if args.command in STORE_COMMANDS and not (Path(config.data_dir) / DB_NAME).is_file():
+        # Rather than make an empty store where a mistyped --data-dir points.
+        print(f"appliance: {args.command}: no capture store in {config.data_dir} (no {DB_NAME} there): "
+              "check --data-dir or data_dir", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         if args.command == "cleanup":
             return cleanup(config, dry_run=args.dry_run)

@@ -91,7 +91,7 @@ class Config:
         "appliance-data",
         "Folder holding captures.db, media/ and thumbnails/ (relative paths are taken from the "
         "working directory).",
-        bounds.kernel_path,
+        bounds.data_folder,
         reload=RESTART,
     )
     data_mount: str = _setting(
@@ -110,7 +110,7 @@ class Config:
         "",
         "In simulation, replay the JPEGs in this folder (in name order, looping) instead of "
         "rendering a synthetic scene.",
-        bounds.folder_or_empty,
+        bounds.replay_folder,
         reload=RESTART,
     )
     simulate_trigger_interval_s: float = _setting(
@@ -568,6 +568,10 @@ class Config:
             )
         if self.simulate_replay_dir and not self.simulate:
             raise ConfigError("simulate_replay_dir: only used in simulation (simulate = true)")
+        if self.simulate_replay_dir:
+            problem = bounds.replay_photos(self.simulate_replay_dir)
+            if problem:
+                raise ConfigError(f"simulate_replay_dir: {self.simulate_replay_dir!r} {problem}")
         if bool(self.data_license) != bool(self.media_license):
             raise ConfigError(
                 "data_license, media_license: set both (Camtrap DP wants one of each) or neither"
@@ -684,8 +688,16 @@ def load(path: Path | list[Path] | None = None, **overrides) -> Config:
             # utf-8-sig: a file saved by an editor that writes a byte-order mark (Windows Notepad,
             # on the SD card's boot partition) reads as if it had none.
             document = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file: check the path (a TOML config file)") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder: name the TOML config file itself") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}: cannot be read ({exc.strerror or exc}): check its permissions"
+            ) from exc
         # ValueError: tomllib.TOMLDecodeError, and an integer too long to convert (over 4300 digits).
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         for key, value in document.items():
             try:

@@ -354,8 +354,12 @@ class Package:
 
 
 def _check_outdir(outdir: Path) -> None:
-    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
-        raise ExportError(f"{outdir}: exists and is not an empty folder; refusing to overwrite it")
+    if outdir.exists() and not outdir.is_dir():
+        raise ExportError(f"{outdir}: is a file, not a folder: name a new or empty folder for the package")
+    if outdir.exists() and any(outdir.iterdir()):
+        raise ExportError(
+            f"{outdir}: is not an empty folder; refusing to overwrite it: name a new or empty folder"
+        )
 
 
 def _write_member(member: Member, target: Path, link: bool) -> None:

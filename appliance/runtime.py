@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import logging
 import queue
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class Appliance:
     :param read_config: reads the config files again on SIGHUP (None: no reload).
     :param started_monotonic: :func:`time.monotonic` when the start began, preflight included
         (for the uptime; None: now).
+    :param listener: the status page's listening socket, bound already (by ``appliance run``,
+        before it opens anything, so that a port in use is found first), closed with the other
+        parts; None: bind ``web_listen_host``:``web_port`` here.
 
     Raises, closing what was opened: :class:`~appliance.exc.ApplianceError` (the store cannot be
     opened), :class:`~hw.exc.HardwareError` and gpiozero's errors (camera, pins), ``OSError`` (the
@@ -109,6 +113,7 @@ class Appliance:
         notifier: Notifier | None = None,
         read_config: Callable[[], config_module.Config] | None = None,
         started_monotonic: float | None = None,
+        listener: socket.socket | None = None,
     ):
         self.config = config
         self.started = time.monotonic() if started_monotonic is None else started_monotonic
@@ -118,6 +123,7 @@ class Appliance:
         self.notifier = notifier or Notifier({})
         self.store_closed: bool | None = None  # whether the store closed cleanly, once it has
         self._read_config = read_config
+        self._listener = listener
         self._stack = contextlib.ExitStack()
         try:
             self._build()
@@ -137,6 +143,8 @@ class Appliance:
 
     def _build(self) -> None:
         config, stack = self.config, self._stack
+        if self._listener is not None:  # closed on every way out (the server's stop closes it too)
+            stack.callback(self._listener.close)
         self.notifier.status("checking the capture store")
         self.store, self.reconciliation = open_store(
             self.data_dir, thumbnail_max_px=config.thumbnail_max_px, beside=True
@@ -180,7 +188,7 @@ class Appliance:
             lights=self.lights,
             clock=self.clock,
         )
-        self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port)
+        self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port, sock=self._listener)
         stack.callback(self.server.stop)
         self.scheduler = schedule.Scheduler()
         self.loop = MainLoop(

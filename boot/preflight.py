@@ -1,8 +1,9 @@
 """Preflight checks: find what would make the appliance fail, or fail silently, before it captures.
 
-Each check returns a :class:`Check` with a level (``ok``, ``warning`` or ``fatal``) and a one-line
-reason.  ``appliance run`` refuses to start when any check is fatal; ``appliance check`` prints them
-all as a table.  No check raises.
+Each check returns a :class:`Check` with a level and a one-line reason: ``ok``; ``note``, worth
+knowing but needing no action; ``warning``, needing a look or an action; ``fatal``, the appliance
+cannot run.  ``appliance run`` refuses to start when any check is fatal; ``appliance check`` prints
+them all as a table and exits 1 for a warning, never for a note.  No check raises.
 """
 
 import os
@@ -17,12 +18,12 @@ from hw.camera import attached_cameras
 from hw.exc import CameraError
 from hw.system import clock_synced
 
-OK, WARNING, FATAL = "ok", "warning", "fatal"
+OK, NOTE, WARNING, FATAL = "ok", "note", "warning", "fatal"
 
 
 @dataclass(frozen=True)
 class Check:
-    """The outcome of one check: ``name``, ``level`` (:data:`OK`, :data:`WARNING` or
+    """The outcome of one check: ``name``, ``level`` (:data:`OK`, :data:`NOTE`, :data:`WARNING` or
     :data:`FATAL`) and a one-line ``reason``."""
 
     name: str
@@ -75,6 +76,10 @@ def check_data_dir(data_dir: Path) -> Check:
             probe.write(b"x")
             probe.flush()
             os.fsync(probe.fileno())
+    except (FileExistsError, NotADirectoryError):
+        return Check(
+            "data_dir", FATAL, f"{data_dir} is a file, or inside one, not a folder: set data_dir to a folder"
+        )
     except OSError as exc:
         return Check("data_dir", FATAL, f"{data_dir} is not writable: {exc.strerror or exc}")
     return Check("data_dir", OK, f"{data_dir.resolve()} is writable")
@@ -94,15 +99,18 @@ def check_free_space(data_dir: Path, min_free_bytes: int) -> Check:
     return Check("free_space", OK, f"{free / 1e9:.1f} GB free")
 
 
-def check_clock() -> Check:
-    """The system clock is synchronised; a warning only: captures still run, flagged."""
+def check_clock(simulate: bool = False) -> Check:
+    """The system clock is synchronised; a warning only: captures still run, flagged.  In
+    simulation a note: the machine's clock is not a trap's to fix (a container often cannot say
+    whether it is synchronised), and the captures are flagged all the same."""
     synced = clock_synced()
     if synced:
         return Check("clock", OK, "synchronised")
+    level, why = (NOTE, "; nothing to do in simulation") if simulate else (WARNING, "")
     if synced is None:
-        return Check("clock", WARNING, "its state cannot be read: captures are flagged clock_synced = 0")
+        return Check("clock", level, f"its state cannot be read: captures are flagged clock_synced = 0{why}")
     return Check(
-        "clock", WARNING, "not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0"
+        "clock", level, f"not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0{why}"
     )
 
 
@@ -134,4 +142,4 @@ def preflight(
         checks.append(check_data_dir(data_dir))
         if checks[-1].level != FATAL:
             checks.append(check_free_space(data_dir, min_free_bytes))
-    return checks + [check_clock(), check_camera(simulate)]
+    return checks + [check_clock(simulate), check_camera(simulate)]

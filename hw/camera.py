@@ -384,6 +384,36 @@ class RecoveringCamera:
             camera.close()
 
 
+def replay_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` a :class:`SimulatedCamera` replays, in the order it replays them
+    (by name).  Raises ``OSError`` when the folder cannot be listed."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file())
+
+
+def replay_frame(jpeg: bytes) -> Image.Image:
+    """Decode ``jpeg`` (JPEG bytes) upright as an RGB image, at the smallest JPEG scale (1/2, 1/4,
+    1/8) that keeps both sides at least :data:`REPLAY_FRAME_PX` pixels.  Raises ``ValueError`` for
+    an image that is not a JPEG, ``OSError`` for one that is not an image or is truncated, and
+    ``PIL.Image.DecompressionBombError`` for one too large to decode."""
+    with Image.open(io.BytesIO(jpeg)) as image:
+        if image.format not in ("JPEG", "MPO"):
+            raise ValueError(f"{image.format} is not JPEG")
+        image.draft("RGB", (REPLAY_FRAME_PX, REPLAY_FRAME_PX))
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def first_replayable(files: list[Path]) -> Path | None:
+    """The first of ``files`` that is a JPEG :func:`replay_frame` decodes, or None when none is
+    (each file that is not is read and decoded, so this takes as long as that many photos)."""
+    for path in files:
+        try:
+            replay_frame(path.read_bytes())
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        return path
+    return None
+
+
 class SimulatedCamera:
     """A camera with no hardware: renders a synthetic scene, or replays the photos in a folder.
 
@@ -401,8 +431,8 @@ class SimulatedCamera:
         sleeps for the timeout, then raises ``CameraTimeout``: a hanging camera).
 
     Raises :class:`~hw.exc.UnsupportedCameraSize` for a larger size, :class:`~hw.exc.CameraError`
-    at construction when ``replay_dir`` is not a folder, and at capture when no file in it is a
-    usable JPEG.
+    at construction when ``replay_dir`` is not a folder or holds no decodable JPEG (see
+    :func:`first_replayable`), and at capture when none of its files is one any more.
     """
 
     def __init__(
@@ -431,7 +461,11 @@ class SimulatedCamera:
             replay_dir = Path(replay_dir)
             if not replay_dir.is_dir():
                 raise CameraError(f"replay folder {replay_dir} does not exist")
-            self._replay = sorted(p for p in replay_dir.iterdir() if p.is_file())
+            self._replay = replay_files(replay_dir)
+            if first_replayable(self._replay) is None:  # rendering instead would hide the mistake
+                raise CameraError(
+                    f"replay folder {replay_dir} holds no decodable JPEG ({len(self._replay)} files)"
+                )
 
     def inject_failure(self, error: Exception, count: int = 1) -> None:
         """Make the next ``count`` :meth:`capture` calls raise ``error`` (e.g.
@@ -462,11 +496,7 @@ class SimulatedCamera:
             path = self._replay[self._count % len(self._replay)]
             try:
                 jpeg = path.read_bytes()
-                with Image.open(io.BytesIO(jpeg)) as image:
-                    if image.format not in ("JPEG", "MPO"):
-                        raise ValueError(f"{image.format} is not JPEG")
-                    image.draft("RGB", (REPLAY_FRAME_PX, REPLAY_FRAME_PX))
-                    frame = ImageOps.exif_transpose(image).convert("RGB")
+                frame = replay_frame(jpeg)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 log.warning("replay: skipping %s: %s", path, exc)
                 self._count += 1

@@ -130,11 +130,11 @@ def test_the_bench_table_gives_each_figure_its_target_and_verdict(tmp_path, shor
     assert any(line.split()[-3:-1] == ["<=", "1.2"] and "start-up" in line for line in verdict_lines)
 
 
-def test_a_photo_that_is_not_a_jpeg_fails_the_benchmark(tmp_path, capsys):
+def test_a_photo_that_is_not_a_jpeg_is_refused_before_measuring(tmp_path, capsys):
     photo = tmp_path / "photo.jpg"
     photo.write_text("not a photo")
-    assert main(["bench", "--data-dir", str(tmp_path), "--photo", str(photo), "--captures", "200"]) == 1
-    assert "appliance bench: failed:" in capsys.readouterr().err
+    assert main(["bench", "--data-dir", str(tmp_path), "--photo", str(photo), "--captures", "200"]) == 2
+    assert "appliance: bench: --photo" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [photo]
 
 

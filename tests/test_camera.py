@@ -34,10 +34,22 @@ def test_replay_skips_truncated_and_non_images_with_their_names(tmp_path, photo,
         assert name in caplog.text
 
 
-def test_replay_of_nothing_usable_is_a_camera_error(tmp_path):
+def test_a_replay_folder_without_a_decodable_jpeg_is_refused_at_once(tmp_path, photo):
+    (tmp_path / "x.jpg").write_bytes(b"nope")
+    (tmp_path / "y.jpg").write_bytes(photo[:1000])  # truncated: its header alone is a JPEG's
+    with pytest.raises(CameraError, match="holds no decodable JPEG \\(2 files\\)"):
+        SimulatedCamera(replay_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CameraError, match="holds no decodable JPEG \\(0 files\\)"):
+        SimulatedCamera(replay_dir=tmp_path / "empty")  # not a rendered scene instead
+
+
+def test_replay_of_photos_gone_bad_meanwhile_is_a_camera_error(tmp_path, photo):
+    (tmp_path / "x.jpg").write_bytes(photo)
+    camera = SimulatedCamera(replay_dir=tmp_path)
     (tmp_path / "x.jpg").write_bytes(b"nope")
     with pytest.raises(CameraError, match="no usable JPEG"):
-        SimulatedCamera(replay_dir=tmp_path).capture(timeout_s=1)
+        camera.capture(timeout_s=1)
 
 
 def test_missing_replay_folder_is_a_camera_error(tmp_path):

@@ -72,7 +72,7 @@ def test_file_values_are_read_and_ints_accepted_for_floats(tmp_path):
         ("camera_size_px = [1, 2, 3]", "camera_size_px", "two integers"),
         ("camera_size_px = [0, 480]", "camera_size_px", "the width 64 to 9248 and the height 64 to 6944"),
         ("camera_lores_size_px = [true, 2]", "camera_lores_size_px", "two integers"),
-        ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "is not a folder"),
+        ('simulate_replay_dir = "/no/such/folder"', "simulate_replay_dir", "does not exist: name a folder"),
         ('simulate_replay_dir = "."', "simulate_replay_dir", "only used in simulation"),
         ("capture_timeout_s = 0", "capture_timeout_s", "between 0.5 and 25"),
         ("camera_exposure_time_us = 5000000", "capture_timeout_s", "too short for a 5 s exposure"),
@@ -121,7 +121,7 @@ def test_command_line_usage_error_returns_2(capsys):
 
 
 def test_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="No such file"):
+    with pytest.raises(ConfigError, match="nope.toml: no such file: check the path"):
         config.load(tmp_path / "nope.toml")
 
 
@@ -704,15 +704,13 @@ REPLAY = [str(SAMPLES / "camtrap-dp-burst")] if SAMPLES.is_dir() else []
 def starts_as_designed(key: str, value) -> bool:
     """Whether ``run`` must start with ``value`` once ``config --check`` accepts it.  Not so, by
     design, with exit status 1: a ``data_mount`` that is not mounted (the preflight check waits for
-    the disk, tests/test_preflight.py), and a replay folder with no usable photo, which stands for a
-    failing camera (tests/test_end_to_end.py); ``simulate`` stays true, as ``run --simulate`` sets
-    it and ``config --check`` must judge the same file."""
+    the disk, tests/test_preflight.py); ``simulate`` stays true, as ``run --simulate`` sets it and
+    ``config --check`` must judge the same file.  (A replay folder without a photo is refused by
+    both, tests/test_cli_errors.py.)"""
     if key == "simulate":
         return False
     if key == "data_mount":
         return value == "" or (isinstance(value, str) and os.path.ismount(value))
-    if key == "simulate_replay_dir":
-        return value in ("", *REPLAY)
     return True
 
 

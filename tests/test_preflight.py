@@ -26,7 +26,7 @@ def test_a_writable_data_dir_passes_and_is_created(tmp_path):
 def test_a_data_dir_under_a_file_is_fatal(tmp_path):
     (tmp_path / "file").write_text("")
     check = check_data_dir(tmp_path / "file" / "data")
-    assert check.level == FATAL and "not writable" in check.reason
+    assert check.level == FATAL and "is a file, or inside one, not a folder" in check.reason
 
 
 def test_a_read_only_filesystem_is_fatal(tiny_fs):

@@ -71,6 +71,7 @@ from appliance.bench.startup import startup_figures
 from appliance.bench.transfer import transfer_figures
 from appliance.bench.web import web_figures, web_routes
 from appliance.exc import ApplianceError
+from hw.camera import first_replayable
 
 # The names appliance.bench had as one module.  The sizes and targets are in plan only: set there,
 # they reach every figure; a copy here would take a test's setting and silently ignore it.
@@ -138,12 +139,27 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
 def main(
     data_dir: str | None, as_json: bool, *, photo: str | None = None, captures: int = plan.CAPTURES
 ) -> int:
-    """``appliance bench``: measure in ``data_dir`` (default: the temporary folder) with the JPEG
-    at ``photo`` (default: :func:`synthetic_photo`) and ``captures`` captures; print the figures
-    as a table, or as one JSON object.  Returns 0 whatever the verdicts (a measurement, not a
-    test), 1 when the benchmark itself failed, 2 for a bad argument."""
+    """``appliance bench``: measure in ``data_dir`` (default: the temporary folder; created, with
+    its parents, when missing) with the JPEG at ``photo`` (default: :func:`synthetic_photo`) and
+    ``captures`` captures; print the figures as a table, or as one JSON object.  Returns 0
+    whatever the verdicts (a measurement, not a test), 1 when the benchmark itself failed, 2 for
+    a bad argument: too few captures, a ``photo`` that is not a JPEG the simulated camera can
+    replay, a ``data_dir`` that cannot be made a folder."""
     if captures < plan.MIN_CAPTURES:
-        print(f"appliance bench: --captures must be at least {plan.MIN_CAPTURES}", file=sys.stderr)
+        print(f"appliance: bench: --captures must be at least {plan.MIN_CAPTURES}", file=sys.stderr)
+        return 2
+    folder = Path(data_dir or tempfile.gettempdir())
+    problem = _photo_problem(photo) if photo is not None else None
+    try:
+        if not problem:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = (
+            f"--data-dir {data_dir}: cannot be made a folder ({exc.strerror or exc}): name a folder "
+            "this user can write to"
+        )
+    if problem:
+        print(f"appliance: bench: {problem}", file=sys.stderr)
         return 2
     try:
         if photo is None:
@@ -152,10 +168,10 @@ def main(
         else:
             jpeg, photo_name = Path(photo).read_bytes(), photo
         started = time.monotonic()
-        figures = measure(Path(data_dir or tempfile.gettempdir()), jpeg, captures)
+        figures = measure(folder, jpeg, captures)
     except (ApplianceError, OSError, sqlite3.Error) as exc:
         _progress("")
-        print(f"appliance bench: failed: {exc}", file=sys.stderr)
+        print(f"appliance: bench: failed: {exc}", file=sys.stderr)
         return 1
     figures["photo"] = photo_name
     figures["bench_s"] = round(time.monotonic() - started, 1)
@@ -164,3 +180,13 @@ def main(
         return 0
     print_table(figures, photo_name)
     return 0
+
+
+def _photo_problem(photo: str) -> str | None:
+    """What is wrong with ``--photo``, in a line that says what to do, or None."""
+    path = Path(photo)
+    if not path.is_file():
+        return f"--photo {photo}: {'is not a file' if path.exists() else 'no such file'}: name a JPEG photo"
+    if first_replayable([path]) is None:
+        return f"--photo {photo}: not a JPEG that can be decoded: name a JPEG photo"
+    return None

@@ -31,7 +31,7 @@ from appliance.status import LATEST_COUNT, capture_json
 from appliance.web.app import Views, WebDeps, make_app, routes
 from appliance.web.pages import VIEWS
 from appliance.web.request import MAX_PAGE_SIZE, PAGE_SIZE
-from appliance.web.server import WebServer
+from appliance.web.server import WebServer, listen, port_holder
 
 __all__ = [
     "LATEST_COUNT",
@@ -42,6 +42,8 @@ __all__ = [
     "WebDeps",
     "WebServer",
     "capture_json",
+    "listen",
+    "port_holder",
     "make_app",
     "routes",
 ]

@@ -1,6 +1,7 @@
 """The one writer of the capture store, :class:`CaptureStore`: it alone writes the files of the
-data directory and the tables ``captures``, ``counters`` and ``in_flight``, in the order of the
-write protocol (see :mod:`appliance.store`), and it alone gives seq numbers (they never repeat)."""
+data directory and the tables of the index (``captures``, ``counters``, ``in_flight`` and the
+others), in the order of the write protocol (see :mod:`appliance.store`), and it alone gives seq
+numbers (they never repeat)."""
 
 import contextlib
 import datetime
@@ -49,6 +50,11 @@ log = logging.getLogger(__package__)  # "appliance.store", one name for the whol
 RESERVE_BYTES = 8 << 20
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
+# Disk samples (table disk_samples, m011) older than this, in seconds, before the newest are
+# deleted as each is written; and at most this many are kept whatever their times say (a wall
+# clock set back would otherwise keep those from the future forever).
+DISK_SAMPLES_KEPT_S = 8 * 86400
+DISK_SAMPLES_MAX_ROWS = 2000
 # The counters a full check keeps (m003, m008): whether one is under way, the next shard it looks
 # at, and how many shards it could not read (see appliance.reconcile).
 FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
@@ -779,6 +785,23 @@ class CaptureStore:
                 self.db["cleanup_runs"].update(run["id"], run)
                 return run["id"]
             return self.db["cleanup_runs"].insert(run).last_pk
+
+    @_index_operation
+    def record_disk_sample(self, sampled_at: datetime.datetime, *, free_bytes: int, total_bytes: int) -> int:
+        """Record the free space and size of the data directory's filesystem (bytes) at
+        ``sampled_at`` (aware; taken with a trusted clock), and in the same commit delete the
+        samples taken more than :data:`DISK_SAMPLES_KEPT_S` before it, and the oldest beyond
+        :data:`DISK_SAMPLES_MAX_ROWS`.  Returns how many were deleted."""
+        at = iso_utc(sampled_at)
+        cutoff = iso_utc(sampled_at - datetime.timedelta(seconds=DISK_SAMPLES_KEPT_S))
+        with self.db.atomic():
+            row = {"sampled_at": at, "free_bytes": free_bytes, "total_bytes": total_bytes}
+            new = self.db["disk_samples"].insert(row).last_pk
+            pruned = self.db.execute(
+                "DELETE FROM disk_samples WHERE sampled_at < ? OR id <= ?",
+                [cutoff, new - DISK_SAMPLES_MAX_ROWS],
+            ).rowcount
+        return pruned
 
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:

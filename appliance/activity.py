@@ -5,8 +5,9 @@
   included, labelled in the trap's zone), each bar stacked by trigger.
 - The diel activity: captures by hour of day in the trap's zone over the last :data:`DIEL_DAYS`
   days, each bar stacked by trigger.
-- The free space of the data directory's filesystem over the last :data:`DISK_DAYS` days, from
-  the samples the main loop records every :data:`DISK_SAMPLE_INTERVAL_S` (:func:`sample_disk`).
+- The free space of the data directory's filesystem over the last :data:`DISK_DAYS` days: the
+  least in each hour of the samples the main loop records every :data:`DISK_SAMPLE_INTERVAL_S`
+  (:func:`sample_disk`).
 
 Everything is read from the store's summary tables (:meth:`IndexReader.activity
 <appliance.store.IndexReader.activity>`, migration m011), never from ``captures``: the plots cost
@@ -28,9 +29,6 @@ DIEL_DAYS = 7
 DISK_DAYS = 7
 # Seconds between two samples of the free space (a job of the main loop): 672 in a week.
 DISK_SAMPLE_INTERVAL_S = 900
-# A gap between two disk samples longer than this many intervals breaks the line (the
-# appliance was off): it is not drawn across.
-DISK_GAP_INTERVALS = 2.5
 # What the counts are, for the page and the API.
 COUNTED = "captures taken, by the time each was stamped with; a later deletion by cleanup does not lower them"
 # Bar colours by trigger: the Okabe-Ito palette, told apart with the common colour blindnesses.
@@ -68,11 +66,11 @@ class HourCount:
 
 
 @dataclass(frozen=True)
-class DiskSample:
-    """The data directory's filesystem at ``sampled_at`` (aware, UTC): its free space and size in
-    bytes."""
+class DiskHour:
+    """The data directory's filesystem in the UTC hour that starts at ``hour`` (aware): the least
+    free space sampled in it and the filesystem's size, in bytes."""
 
-    sampled_at: datetime.datetime
+    hour: datetime.datetime
     free_bytes: int
     total_bytes: int
 
@@ -83,15 +81,16 @@ class Activity:
 
     ``hourly``: :data:`HOURLY_HOURS` :class:`HourCount`, one per UTC hour, oldest first, the last
     the hour ``now`` is in; ``diel``: 24, hours of day 0 to 23 in ``zone``, over the
-    ``DIEL_DAYS * 24`` UTC hours ending with the current one; ``disk``: the samples of the last
-    :data:`DISK_DAYS` days, oldest first; ``any_captures``: whether a capture was ever counted.
+    ``DIEL_DAYS * 24`` UTC hours ending with the current one; ``disk``: the hours with disk
+    samples in the last :data:`DISK_DAYS` days, oldest first (the first may be partly before);
+    ``any_captures``: whether a capture was ever counted.
     """
 
     now: datetime.datetime
     zone: datetime.tzinfo
     hourly: tuple[HourCount, ...]
     diel: tuple[HourCount, ...]
-    disk: tuple[DiskSample, ...]
+    disk: tuple[DiskHour, ...]
     any_captures: bool
 
     @property
@@ -125,13 +124,9 @@ class Activity:
             "disk": {
                 "since": _iso(self.now - datetime.timedelta(days=DISK_DAYS)),
                 "interval_s": DISK_SAMPLE_INTERVAL_S,
-                "samples": [
-                    {
-                        "sampled_at": _iso(s.sampled_at),
-                        "free_bytes": s.free_bytes,
-                        "total_bytes": s.total_bytes,
-                    }
-                    for s in self.disk
+                "hours": [
+                    {"start": _iso(d.hour), "free_bytes": d.free_bytes, "total_bytes": d.total_bytes}
+                    for d in self.disk
                 ],
             },
         }
@@ -155,6 +150,8 @@ def read_activity(reader: IndexReader, now: datetime.datetime, zone: datetime.tz
     now = now.astimezone(datetime.UTC)
     current = now.replace(minute=0, second=0, microsecond=0)
     week = [current - datetime.timedelta(hours=n) for n in range(DIEL_DAYS * 24 - 1, -1, -1)]
+    # One read: the week's hours, and the disk samples since now - DISK_DAYS (the hours before the
+    # week's first, if any, are left out below).
     read = reader.activity(
         min(week[0], now - datetime.timedelta(days=DISK_DAYS)), current + datetime.timedelta(hours=1)
     )
@@ -167,17 +164,16 @@ def read_activity(reader: IndexReader, now: datetime.datetime, zone: datetime.tz
         bucket = diel[hour.astimezone(zone).hour]
         for trigger, captures in counts.get(int(hour.timestamp()), {}).items():
             bucket[trigger] = bucket.get(trigger, 0) + captures
-    since = now - datetime.timedelta(days=DISK_DAYS)
     disk = tuple(
-        DiskSample(datetime.datetime.fromisoformat(at), free, total)
-        for at, free, total in read["disk_samples"]
+        DiskHour(datetime.datetime.fromtimestamp(hour, datetime.UTC), free, total)
+        for hour, free, total in read["disk_hours"]
     )
     return Activity(
         now=now,
         zone=zone,
         hourly=hourly,
         diel=tuple(HourCount(h, _ordered(bucket)) for h, bucket in enumerate(diel)),
-        disk=tuple(s for s in disk if s.sampled_at >= since),
+        disk=disk,
         any_captures=read["any"],
     )
 
@@ -338,30 +334,31 @@ def _bar_plot(name, heading, counts, bar_label, tick_label, span, any_captures) 
 
 def _disk_plot(activity: Activity) -> Plot:
     name, heading = "activity-disk", f"Free space in GB, last {DISK_DAYS} days"
-    note = f"Sampled every {DISK_SAMPLE_INTERVAL_S // 60} minutes while running with a trusted clock."
+    note = "The least free space of each hour, sampled while running with a trusted clock."
     if not activity.disk:
         empty = "No samples yet"
         return Plot(name, heading, f"{heading}: {empty.lower()}.", empty=empty, note=note)
     plot = Plot(name, heading, "")
     start = activity.now - datetime.timedelta(days=DISK_DAYS)
-    top = max(s.total_bytes for s in activity.disk) or 1
+    top = max(d.total_bytes for d in activity.disk) or 1
     x_scale = (plot.right - plot.left) / (DISK_DAYS * 86400)
     y_scale = (plot.bottom - plot.top) / top
 
-    def point(s: DiskSample) -> tuple[float, float]:
-        x = plot.left + (s.sampled_at - start).total_seconds() * x_scale
-        return round(x, 1), round(plot.bottom - s.free_bytes * y_scale, 1)
+    def point(d: DiskHour) -> tuple[float, float]:
+        middle = (d.hour - start).total_seconds() + HOUR_S / 2
+        x = min(plot.right, max(plot.left, plot.left + middle * x_scale))
+        return round(x, 1), round(plot.bottom - d.free_bytes * y_scale, 1)
 
-    runs: list[list[DiskSample]] = []
-    for s in activity.disk:
-        gap = (s.sampled_at - runs[-1][-1].sampled_at).total_seconds() if runs else None
-        if gap is None or gap > DISK_GAP_INTERVALS * DISK_SAMPLE_INTERVAL_S:
+    # An hour without a sample (the appliance was off, or its clock not trusted) breaks the line.
+    runs: list[list[DiskHour]] = []
+    for d in activity.disk:
+        if not runs or (d.hour - runs[-1][-1].hour).total_seconds() > HOUR_S:
             runs.append([])
-        runs[-1].append(s)
+        runs[-1].append(d)
     lines, areas = [], []
     for run in runs:
-        points = [point(s) for s in run]
-        if len(points) == 1:  # one sample alone: a short dash, so that it shows
+        points = [point(d) for d in run]
+        if len(points) == 1:  # an hour alone: a short dash, so that it shows
             (x, y) = points[0]
             points = [(round(x - 1, 1), y), (round(x + 1, 1), y)]
         lines.append(" ".join(f"{x},{y}" for x, y in points))
@@ -374,11 +371,11 @@ def _disk_plot(activity: Activity) -> Plot:
         x = plot.left + (tick - start).total_seconds() * x_scale
         if plot.left <= x <= plot.right - 10:
             x_ticks.append((round(x, 1), f"{tick:%a}"))
-    last, lowest = activity.disk[-1], min(activity.disk, key=lambda s: s.free_bytes)
+    last, lowest = activity.disk[-1], min(activity.disk, key=lambda d: d.free_bytes)
     summary = (
         f"{heading}: {_gb(last.free_bytes)} free of {_gb(last.total_bytes)} at "
-        f"{last.sampled_at.astimezone(zone):%a %H:%M}; the least, {_gb(lowest.free_bytes)}, at "
-        f"{lowest.sampled_at.astimezone(zone):%a %H:%M} ({len(activity.disk)} samples)."
+        f"{last.hour.astimezone(zone):%a %H:00}; the least, {_gb(lowest.free_bytes)}, at "
+        f"{lowest.hour.astimezone(zone):%a %H:00}."
     )
     y_ticks = ((plot.bottom, "0"), (round((plot.top + plot.bottom) / 2, 1), f"{top / 2e9:.0f}"),
                (plot.top, f"{top / 1e9:.0f}"))  # fmt: skip

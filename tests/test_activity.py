@@ -168,7 +168,7 @@ def test_the_synthetic_index_of_the_bench_is_counted_by_the_stores_own_trigger(s
     assert [h.captures for h in found.hourly] == [30] * 23 + [0]
 
 
-def test_the_disk_samples_are_written_by_the_runtimes_job_and_pruned(tmp_path, monkeypatch):
+def test_the_disk_samples_are_written_by_the_runtimes_job(tmp_path, monkeypatch):
     monkeypatch.setattr("hw.clock.clock_synced", lambda: True)
     config = Config(data_dir=str(tmp_path / "data"), simulate=True, simulate_trigger_interval_s=3600,
                     web_host="127.0.0.1", web_port=0)  # fmt: skip
@@ -176,39 +176,64 @@ def test_the_disk_samples_are_written_by_the_runtimes_job_and_pruned(tmp_path, m
         [job] = [job for job in appliance.jobs() if job.name == "disk sample"]
         assert job.interval_s == DISK_SAMPLE_INTERVAL_S
         job.run()
-        samples = appliance.store.db.execute("SELECT sampled_at, free_bytes, total_bytes FROM disk_samples")
-        samples = samples.fetchall()
-        assert len(samples) == 2  # one at start-up, one by the job
+        hours = appliance.store.db.execute(
+            "SELECT hour_start_s, free_bytes, total_bytes, samples FROM disk_hours"
+        )
+        hours = hours.fetchall()
+        assert sum(row[3] for row in hours) == 2  # one at start-up, one by the job
         now = datetime.datetime.now(UTC)
-        assert all(abs((datetime.datetime.fromisoformat(s[0]) - now).total_seconds()) < 60 for s in samples)
-        assert all(0 < free <= total for _, free, total in samples)
-        shown = read_activity(appliance.reader, now + datetime.timedelta(seconds=1), UTC).disk
-        assert [(s.free_bytes, s.total_bytes) for s in shown] == [s[1:] for s in samples]
+        assert all(0 <= now.timestamp() - row[0] < 3600 + 60 for row in hours)
+        assert all(0 < free <= total for _, free, total, _ in hours)
+        shown = read_activity(appliance.reader, now, UTC).disk
+        assert [(int(d.hour.timestamp()), d.free_bytes, d.total_bytes) for d in shown] == [
+            r[:3] for r in hours
+        ]
 
 
-def test_old_disk_samples_are_pruned_as_new_ones_are_written(store, monkeypatch):
+def test_old_disk_hours_are_pruned_as_new_samples_are_written(store, monkeypatch):
     usage = DiskUsage(total=64_000_000_000, used=0, free=16_000_000_000)
     clock = ManualClock(NOON - datetime.timedelta(days=9), step_s=0)
     assert sample_disk(store, clock.now, lambda path: usage)
-    clock.wall = NOON - datetime.timedelta(days=7, hours=23)
+    clock.wall = NOON - datetime.timedelta(days=7, hours=23, minutes=30)
     assert sample_disk(store, clock.now, lambda path: usage)
     clock.wall = NOON
     assert sample_disk(store, clock.now, lambda path: usage)
-    kept = [row[0] for row in store.db.execute("SELECT sampled_at FROM disk_samples ORDER BY id")]
-    assert kept == ["2026-05-24T13:00:00.000+00:00", "2026-06-01T12:00:00.000+00:00"]
-    # A clock set back: the samples "from the future" go too, once there are too many.
-    monkeypatch.setattr("appliance.store.writer.DISK_SAMPLES_MAX_ROWS", 3)
+
+    def kept() -> list[str]:
+        rows = store.db.execute("SELECT hour_start_s FROM disk_hours ORDER BY id").fetchall()
+        return [f"{datetime.datetime.fromtimestamp(hour, UTC):%m-%d %H:%M}" for (hour,) in rows]
+
+    assert kept() == ["05-24 12:00", "06-01 12:00"]  # 8 days before the newest hour, and it
+    # A clock set back: the hours "from the future" go too, once there are too many.
+    monkeypatch.setattr("appliance.store.writer.DISK_HOURS_MAX_ROWS", 3)
     clock.wall = datetime.datetime(2020, 1, 1, tzinfo=UTC)
-    for _ in range(4):
+    for _ in range(3):
         sample_disk(store, clock.now, lambda path: usage)
-    assert store.db["disk_samples"].count == 3
+        clock.wall += datetime.timedelta(hours=1)
+    assert kept() == ["01-01 00:00", "01-01 01:00", "01-01 02:00"]
+
+
+def test_the_disk_plot_shows_the_least_free_space_of_each_hour_and_breaks_where_one_has_none(store):
+    clock = ManualClock(NOON - datetime.timedelta(hours=4), step_s=0)
+    for minutes, free in [(5, 10), (20, 8), (35, 9), (130, 7), (190, 6)]:  # 08:05 ... 11:10
+        clock.wall = NOON - datetime.timedelta(hours=4) + datetime.timedelta(minutes=minutes)
+        sample_disk(store, clock.now, lambda path, free=free: DiskUsage(20_000_000_000, 0, free * 10**9))
+    found = read_activity(IndexReader(store.data_dir), NOON, UTC)
+    assert [(f"{d.hour:%H:%M}", d.free_bytes // 10**9) for d in found.disk] == [
+        ("08:00", 8), ("10:00", 7), ("11:00", 6)
+    ]  # fmt: skip
+    disk_plot = plots(found)[2]
+    assert len(disk_plot.lines) == 2  # 09:00 had no sample
+    assert disk_plot.summary == (
+        "Free space in GB, last 7 days: 6.0 GB free of 20.0 GB at Mon 11:00; the least, 6.0 GB, at Mon 11:00."
+    )
 
 
 def test_no_disk_sample_is_taken_with_an_untrusted_clock_or_an_unreadable_disk(store):
     usage = DiskUsage(total=64_000_000_000, used=0, free=16_000_000_000)
     assert not sample_disk(store, ManualClock(NOON, clock_synced=False).now, lambda path: usage)
     assert not sample_disk(store, ManualClock(NOON).now, lambda path: None)
-    assert store.db["disk_samples"].count == 0
+    assert store.db["disk_hours"].count == 0
 
 
 def test_the_status_page_over_http_draws_the_three_plots_with_a_title_per_bar(store, jpeg, tmp_path):
@@ -251,7 +276,7 @@ def test_the_status_page_over_http_draws_the_three_plots_with_a_title_per_bar(st
     [busy] = [h for h in served["hourly"]["hours"] if h["captures"]]
     assert (busy["start"], busy["by_trigger"]) == (hour.isoformat(), {"motion": 2, "import": 1})
     assert [h["hour"] for h in served["diel"]["hours"] if h["captures"]] == [local.hour]
-    assert [s["free_bytes"] for s in served["disk"]["samples"]] == [16_000_000_000, 16_000_000_000]
+    assert [d["free_bytes"] for d in served["disk"]["hours"]] == [16_000_000_000, 16_000_000_000]
     assert served["zone"] == "UTC+05:30" and served["any_captures"] is True
 
 
@@ -294,7 +319,7 @@ def test_the_readers_queries_use_indexes_never_a_scan(store, jpeg):
         plans[sql] = [row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()]
     assert not [(sql, plan) for sql, plan in plans.items() if any(d.startswith("SCAN") for d in plan)], plans
     assert any("activity_hours USING PRIMARY KEY" in d for plan in plans.values() for d in plan)
-    assert any("disk_samples USING INDEX" in d for plan in plans.values() for d in plan)
+    assert any("disk_hours USING INDEX" in d for plan in plans.values() for d in plan)
 
 
 def test_an_index_that_cannot_be_read_is_an_error_not_an_empty_plot(tmp_path):

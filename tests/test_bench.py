@@ -81,7 +81,7 @@ def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_
     # The status page's plots: the same last day, a week of disk samples at both sizes.
     small, large = figures["web_activity"]["1000"], figures["web_activity"]["3000"]
     assert small["last_24h"] == large["last_24h"] >= 690
-    assert small["disk_samples"] == large["disk_samples"] == 7 * 96
+    assert small["disk_hours"] == large["disk_hours"] >= 7 * 24
     assert list(data_dir.iterdir()) == []  # its scratch folders are gone
 
 

@@ -59,8 +59,8 @@ def web_figures(data_dir: Path) -> dict:
     smallest}``), ``web_ratio_target``, ``web_verdict`` (``{route: "PASS" or "MISS"}``),
     ``web_captures`` (``{size: the status page's counts}``, to show they did the same work) and
     ``web_activity`` (``{size: {"last_24h": captures in the hourly plot, "week": in the diel plot,
-    "disk_samples": n}}``).  Raises :class:`ApplianceError` when a route answers anything but 200
-    or the wrong captures, or the status page lacks its plots.
+    "disk_hours": points of the disk plot}}``).  Raises :class:`ApplianceError` when a route
+    answers anything but 200 or the wrong captures, or the status page lacks its plots.
     """
     sizes = (plan.INDEX_SIZES[0], plan.INDEX_SIZES[-1])
     now = datetime.datetime.now(datetime.UTC)  # one timeline: the same last day at both sizes
@@ -95,7 +95,7 @@ def web_figures(data_dir: Path) -> dict:
             activity[size] = {
                 "last_24h": sum(h["captures"] for h in served["hourly"]["hours"]),
                 "week": sum(h["captures"] for h in served["diel"]["hours"]),
-                "disk_samples": len(served["disk"]["samples"]),
+                "disk_hours": len(served["disk"]["hours"]),
             }
         # Round robin over routes and sizes, the first size alternating, so that a moment when the
         # machine is busy, and whatever one request leaves in the caches, fall on all alike.

@@ -250,13 +250,13 @@ def m011_activity_at_a_glance(db: sqlite_utils.Database) -> None:
         "ON CONFLICT (hour_start_s, trigger) DO UPDATE SET captures = captures + 1; END"
     )
     # The free space of the data directory's filesystem, sampled every few minutes by the main
-    # loop (CaptureStore.record_disk_sample), for the week's plot; pruned as it is written.
-    db["disk_samples"].create(
-        {"id": int, "sampled_at": str, "free_bytes": int, "total_bytes": int},
-        pk="id",
-        not_null={"sampled_at", "free_bytes", "total_bytes"},
+    # loop (CaptureStore.record_disk_sample), for the week's plot: the least of each UTC hour, one
+    # row per hour (a week is 168 rows read by the index on hour_start_s), pruned as it is
+    # written.  ``id`` grows with each new hour, whatever the clock says, for that pruning.
+    db.execute(
+        "CREATE TABLE disk_hours (id INTEGER PRIMARY KEY, hour_start_s INTEGER NOT NULL UNIQUE, "
+        "free_bytes INTEGER NOT NULL, total_bytes INTEGER NOT NULL, samples INTEGER NOT NULL)"
     )
-    db["disk_samples"].create_index(["sampled_at"])
 
 
 class NewerDatabaseError(StoreError):

@@ -50,11 +50,12 @@ log = logging.getLogger(__package__)  # "appliance.store", one name for the whol
 RESERVE_BYTES = 8 << 20
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
-# Disk samples (table disk_samples, m011) older than this, in seconds, before the newest are
-# deleted as each is written; and at most this many are kept whatever their times say (a wall
-# clock set back would otherwise keep those from the future forever).
-DISK_SAMPLES_KEPT_S = 8 * 86400
-DISK_SAMPLES_MAX_ROWS = 2000
+# The hours of disk samples (table disk_hours, m011) that start more than this many seconds
+# before the newest sample are deleted as each is written: a day beyond the week the status page
+# plots.  And at most this many hours are kept, the newest written, whatever their times say (a
+# wall clock set back would otherwise keep those "from the future" forever).
+DISK_HOURS_KEPT_S = 8 * 86400
+DISK_HOURS_MAX_ROWS = 500
 # The counters a full check keeps (m003, m008): whether one is under way, the next shard it looks
 # at, and how many shards it could not read (see appliance.reconcile).
 FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
@@ -788,20 +789,24 @@ class CaptureStore:
 
     @_index_operation
     def record_disk_sample(self, sampled_at: datetime.datetime, *, free_bytes: int, total_bytes: int) -> int:
-        """Record the free space and size of the data directory's filesystem (bytes) at
-        ``sampled_at`` (aware; taken with a trusted clock), and in the same commit delete the
-        samples taken more than :data:`DISK_SAMPLES_KEPT_S` before it, and the oldest beyond
-        :data:`DISK_SAMPLES_MAX_ROWS`.  Returns how many were deleted."""
-        at = iso_utc(sampled_at)
-        cutoff = iso_utc(sampled_at - datetime.timedelta(seconds=DISK_SAMPLES_KEPT_S))
+        """Record the free space and size of the data directory's filesystem (bytes) sampled at
+        ``sampled_at`` (aware; taken with a trusted clock) into its UTC hour of ``disk_hours``,
+        which keeps the least free space of the hour, the size last sampled and the number of
+        samples; and in the same commit delete the hours that start more than
+        :data:`DISK_HOURS_KEPT_S` before it, and the oldest written beyond
+        :data:`DISK_HOURS_MAX_ROWS`.  Returns how many hours were deleted."""
+        hour = int(sampled_at.timestamp()) // 3600 * 3600
         with self.db.atomic():
-            row = {"sampled_at": at, "free_bytes": free_bytes, "total_bytes": total_bytes}
-            new = self.db["disk_samples"].insert(row).last_pk
-            pruned = self.db.execute(
-                "DELETE FROM disk_samples WHERE sampled_at < ? OR id <= ?",
-                [cutoff, new - DISK_SAMPLES_MAX_ROWS],
+            self.db.execute(
+                "INSERT INTO disk_hours (hour_start_s, free_bytes, total_bytes, samples) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (hour_start_s) DO UPDATE SET free_bytes = MIN(free_bytes, excluded.free_bytes), "
+                "total_bytes = excluded.total_bytes, samples = samples + 1",
+                [hour, free_bytes, total_bytes],
+            )
+            return self.db.execute(
+                "DELETE FROM disk_hours WHERE hour_start_s < ? OR id <= (SELECT MAX(id) FROM disk_hours) - ?",
+                [hour - DISK_HOURS_KEPT_S, DISK_HOURS_MAX_ROWS],
             ).rowcount
-        return pruned
 
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:

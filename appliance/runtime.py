@@ -22,6 +22,7 @@ from pathlib import Path
 import schedule
 
 from appliance import config as config_module
+from appliance.activity import DISK_SAMPLE_INTERVAL_S, sample_disk
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.exc import ConfigError
@@ -232,6 +233,7 @@ class Appliance:
             stack.callback(source.stop)
         # Before the first capture (and before the status page is announced), not a second later.
         guarded("cleanup", self.cleanup.tick)()
+        guarded("disk sample", self._sample_disk)()  # the status page's plot has a point at once
         if config.uv_pin:
             guarded("UV light", self._switch_uv)()
 
@@ -245,6 +247,7 @@ class Appliance:
             Job("camera recovery", 1, self.camera.recover),
             Job("clock check", CLOCK_CHECK_INTERVAL_S, self.clock.tick),
             Job("timelapse", 1, self.timelapse.tick),
+            Job("disk sample", DISK_SAMPLE_INTERVAL_S, self._sample_disk),
         ]
         if self.config.uv_pin:
             jobs.append(Job("UV light", UV_CHECK_INTERVAL_S, self._switch_uv))
@@ -330,6 +333,9 @@ class Appliance:
 
     def _busy(self) -> bool:
         return not self.events.empty()  # a trigger waits: the full check yields to it
+
+    def _sample_disk(self) -> None:
+        sample_disk(self.store, self.clock.now)
 
     def _switch_uv(self) -> None:
         self.lights.set_uv(self.timelapse.windows.contains(datetime.datetime.now().time()))

@@ -10,7 +10,10 @@ from appliance import bench
 from appliance.cli import main
 from appliance.store import CAPTURE_METHODS, TRIGGERS, iso_utc, media_path, thumbnail_path
 
-ROUTES = ["/", "/api/status", "/api/captures?before=<middle>&limit=24", "/api/captures?before=<oldest>"]
+ROUTES = [
+    "/", "/api/status", "/api/activity",
+    "/api/captures?before=<middle>&limit=24", "/api/captures?before=<oldest>",
+]  # fmt: skip
 # Every figure with a target (issue 8's, and the cleanup's selection).
 TARGETED = {
     "ingest_ratio": (">=", 0.8),
@@ -75,6 +78,10 @@ def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_
     assert (small["total"], large["total"]) == (1_000, 3_000)
     assert small["last_hour"] == large["last_hour"] == 30
     assert small["last_24h"] == large["last_24h"] == 720
+    # The status page's plots: the same last day, a week of disk samples at both sizes.
+    small, large = figures["web_activity"]["1000"], figures["web_activity"]["3000"]
+    assert small["last_24h"] == large["last_24h"] >= 690
+    assert small["disk_hours"] == large["disk_hours"] >= 7 * 24
     assert list(data_dir.iterdir()) == []  # its scratch folders are gone
 
 

@@ -96,7 +96,7 @@ def test_schema_is_created_by_migrations(store):
         "m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup",
         "m005_capture_method_and_event", "m006_counts_for_the_status_page",
         "m007_content_hash_lookup", "m008_resumable_full_check", "m009_time_you_can_trust",
-        "m010_free_space_ledger",
+        "m010_free_space_ledger", "m011_activity_at_a_glance",
     ]  # fmt: skip
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

@@ -254,6 +254,11 @@ def _print_web(figures: dict) -> None:
         f"{c['last_hour']} / {c['last_24h']} of {size:,}" for size, c in figures["web_captures"].items()
     )
     print(f"  captures in the last hour / 24 h: {recent}")
+    plotted = ", ".join(
+        f"{a['last_24h']} / {a['week']} / {a['disk_hours']} of {size:,}"
+        for size, a in figures.get("web_activity", {}).items()
+    )
+    print(f"  status page plots: captures in the hourly bars / in the week's, hours of disk: {plotted}")
     header = f"{small:,} captures", f"{large:,} captures", f"ratio p50 (target <= {plan.WEB_RATIO_TARGET})"
     print(f"  {'route':<40} {header[0]:>19} {header[1]:>19}   {header[2]}")
     for route, by_size in figures["web_ms"].items():

@@ -1,5 +1,5 @@
 """The web page (issue 6): latency of its routes over HTTP keep-alive, with the smallest and the
-largest index.
+largest index; the status page with its activity plots (issue 17), over a week of disk samples.
 """
 
 import contextlib
@@ -10,12 +10,14 @@ import statistics
 import time
 from pathlib import Path
 
+from appliance.activity import DISK_DAYS, DISK_SAMPLE_INTERVAL_S
 from appliance.bench import plan
 from appliance.bench.index import _grow_index
 from appliance.bench.measuring import _progress
 from appliance.exc import ApplianceError
 from appliance.status import StatusCollector
 from appliance.store import CaptureStore, IndexReader
+from appliance.store.synthetic import disk_history
 from appliance.web import PAGE_SIZE, WebDeps, WebServer, make_app
 
 
@@ -37,6 +39,7 @@ def web_routes(size: int) -> dict[str, str]:
     return {
         "/": "/",
         "/api/status": "/api/status",
+        "/api/activity": "/api/activity",
         "/api/captures?before=<middle>&limit=24": f"/api/captures?before={size // 2}&limit={PAGE_SIZE}",
         # The oldest full page: seq PAGE_SIZE down to 1.
         "/api/captures?before=<oldest>": f"/api/captures?before={PAGE_SIZE + 1}",
@@ -48,21 +51,27 @@ def web_figures(data_dir: Path) -> dict:
     :data:`plan.INDEX_SIZES` captures, each served by its own :class:`~appliance.web.WebServer` on
     loopback while its writer stays open, as in the appliance.
 
+    Each index has a week of disk samples (:func:`~appliance.store.synthetic.disk_history`), so
+    that the status page draws its three activity plots in full.
+
     Returns ``web_ms`` (``{route: {size: {"p50": ms, "p99": ms}}}``, over :data:`plan.WEB_REQUESTS`
     after :data:`plan.WEB_WARMUP`), ``web_ratio_1m_vs_1k`` (``{route: p50 at the largest / p50 at the
-    smallest}``), ``web_ratio_target``, ``web_verdict`` (``{route: "PASS" or "MISS"}``) and
-    ``web_captures`` (``{size: the status page's counts}``, to show they did the same work).
-    Raises :class:`ApplianceError` when a route answers anything but 200 or the wrong captures.
+    smallest}``), ``web_ratio_target``, ``web_verdict`` (``{route: "PASS" or "MISS"}``),
+    ``web_captures`` (``{size: the status page's counts}``, to show they did the same work) and
+    ``web_activity`` (``{size: {"last_24h": captures in the hourly plot, "week": in the diel plot,
+    "disk_hours": points of the disk plot}}``).  Raises :class:`ApplianceError` when a route
+    answers anything but 200 or the wrong captures, or the status page lacks its plots.
     """
     sizes = (plan.INDEX_SIZES[0], plan.INDEX_SIZES[-1])
     now = datetime.datetime.now(datetime.UTC)  # one timeline: the same last day at both sizes
     times = {route: {size: [] for size in sizes} for route in web_routes(1)}
-    counts = {}
+    counts, activity = {}, {}
     with contextlib.ExitStack() as stack:
         for size in sizes:
             store = CaptureStore(data_dir / str(size))
             stack.callback(store.close)
             _grow_index(store, size, total=size, now=now)
+            disk_history(store, now=now, days=DISK_DAYS, interval_s=DISK_SAMPLE_INTERVAL_S)
         # Connected only now: the server drops a connection idle for SOCKET_TIMEOUT_S.
         connections = {}
         for size in sizes:
@@ -80,6 +89,14 @@ def web_figures(data_dir: Path) -> dict:
                 body = _get(connections[size], path)[1]
                 if path.startswith("/api/captures") and len(json.loads(body)["captures"]) != PAGE_SIZE:
                     raise ApplianceError(f"bench: {path} is not a full page")
+                if path == "/" and (body.count(b'<svg class="plot"') != 3 or b"No captures" in body):
+                    raise ApplianceError("bench: the status page does not draw its three activity plots")
+            served = json.loads(_get(connections[size], "/api/activity")[1])
+            activity[size] = {
+                "last_24h": sum(h["captures"] for h in served["hourly"]["hours"]),
+                "week": sum(h["captures"] for h in served["diel"]["hours"]),
+                "disk_hours": len(served["disk"]["hours"]),
+            }
         # Round robin over routes and sizes, the first size alternating, so that a moment when the
         # machine is busy, and whatever one request leaves in the caches, fall on all alike.
         for i in range(plan.WEB_WARMUP + plan.WEB_REQUESTS):
@@ -91,7 +108,7 @@ def web_figures(data_dir: Path) -> dict:
                         times[route][size].append(seconds)
     _progress("")
     figures: dict = {"web_ms": {}, "web_ratio_1m_vs_1k": {}, "web_ratio_target": plan.WEB_RATIO_TARGET,
-                     "web_verdict": {}, "web_captures": counts}  # fmt: skip
+                     "web_verdict": {}, "web_captures": counts, "web_activity": activity}  # fmt: skip
     for route, by_size in times.items():
         figures["web_ms"][route] = {
             size: {

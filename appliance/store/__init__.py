@@ -31,8 +31,8 @@ The WAL is checkpointed with ``TRUNCATE`` periodically and on close, so it stays
 
 One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page) use
 :class:`IndexReader`, which opens its own read-only connection for each query.  No code outside
-this package writes the tables ``captures``, ``counters`` or ``in_flight``
-(``tests/test_store_writers.py`` checks it).
+this package writes the tables ``captures``, ``counters``, ``in_flight``, ``activity_hours`` or
+``disk_hours`` (``tests/test_store_writers.py`` checks it).
 
 The package, by concept: :mod:`~appliance.store.paths` (names in the data directory, the capture
 id and the shards), :mod:`~appliance.store.durable` (publishing and setting aside files),
@@ -80,11 +80,18 @@ from appliance.store.schema import (
     jpeg_size,
     migrations,
 )
-from appliance.store.writer import CHECKPOINT_INTERVAL_S, RESERVE_BYTES, CaptureStore
+from appliance.store.writer import (
+    CHECKPOINT_INTERVAL_S,
+    DISK_HOURS_KEPT_S,
+    DISK_HOURS_MAX_ROWS,
+    RESERVE_BYTES,
+    CaptureStore,
+)
 
 __all__ = [
     "CAPTURE_FILE_NAME", "CAPTURE_ID", "CAPTURE_METHODS", "CHECKPOINT_INTERVAL_S", "CLEAN_MARKER",
-    "DAMAGED_DIR", "DB_NAME", "FOLDERS", "LOCK_NAME", "MAX_PHOTO_BYTES", "MEDIA_NAME",
+    "DAMAGED_DIR", "DB_NAME", "DISK_HOURS_KEPT_S", "DISK_HOURS_MAX_ROWS", "FOLDERS", "LOCK_NAME",
+    "MAX_PHOTO_BYTES", "MEDIA_NAME",
     "REBUILD_SUFFIX", "RECOVERED_COLUMNS", "RESERVE_BYTES", "RESERVE_NAME", "SHARDS", "TEMP_NAME",
     "THUMBNAIL_NAME", "TOP_FILES", "TRIGGERS", "CaptureStore", "CorruptDatabaseError",
     "IndexGoneError", "IndexReader", "NewerDatabaseError", "Snapshot", "_plausible", "capture_row",

@@ -96,6 +96,38 @@ class IndexReader:
             "bytes_last_hour": bytes_last_hour,
         }
 
+    def activity(self, since: datetime.datetime, until: datetime.datetime) -> dict:
+        """What the status page's plots show (:mod:`appliance.activity`), from ``since`` to
+        ``until`` (aware datetimes), read from the summary tables of migration m011, never from
+        ``captures``: ``{"hours": [(hour start, trigger, captures)], "disk_hours": [(hour start,
+        least free bytes, total bytes)], "any": bool}``, hour starts in Unix seconds (UTC).
+
+        ``hours``: the captures taken (deletions do not lower them) in each UTC hour that starts
+        at or after ``since`` and before ``until``, by trigger, in order; only hours and triggers
+        with captures.  ``disk_hours``: the least free space sampled in each UTC hour from the one
+        ``since`` is in to ``until`` that has a sample, and the filesystem's size last sampled in
+        it, in order.  ``any``: whether a capture was ever counted.  Each is an indexed range (the
+        primary key of ``activity_hours``, the unique index on ``disk_hours.hour_start_s``): the
+        cost grows with the span, never with the size of the index; an index not yet opened by
+        this version has none.
+        """
+        since_s, until_s = int(since.timestamp()), int(until.timestamp())
+        with self._db() as db:
+            if not db["activity_hours"].exists():
+                return {"hours": [], "disk_hours": [], "any": False}
+            hours = db.execute(
+                "SELECT hour_start_s, trigger, captures FROM activity_hours "
+                "WHERE hour_start_s >= ? AND hour_start_s < ? ORDER BY hour_start_s, trigger",
+                [since_s, until_s],
+            ).fetchall()
+            disk = db.execute(
+                "SELECT hour_start_s, free_bytes, total_bytes FROM disk_hours "
+                "WHERE hour_start_s >= ? AND hour_start_s < ? ORDER BY hour_start_s",
+                [since_s // 3600 * 3600, until_s],
+            ).fetchall()
+            (first,) = db.execute("SELECT MIN(hour_start_s) FROM activity_hours").fetchone()
+        return {"hours": hours, "disk_hours": disk, "any": first is not None}
+
     def page(
         self,
         *,

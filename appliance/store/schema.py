@@ -221,6 +221,44 @@ def m010_free_space_ledger(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
+# The UTC hour a capture was taken in, as Unix seconds of the hour's start, from its captured_at
+# (NULL for a captured_at SQLite cannot read as a time; such a capture is in no hour).
+HOUR_START_S = "(CAST(strftime('%s', {0}) AS INTEGER) / 3600) * 3600"
+
+
+@_migration
+def m011_activity_at_a_glance(db: sqlite_utils.Database) -> None:
+    # The status page's plots (appliance.activity) read these, never captures: a week of them costs
+    # the same at 1,000 and at 1,000,000 captures.  Captures taken per UTC hour and trigger, kept
+    # by a SQLite trigger in the same transaction as every insert into captures (a capture, an
+    # import, a recovered photo, a rebuild), as m006's count is; never lowered by a deletion, so
+    # they count the captures taken, not those kept.  From the captures there are, for an index
+    # from before.
+    db.execute(
+        "CREATE TABLE activity_hours (hour_start_s INTEGER NOT NULL, trigger TEXT NOT NULL, "
+        "captures INTEGER NOT NULL, PRIMARY KEY (hour_start_s, trigger)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO activity_hours (hour_start_s, trigger, captures) "
+        f"SELECT {HOUR_START_S.format('captured_at')} AS hour, trigger, COUNT(*) FROM captures "
+        "WHERE hour IS NOT NULL GROUP BY hour, trigger"
+    )
+    hour = HOUR_START_S.format("NEW.captured_at")
+    db.execute(
+        f"CREATE TRIGGER captures_counted_by_hour AFTER INSERT ON captures WHEN {hour} IS NOT NULL BEGIN "
+        f"INSERT INTO activity_hours (hour_start_s, trigger, captures) VALUES ({hour}, NEW.trigger, 1) "
+        "ON CONFLICT (hour_start_s, trigger) DO UPDATE SET captures = captures + 1; END"
+    )
+    # The free space of the data directory's filesystem, sampled every few minutes by the main
+    # loop (CaptureStore.record_disk_sample), for the week's plot: the least of each UTC hour, one
+    # row per hour (a week is 168 rows read by the index on hour_start_s), pruned as it is
+    # written.  ``id`` grows with each new hour, whatever the clock says, for that pruning.
+    db.execute(
+        "CREATE TABLE disk_hours (id INTEGER PRIMARY KEY, hour_start_s INTEGER NOT NULL UNIQUE, "
+        "free_bytes INTEGER NOT NULL, total_bytes INTEGER NOT NULL, samples INTEGER NOT NULL)"
+    )
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 

@@ -1,7 +1,8 @@
 """Synthetic indexes for measurements (``appliance bench``): rows that look like captures, made
 by SQLite in one statement per batch, with no files behind them and the same last day at every
-size.  Never used by the running appliance; here because only the store package writes the
-store's tables.
+size, and a history of disk samples.  Never used by the running appliance; here because only the
+store package writes the store's tables.  The captures per hour (``activity_hours``) are counted
+by the store's own trigger as the rows go in, as for real captures.
 """
 
 import datetime
@@ -77,3 +78,19 @@ def grow(
             store.db["counters"].update("last_seq", {"value": last})
         store.last_seq = last
         progress(f"building the index: {store.last_seq:,} captures")
+
+
+def disk_history(store: CaptureStore, *, now: datetime.datetime, days: int, interval_s: float) -> int:
+    """Record a disk sample every ``interval_s`` seconds over the ``days`` days up to ``now``
+    (aware), the last at ``now``, through :meth:`CaptureStore.record_disk_sample` in one
+    transaction: the free space falling slowly from 20 GB of 64 GB, and rising by 2 GB each day (a
+    cleanup).  Returns how many."""
+    count = int(days * 86400 // interval_s)
+    with store.db.atomic():
+        for n in range(count):
+            age_s = (count - 1 - n) * interval_s
+            free = 20_000_000_000 - n * 3_000_000 + int((days * 86400 - age_s) // 86400) * 2_000_000_000
+            store.record_disk_sample(
+                now - datetime.timedelta(seconds=age_s), free_bytes=free, total_bytes=64_000_000_000
+            )
+    return count

@@ -1,6 +1,7 @@
 """The one writer of the capture store, :class:`CaptureStore`: it alone writes the files of the
-data directory and the tables ``captures``, ``counters`` and ``in_flight``, in the order of the
-write protocol (see :mod:`appliance.store`), and it alone gives seq numbers (they never repeat)."""
+data directory and the tables of the index (``captures``, ``counters``, ``in_flight`` and the
+others), in the order of the write protocol (see :mod:`appliance.store`), and it alone gives seq
+numbers (they never repeat)."""
 
 import contextlib
 import datetime
@@ -49,6 +50,12 @@ log = logging.getLogger(__package__)  # "appliance.store", one name for the whol
 RESERVE_BYTES = 8 << 20
 # Seconds between WAL checkpoints (TRUNCATE), which keep captures.db-wal from growing.
 CHECKPOINT_INTERVAL_S = 600
+# The hours of disk samples (table disk_hours, m011) that start more than this many seconds
+# before the newest sample are deleted as each is written: a day beyond the week the status page
+# plots.  And at most this many hours are kept, the newest written, whatever their times say (a
+# wall clock set back would otherwise keep those "from the future" forever).
+DISK_HOURS_KEPT_S = 8 * 86400
+DISK_HOURS_MAX_ROWS = 500
 # The counters a full check keeps (m003, m008): whether one is under way, the next shard it looks
 # at, and how many shards it could not read (see appliance.reconcile).
 FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
@@ -779,6 +786,27 @@ class CaptureStore:
                 self.db["cleanup_runs"].update(run["id"], run)
                 return run["id"]
             return self.db["cleanup_runs"].insert(run).last_pk
+
+    @_index_operation
+    def record_disk_sample(self, sampled_at: datetime.datetime, *, free_bytes: int, total_bytes: int) -> int:
+        """Record the free space and size of the data directory's filesystem (bytes) sampled at
+        ``sampled_at`` (aware; taken with a trusted clock) into its UTC hour of ``disk_hours``,
+        which keeps the least free space of the hour, the size last sampled and the number of
+        samples; and in the same commit delete the hours that start more than
+        :data:`DISK_HOURS_KEPT_S` before it, and the oldest written beyond
+        :data:`DISK_HOURS_MAX_ROWS`.  Returns how many hours were deleted."""
+        hour = int(sampled_at.timestamp()) // 3600 * 3600
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO disk_hours (hour_start_s, free_bytes, total_bytes, samples) VALUES (?, ?, ?, 1) "
+                "ON CONFLICT (hour_start_s) DO UPDATE SET free_bytes = MIN(free_bytes, excluded.free_bytes), "
+                "total_bytes = excluded.total_bytes, samples = samples + 1",
+                [hour, free_bytes, total_bytes],
+            )
+            return self.db.execute(
+                "DELETE FROM disk_hours WHERE hour_start_s < ? OR id <= (SELECT MAX(id) FROM disk_hours) - ?",
+                [hour - DISK_HOURS_KEPT_S, DISK_HOURS_MAX_ROWS],
+            ).rowcount
 
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:

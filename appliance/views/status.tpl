@@ -44,6 +44,7 @@
 <dt>Start-up check</dt><dd>{{check.repairs}} repairs to the capture store (see the log)</dd>
 % end
 </dl>
+% include("activity.tpl", plots=activity)
 <h2>Latest captures</h2>
 % include("grid.tpl", captures=status.latest)
 <p><a href="/captures">All captures</a> · <a href="/api/status">JSON</a>

@@ -1,10 +1,12 @@
-"""The JSON API and the health check: ``GET /api/status``, ``/api/captures``,
+"""The JSON API and the health check: ``GET /api/status``, ``/api/activity``, ``/api/captures``,
 ``/api/captures/<id>`` and ``/healthz`` (docs/web-api.md)."""
 
+import datetime
 from collections.abc import Callable
 
 import bottle
 
+from appliance.activity import local_zone, read_activity
 from appliance.status import Status, capture_json
 from appliance.store import IndexReader
 from appliance.web.request import MAX_PAGE_SIZE, PAGE_SIZE, capture_row, gallery_query, next_url, query, seq
@@ -15,15 +17,27 @@ class Api:
 
     :param reader: the index.
     :param status: returns the :class:`~appliance.status.Status` now.
+    :param zone: returns the trap's zone (a ``datetime.tzinfo``), for the diel counts.
     """
 
-    def __init__(self, reader: IndexReader, status: Callable[[], Status]):
+    def __init__(
+        self,
+        reader: IndexReader,
+        status: Callable[[], Status],
+        zone: Callable[[], datetime.tzinfo] = local_zone,
+    ):
         self._reader = reader
         self._status = status
+        self._zone = zone
 
     def status(self) -> dict:
         """``GET /api/status``: :meth:`Status.to_json <appliance.status.Status.to_json>`."""
         return self._status().to_json()
+
+    def activity(self) -> dict:
+        """``GET /api/activity``: :meth:`Activity.to_json <appliance.activity.Activity.to_json>`,
+        the numbers of the status page's plots."""
+        return read_activity(self._reader, datetime.datetime.now(datetime.UTC), self._zone()).to_json()
 
     def captures(self) -> dict:
         """``GET /api/captures?before=SEQ&day=YYYY-MM-DD&trigger=T&limit=N``: ``{"captures":

@@ -2,12 +2,14 @@
 table (:func:`routes`), read top to bottom; :func:`make_app` puts them together."""
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import bottle
 
+from appliance.activity import local_zone
 from appliance.config import Config
 from appliance.loop import Request
 from appliance.status import Status
@@ -41,6 +43,8 @@ class WebDeps:
         the export is open to all.
     :param config: returns the config whose deployment settings the export uses, read at each
         export (after a reload, the new one); None: no export (404).
+    :param zone: returns the trap's zone (a ``datetime.tzinfo``), read at each request, for the
+        diel plot of the status page and ``/api/activity``; by default the system's.
     """
 
     reader: IndexReader
@@ -48,6 +52,7 @@ class WebDeps:
     submit: Callable[[Request], None] | None = None
     token: str = ""
     config: Callable[[], Config] | None = None
+    zone: Callable[[], datetime.tzinfo] = local_zone
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,12 @@ class Views:
         def status() -> Status:  # only the web knows whether it takes actions
             return dataclasses.replace(deps.status(), actions=auth.actions_on)
 
-        pages = Pages(deps.reader, status, auth, export_on=deps.config is not None)
+        pages = Pages(deps.reader, status, auth, export_on=deps.config is not None, zone=deps.zone)
         return cls(
             auth=auth,
             pages=pages,
             login=Login(auth, pages.render),
-            api=Api(deps.reader, status),
+            api=Api(deps.reader, status, deps.zone),
             actions=Actions(deps.submit),
             files=Files(deps.reader),
             export=Export(deps.reader, deps.config),
@@ -107,6 +112,7 @@ def routes(views: Views) -> list[tuple[str, str, Callable, dict]]:
         ("POST", "/logout", login.logout, {"apply": [auth.same_origin]}),
         # The JSON API, the health check and the metrics
         ("GET", "/api/status", api.status, {}),
+        ("GET", "/api/activity", api.activity, {}),
         ("GET", "/api/captures", api.captures, {}),
         ("GET", "/api/captures/<capture_id>", api.capture, {}),
         ("POST", "/api/capture", actions.capture, action),

@@ -1,11 +1,13 @@
 """The HTML pages: the status page, the gallery and one capture's page (templates in
 ``appliance/views``)."""
 
+import datetime
 from collections.abc import Callable
 from pathlib import Path
 
 import bottle
 
+from appliance.activity import local_zone, plots, read_activity
 from appliance.status import Status, capture_json
 from appliance.store import TRIGGERS, IndexReader
 from appliance.web.auth import Auth
@@ -24,13 +26,23 @@ class Pages:
     :param auth: who is logged in (the pages show the log-in or log-out, and the actions).
     :param export_on: whether the export is offered (a config for it), shown to those who may
         download it.
+    :param zone: returns the trap's zone (a ``datetime.tzinfo``), for the diel plot.
     """
 
-    def __init__(self, reader: IndexReader, status: Callable[[], Status], auth: Auth, *, export_on: bool):
+    def __init__(
+        self,
+        reader: IndexReader,
+        status: Callable[[], Status],
+        auth: Auth,
+        *,
+        export_on: bool,
+        zone: Callable[[], datetime.tzinfo] = local_zone,
+    ):
         self._reader = reader
         self._status = status
         self._auth = auth
         self._export_on = export_on
+        self._zone = zone
 
     def render(self, name: str, **values) -> str:
         """Template ``name`` with ``values``, and whether one is logged in and actions are on
@@ -44,9 +56,13 @@ class Pages:
         )
 
     def status(self) -> str:
-        """``GET /``: the status page, reloaded every :data:`REFRESH_S` s."""
+        """``GET /``: the status page, with the activity plots (:mod:`appliance.activity`),
+        reloaded every :data:`REFRESH_S` s."""
         export_on = self._export_on and (not self._auth.token or self._auth.authorised())
-        return self.render("status", refresh_s=REFRESH_S, export_on=export_on, status=self._status())
+        activity = plots(read_activity(self._reader, datetime.datetime.now(datetime.UTC), self._zone()))
+        return self.render(
+            "status", refresh_s=REFRESH_S, export_on=export_on, status=self._status(), activity=activity
+        )
 
     def favicon(self):
         """``GET /favicon.ico``: no icon, and no 404 in every browser's console (204)."""

@@ -87,19 +87,27 @@ class WebServer:
       :data:`SEND_TIMEOUT_S` (30 s) is dropped by the kernel (``TCP_USER_TIMEOUT``), which frees
       the thread and ends a ZIP download's snapshot of the index.
 
+    ``sock``: a listening socket bound by the caller to serve instead of ``host``:``port`` (the
+    Unix socket of :mod:`appliance.control`); :attr:`host`, :attr:`port` and :attr:`url` are then
+    None, and the send timeout is the kernel's.
+
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
 
-    def __init__(self, app, host: str, port: int, threads: int = 16):
-        family, _, _, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        # Bound here, so that a busy port fails at start-up; one address, even for a name that has
-        # several, so that there is one port to tell.
-        sock = socket.create_server(address, family=family)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted connections inherit it
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_S * 1000)
-        self.host, self.port = sock.getsockname()[:2]
+    def __init__(
+        self, app, host: str = "", port: int = 0, threads: int = 16, *, sock: socket.socket | None = None
+    ):
+        self.host = self.port = None
+        if sock is None:
+            family, _, _, _, address = socket.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            # Bound here, so that a busy port fails at start-up; one address, even for a name that
+            # has several, so that there is one port to tell.
+            sock = socket.create_server(address, family=family)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; accepted connections inherit it
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, SEND_TIMEOUT_S * 1000)
+            self.host, self.port = sock.getsockname()[:2]
         self._map: dict = {}
         try:
             self._server = waitress.create_server(
@@ -129,8 +137,10 @@ class WebServer:
         self._thread.start()
 
     @property
-    def url(self) -> str:
-        """The URL to open on this machine."""
+    def url(self) -> str | None:
+        """The URL to open on this machine (None for a socket given as ``sock``)."""
+        if self.port is None:
+            return None
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}/"
 

@@ -490,18 +490,17 @@ def protect(config: config_module.Config, refs: list[str | int], protected: bool
         reader, failed = IndexReader(data_dir), 0
         for ref in refs:
             row = reader.by_seq(ref) if isinstance(ref, int) else reader.get(ref)
-            try:
-                if row is None:
-                    raise UnknownCapture(str(ref))
-                mark(row["id"], protected)
-            except UnknownCapture:
-                print(f"{_label(ref)}: no such capture")
-                failed += 1
-            except ControlError as exc:
-                print(f"{_label(ref, row)}: not {verb}: {exc}")
-                failed += 1
-            else:
-                print(f"{_label(ref, row)}: {verb}")
+            outcome = "no such capture"
+            if row is not None:
+                try:
+                    mark(row["id"], protected)
+                    outcome = verb
+                except UnknownCapture:  # deleted since it was read
+                    row = None
+                except ControlError as exc:
+                    outcome = f"not {verb}: {exc}"
+            print(f"{_label(ref, row)}: {outcome}")
+            failed += outcome != verb
     return 1 if failed else 0
 
 
@@ -558,7 +557,7 @@ def _no_store(args, config: config_module.Config) -> str | None:
     wanted = args.command in STORE_COMMANDS or (args.command == "clock" and args.trust)
     if not wanted or (data_dir / DB_NAME).is_file():
         return None
-    files = args.config and [args.config] or config_module.default_paths()
+    files = [args.config] if args.config else config_module.default_paths()
     if args.data_dir:
         source = "the folder given with --data-dir"
     elif config.data_dir != config_module.Config().data_dir:

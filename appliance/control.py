@@ -226,7 +226,7 @@ class ControlClient:
 def _refused(status: int, body: str) -> ControlError:
     # The app answers errors as "<code> <reason>\n" (appliance.web.app.plain_error).
     reason = body.strip().removeprefix(str(status)).strip()
-    return ControlError(f"the appliance answers: {reason or http.client.responses.get(status, status)}")
+    return ControlError(reason or http.client.responses.get(status, str(status)))
 
 
 def _connect_error(path: Path, exc: OSError) -> ControlError:
@@ -247,7 +247,7 @@ def connect(data_dir: Path) -> ControlClient | None:
     :class:`~appliance.exc.ControlError` when the socket refuses this user (its mode, 0600), or
     cannot be reached for another reason (the message names it)."""
     client = ControlClient(data_dir)
-    probe = _Connection(client._files, timeout_s=5)
+    probe = _Connection(DataDir(data_dir), timeout_s=5)
     try:
         probe.connect()
     except (ConnectionRefusedError, FileNotFoundError):

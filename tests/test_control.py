@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from test_end_to_end import start, status_url, wait_for_captures
 
+from appliance import control
 from appliance.cli import SERVICE_DATA_DIR
-from appliance.control import SOCKET_NAME
+from appliance.control import SOCKET_NAME, ControlChannel
+from appliance.exc import ControlError, UnknownCapture
 from appliance.store import IndexReader, unsafe_layout
 
 # A data directory whose socket path is past the kernel's 107 bytes for AF_UNIX addresses.
@@ -78,6 +80,25 @@ def running(tmp_path_factory):
     yield run
     assert run.stop() == 0, run.log.read_text()
     assert not (run.data_dir / SOCKET_NAME).exists(), "a clean stop removes the socket"
+
+
+def test_the_channel_answers_with_the_main_loops_outcome_and_the_client_names_each(main_loop, tmp_path):
+    data_dir = tmp_path / "data"  # the main loop's store
+    with ControlChannel(data_dir, main_loop.submit):
+        client = control.connect(data_dir)
+        [shot] = client.capture()
+        assert main_loop.reader.get(shot)["trigger"] == "manual"
+        client.protect(shot, True)
+        assert main_loop.reader.get(shot)["protected"] == 1
+        with pytest.raises(UnknownCapture):
+            client.protect("0" * 32, True)  # as for a capture deleted since the command read it
+        with pytest.raises(ControlError, match="^expected a capture id of 32 hex characters$"):
+            client.protect("not-an-id", False)
+    assert not (data_dir / SOCKET_NAME).exists()
+    assert control.connect(data_dir) is None
+    with pytest.raises(ControlError, match=r"^the appliance stopped \(.*control.sock answers no more\)$"):
+        client.protect(shot, False)
+    assert main_loop.reader.get(shot)["protected"] == 1
 
 
 def test_protect_by_id_and_by_number_goes_through_the_running_appliance_which_goes_on_capturing(running):

@@ -1,8 +1,9 @@
 """The ``appliance`` command: ``appliance run`` starts the appliance, ``appliance check`` checks
 and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now,
-``appliance protect``/``unprotect`` keep captures from cleanup or not, ``appliance export
-camtrap-dp`` writes a Camtrap DP data package, ``appliance import`` indexes a folder of photos from
-elsewhere, and ``appliance config`` prints or checks config files.
+``appliance protect``/``unprotect`` keep captures from cleanup or not and ``appliance capture``
+takes a test shot (through the running appliance when it runs, :mod:`appliance.control`),
+``appliance export camtrap-dp`` writes a Camtrap DP data package, ``appliance import`` indexes a
+folder of photos from elsewhere, and ``appliance config`` prints or checks config files.
 
 ``run`` is preflight, the running appliance (:class:`~appliance.runtime.Appliance`, which builds
 and closes the parts), signals and the main loop; the other commands open what they need.
@@ -15,6 +16,9 @@ given (a bad config or command line, a data directory that is a file, a replay f
 photo, a file or folder argument that is not what it must be), which no restart can mend
 (systemd/appliance.service: ``RestartPreventExitStatus=2``).  Each refusal is one line on standard
 error, ``appliance: ...``, saying what is wrong and what to do.
+The commands that only read or change an existing store (``protect``, ``unprotect``,
+``capture``, ``cleanup``, ``clock --trust``, ``export``) never create one: without ``captures.db``
+in the data directory they say which folder they searched and exit 2.
 """
 
 import argparse
@@ -32,17 +36,25 @@ from pathlib import Path
 
 from gpiozero.exc import GPIOZeroError
 
-from appliance import __version__
+from appliance import __version__, control
 from appliance import config as config_module
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
-from appliance.exc import ApplianceError, ConfigError, ExportError, StoreError, UnknownCapture
+from appliance.exc import (
+    ApplianceError,
+    ConfigError,
+    ControlError,
+    ExportError,
+    StoreError,
+    StoreInUse,
+    UnknownCapture,
+)
 from appliance.export import MEDIA_MODES, export_camtrap_dp, parse_time
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.reconcile import open_store
 from appliance.runtime import Appliance
-from appliance.store import DB_NAME, TRIGGERS, IndexReader, unsafe_layout
+from appliance.store import CAPTURE_ID, DB_NAME, TRIGGERS, IndexReader, unsafe_layout
 from appliance.web import listen, port_holder
 from boot.journal import configure_logging
 from boot.preflight import FATAL, OK, WARNING, Check, preflight
@@ -52,7 +64,20 @@ from hw.exc import HardwareError, UnsupportedCameraSize
 
 log = logging.getLogger("appliance")
 
+# The installed service's data directory (the --data-dir of systemd/appliance.service), named in
+# the hint of a command run on a folder that holds no store.
+SERVICE_DATA_DIR = "/var/lib/appliance"
+# The commands that only read or change an existing store, and so never create one.
+STORE_COMMANDS = ("protect", "unprotect", "capture", "cleanup", "export")
 
+
+# protect's and unprotect's exit statuses (through the running appliance, or on the store directly).
+_MARK_STATUS = (
+    "0 every capture is marked; 1 some are not (an unknown id, or the appliance could not do it now: the "
+    "others are marked), or a process holds the store and no appliance answers on its control socket; "
+    "2 refused: a bad id, a bad config or command line, no capture store in the data directory, or a "
+    "control socket that refuses this user."
+)
 # The exit statuses of each command, the end of its --help: a new command adds its line here.
 EXIT_STATUS = {
     "appliance": "0 ok; 1 warnings, done in part, or a failure of the machine; 2 refused: a bad config "
@@ -69,10 +94,11 @@ EXIT_STATUS = {
     "the disk failed; 2 refused: a bad config or command line, or no capture store in the data directory.",
     "clock": "0 the clock is trusted (with --trust: trusted from now on); 1 it is not (with --trust: the "
     "kernel does not say it is synchronised, or the appliance runs); 2 a bad config or command line.",
-    "protect": "0 every capture is marked; 1 an id is unknown (the others are marked), or the appliance "
-    "runs; 2 refused: a bad config or command line, or no capture store in the data directory.",
-    "unprotect": "0 every capture is marked; 1 an id is unknown (the others are marked), or the appliance "
-    "runs; 2 refused: a bad config or command line, or no capture store in the data directory.",
+    "protect": _MARK_STATUS,
+    "unprotect": _MARK_STATUS,
+    "capture": "0 the test shot was stored; 1 it was not (the camera failed, capturing is paused for space, "
+    "the appliance was busy); 2 refused: no appliance runs on the data directory (a test shot needs it), "
+    "its control socket refuses this user, a bad config or command line, or no capture store there.",
     "bench": "0 measured, whatever the verdicts; 1 the benchmark itself failed; 2 refused: a bad command "
     "line, a --photo that is not a JPEG, a --data-dir that cannot be a folder.",
     "config": "0 the defaults printed, or every file is ok; 2 a file is bad, or a bad command line.",
@@ -82,8 +108,6 @@ EXIT_STATUS = {
     "import": "0 every file was looked at (skipped files included); 1 it stopped early (free space, the "
     "store, an interrupt); 2 refused: a bad config or command line, or DIR is not a folder.",
 }
-# The commands that change an existing capture store, and refuse to make one.
-STORE_COMMANDS = ("cleanup", "protect", "unprotect")
 # A command without its own line in EXIT_STATUS (tests/test_cli_errors.py fails then) gets the rule.
 _EXIT_RULE = EXIT_STATUS["appliance"]
 
@@ -124,10 +148,19 @@ def _parser() -> argparse.ArgumentParser:
         help="the clock is right: trust it from now on, and mark photos stamped after now as of "
         "doubtful time (stop the appliance first)",
     )
-    protect = commands.add_parser("protect", help="keep captures from automatic cleanup")
-    unprotect = commands.add_parser("unprotect", help="let cleanup delete captures again")
+    protect = commands.add_parser(
+        "protect", help="keep captures from automatic cleanup (through the appliance when it runs)"
+    )
+    unprotect = commands.add_parser(
+        "unprotect", help="let cleanup delete captures again (through the appliance when it runs)"
+    )
     for command in (protect, unprotect):
-        command.add_argument("ids", nargs="+", metavar="ID", help="capture id (32 hex characters)")
+        command.add_argument("ids", nargs="+", type=_capture_ref, metavar="ID",
+                             help="the capture's id (32 hex characters) or its number as the pages "
+                                  "show it (#3 or 3)")  # fmt: skip
+    capture = commands.add_parser(
+        "capture", help="take a test shot now (trigger manual) with the running appliance"
+    )
     bench = commands.add_parser("bench", help="measure the capture path and store against baselines")
     bench.add_argument("--data-dir", metavar="DIR",
                        help="folder to measure in, created if missing; on the card, to measure the card "
@@ -177,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
     )
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, clock, protect, unprotect, camtrap_dp, importing):
+    for command in (run, check, cleanup, clock, protect, unprotect, capture, camtrap_dp, importing):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )
@@ -237,6 +270,20 @@ def _iso_time(text: str) -> datetime.datetime:
         return parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+
+
+def _capture_ref(text: str) -> str | int:
+    """A capture as given on the command line: its id (32 hex characters, returned in lower case)
+    or its number, the ``seq`` the pages show as ``#3`` (``#3`` or ``3``, returned as an int)."""
+    number = text.removeprefix("#")
+    if number == text and CAPTURE_ID.fullmatch(text.lower()):
+        return text.lower()
+    if number.isascii() and number.isdigit() and 0 < int(number) < 2**63:
+        return int(number)
+    raise argparse.ArgumentTypeError(
+        f"not a capture: {text!r} (give its id, 32 hex characters, or its number as the pages show "
+        "it: #3 or 3)"
+    )
 
 
 def _utc_offset(text: str) -> datetime.tzinfo:
@@ -546,22 +593,120 @@ def clock_command(config: config_module.Config, *, trust: bool) -> int:
     return 0 if status.state == TRUSTED else 1
 
 
-def protect(config: config_module.Config, capture_ids: list[str], protected: bool) -> int:
+def protect(config: config_module.Config, refs: list[str | int], protected: bool) -> int:
     """``appliance protect`` / ``unprotect``: mark captures as kept from automatic cleanup, or
-    not.  Returns 0, or 1 when an id is unknown (the others are still marked)."""
-    store, _ = open_store(Path(config.data_dir), thumbnail_max_px=config.thumbnail_max_px)
-    unknown = []
+    not.  ``refs``: ids (str) and numbers (int, the pages' ``#seq``), as :func:`_capture_ref`
+    gives them.
+
+    When an appliance runs on the data directory, it is asked through its control socket
+    (:mod:`appliance.control`); otherwise the store is changed directly.  Prints one line per
+    capture, in the order given: ``#3 <id>: protected``, ``#9: no such capture``.  Returns 0 when
+    every capture was marked; 1 when some were not (unknown, or the appliance could not do it
+    now; the others are still marked), or when a process holds the store and no appliance answers
+    on its control socket (nothing done); 2 when refused: the control socket refuses this user
+    (nothing done).  (Bad ids and a data directory without a store are refused before, with 2.)
+    """
+    data_dir, verb = Path(config.data_dir).absolute(), "protected" if protected else "unprotected"
+    command = "protect" if protected else "unprotect"
     try:
-        for capture_id in capture_ids:
+        client = control.connect(data_dir)
+    except ControlError as exc:
+        print(f"appliance: {command}: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.ExitStack() as stack:
+        if client is not None:
+            mark = client.protect
+        else:
             try:
-                store.set_protected(capture_id, protected)
-            except UnknownCapture:
-                unknown.append(capture_id)
-    finally:
-        store.close()
-    for capture_id in unknown:
-        print(f"appliance: no capture {capture_id}", file=sys.stderr)
-    return 1 if unknown else 0
+                store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
+            except StoreInUse as exc:
+                print(f"appliance: {command}: {_not_answering(data_dir, exc)}", file=sys.stderr)
+                return 1
+            stack.callback(store.close)
+            mark = store.set_protected
+        reader, failed = IndexReader(data_dir), 0
+        for ref in refs:
+            row = reader.by_seq(ref) if isinstance(ref, int) else reader.get(ref)
+            outcome = "no such capture"
+            if row is not None:
+                try:
+                    mark(row["id"], protected)
+                    outcome = verb
+                except UnknownCapture:  # deleted since it was read
+                    row = None
+                except ControlError as exc:
+                    outcome = f"not {verb}: {exc}"
+            print(f"{_label(ref, row)}: {outcome}")
+            failed += outcome != verb
+    return 1 if failed else 0
+
+
+def capture_command(config: config_module.Config) -> int:
+    """``appliance capture``: a test shot by the running appliance (trigger ``manual``,
+    ``burst_count`` photos), asked through its control socket (:mod:`appliance.control`); prints
+    ``#12 <id>: captured`` for each photo stored.  Returns 0 when stored; 1 when not (the camera
+    failed, capturing is paused for space, the appliance was busy or stopped before answering:
+    the reason on standard error); 2 when refused: no appliance answers on the data directory (a
+    test shot needs it and its camera) or its control socket refuses this user."""
+    data_dir = Path(config.data_dir).absolute()  # named in messages
+    try:
+        client = control.connect(data_dir)
+    except ControlError as exc:
+        print(f"appliance: capture: {exc}", file=sys.stderr)
+        return 2
+    if client is None:
+        print(f"appliance: capture: no appliance answers on {data_dir / control.SOCKET_NAME}: a test "
+              "shot needs the running appliance and its camera; start it (sudo systemctl start "
+              f"appliance, or appliance run --data-dir {data_dir})", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        ids = client.capture()
+    except ControlError as exc:
+        print(f"appliance: capture: not captured: {exc}", file=sys.stderr)
+        return 1
+    reader = IndexReader(data_dir)
+    for capture_id in ids:
+        print(f"{_label(capture_id, reader.get(capture_id))}: captured")
+    return 0
+
+
+def _label(ref: str | int, row: dict | None = None) -> str:
+    """A capture as the commands name it: ``#3 <id>`` when its row is known, else as given."""
+    if row is not None:
+        return f"#{row['seq']} {row['id']}"
+    return f"#{ref}" if isinstance(ref, int) else ref
+
+
+def _not_answering(data_dir: Path, exc: StoreInUse) -> str:
+    return (
+        f"{data_dir} is in use by process {exc.holder}, which does not answer on "
+        f"{data_dir / control.SOCKET_NAME}: an appliance starting or stopping (try again in a "
+        "moment), one running without its control channel (its log says why) or of an older "
+        "version, or another command; nothing done"
+    )
+
+
+def _no_store(args, config: config_module.Config) -> str | None:
+    """Why the command ``args`` cannot run on the data directory of ``config`` (it has no
+    ``captures.db``), naming the folder searched and how to point at the right one; None when the
+    store is there or the command may create it."""
+    data_dir = Path(config.data_dir)
+    wanted = args.command in STORE_COMMANDS or (args.command == "clock" and args.trust)
+    if not wanted or (data_dir / DB_NAME).is_file():
+        return None
+    files = [args.config] if args.config else config_module.default_paths()
+    if args.data_dir:
+        source = "the folder given with --data-dir"
+    elif config.data_dir != config_module.Config().data_dir:
+        source = f"data_dir in {' + '.join(map(str, files))}"
+    else:
+        source = f"data_dir is not set, so {config.data_dir} in the current folder"
+    where = " + ".join(map(str, files or config_module.DEFAULT_PATHS[:1]))
+    return (
+        f"no capture store in {data_dir.absolute()} (no {DB_NAME} there; {source}): give the "
+        f"appliance's data directory with --data-dir DIR (the installed service's is "
+        f"{SERVICE_DATA_DIR}), or set data_dir in {where}; nothing was created"
+    )
 
 
 def export(config: config_module.Config, args) -> int:
@@ -721,10 +866,8 @@ def _command(args, stopping: _Stopping | None = None) -> int:
     log.info("config: %s", args.config or ", ".join(map(str, config_module.default_paths())) or "defaults")
     if args.command == "check":
         return check(config)
-    if args.command in STORE_COMMANDS and not (Path(config.data_dir) / DB_NAME).is_file():
-        # Rather than make an empty store where a mistyped --data-dir points.
-        print(f"appliance: {args.command}: no capture store in {config.data_dir} (no {DB_NAME} there): "
-              "check --data-dir or data_dir", file=sys.stderr)  # fmt: skip
+    if reason := _no_store(args, config):
+        print(f"appliance: {args.command}: {reason}", file=sys.stderr)
         return 2
     try:
         if args.command == "cleanup":
@@ -737,6 +880,8 @@ def _command(args, stopping: _Stopping | None = None) -> int:
             return clock_command(config, trust=args.trust)
         if args.command in ("protect", "unprotect"):
             return protect(config, args.ids, args.command == "protect")
+        if args.command == "capture":
+            return capture_command(config)
         return run(
             config, duration_s=args.duration_s, reload_config=lambda: _load_config(args), stopping=stopping
         )

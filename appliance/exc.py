@@ -13,6 +13,16 @@ class StoreError(ApplianceError, OSError):
     """The capture store could not write or read a capture."""
 
 
+class StoreInUse(StoreError):
+    """Another process holds the capture store's lock (``.lock``): a running appliance, or a
+    command writing to it.  ``holder``: what the lock file says of it (its process id), or
+    ``"another process"``."""
+
+    def __init__(self, message: str, holder: str):
+        self.holder = holder
+        super().__init__(message)
+
+
 class UnknownCapture(StoreError, KeyError):
     """No capture in the index has the id ``capture_id`` (asked to protect or unprotect it, say).
     The web API answers it with a 404."""
@@ -30,3 +40,10 @@ class NotCaptured(ApplianceError, OSError):
 class ExportError(ApplianceError, ValueError):
     """An export cannot be made as asked: settings it needs are missing, or the output folder is
     not empty.  Nothing has been written."""
+
+
+class ControlError(ApplianceError, ConnectionError):
+    """The control socket (:mod:`appliance.control`) cannot be made, or the running appliance
+    could not be asked through it, or did not say that it did what it was asked: the socket
+    refused this user, the appliance was busy, or it stopped or broke off before answering.  The
+    message says which."""

@@ -25,6 +25,7 @@ from appliance import config as config_module
 from appliance.activity import DISK_SAMPLE_INTERVAL_S, sample_disk
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TrustedClock
+from appliance.control import ControlChannel
 from appliance.exc import ConfigError
 from appliance.loop import Health, LoopSettings, MainLoop, guarded
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
@@ -231,6 +232,8 @@ class Appliance:
             source = SimulatedTriggerSource(self.triggers, config.simulate_trigger_interval_s)
             source.start()
             stack.callback(source.stop)
+        # Registered last, so closed first: no command is taken once the parts start closing.
+        self.control = stack.enter_context(ControlChannel(self.data_dir, self.events.put))
         # Before the first capture (and before the status page is announced), not a second later.
         guarded("cleanup", self.cleanup.tick)()
         guarded("disk sample", self._sample_disk)()  # the status page's plot has a point at once

@@ -390,7 +390,7 @@ def main_loop(tmp_path, monkeypatch):
             submit=events.put, token=token,
         )  # fmt: skip
 
-    yield types.SimpleNamespace(app=app, reader=reader)
+    yield types.SimpleNamespace(app=app, reader=reader, submit=events.put)
     loop.request_stop("test over")
     thread.join(timeout=10)
     assert not thread.is_alive() and loop.fatal is None

@@ -451,15 +451,15 @@ def test_protect_and_unprotect_by_id(tmp_path, photo, capsys):
     assert main(["protect", rows[0]["id"], rows[1]["id"], "--data-dir", str(tmp_path)]) == 0
     assert [r["protected"] for r in IndexReader(tmp_path).latest(2)] == [1, 1]
     assert main(["unprotect", rows[1]["id"], "f" * 32, "--data-dir", str(tmp_path)]) == 1
-    assert f"no capture {'f' * 32}" in capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1] == f"{'f' * 32}: no such capture"
     assert IndexReader(tmp_path).get(rows[1]["id"])["protected"] == 0
 
 
-def test_commands_refuse_while_the_appliance_runs(tmp_path, photo, caplog):
+def test_commands_refuse_while_a_writer_without_control_channel_holds_the_store(tmp_path, photo, capsys):
     store = CaptureStore(tmp_path)
     [row] = fill(store, photo, 1)
     assert main(["protect", row["id"], "--data-dir", str(tmp_path)]) == 1
-    assert f"in use by process {os.getpid()}" in caplog.text
+    assert f"in use by process {os.getpid()}, which does not answer" in capsys.readouterr().err
     assert IndexReader(tmp_path).get(row["id"])["protected"] == 0
     store.close()
 

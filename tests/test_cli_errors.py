@@ -13,7 +13,7 @@ import pytest
 
 import appliance
 from appliance import bench, cli
-from appliance.store import DB_NAME, CaptureStore
+from appliance.store import CaptureStore
 from hw.clock import clock_synced
 
 
@@ -138,16 +138,6 @@ def test_check_in_simulation_exits_0_when_the_clock_is_the_only_finding(tmp_path
             r"^note\s+clock\s+not synchronised.*nothing to do in simulation$", result.stdout, re.M
         )
     assert not re.search(r"^(warning|fatal) ", result.stdout, re.M), result.stdout
-
-
-@pytest.mark.parametrize("command", [["cleanup"], ["protect", "0" * 32], ["unprotect", "0" * 32]])
-def test_commands_that_change_a_store_refuse_to_make_one_where_none_is(tmp_path, command):
-    result = appliance_command(*command, "--data-dir", tmp_path / "typo")
-    assert refusal(result) == (
-        f"appliance: {command[0]}: no capture store in {tmp_path / 'typo'} (no {DB_NAME} there): check "
-        "--data-dir or data_dir"
-    )
-    assert not (tmp_path / "typo").exists()
 
 
 def test_export_to_a_file_is_refused_naming_a_folder(tmp_path):

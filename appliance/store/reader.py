@@ -40,6 +40,13 @@ class IndexReader:
             rows = list(db["captures"].rows_where("id = ?", [capture_id]))
         return rows[0] if rows else None
 
+    def by_seq(self, seq: int) -> dict | None:
+        """The capture numbered ``seq`` (the ``#seq`` the pages show), or None (deleted, or never
+        given).  An indexed lookup (the unique index on ``seq``)."""
+        with self._db() as db:
+            rows = list(db["captures"].rows_where("seq = ?", [seq]))
+        return rows[0] if rows else None
+
     def with_sha256(self, sha256: str) -> str | None:
         """The id of a capture whose photo has this SHA-256 (hex), or None (index m007)."""
         with self._db() as db:

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance.datadir import DataDir, UnsafePath
-from appliance.exc import StoreError, UnknownCapture
+from appliance.exc import StoreError, StoreInUse, UnknownCapture
 from appliance.store import salvage
 from appliance.store.paths import (
     CLEAN_MARKER,
@@ -238,8 +238,9 @@ class CaptureStore:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
             lock.close()
-            raise StoreError(
-                f"{self.data_dir} is in use by process {holder}: stop it first (one writer at a time)"
+            raise StoreInUse(
+                f"{self.data_dir} is in use by process {holder}: stop it first (one writer at a time)",
+                holder,
             ) from None
         lock.seek(0)
         lock.truncate()

@@ -140,8 +140,11 @@ class WebServer:
       :data:`SEND_TIMEOUT_S` (30 s) is dropped by the kernel (``TCP_USER_TIMEOUT``), which frees
       the thread and ends a ZIP download's snapshot of the index.
 
-    ``sock``: a listening socket from :func:`listen` to serve instead of binding ``host`` and
-    ``port``; the server owns it from then on (:meth:`stop` closes it).
+    ``sock``: a listening socket bound by the caller to serve instead of binding ``host`` and
+    ``port`` (:func:`listen`, which ``appliance run`` calls before it opens anything, or the Unix
+    socket of :mod:`appliance.control`); the server owns it from then on (:meth:`stop` closes it).
+    For a Unix socket, :attr:`host`, :attr:`port` and :attr:`url` are None, and the send timeout
+    is the kernel's.
 
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
@@ -149,11 +152,12 @@ class WebServer:
     def __init__(
         self, app, host: str = "", port: int = 0, threads: int = 16, *, sock: socket.socket | None = None
     ):
-        # Bound before the server is built, so that a busy port fails at start-up; ``sock``: bound
-        # earlier still, by the caller (appliance run binds it before it opens anything).
+        # Bound before the server is built, so that a busy port fails at start-up.
         if sock is None:
             sock = listen(host, port)
-        self.host, self.port = sock.getsockname()[:2]
+        self.host = self.port = None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.host, self.port = sock.getsockname()[:2]
         self._map: dict = {}
         try:
             self._server = waitress.create_server(
@@ -183,8 +187,10 @@ class WebServer:
         self._thread.start()
 
     @property
-    def url(self) -> str:
-        """The URL to open on this machine."""
+    def url(self) -> str | None:
+        """The URL to open on this machine (None for a socket given as ``sock``)."""
+        if self.port is None:
+            return None
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}/"
 

@@ -100,9 +100,12 @@ def check_clock() -> Check:
     if synced:
         return Check("clock", OK, "synchronised")
     if synced is None:
-        return Check("clock", WARNING, "its state cannot be read: captures are flagged clock_synced = 0")
+        return Check("clock", WARNING, "its state cannot be read: photo times may be wrong")
     return Check(
-        "clock", WARNING, "not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0"
+        "clock",
+        WARNING,
+        "not set (no network time or GPS yet): photo times may be wrong until it is (connect the trap "
+        "to a network once, or fit a real-time clock module)",
     )
 
 

@@ -86,8 +86,12 @@ def test_status_banner_is_ok_warning_or_error(client, hardware, level):
     page = app.get("/", status=200).text
     assert re.findall(r'<p class="banner (\w+)">', page) == [level]
     assert app.get("/api/status").json["level"] == level
-    if level == "warning":
-        assert "<strong>clock:</strong> not synchronised" in page
+    if level == "warning":  # in words a naturalist understands, with what to do
+        assert (
+            "<strong>clock:</strong> not set (no network time or GPS yet): photo times may be wrong. "
+            "Connect the trap to a network once, or fit a real-time clock module." in page
+        )
+        assert "clock_synced" not in page
     elif level == "error":
         assert "<strong>storage:</strong> the last capture could not be stored" in page
 

@@ -39,8 +39,9 @@ class WebDeps:
         queue's ``put``); None: actions are off.
     :param token: the ``web_token`` that actions (and the export) need; "": actions are off and
         the export is open to all.
-    :param config: returns the config whose deployment settings the export uses, read at each
-        export (after a reload, the new one); None: no export (404).
+    :param config: returns the running config (after a reload, the new one): the export reads
+        its deployment settings at each export, the pages its ``timezone`` and ``camera_id`` at
+        each page; None: no export (404), and the pages show the defaults.
     """
 
     reader: IndexReader
@@ -72,7 +73,7 @@ class Views:
         def status() -> Status:  # only the web knows whether it takes actions
             return dataclasses.replace(deps.status(), actions=auth.actions_on)
 
-        pages = Pages(deps.reader, status, auth, export_on=deps.config is not None)
+        pages = Pages(deps.reader, status, auth, config=deps.config)
         return cls(
             auth=auth,
             pages=pages,

@@ -119,8 +119,14 @@ def assert_images_rendered(driver, selector: str) -> int:
 
 
 def assert_fits(driver, width: int) -> None:
-    scroll_width = driver.execute_script("return document.documentElement.scrollWidth")
-    assert scroll_width <= width, f"{driver.current_url}: {scroll_width} px wide in a {width} px viewport"
+    """No horizontal scrolling: the page is no wider than the window (``width`` px)."""
+    scroll_width, inner_width = driver.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert inner_width == width, f"the window is {inner_width} px wide, not {width}"
+    assert scroll_width <= inner_width, (
+        f"{driver.current_url}: {scroll_width} px wide in a {inner_width} px window"
+    )
 
 
 def screenshot(driver, path: Path) -> Path:

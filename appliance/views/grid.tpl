@@ -11,7 +11,7 @@
 <span>no thumbnail</span>
 % end
 </a>
-<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{!' <span class="mark" title="protected from cleanup">★</span>' if c["protected"] else ""}}<br>{{!when(c["captured_at"])}}{{!"" if c["clock_synced"] else ' <span class="mark" title="the clock was not set: the time may be wrong">⚠</span>'}}</figcaption>
+<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{!' <span class="mark" title="protected from cleanup">★</span>' if c["protected"] else ""}}{{!"" if c["clock_synced"] else ' <span class="mark" title="the clock was not set: the time may be wrong">⚠</span>'}}<br>{{!when(c["captured_at"])}}</figcaption>
 </figure>
 % end
 </div>

@@ -6,10 +6,12 @@ The JSON API shows neither: it keeps ISO 8601 times with their offset, and the m
 
 import datetime
 import html
+import os
 import re
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # The one format of a time on the pages, e.g. "2026-12-03 15:04 CET" (%Z: the zone's abbreviation
 # at that moment, summer time included; a zone without one gives its offset, "-03").
@@ -17,9 +19,35 @@ MINUTES_FORMAT = "%Y-%m-%d %H:%M %Z"
 SECONDS_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 
 
+# Where the C library finds the system's zone when $TZ is unset (timedatectl links it into the
+# zoneinfo folder: /usr/share/zoneinfo/Europe/Berlin).
+LOCALTIME = Path("/etc/localtime")
+
+
+def system_zone(localtime: Path = LOCALTIME) -> zoneinfo.ZoneInfo | None:
+    """This machine's zone, as the C library finds it: ``$TZ`` when it names a zone
+    (``"Europe/Berlin"``, ``":Europe/Berlin"``), else ``localtime`` (with its IANA name when it
+    links into a zoneinfo folder).  None when neither can be read (a POSIX ``$TZ`` rule such as
+    ``"CET-1"``, no such file): the C library's own conversion is used then.
+
+    A ZoneInfo rather than ``astimezone()``: the C library's conversion fails before 1970 on
+    some systems and on the calendar's first days, where a zone's rules still answer."""
+    name = os.environ.get("TZ", "").removeprefix(":")
+    try:
+        if name:
+            return zoneinfo.ZoneInfo(name)
+        real = os.path.realpath(localtime)
+        if "/zoneinfo/" in real:
+            return zoneinfo.ZoneInfo(real.split("/zoneinfo/", 1)[1])
+        with open(localtime, "rb") as file:
+            return zoneinfo.ZoneInfo.from_file(file)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
 class LocalTime:
-    """Times as the pages show them, in ``zone`` (None: the system's zone, with its summer time
-    rules, as ``timedatectl`` sets it).  A template calls the instance: ``{{!when(iso)}}``."""
+    """Times as the pages show them, in ``zone`` (None: the C library's local time, with its
+    summer time rules).  A template calls the instance: ``{{!when(iso)}}``."""
 
     def __init__(self, zone: zoneinfo.ZoneInfo | None = None):
         self.zone = zone
@@ -27,17 +55,17 @@ class LocalTime:
     @classmethod
     def named(cls, name: str) -> "LocalTime":
         """In the zone of IANA name ``name`` (the ``timezone`` setting, already checked when the
-        config was loaded); "": the system's.  Raises ``zoneinfo.ZoneInfoNotFoundError`` for a
-        zone this system does not know."""
-        return cls(zoneinfo.ZoneInfo(name) if name else None)
+        config was loaded); "": the system's (:func:`system_zone`).  Raises
+        ``zoneinfo.ZoneInfoNotFoundError`` for a zone this system does not know."""
+        return cls(zoneinfo.ZoneInfo(name) if name else system_zone())
 
     @property
     def label(self) -> str:
-        """The zone, for a heading: its IANA name (``"Pacific/Auckland"``), or for the system's
-        zone its abbreviation now (``"CET"``)."""
-        if self.zone is not None:
+        """The zone, for a heading: its IANA name (``"Pacific/Auckland"``), or when it has none
+        its abbreviation now (``"CET"``)."""
+        if self.zone is not None and self.zone.key:
             return self.zone.key
-        return datetime.datetime.now().astimezone().strftime("%Z")
+        return datetime.datetime.now(datetime.UTC).astimezone(self.zone).strftime("%Z")
 
     def local(self, moment: datetime.datetime) -> datetime.datetime:
         """``moment`` (aware; a naive one is taken as UTC) in this zone."""
@@ -45,16 +73,11 @@ class LocalTime:
             moment = moment.replace(tzinfo=datetime.UTC)
         return moment.astimezone(self.zone)
 
-    def text(self, iso: str, *, seconds: bool = False) -> str:
-        """The time ``iso`` (ISO 8601, as the index stores it) in this zone, to the minute or
-        with ``seconds``, e.g. ``"2026-12-03 15:04 CET"``.  Raises ``ValueError`` for a value
-        that is not an ISO 8601 time."""
-        moment = self.local(datetime.datetime.fromisoformat(iso))
-        return moment.strftime(SECONDS_FORMAT if seconds else MINUTES_FORMAT)
-
     def __call__(self, iso: str | None, *, seconds: bool = False) -> str:
-        """HTML: ``<time datetime="...">`` (the time in this zone, ISO 8601 with its offset)
-        around :meth:`text`; "" for None, and the value itself, escaped, when it is not a time."""
+        """HTML: the time ``iso`` (ISO 8601, as the index stores it) in this zone in the one
+        format of the pages (to the minute, or with ``seconds``: ``2026-12-03 15:04:05 CET``),
+        in a ``<time datetime="...">`` giving it in ISO 8601 with its offset; "" for None, and the
+        value itself, escaped, when it is not a time."""
         if iso is None:
             return ""
         try:
@@ -66,13 +89,16 @@ class LocalTime:
 
     def day(self, day: datetime.date) -> tuple[datetime.datetime, datetime.datetime]:
         """The bounds of ``day`` in this zone, its midnight and the next, in UTC (23 or 25 h apart
-        on the days summer time begins or ends).  Raises ``OverflowError`` for a day at the end
-        of the calendar whose bounds have no UTC equivalent (9999-12-31 west of Greenwich)."""
+        on the days summer time begins or ends).  Raises ``OverflowError`` for a day at an end
+        of the calendar whose bounds have no UTC equivalent (0001-01-01 east of Greenwich)."""
         bounds = []
         for midnight in (day, day + datetime.timedelta(days=1)):
             naive = datetime.datetime.combine(midnight, datetime.time())
-            # astimezone() of a naive time reads it as the system's local time.
-            local = naive.astimezone() if self.zone is None else naive.replace(tzinfo=self.zone)
+            try:
+                # astimezone() of a naive time reads it as the C library's local time.
+                local = naive.astimezone() if self.zone is None else naive.replace(tzinfo=self.zone)
+            except ValueError as exc:  # the C library's conversion: "year 0 is out of range"
+                raise OverflowError(str(exc)) from None
             bounds.append(local.astimezone(datetime.UTC))
         return bounds[0], bounds[1]
 

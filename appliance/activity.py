@@ -43,13 +43,6 @@ COLOURS = {
 HOUR_S = 3600
 
 
-def local_zone() -> datetime.tzinfo:
-    """The system's local zone (``/etc/localtime``) as its offset from UTC now, read at each call
-    so that a change shows at the next page.  A fixed offset: over a week that crosses a change
-    to or from summer time, the diel plot puts the hours before it one hour off."""
-    return datetime.datetime.now().astimezone().tzinfo
-
-
 @dataclass(frozen=True)
 class HourCount:
     """Captures in one bar: ``hour``, the UTC start of the hour (aware) for the last 24 hours, or

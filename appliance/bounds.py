@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -217,6 +218,22 @@ def listen_host(value):
         ipaddress.ip_address(value)
     except ValueError:
         return 'must be an IP address such as "0.0.0.0" or "127.0.0.1", "localhost", or ""'
+    return None
+
+
+@_allowing('an IANA time zone name such as "Europe/Berlin" (the files under /usr/share/zoneinfo), or ""')
+def time_zone(value):
+    if value == "":
+        return None
+    try:
+        zoneinfo.ZoneInfo(value)
+    # ValueError: an absolute path, "..", a NUL, a file that is no zone; OSError: a folder ("Europe").
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return (
+            'is not a time zone this system knows: give an IANA name such as "Europe/Berlin" or '
+            '"America/New_York" (the files under /usr/share/zoneinfo; spelling and case matter), or "" '
+            "for the system's own"
+        )
     return None
 
 

@@ -392,6 +392,13 @@ class Config:
         reload=RESTART,
         secret=True,
     )
+    timezone: str = _setting(
+        "",
+        'Time zone the pages show times in, an IANA name such as "Europe/Berlin"; "": the system\'s '
+        "(timedatectl). Stored times, EXIF offsets and the JSON API are not affected.",
+        bounds.time_zone,
+        reload=RESTART,
+    )
 
     # Deployment metadata for `appliance export camtrap-dp`, named after the Camtrap DP terms.
     deployment_id: str = _setting(

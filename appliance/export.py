@@ -75,6 +75,17 @@ OBSERVATION_FIELDS = (
 )  # fmt: skip
 
 
+# The settings a package cannot do without: Camtrap DP requires the deployment's position.
+REQUIRED_SETTINGS = ("latitude", "longitude")
+
+
+def missing_settings(config: Config) -> tuple[str, ...]:
+    """The settings of :data:`REQUIRED_SETTINGS` that ``config`` leaves unset (""), in that
+    order.  While any is, every export raises :class:`~appliance.exc.ExportError` (the web's ZIP
+    answers 409), and the status page says which to set instead of offering the download."""
+    return tuple(key for key in REQUIRED_SETTINGS if getattr(config, key) == "")
+
+
 def parse_time(text: str) -> datetime.datetime:
     """An ISO 8601 date or time (``2026-05-01``, ``2026-05-01T18:00+02:00``) as an aware datetime;
     one without an offset is UTC.  Raises ``ValueError`` for anything else, a time that has no
@@ -196,7 +207,7 @@ class Package:
     def _check(config: Config, reader: IndexReader, media: str) -> None:
         if media not in MEDIA_MODES:
             raise ExportError(f"media: {media!r} must be one of {', '.join(MEDIA_MODES)}")
-        missing = [key for key in ("latitude", "longitude") if getattr(config, key) == ""]
+        missing = missing_settings(config)
         if missing:
             raise ExportError(
                 f"{', '.join(missing)}: not set in the config; Camtrap DP requires the camera's "

@@ -34,7 +34,11 @@ from hw.triggers import GateStatus, TriggerGate
 
 # Captures in Status.latest (the status page's grid, /api/status "latest").
 LATEST_COUNT = 12
-UNSYNCHRONISED_REASON = "not synchronised: captures are flagged clock_synced = 0"
+# Said to a naturalist at the trap: what is wrong, what it means for the photos, what to do.
+UNSYNCHRONISED_REASON = (
+    "not set (no network time or GPS yet): photo times may be wrong. Connect the trap to a network "
+    "once, or fit a real-time clock module."
+)
 
 
 @dataclass(frozen=True)

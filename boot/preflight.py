@@ -106,11 +106,15 @@ def check_clock(simulate: bool = False) -> Check:
     synced = clock_synced()
     if synced:
         return Check("clock", OK, "synchronised")
-    level, why = (NOTE, "; nothing to do in simulation") if simulate else (WARNING, "")
+    level, why = (
+        (NOTE, "; nothing to do in simulation")
+        if simulate
+        else (WARNING, " (connect the trap to a network once, or fit a real-time clock module)")
+    )
     if synced is None:
-        return Check("clock", level, f"its state cannot be read: captures are flagged clock_synced = 0{why}")
+        return Check("clock", level, f"its state cannot be read: photo times may be wrong{why}")
     return Check(
-        "clock", level, f"not synchronised (no NTP or GPS yet): captures are flagged clock_synced = 0{why}"
+        "clock", level, f"not set (no network time or GPS yet): photo times may be wrong until it is{why}"
     )
 
 

@@ -7,6 +7,7 @@ is a SEVERE console message), and nothing is wider than a phone's screen.  Scree
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -67,10 +68,18 @@ def artifacts(tmp_path) -> Path:
     return folder
 
 
+# The trap's name and zone, as a user sets them: the titles and every time on the pages show them.
+TRAP_CONFIG = 'camera_id = "trap-07"\ntimezone = "Pacific/Auckland"\n'
+# A time as the pages show it in TRAP_CONFIG's zone (New Zealand's standard or daylight time).
+LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)? NZ[SD]T")
+
+
 @pytest.fixture
 def appliance(tmp_path, burst_dir, run_config):
-    """The URL of the real command in simulation, once it holds at least 4 captures."""
-    process = start(tmp_path / "data", run_config, "--replay", str(burst_dir), "--trigger-interval-s", "0.3")
+    """The URL of the real command in simulation (TRAP_CONFIG), once it holds at least 4 captures."""
+    config = tmp_path / "trap-config.toml"
+    config.write_text(run_config.read_text() + TRAP_CONFIG)
+    process = start(tmp_path / "data", config, "--replay", str(burst_dir), "--trigger-interval-s", "0.3")
     try:
         url = status_url(process)
         wait_for_captures(url, 4)
@@ -119,8 +128,21 @@ def assert_images_rendered(driver, selector: str) -> int:
 
 
 def assert_fits(driver, width: int) -> None:
-    scroll_width = driver.execute_script("return document.documentElement.scrollWidth")
-    assert scroll_width <= width, f"{driver.current_url}: {scroll_width} px wide in a {width} px viewport"
+    """No horizontal scrolling: the page is no wider than the window (``width`` px)."""
+    scroll_width, inner_width = driver.execute_script(
+        "return [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert inner_width == width, f"the window is {inner_width} px wide, not {width}"
+    assert scroll_width <= inner_width, (
+        f"{driver.current_url}: {scroll_width} px wide in a {inner_width} px window"
+    )
+
+
+def assert_trap_and_local_times(driver, page: str) -> None:
+    """The title names the page and the trap, and every time shown is in the trap's zone."""
+    assert driver.title == f"{page} · trap-07", driver.title
+    times = [element.text for element in driver.find_elements(By.TAG_NAME, "time")]
+    assert times and all(LOCAL_TIME.fullmatch(text) for text in times), times
 
 
 def screenshot(driver, path: Path) -> Path:
@@ -152,11 +174,12 @@ def test_pages_show_their_photos_fit_the_screen_and_log_no_console_errors(
     shots, errors = [], []
     driver = new_chromium(browser_paths, tmp_path, width, height)
     try:
-        for path, name in [("", "status"), ("captures", "captures")]:
+        for path, name, title in [("", "status", "Status"), ("captures", "captures", "Captures")]:
             driver.get(appliance + path)
             assert_loaded(driver)
             assert assert_images_rendered(driver, ".grid img") >= 4
             assert_fits(driver, width)
+            assert_trap_and_local_times(driver, title)
             shots.append(screenshot(driver, artifacts / f"{name}-{size}.png"))
             errors += severe_messages(driver)
 
@@ -167,6 +190,8 @@ def test_pages_show_their_photos_fit_the_screen_and_log_no_console_errors(
         assert_loaded(driver)
         assert assert_images_rendered(driver, "img.photo") == 1
         assert_fits(driver, width)
+        assert_trap_and_local_times(driver, driver.find_element(By.TAG_NAME, "h1").text)
+        assert driver.find_element(By.TAG_NAME, "h1").text.startswith("Capture #")
         shots.append(screenshot(driver, artifacts / f"capture-{size}.png"))
         errors += severe_messages(driver)
     finally:

@@ -751,3 +751,24 @@ def test_accepted_values_of_every_setting_run_together(run_config, data):
 
     assert checked == 0, said
     assert ran == 0, logged
+
+
+@pytest.mark.parametrize("zone", ["", "Europe/Berlin", "Pacific/Auckland", "UTC"])
+def test_a_timezone_is_empty_or_a_zone_this_system_knows(zone):
+    assert config.check_value("timezone", zone) == zone
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["Europe", "europe/berlin", "Mars/Olympus_Mons", "/etc/localtime", "../etc/passwd", "CET\x00", "x" * 300],
+)
+def test_a_timezone_this_system_does_not_know_is_refused_naming_the_key(tmp_path, capsys, zone):
+    with pytest.raises(
+        ConfigError,
+        match=r"^timezone: .* is not a time zone this system knows: give an IANA name",
+    ):
+        config.check_value("timezone", zone)
+    path = write(tmp_path, f"timezone = {config.toml_value(zone)}\n")
+    assert main(["config", "--check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: timezone: " in err and err.count("\n") == 1

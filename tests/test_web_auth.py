@@ -141,7 +141,7 @@ def test_a_logged_in_form_post_from_our_origin_protects_and_unprotects(loop_app)
     assert reader.get(capture_id)["protected"] == 1
     page = response.follow(status=200).text
     assert f'<form method="post" action="/captures/{capture_id}/unprotect">' in page
-    assert "<dt>Protected</dt><dd>yes</dd>" in page
+    assert "<dt>Protected from cleanup</dt><dd>Yes</dd>" in page
     # Without Origin, a Referer from our own pages will do.
     referer = {"Referer": f"{ORIGIN}/captures/{capture_id}"}
     app.post(f"/captures/{capture_id}/unprotect", headers=referer, status=303)

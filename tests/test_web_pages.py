@@ -2,11 +2,13 @@
 (webtest) and from the real server."""
 
 import re
+import socket
 import urllib.parse
 
 import bottle
 import pytest
 from web_client import (
+    BEARER,
     DISK,
     TOKEN,
     DiskUsage,
@@ -16,10 +18,11 @@ from web_client import (
     get,
     log_in,
     older_link,
+    shoot,
     take,
 )
 
-from appliance import web
+from appliance import config, web
 from appliance.loop import Health
 from appliance.status import StatusCollector
 from appliance.store import IndexReader
@@ -27,9 +30,17 @@ from appliance.web import WebDeps, WebServer, make_app
 from appliance.web.auth import Auth
 from appliance.web.pages import Pages
 from hw.camera import RecoveringCamera, SimulatedCamera
+from hw.clock import ManualClock
 from hw.exc import CameraTimeout
 from hw.system import Probes
 from hw.triggers import GateSettings, TriggerGate
+
+
+def configured(**settings):
+    """The ``config`` of WebDeps: the config of ``settings`` (checked as a file's are)."""
+    loaded = config.load(**settings)
+    return lambda: loaded
+
 
 # --- GET /: the status page -----------------------------------------------------------------------
 
@@ -86,8 +97,12 @@ def test_status_banner_is_ok_warning_or_error(client, hardware, level):
     page = app.get("/", status=200).text
     assert re.findall(r'<p class="banner (\w+)">', page) == [level]
     assert app.get("/api/status").json["level"] == level
-    if level == "warning":
-        assert "<strong>clock:</strong> not synchronised" in page
+    if level == "warning":  # in words a naturalist understands, with what to do
+        assert (
+            "<strong>clock:</strong> not set (no network time or GPS yet): photo times may be wrong. "
+            "Connect the trap to a network once, or fit a real-time clock module." in page
+        )
+        assert "clock_synced" not in page
     elif level == "error":
         assert "<strong>storage:</strong> the last capture could not be stored" in page
 
@@ -218,22 +233,148 @@ def test_photo_page_shows_the_photo_and_its_metadata(client, captures):
     assert f'<img class="photo" src="/media/{row["id"]}.jpg"' in page
     assert f'width="{row["width"]}" height="{row["height"]}"' in page and row["width"] == 64
     assert "<dt>Trigger</dt><dd>motion (activityDetection)</dd>" in page
-    assert "<dt>Protected</dt><dd>no</dd>" in page
+    assert "<dt>Protected from cleanup</dt><dd>No</dd>" in page
     assert f"<dt>SHA-256</dt><dd>{row['sha256']}</dd>" in page
     assert f"<dt>Event</dt><dd>{row['event_id']}</dd>" in page
-    assert "<dt>ExposureTime</dt><dd>12000</dd>" in page and "<dt>AnalogueGain</dt><dd>2.5</dd>" in page
+    # METADATA: ExposureTime 12000 µs, AnalogueGain 2.5, Lux 310.0 (picamera2's names and units).
+    assert "<h2>Camera</h2>" in page
+    assert "<dt>Exposure</dt><dd>1/83 s</dd>" in page and "<dt>Analogue gain</dt><dd>2.5×</dd>" in page
+    assert "<dt>Light level</dt><dd>310 lux</dd>" in page
     assert f'<a href="/api/captures/{row["id"]}">JSON</a>' in page
 
 
-def test_the_photo_page_shows_the_protect_button_only_when_logged_in(loop_app):
+def test_the_photo_page_shows_the_protect_button_only_when_logged_in_and_how_to_get_it(loop_app):
     app = loop_app.app
     capture_id = take(app)
     form = f'<form method="post" action="/captures/{capture_id}/protect">'
     page = app.get(f"/captures/{capture_id}", status=200).text
-    assert form not in page and 'href="/login"' in page
+    assert form not in page
+    assert '<p><a href="/login">Log in to protect photos from cleanup</a></p>' in page
     log_in(app)
     page = app.get(f"/captures/{capture_id}", status=200).text
     assert form in page and '<form method="post" action="/logout">' in page
+    assert "Log in to protect" not in page and "web_token" not in page
+
+
+def test_without_a_token_the_photo_page_says_how_to_turn_protecting_on(client, captures):
+    page = client().get(f"/captures/{captures[0]['id']}", status=200).text
+    assert (
+        "To protect photos from cleanup here, set <code>web_token</code> in the config "
+        "(see “Keep captures” in docs/operating.md)." in page
+    )
+    assert "/protect" not in page and 'href="/login"' not in page
+
+
+def test_the_photo_page_of_a_simulated_capture_shows_exif_and_metadata_as_labelled_rows(loop_app):
+    app = loop_app.app
+    capture_id = take(app)
+    metadata = app.get(f"/api/captures/{capture_id}", headers=BEARER).json["metadata"]
+    assert metadata["Simulated"] is True and metadata["exif"]["Make"] == "Raspberry Pi"  # what it shows
+    page = app.get(f"/captures/{capture_id}", status=200).text
+    assert "<dt>Simulated camera</dt><dd>Yes</dd>" in page
+    assert "<h2>EXIF (in the photo file)</h2>" in page
+    assert "<dt>Camera make</dt><dd>Raspberry Pi</dd>" in page
+    assert "<dt>Camera serial number</dt><dd>trap-07</dd>" in page
+    taken = metadata["exif"]["DateTimeOriginal"].replace(":", "-", 2)
+    assert f"<dt>Taken, by the camera&#039;s clock</dt><dd>{taken}</dd>" in page
+    assert "{&#039;" not in page and "{'" not in page and "True" not in page and "Simulated:" not in page
+
+
+def test_unknown_and_odd_metadata_gets_humanised_labels_and_plain_values(client, store, captures):
+    jpeg, thumbnail = shoot(SimulatedCamera(size_px=(64, 48)))
+    metadata = {
+        "ColourCorrectionMatrix": [1.5, -0.25, 0.1],
+        "AfState": 2,
+        "exif": {"FNumber": "abc", "Orientation": 42, "ISOSpeedRatings": [100, 200], "Flash": 1},
+        "tuning": {"nested_key": {"a_b": True, "c": None}},
+    }
+    row = store.add(jpeg, thumbnail, timestamp=ManualClock().now(), trigger="manual", metadata=metadata)
+    page = client().get(f"/captures/{row['id']}", status=200).text
+    assert "<dt>Colour correction matrix</dt><dd>1.5, -0.25, 0.1</dd>" in page
+    assert "<dt>Af state</dt><dd>2</dd>" in page
+    # A value of another type than the appliance writes (an imported photo's EXIF): shown plain.
+    assert "<dt>Aperture</dt><dd>abc</dd>" in page and "<dt>Orientation</dt><dd>42</dd>" in page
+    assert "<dt>Sensitivity</dt><dd>ISO 100, 200</dd>" in page and "<dt>Flash</dt><dd>fired</dd>" in page
+    assert "<h2>Tuning</h2>" in page and "<dt>Nested key</dt><dd>A b: Yes; C: none</dd>" in page
+    assert "{" not in page.split("<h2>Camera</h2>")[1] and "True" not in page
+
+
+# --- Times, title and navigation ----------------------------------------------------------------------
+
+
+def test_times_are_shown_in_the_configured_zone_and_the_api_keeps_iso_utc(client, captures):
+    app = client(config=configured(timezone="Pacific/Auckland"))
+    old = captures[0]  # OLD_DAY 08:00 UTC: 21:00 in Auckland (NZDT, UTC+13)
+    assert old["captured_at"] == "2024-03-10T08:00:00.000+00:00"
+    shown = '<time datetime="2024-03-10T21:00:00+13:00">2024-03-10 21:00 NZDT</time>'
+    assert shown in app.get("/captures?day=2024-03-10", status=200).text
+    page = app.get(f"/captures/{old['id']}", status=200).text
+    assert '<time datetime="2024-03-10T21:00:00+13:00">2024-03-10 21:00:00 NZDT</time>' in page
+    assert "UTC" not in page
+    assert app.get(f"/api/captures/{old['id']}").json["captured_at"] == old["captured_at"]
+
+
+def test_the_system_zone_is_used_when_none_is_configured(client, captures, monkeypatch):
+    monkeypatch.setenv("TZ", "America/Anchorage")
+    page = client(config=configured()).get(f"/captures/{captures[0]['id']}", status=200).text
+    assert '<time datetime="2024-03-09T23:00:00-09:00">2024-03-09 23:00:00 AKST</time>' in page
+
+
+def test_the_gallery_day_is_a_day_of_the_configured_zone_and_the_api_day_stays_utc(client, captures):
+    app = client(config=configured(timezone="America/Anchorage"))
+    old = [captures[1]["id"], captures[0]["id"]]  # OLD_DAY 08:00 UTC: the day before, 23:00, there
+    page = app.get("/captures?day=2024-03-09", status=200).text
+    assert capture_ids(page) == old and "Day (America/Anchorage)" in page
+    assert capture_ids(app.get("/captures?day=2024-03-10", status=200).text) == []
+    api = app.get("/api/captures?day=2024-03-10", status=200).json["captures"]
+    assert [c["id"] for c in api] == old
+
+
+def test_a_gallery_day_out_of_range_in_the_zone_is_a_400(client, captures):
+    app = client(config=configured(timezone="Pacific/Auckland"))
+    response = app.get("/captures?day=0001-01-01", status=400)
+    assert response.text == "400 bad day: 0001-01-01 is out of range in Pacific/Auckland\n"
+
+
+@pytest.mark.parametrize(
+    ("path", "page", "current"),
+    [("/", "Status", "/"), ("/captures", "Captures", "/captures"), ("/login", "Log in", "/login")],
+)
+def test_the_title_names_the_page_and_the_trap_and_the_nav_marks_the_page(client, path, page, current):
+    app = client(config=configured(camera_id="trap-07"), token=TOKEN, submit=lambda request: None)
+    text = app.get(path, status=200).text
+    assert f"<title>{page} · trap-07</title>" in text and f"<h1>{page}</h1>" in text
+    assert re.findall(r'<a href="([^"]*)" aria-current="page">', text) == [current]
+    assert "Camera trap" not in text
+
+
+def test_without_a_camera_id_the_trap_is_named_by_the_host(client, captures):
+    text = client().get(f"/captures/{captures[0]['id']}", status=200).text
+    assert f"<title>Capture #{captures[0]['seq']} · {socket.gethostname()}</title>" in text
+
+
+# --- Marks in the captions ------------------------------------------------------------------------------
+
+
+def test_captions_mark_doubtful_times_and_protected_captures_and_explain_the_marks_once(client, store):
+    jpeg, thumbnail = shoot(SimulatedCamera(size_px=(64, 48)))
+    clock = ManualClock(clock_synced=False)
+    store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="motion")
+    clock.clock_synced = True
+    kept = store.add(jpeg, thumbnail, timestamp=clock.now(), trigger="button")
+    store.set_protected(kept["id"], True)
+    page = client().get("/", status=200).text
+    captions = re.findall(r"<figcaption>(#.*?)</figcaption>", page)  # the grid's, not the plots'
+    assert len(captions) == 2 and "(clock not set)" not in page
+    assert '<span class="mark" title="protected from cleanup">★</span>' in captions[0]
+    assert "⚠" not in captions[0] and "★" not in captions[1]
+    assert '<span class="mark" title="the clock was not set: the time may be wrong">⚠</span>' in captions[1]
+    assert page.count("taken before the clock was set: the time may be wrong.") == 1
+    assert page.count("protected from cleanup.") == 1
+    store.set_protected(kept["id"], False)
+    only_doubtful = client().get(f"/captures?before={kept['seq']}", status=200).text
+    assert "the time may be wrong." in only_doubtful and "protected from cleanup." not in only_doubtful
+    assert 'class="legend"' not in client().get("/captures?trigger=button", status=200).text
 
 
 # --- Without HTTP ------------------------------------------------------------------------------------
@@ -243,7 +384,7 @@ def test_the_page_handlers_render_without_http(store, captures):
     reader = IndexReader(store.data_dir)
     health = Health()
     status = StatusCollector(reader, mode="hardware", started_monotonic=0, health=health)
-    pages = Pages(reader, status.collect, Auth("", actions_on=False), export_on=False)
+    pages = Pages(reader, status.collect, Auth("", actions_on=False))
     bind_request()
     health.set("storage", "the last capture could not be stored: No space left on device")
     page = pages.status()
@@ -261,10 +402,37 @@ def test_the_status_page_offers_the_export_to_those_who_may_download_it(store):
     reader = IndexReader(store.data_dir)
     collect = StatusCollector(reader, mode="simulation", started_monotonic=0).collect
     auth = Auth(TOKEN, actions_on=True)
-    pages = Pages(reader, collect, auth, export_on=True)
+    pages = Pages(reader, collect, auth, config=configured(latitude=51.496, longitude=4.774))
     bind_request()
-    assert "Download all as Camtrap DP" not in pages.status()
+    page = pages.status()
+    assert "Download all as Camtrap DP" not in page
+    assert '<a href="/login">Log in</a> to download the photos as a Camtrap DP package.' in page
     bind_request(headers={"Cookie": f"appliance_session={auth.session}"})
     assert "Download all as Camtrap DP" in pages.status()
-    open_to_all = Pages(reader, collect, Auth("", actions_on=False), export_on=True)
+    open_to_all = Pages(reader, collect, Auth("", actions_on=False), config=pages.config)
     assert "Download all as Camtrap DP" in open_to_all.status()
+    no_export = Pages(reader, collect, Auth("", actions_on=False))
+    assert "Camtrap DP" not in no_export.status()
+
+
+@pytest.mark.parametrize(
+    ("settings", "missing"),
+    [({}, "latitude and longitude"), ({"latitude": 51.496}, "longitude"), ({"longitude": 4.774}, "latitude")],
+)
+def test_without_the_position_the_zip_is_not_offered_and_the_page_says_what_to_set(
+    client, captures, settings, missing
+):
+    app = client(config=configured(**settings))
+    page = app.get("/", status=200).text
+    assert "/export/camtrap-dp.zip" not in page
+    assert (
+        f"To download the photos as a Camtrap DP package, set {missing} (decimal degrees) in the config."
+        in page
+    )
+    # The page's word and the export's come from the same check.
+    refused = app.get("/export/camtrap-dp.zip", status=409).text
+    assert refused.startswith(f"409 {missing.replace(' and ', ', ')}: not set in the config")
+    with_position = client(config=configured(latitude=51.496, longitude=4.774)).get("/", status=200).text
+    assert (
+        '<a href="/export/camtrap-dp.zip" download>' in with_position and "To download" not in with_position
+    )

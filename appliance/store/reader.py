@@ -142,12 +142,15 @@ class IndexReader:
         limit: int = 24,
         day: datetime.date | None = None,
         trigger: str | None = None,
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
     ) -> list[dict]:
         """Up to ``limit`` captures with ``seq`` below ``before`` (None: from the newest), newest
-        first, optionally only those of ``trigger`` or captured on ``day`` (UTC).  Keyset
-        pagination: the next page is ``before=<the last seq of this one>``, and each page costs the
-        same whatever its depth and the size of the index (indexes on ``seq``, ``(trigger, seq)``
-        and ``captured_at``)."""
+        first, optionally only those of ``trigger``, captured on ``day`` (UTC), or captured at
+        ``since <= captured_at < until`` (aware datetimes, e.g. the bounds of a day in another
+        zone; None: no bound).  Keyset pagination: the next page is ``before=<the last seq of this
+        one>``, and each page costs the same whatever its depth and the size of the index (indexes
+        on ``seq``, ``(trigger, seq)`` and ``captured_at``)."""
         where, args = ["seq < ?"], [before if before is not None else 2**63 - 1]
         if trigger is not None:
             where.append("trigger = ?")
@@ -156,6 +159,10 @@ class IndexReader:
             start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
             where.append("captured_at >= ? AND captured_at < ?")
             args += [iso_utc(start), iso_utc(start + datetime.timedelta(days=1))]
+        for bound, operator in ((since, ">="), (until, "<")):
+            if bound is not None:
+                where.append(f"captured_at {operator} ?")
+                args.append(iso_utc(bound))
         with self._db() as db:
             return list(
                 db["captures"].rows_where(" AND ".join(where), args, order_by="seq DESC", limit=limit)

@@ -1,6 +1,6 @@
-% rebase("layout.tpl", title="Captures")
+% rebase("layout.tpl", title="Captures", current="captures")
 <form class="filters" method="get" action="/captures">
-<label>Day (UTC)<br><input type="date" name="day" value="{{query["day"] or ""}}"></label>
+<label>Day ({{when.label}})<br><input type="date" name="day" value="{{query["day"] or ""}}"></label>
 <label>Trigger<br><select name="trigger">
 <option value="">any</option>
 % for t in triggers:

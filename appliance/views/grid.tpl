@@ -11,7 +11,18 @@
 <span>no thumbnail</span>
 % end
 </a>
-<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{" ★" if c["protected"] else ""}}<br><time datetime="{{c["captured_at"]}}">{{c["captured_at"][:10]}} {{c["captured_at"][11:19]}} UTC</time>{{"" if c["clock_synced"] else " (clock not set)"}}</figcaption>
+<figcaption>#{{c["seq"]}} {{c["trigger"]}}{{!' <span class="mark" title="protected from cleanup">★</span>' if c["protected"] else ""}}{{!"" if c["clock_synced"] else ' <span class="mark" title="the clock was not set: the time may be wrong">⚠</span>'}}<br>{{!when(c["captured_at"])}}</figcaption>
 </figure>
 % end
 </div>
+% protected, unsure = any(c["protected"] for c in captures), any(not c["clock_synced"] for c in captures)
+% if protected or unsure:
+<p class="legend">
+% if protected:
+<span class="mark">★</span> protected from cleanup.
+% end
+% if unsure:
+<span class="mark">⚠</span> taken before the clock was set: the time may be wrong.
+% end
+</p>
+% end

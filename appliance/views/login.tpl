@@ -1,4 +1,4 @@
-% rebase("layout.tpl", title="Log in")
+% rebase("layout.tpl", title="Log in", current="login")
 % if failed:
 <p class="banner error">Wrong token.</p>
 % end

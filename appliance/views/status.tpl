@@ -1,4 +1,4 @@
-% rebase("layout.tpl", title=f"Camera trap ({status.mode})")
+% rebase("layout.tpl", title="Status", current="status")
 % if status.problems:
 % for problem in status.problems:
 <p class="banner {{"error" if problem.stops_capturing else "warning"}}"><strong>{{problem.area}}:</strong> {{problem.reason}}</p>
@@ -25,7 +25,7 @@
 <dt>Cleanup</dt><dd>{{cleanup.state if cleanup else "ok"}}{{(": " + cleanup.reason) if cleanup and cleanup.reason else ""}}
 % run = status.last_cleanup_run
 % if run:
-<br>last run {{run["started_at"]}} ({{run["reason"]}}): {{run["deleted"]}} deleted, {{"%.1f" % (run["bytes_freed"] / 1e6)}} MB freed{{"" if run["finished_at"] else ", under way"}}
+<br>last run {{!when(run["started_at"])}} ({{run["reason"]}}): {{run["deleted"]}} deleted, {{"%.1f" % (run["bytes_freed"] / 1e6)}} MB freed{{"" if run["finished_at"] else ", under way"}}
 % end
 </dd>
 % if status.camera:
@@ -48,7 +48,12 @@
 <h2>Latest captures</h2>
 % include("grid.tpl", captures=status.latest)
 <p><a href="/captures">All captures</a> · <a href="/api/status">JSON</a>
-% if export_on:
+% if export and not export["missing"] and export["allowed"]:
  · <a href="/export/camtrap-dp.zip" download>Download all as Camtrap DP (ZIP)</a>
 % end
 </p>
+% if export and export["missing"]:
+<p class="hint">To download the photos as a Camtrap DP package, set {{" and ".join(export["missing"])}} (decimal degrees) in the config.</p>
+% elif export and not export["allowed"] and actions_on:
+<p class="hint"><a href="/login">Log in</a> to download the photos as a Camtrap DP package.</p>
+% end

@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import bottle
 
-from appliance.activity import local_zone, read_activity
+from appliance.activity import read_activity
 from appliance.status import Status, capture_json
 from appliance.store import IndexReader
+from appliance.web.display import LocalTime
 from appliance.web.request import MAX_PAGE_SIZE, PAGE_SIZE, capture_row, gallery_query, next_url, query, seq
 
 
@@ -17,18 +18,19 @@ class Api:
 
     :param reader: the index.
     :param status: returns the :class:`~appliance.status.Status` now.
-    :param zone: returns the trap's zone (a ``datetime.tzinfo``), for the diel counts.
+    :param zone: returns the trap's zone (a ``datetime.tzinfo``: the ``timezone`` setting's), for
+        the diel counts; None: the system's.
     """
 
     def __init__(
         self,
         reader: IndexReader,
         status: Callable[[], Status],
-        zone: Callable[[], datetime.tzinfo] = local_zone,
+        zone: Callable[[], datetime.tzinfo] | None = None,
     ):
         self._reader = reader
         self._status = status
-        self._zone = zone
+        self._zone = zone or (lambda: LocalTime.named("").tzinfo)
 
     def status(self) -> dict:
         """``GET /api/status``: :meth:`Status.to_json <appliance.status.Status.to_json>`."""

@@ -2,14 +2,12 @@
 table (:func:`routes`), read top to bottom; :func:`make_app` puts them together."""
 
 import dataclasses
-import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import bottle
 
-from appliance.activity import local_zone
 from appliance.config import Config
 from appliance.loop import Request
 from appliance.status import Status
@@ -41,10 +39,10 @@ class WebDeps:
         queue's ``put``); None: actions are off.
     :param token: the ``web_token`` that actions (and the export) need; "": actions are off and
         the export is open to all.
-    :param config: returns the config whose deployment settings the export uses, read at each
-        export (after a reload, the new one); None: no export (404).
-    :param zone: returns the trap's zone (a ``datetime.tzinfo``), read at each request, for the
-        diel plot of the status page and ``/api/activity``; by default the system's.
+    :param config: returns the running config (after a reload, the new one): the export reads
+        its deployment settings at each export, the pages and ``/api/activity`` its ``timezone``
+        and the pages its ``camera_id`` at each request; None: no export (404), and the pages
+        show the defaults.
     """
 
     reader: IndexReader
@@ -52,7 +50,6 @@ class WebDeps:
     submit: Callable[[Request], None] | None = None
     token: str = ""
     config: Callable[[], Config] | None = None
-    zone: Callable[[], datetime.tzinfo] = local_zone
 
 
 @dataclass(frozen=True)
@@ -77,12 +74,12 @@ class Views:
         def status() -> Status:  # only the web knows whether it takes actions
             return dataclasses.replace(deps.status(), actions=auth.actions_on)
 
-        pages = Pages(deps.reader, status, auth, export_on=deps.config is not None, zone=deps.zone)
+        pages = Pages(deps.reader, status, auth, config=deps.config)
         return cls(
             auth=auth,
             pages=pages,
             login=Login(auth, pages.render),
-            api=Api(deps.reader, status, deps.zone),
+            api=Api(deps.reader, status, zone=lambda: pages.when().tzinfo),
             actions=Actions(deps.submit),
             files=Files(deps.reader),
             export=Export(deps.reader, deps.config),

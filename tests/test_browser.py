@@ -6,6 +6,7 @@ is a SEVERE console message), and nothing is wider than a phone's screen.  Scree
 
 import base64
 import contextlib
+import datetime
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from test_end_to_end import start, status_url, wait_for_captures
+
+from appliance.store import CaptureStore
 
 CHROMIUM = "chromium"
 CHROMEDRIVER = "chromedriver"
@@ -79,6 +82,18 @@ def appliance(tmp_path, burst_dir, run_config):
     """The URL of the real command in simulation (TRAP_CONFIG), once it holds at least 4 captures."""
     config = tmp_path / "trap-config.toml"
     config.write_text(run_config.read_text() + TRAP_CONFIG)
+    # A week of free space as the appliance samples it with a trusted clock (this machine's clock
+    # may not be, and the plot would then say "No samples yet"): falling by 0.2 GB an hour.
+    store = CaptureStore(tmp_path / "data")
+    try:
+        now = datetime.datetime.now(datetime.UTC)
+        for hours in range(7 * 24, 0, -1):
+            at = now - datetime.timedelta(hours=hours)
+            store.record_disk_sample(
+                at, free_bytes=int(60e9 - (7 * 24 - hours) * 0.2e9), total_bytes=64_000_000_000
+            )
+    finally:
+        store.close()
     process = start(tmp_path / "data", config, "--replay", str(burst_dir), "--trigger-interval-s", "0.3")
     try:
         url = status_url(process)

@@ -154,7 +154,7 @@ def trap_name() -> str:
             machine_id = path.read_text(encoding="ascii").strip().lower()
         except (OSError, UnicodeDecodeError):
             continue
-        if re.fullmatch(r"[0-9a-f]{32}", machine_id):
+        if len(machine_id) == 32 and set(machine_id) <= set("0123456789abcdef"):  # as machine-id(5) has it
             return f"{host}-{machine_id[:MACHINE_ID_DIGITS]}"
     return host
 

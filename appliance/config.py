@@ -403,8 +403,10 @@ class Config:
     # Deployment metadata for `appliance export camtrap-dp`, named after the Camtrap DP terms.
     deployment_id: str = _setting(
         "",
-        'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or '
-        '"appliance") and the date of the deployment start, e.g. "appliance-20260501".',
+        'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or, '
+        "when that is not set, the host name and the first 6 hex digits of /etc/machine-id) and the "
+        'deployment start in UTC, e.g. "trap-07-20260501T160000Z" or '
+        '"raspberrypi-3f9a1c-20260501T160000Z".',
         bounds.camtrap_text,
         reload=EXPORT,
     )

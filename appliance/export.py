@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import weakref
 import zipfile
@@ -53,6 +54,12 @@ MEDIA_MODES = ("copy", "link", "none")
 CHUNK_BYTES = 1 << 16
 # CSV rows written between two chunks of a table.
 CSV_ROWS_PER_CHUNK = 256
+
+# Where systemd (then D-Bus) keeps the machine's id: 32 hex digits made once per installed system.
+MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+# Hex digits of the machine id in a default deployment ID: 16.7 million values, enough to tell apart
+# the traps of one project whose host names are all "raspberrypi".
+MACHINE_ID_DIGITS = 6
 
 # Column order of the Camtrap DP 1.0.2 table schemas (and of its example package).
 DEPLOYMENT_FIELDS = (
@@ -146,6 +153,31 @@ def _close(snapshot, on_close) -> None:
         on_close()
 
 
+def trap_name() -> str:
+    """This machine's name for a deployment ID: its host name and the first
+    :data:`MACHINE_ID_DIGITS` hex digits of its machine id (:data:`MACHINE_ID_PATHS`), e.g.
+    ``"raspberrypi-3f9a1c"``, or the host name alone where no machine id can be read.  Every
+    Raspberry Pi OS image names its host ``raspberrypi``; the machine id, made at the first boot,
+    tells two of them apart.  Reads the files at each call."""
+    host = socket.gethostname().split(".")[0] or "appliance"
+    for path in MACHINE_ID_PATHS:
+        try:
+            machine_id = path.read_text(encoding="ascii").strip().lower()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(machine_id) == 32 and set(machine_id) <= set("0123456789abcdef"):  # as machine-id(5) has it
+            return f"{host}-{machine_id[:MACHINE_ID_DIGITS]}"
+    return host
+
+
+def default_deployment_id(camera_id: str, start: datetime.datetime) -> str:
+    """The deployment ID when ``deployment_id`` is not set: ``camera_id`` (else :func:`trap_name`)
+    and the deployment's ``start`` in UTC to the second, e.g. ``"trap-07-20260501T160000Z"`` or
+    ``"raspberrypi-3f9a1c-20260501T160000Z"``, so that two traps, or two deployments of one trap,
+    never share one.  ``start``: an aware datetime (a naive one is taken as local time)."""
+    return f"{camera_id or trap_name()}-{start.astimezone(datetime.UTC):%Y%m%dT%H%M%SZ}"
+
+
 class Package:
     """The Camtrap DP package of the captures with ``since <= captured_at < until`` (aware
     datetimes; None: no bound) in ``reader``'s index, with ``media`` ``"copy"`` or ``"link"`` (the
@@ -196,7 +228,7 @@ class Package:
         except BaseException:
             self.close()
             raise
-        self.deployment_id = config.deployment_id or f"{config.camera_id or 'appliance'}-{self.start:%Y%m%d}"
+        self.deployment_id = config.deployment_id or default_deployment_id(config.camera_id, self.start)
         # Data Package names: lower-case letters, digits, "-", "_" and ".".
         self.name = re.sub(r"[^a-z0-9._-]+", "-", self.deployment_id.lower()).strip("-") or "appliance"
         self.created = now or datetime.datetime.now(datetime.UTC)

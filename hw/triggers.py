@@ -26,7 +26,8 @@ from gpiozero.pins.mock import MockFactory
 # 10 Hz by default, so a pulse must last a few samples to be seen (a real HC-SR501 holds >= 2.5 s).
 SIMULATED_PIR_PULSE_S = 0.3
 SIMULATED_PRESS_S = 0.05
-# Trigger sources a person asked for directly: never held back by the gate.
+# Every trigger source, and those a person asked for directly: never held back by the gate.
+SOURCES = ("button", "motion", "timelapse", "manual")
 UNGATED = ("manual",)
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import schedule
 import webtest
+from picamera2_wheel import WheelUnavailable, download_picamera2_wheel
 from web_client import HOST, METADATA, OLD_DAY, TOKEN, app_over, shoot
 
 from appliance import thumbnails
@@ -43,15 +44,23 @@ def samples() -> Path:
 
 
 @pytest.fixture(scope="session")
-def picamera2_wheel():
-    """The picamera2 wheel at ``$PICAMERA2_WHEEL`` as a zip file (picamera2 cannot be imported off
-    a Pi; its source is read).  Skips without it, except under CI, where .ci/run must download it."""
+def picamera2_wheel(pytestconfig):
+    """The picamera2 wheel as a zip file (picamera2 cannot be imported off a Pi; its source is
+    read): ``$PICAMERA2_WHEEL`` when set, else the one :func:`download_picamera2_wheel` gets.
+    Skips when it cannot be had, except under CI, where it fails."""
     path = os.environ.get("PICAMERA2_WHEEL")
-    if not path:
-        reason = "PICAMERA2_WHEEL is not set (path to a wheel from: pip download --no-deps picamera2)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; under CI, .ci/run must download the picamera2 wheel")
-        pytest.skip(reason)
+    if path and not Path(path).is_file():
+        pytest.fail(f"PICAMERA2_WHEEL={path}: no such file; point it at a picamera2 wheel, or unset it "
+                    "to let the tests download one", pytrace=False)  # fmt: skip
+    unavailable = None
+    try:
+        path = path or download_picamera2_wheel(pytestconfig)
+    except WheelUnavailable as exc:
+        unavailable = str(exc)
+    if unavailable and os.environ.get("CI") == "true":  # outside the except: one line, not two tracebacks
+        pytest.fail(unavailable, pytrace=False)
+    if unavailable:
+        pytest.skip(unavailable)
     with zipfile.ZipFile(path) as zf:
         yield zf
 

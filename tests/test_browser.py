@@ -25,8 +25,10 @@ from test_end_to_end import start, status_url, wait_for_captures
 
 from appliance.store import CaptureStore
 
-CHROMIUM = "chromium"
-CHROMEDRIVER = "chromedriver"
+# Debian's names first (its chromium-driver package puts chromedriver on the PATH and in
+# /usr/lib/chromium), then Ubuntu's and Raspberry Pi OS's older chromium-browser.
+CHROMIUM = ("chromium", "chromium-browser")
+CHROMEDRIVER = ("chromedriver", "/usr/lib/chromium/chromedriver", "/usr/lib/chromium-browser/chromedriver")
 # Without the background-networking flags Chromium keeps trying to reach Google's hosts, which this
 # closed network refuses; --no-sandbox because CI runs as root.
 CHROMIUM_FLAGS = [
@@ -52,13 +54,18 @@ return Array.from(document.querySelectorAll(arguments[0]))
 
 @pytest.fixture
 def browser_paths() -> tuple[str, str]:
-    """Paths of Debian's chromium and chromedriver.  Skips without them, except under CI, where
-    .ci/run must install them."""
-    chromium, chromedriver = shutil.which(CHROMIUM), shutil.which(CHROMEDRIVER)
+    """Paths of Chromium and its chromedriver (the first of :data:`CHROMIUM` and
+    :data:`CHROMEDRIVER` found).  Skips without them, except under CI, where .ci/run must install
+    them."""
+    chromium = next(filter(None, map(shutil.which, CHROMIUM)), None)
+    chromedriver = next(filter(None, map(shutil.which, CHROMEDRIVER)), None)
     if not (chromium and chromedriver):
-        reason = f"{CHROMIUM} or {CHROMEDRIVER} is not installed (apt-get install chromium chromium-driver)"
+        missing = " and ".join(
+            name for name, path in (("chromium", chromium), ("chromedriver", chromedriver)) if not path
+        )
+        reason = f"{missing} not found: apt install chromium chromium-driver"
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; under CI, .ci/run must install Debian's chromium and chromium-driver")
+            pytest.fail(f"{reason}; under CI, .ci/run must install them", pytrace=False)
         pytest.skip(reason)
     return chromium, chromedriver
 

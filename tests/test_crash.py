@@ -6,7 +6,9 @@ start-up will find.  Every other cycle the start-up reconciliation runs at once 
 ``open_store`` as ``appliance run``: after a crash it looks only at the writes in flight), and then
 the test walks every file to prove that was enough; otherwise the next ``appliance run`` reconciles
 by itself before capturing.  At the end a full check must find nothing left to repair.
-CRASH_TEST_KILLS sets the number of kills (default 100); CRASH_TEST_SEED replays a run.
+
+CRASH_TEST_KILLS sets the number of kills (default 30, about half a minute; the deletion test kills
+half as often); CRASH_TEST_SEED replays a run.  Each test prints a line every PROGRESS_EVERY kills.
 """
 
 import contextlib
@@ -22,7 +24,10 @@ import time
 from appliance.reconcile import open_store
 from appliance.store import DB_NAME
 
-KILLS = int(os.environ.get("CRASH_TEST_KILLS", "100"))
+# The short form (the README's command, CI) stays well under a minute per test; a longer run, such as
+# CRASH_TEST_KILLS=1000, before a release.
+KILLS = int(os.environ.get("CRASH_TEST_KILLS", "30"))
+PROGRESS_EVERY = 10
 # Start-up (imports, reconciliation) takes about 0.6 s here: kill over it and a second of captures.
 KILL_AFTER_S = (0.2, 1.6)
 ACKNOWLEDGED = re.compile(r"capture \d+ \(([0-9a-f]{32}), ")
@@ -35,6 +40,12 @@ button_bounce_time_s = 0
 camera_size_px = [640, 480]
 thumbnail_max_px = 160
 """
+
+
+def progress(capsys, line: str) -> None:
+    """Print ``line`` on the terminal now, on a line of its own, even while pytest captures output."""
+    with capsys.disabled():
+        print(f"\n{line}", flush=True)
 
 
 def rows_of(data_dir) -> dict[str, sqlite3.Row]:
@@ -73,8 +84,12 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path,
     counts = {"kills": 0, "kills before the first capture": 0, "start-ups that repaired": 0}
     counts |= {"checks": 0, "repairs": 0}
     repairs = {"temp_removed": 0, "recovered": 0, "deletions_finished": 0, "thumbnails_remade": 0}
+    started = time.monotonic()
 
     for cycle in range(KILLS):
+        if cycle and cycle % PROGRESS_EVERY == 0:
+            progress(capsys, f"crash test (seed {seed}): {cycle}/{KILLS} kills, {len(acknowledged)} "
+                             f"acknowledged captures, {time.monotonic() - started:.0f} s")  # fmt: skip
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance", "run", "--config", str(config),
              "--host", "127.0.0.1", "--port", "0"],
@@ -121,9 +136,9 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_capture(tmp_path,
     assert_rows_have_their_photos(data_dir, rows)
     assert_disk_matches_index(data_dir, rows)
     assert len(acknowledged) > KILLS, "too few captures between kills for the test to mean much"
-    with capsys.disabled():
-        figures = counts | repairs | {"acknowledged captures": len(acknowledged), "rows": len(rows)}
-        print(f"\ncrash test (seed {seed}): " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    figures = counts | repairs | {"acknowledged captures": len(acknowledged), "rows": len(rows)}
+    figures["s"] = round(time.monotonic() - started)
+    progress(capsys, f"crash test (seed {seed}): " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 WRITER = """\
@@ -159,7 +174,13 @@ def test_sigkill_while_deleting_never_revives_a_deleted_capture(tmp_path, capsys
     script.write_text(WRITER)
     stored, deleted, deleting = set(), set(), set()
     kills, kills_mid_deletion = max(1, KILLS // 2), 0
+    started = time.monotonic()
     for cycle in range(kills):
+        if cycle and cycle % PROGRESS_EVERY == 0:
+            figures = f"{cycle}/{kills} kills, stored {len(stored)}, deleted {len(deleted)}"
+            progress(
+                capsys, f"deletion crash test (seed {seed}): {figures}, {time.monotonic() - started:.0f} s"
+            )
         process = subprocess.Popen(
             [sys.executable, str(script), str(data_dir)], stdout=subprocess.PIPE, text=True
         )
@@ -186,6 +207,6 @@ def test_sigkill_while_deleting_never_revives_a_deleted_capture(tmp_path, capsys
         assert_disk_matches_index(data_dir, rows)
         deleted |= deleting - rows.keys()  # a batch whose commit made it before the kill
         deleting = set()
-    with capsys.disabled():
-        figures = f"kills {kills} ({kills_mid_deletion} during a deletion), stored {len(stored)}"
-        print(f"\ndeletion crash test (seed {seed}): {figures}, deleted {len(deleted)}")
+    figures = f"kills {kills} ({kills_mid_deletion} during a deletion), stored {len(stored)}"
+    elapsed = f"{time.monotonic() - started:.0f} s"
+    progress(capsys, f"deletion crash test (seed {seed}): {figures}, deleted {len(deleted)}, {elapsed}")

@@ -2,6 +2,7 @@
 offline validator of ../shared/camtrap-dp and read back."""
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -19,8 +20,8 @@ from test_end_to_end import start, status_url, wait_for_captures
 from appliance import config as config_module
 from appliance.cli import main
 from appliance.exc import ExportError
-from appliance.export import Package, zip_stream
-from appliance.store import IndexReader
+from appliance.export import Package, trap_name, zip_stream
+from appliance.store import CaptureStore, IndexReader
 from hw.clock import ManualClock
 
 VALIDATOR = Path(__file__).resolve().parents[2] / "shared" / "camtrap-dp" / "validate_offline.py"
@@ -273,3 +274,93 @@ def test_a_simulated_run_downloads_and_exports_packages_that_validate(tmp_path, 
     sizes = sorted({sum(1 for r in rows.values() if r["event_id"] == e["eventID"]) for e in events})
     assert sizes[-1] == 3  # bursts of 3 share one event (the last may be cut short by the stop)
     assert len(events) == len({r["event_id"] for r in rows.values()})
+
+
+# --- The default deployment ID ----------------------------------------------------------------------
+
+POSITION = "latitude = 51.496\nlongitude = 4.774\n"
+DAY = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
+
+
+def trap(tmp_path, name: str, photo: bytes, first: datetime.datetime) -> Path:
+    """The data directory of a trap whose captures (2, from ``first``) are its only ones."""
+    store = CaptureStore(tmp_path / name)
+    clock = ManualClock(first)
+    for _ in range(2):
+        store.add(photo, None, timestamp=clock.now(), trigger="motion")
+    store.close()
+    return tmp_path / name
+
+
+def default_id(tmp_path, data_dir: Path, config: str = "") -> str:
+    with Package(deployment(tmp_path, POSITION + config), IndexReader(data_dir)) as package:
+        return package.deployment_id
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """``machine(host, machine_id)``: the host name and /etc/machine-id the export reads from now on
+    (``machine_id`` None: no machine id readable)."""
+
+    def set_to(host: str, machine_id: str | None) -> None:
+        path = tmp_path / f"machine-id-{machine_id}"
+        if machine_id is not None:
+            path.write_text(f"{machine_id}\n")
+        monkeypatch.setattr("appliance.export.MACHINE_ID_PATHS", (path,))
+        monkeypatch.setattr("socket.gethostname", lambda: host)
+
+    return set_to
+
+
+def test_two_traps_with_their_own_camera_ids_get_different_deployment_ids_on_the_same_day(tmp_path, photo):
+    morning = DAY.replace(hour=6)
+    first, second = trap(tmp_path, "a", photo, morning), trap(tmp_path, "b", photo, morning)
+    assert default_id(tmp_path, first, 'camera_id = "trap-07"\n') == "trap-07-20260601T060000Z"
+    assert default_id(tmp_path, second, 'camera_id = "trap-08"\n') == "trap-08-20260601T060000Z"
+
+
+def test_traps_without_camera_ids_are_told_apart_by_their_machine_id(tmp_path, photo, machine):
+    """Every Raspberry Pi OS image is called ``raspberrypi``: the machine id tells them apart."""
+    morning = DAY.replace(hour=6)
+    first, second = trap(tmp_path, "a", photo, morning), trap(tmp_path, "b", photo, morning)
+    machine("raspberrypi", "3f9a1c0d5e6b7a8c9d0e1f2a3b4c5d6e")
+    first_id = default_id(tmp_path, first)
+    machine("raspberrypi", "b04e77aa5e6b7a8c9d0e1f2a3b4c5d6e")
+    assert (first_id, default_id(tmp_path, second)) == (
+        "raspberrypi-3f9a1c-20260601T060000Z", "raspberrypi-b04e77-20260601T060000Z"
+    )  # fmt: skip
+
+
+def test_two_deployments_of_one_trap_on_the_same_day_get_different_ids(tmp_path, photo, machine):
+    machine("raspberrypi", "3f9a1c0d5e6b7a8c9d0e1f2a3b4c5d6e")
+    morning, evening = (
+        trap(tmp_path, "a", photo, DAY.replace(hour=6)),
+        trap(tmp_path, "b", photo, DAY.replace(hour=18)),
+    )
+    assert (
+        default_id(tmp_path, morning)
+        != default_id(tmp_path, evening)
+        == "raspberrypi-3f9a1c-20260601T180000Z"
+    )
+    # The configured start counts, in UTC whatever its offset.
+    start = 'deployment_start = "2026-06-01T20:15:30+02:00"\n'
+    assert default_id(tmp_path, morning, start) == "raspberrypi-3f9a1c-20260601T181530Z"
+
+
+@pytest.mark.parametrize("machine_id", [None, "", "not-a-machine-id"])
+def test_without_a_readable_machine_id_the_host_name_alone_names_the_trap(tmp_path, machine, machine_id):
+    machine("trap-host", machine_id)
+    assert trap_name() == "trap-host"
+
+
+def test_a_package_with_the_default_deployment_id_validates(tmp_path, store, filled, machine):
+    machine("raspberrypi", "3f9a1c0d5e6b7a8c9d0e1f2a3b4c5d6e")
+    out = tmp_path / "package"
+    assert export(tmp_path, store, out, config=POSITION) == 0
+    result = validate(out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [row] = read_csv(out / "deployments.csv")
+    assert row["deploymentID"] == "raspberrypi-3f9a1c-20260601T210000Z"  # the first capture
+    assert {m["deploymentID"] for m in read_csv(out / "media.csv")} == {row["deploymentID"]}
+    descriptor = json.loads((out / "datapackage.json").read_text())
+    assert descriptor["name"] == "raspberrypi-3f9a1c-20260601t210000z"

@@ -2,7 +2,7 @@
 fake picamera2 in tests/fake_picamera2, whose signatures tests/test_picamera2_contract.py checks
 against the real wheel, with the wheel's real ``converters.py`` for the YUV420 frame.
 
-Needs ``PICAMERA2_WHEEL``, as the contract tests do (skipped without it, failing under CI).
+Needs the picamera2 wheel, as the contract tests do (tests/picamera2_wheel.py gets it).
 """
 
 import io

@@ -6,9 +6,10 @@ is read as a zip file: the signatures we call are checked with :mod:`ast`, and `
 run :func:`hw.camera.yuv420_frame` on a real YUV420 buffer.  The fake's own signatures are checked
 against the real ones here too, so that tests/test_picamera2_camera.py calls what a Pi would.
 
-``PICAMERA2_WHEEL`` is the path to the wheel, e.g. from
-``pip download --no-deps picamera2==0.3.38 -d DIR``.  Without it these tests are skipped, except
-under CI (``CI=true``), where they fail: .ci/run must download the wheel.
+The wheel is the newest release in the range of setup.cfg's ``pi`` extra, downloaded by the tests
+themselves on their first run and cached (tests/picamera2_wheel.py), or the one at
+``PICAMERA2_WHEEL``.  When it cannot be had (offline) these tests are skipped saying so, except
+under CI (``CI=true``), where they fail.
 """
 
 import ast

@@ -276,7 +276,10 @@ def test_healthz_stays_200_for_a_power_warning_alone(client, hardware):
 def test_the_api_handlers_answer_without_http(store, captures):
     reader = IndexReader(store.data_dir)
     health = Health()
-    collector = StatusCollector(reader, mode="simulation", started_monotonic=0, health=health)
+    # A fixed disk: the real one's free bytes change between the two readings compared below.
+    collector = StatusCollector(
+        reader, mode="simulation", started_monotonic=0, health=health, disk_usage=lambda path: DISK
+    )
     api = Api(reader, collector.collect)
     bind_request()
     status = api.status()

@@ -8,6 +8,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from appliance.status import Status
 from appliance.store import IndexReader
+from hw.triggers import SOURCES, UNGATED
+
+# The labels of appliance_triggers_suppressed_total, each with a sample from start-up on (0 until a
+# trigger of that source is held back), so that rate() and alerts see the series before the first.
+GATED_SOURCES = tuple(source for source in SOURCES if source not in UNGATED)
 
 
 class Metrics:
@@ -47,7 +52,8 @@ class _Collector:
             "Triggers counted but not captured since start-up.",
             labels=["source"],
         )
-        for source, count in (status.triggers.suppressed if status.triggers else {}).items():
+        counts = dict.fromkeys(GATED_SOURCES, 0) | (status.triggers.suppressed if status.triggers else {})
+        for source, count in counts.items():
             suppressed.add_metric([source], count)
         yield suppressed
         runs, freed = self._reader.cleanup_totals()

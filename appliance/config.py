@@ -404,7 +404,7 @@ class Config:
     deployment_id: str = _setting(
         "",
         'Camtrap DP deploymentID, unique among the deployments of a project; "": camera_id (or, '
-        "when that is not set, the host name and the first 6 hex digits of /etc/machine-id) and the "
+        "when that is not set, the host name and 6 hex digits of a hash of /etc/machine-id) and the "
         'deployment start in UTC, e.g. "trap-07-20260501T160000Z" or '
         '"raspberrypi-3f9a1c-20260501T160000Z".',
         bounds.camtrap_text,

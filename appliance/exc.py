@@ -47,3 +47,9 @@ class ControlError(ApplianceError, ConnectionError):
     could not be asked through it, or did not say that it did what it was asked: the socket
     refused this user, the appliance was busy, or it stopped or broke off before answering.  The
     message says which."""
+
+
+class Stopped(ApplianceError, OSError):
+    """An action asked of the main loop (a :class:`~appliance.loop.Request`: a test shot,
+    protecting a capture) came when the loop had stopped, or was still waiting when it stopped:
+    nothing was done.  The web API and the control socket answer it with a 503."""

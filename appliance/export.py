@@ -22,6 +22,8 @@ memory or on disk).
 
 import csv
 import datetime
+import hashlib
+import hmac
 import io
 import json
 import logging
@@ -57,9 +59,13 @@ CSV_ROWS_PER_CHUNK = 256
 
 # Where systemd (then D-Bus) keeps the machine's id: 32 hex digits made once per installed system.
 MACHINE_ID_PATHS = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
-# Hex digits of the machine id in a default deployment ID: 16.7 million values, enough to tell apart
-# the traps of one project whose host names are all "raspberrypi".
+# Hex digits of the machine id's hash in a default deployment ID: 16.7 million values, enough to
+# tell apart the traps of one project whose host names are all "raspberrypi".
 MACHINE_ID_DIGITS = 6
+# The application id the machine id is hashed with (HMAC-SHA256 keyed by the machine id, as
+# systemd's sd_id128_get_machine_app_specific()): machine-id(5) says the id is confidential and
+# "the ID or any part of it must not be used directly", and a package is published.
+MACHINE_ID_APP = bytes.fromhex("5c1f0e6a9b2d4c7e8a3f1b6d0e9c2a47")
 
 # Column order of the Camtrap DP 1.0.2 table schemas (and of its example package).
 DEPLOYMENT_FIELDS = (
@@ -155,10 +161,11 @@ def _close(snapshot, on_close) -> None:
 
 def trap_name() -> str:
     """This machine's name for a deployment ID: its host name and the first
-    :data:`MACHINE_ID_DIGITS` hex digits of its machine id (:data:`MACHINE_ID_PATHS`), e.g.
-    ``"raspberrypi-3f9a1c"``, or the host name alone where no machine id can be read.  Every
-    Raspberry Pi OS image names its host ``raspberrypi``; the machine id, made at the first boot,
-    tells two of them apart.  Reads the files at each call."""
+    :data:`MACHINE_ID_DIGITS` hex digits of its machine id's hash (:data:`MACHINE_ID_PATHS`,
+    hashed with :data:`MACHINE_ID_APP`, never shown itself), e.g. ``"raspberrypi-3f9a1c"``, or the
+    host name alone where no machine id can be read.  Every Raspberry Pi OS image names its host
+    ``raspberrypi``; the machine id, made at the first boot, tells two of them apart.  Reads the
+    files at each call."""
     host = socket.gethostname().split(".")[0] or "appliance"
     for path in MACHINE_ID_PATHS:
         try:
@@ -166,7 +173,8 @@ def trap_name() -> str:
         except (OSError, UnicodeDecodeError):
             continue
         if len(machine_id) == 32 and set(machine_id) <= set("0123456789abcdef"):  # as machine-id(5) has it
-            return f"{host}-{machine_id[:MACHINE_ID_DIGITS]}"
+            key = hmac.new(bytes.fromhex(machine_id), MACHINE_ID_APP, hashlib.sha256).hexdigest()
+            return f"{host}-{key[:MACHINE_ID_DIGITS]}"
     return host
 
 

@@ -50,8 +50,9 @@ class Request:
     ``"unprotect"`` (``capture_id``).  The asker waits on :attr:`done`, then reads :attr:`result`
     (the ids captured; None for the others) or :attr:`error`, the exception that stopped it:
     :class:`~appliance.exc.UnknownCapture` (no capture has that id),
-    :class:`~appliance.exc.NotCaptured` (the test shot was not stored), or the
-    :class:`~appliance.exc.StoreError` or ``sqlite3.Error`` the store raised."""
+    :class:`~appliance.exc.NotCaptured` (the test shot was not stored), the
+    :class:`~appliance.exc.StoreError` or ``sqlite3.Error`` the store raised, or
+    :class:`~appliance.exc.Stopped` (the loop had stopped: the appliance answers it)."""
 
     action: str
     capture_id: str | None = None

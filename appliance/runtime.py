@@ -14,6 +14,7 @@ import datetime
 import logging
 import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from appliance.activity import DISK_SAMPLE_INTERVAL_S, sample_disk
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.control import ControlChannel
-from appliance.exc import ConfigError
-from appliance.loop import Health, LoopSettings, MainLoop, guarded
+from appliance.exc import ConfigError, Stopped
+from appliance.loop import Health, LoopSettings, MainLoop, Request, guarded
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
 from appliance.status import StatusCollector
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
@@ -122,6 +123,9 @@ class Appliance:
         self.mode = "simulation" if config.simulate else "hardware"
         self.data_dir = Path(config.data_dir)
         self.events: queue.Queue = queue.Queue()
+        # Whether actions (Requests from the web page and the control socket) are still taken;
+        # the lock keeps one from being queued between the main loop's end and their refusal.
+        self._taking_actions, self._actions_lock = True, threading.Lock()
         self.notifier = notifier or Notifier({})
         self.store_closed: bool | None = None  # whether the store closed cleanly, once it has
         self._read_config = read_config
@@ -233,7 +237,7 @@ class Appliance:
             source.start()
             stack.callback(source.stop)
         # Registered last, so closed first: no command is taken once the parts start closing.
-        self.control = stack.enter_context(ControlChannel(self.data_dir, self.events.put))
+        self.control = stack.enter_context(ControlChannel(self.data_dir, self._submit))
         # Before the first capture (and before the status page is announced), not a second later.
         guarded("cleanup", self.cleanup.tick)()
         guarded("disk sample", self._sample_disk)()  # the status page's plot has a point at once
@@ -269,6 +273,7 @@ class Appliance:
         try:
             self.loop.run(duration_s)
         finally:
+            self._refuse_actions()
             self.notifier.stopping()
         if self.loop.fatal is not None:
             raise self.loop.fatal
@@ -305,11 +310,38 @@ class Appliance:
     def _send_status(self) -> None:
         self.notifier.status(self.status.systemd_line())
 
+    def _submit(self, request: Request) -> None:
+        # Hands an action to the main loop, or, once it has stopped, answers it at once: nothing
+        # else would, and its asker would hold a server thread (and the shutdown) until its timeout.
+        with self._actions_lock:
+            if self._taking_actions:
+                self.events.put(request)
+                return
+        self._refuse(request)
+
+    def _refuse_actions(self) -> None:
+        with self._actions_lock:
+            self._taking_actions = False
+            left = []
+            while True:
+                try:
+                    left.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+        for event in left:
+            if isinstance(event, Request):
+                self._refuse(event)
+
+    @staticmethod
+    def _refuse(request: Request) -> None:
+        request.error = Stopped("the appliance is stopping: nothing done; ask again once it runs")
+        request.done.set()
+
     def _web_app(self):
         deps = WebDeps(
             self.reader,
             self.status.collect,
-            submit=self.events.put,
+            submit=self._submit,
             token=self.config.web_token,
             config=self.current_config,  # the reloaded one after a SIGHUP
         )

@@ -3,6 +3,8 @@ offline validator of ../shared/camtrap-dp and read back."""
 
 import csv
 import datetime
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -20,7 +22,7 @@ from test_end_to_end import start, status_url, wait_for_captures
 from appliance import config as config_module
 from appliance.cli import main
 from appliance.exc import ExportError
-from appliance.export import Package, trap_name, zip_stream
+from appliance.export import MACHINE_ID_APP, Package, trap_name, zip_stream
 from appliance.store import CaptureStore, IndexReader
 from hw.clock import ManualClock
 
@@ -327,7 +329,7 @@ def test_traps_without_camera_ids_are_told_apart_by_their_machine_id(tmp_path, p
     first_id = default_id(tmp_path, first)
     machine("raspberrypi", "b04e77aa5e6b7a8c9d0e1f2a3b4c5d6e")
     assert (first_id, default_id(tmp_path, second)) == (
-        "raspberrypi-3f9a1c-20260601T060000Z", "raspberrypi-b04e77-20260601T060000Z"
+        "raspberrypi-a5f23d-20260601T060000Z", "raspberrypi-fbe46d-20260601T060000Z"
     )  # fmt: skip
 
 
@@ -340,11 +342,22 @@ def test_two_deployments_of_one_trap_on_the_same_day_get_different_ids(tmp_path,
     assert (
         default_id(tmp_path, morning)
         != default_id(tmp_path, evening)
-        == "raspberrypi-3f9a1c-20260601T180000Z"
+        == "raspberrypi-a5f23d-20260601T180000Z"
     )
     # The configured start counts, in UTC whatever its offset.
     start = 'deployment_start = "2026-06-01T20:15:30+02:00"\n'
-    assert default_id(tmp_path, morning, start) == "raspberrypi-3f9a1c-20260601T181530Z"
+    assert default_id(tmp_path, morning, start) == "raspberrypi-a5f23d-20260601T181530Z"
+
+
+def test_the_machine_id_itself_is_never_published(machine):
+    # machine-id(5): "must not be exposed ... the ID or any part of it must not be used directly";
+    # a package goes to GBIF.  Its application-specific hash (HMAC-SHA256 keyed by it, as
+    # sd_id128_get_machine_app_specific) tells traps apart as well.
+    machine_id = "3f9a1c0d5e6b7a8c9d0e1f2a3b4c5d6e"
+    machine("raspberrypi", machine_id)
+    key = hmac.new(bytes.fromhex(machine_id), MACHINE_ID_APP, hashlib.sha256).hexdigest()
+    assert trap_name() == f"raspberrypi-{key[:6]}"
+    assert not any(machine_id[i : i + 4] in trap_name() for i in range(29))
 
 
 @pytest.mark.parametrize("machine_id", [None, "", "not-a-machine-id"])
@@ -360,7 +373,7 @@ def test_a_package_with_the_default_deployment_id_validates(tmp_path, store, fil
     result = validate(out)
     assert result.returncode == 0, result.stdout + result.stderr
     [row] = read_csv(out / "deployments.csv")
-    assert row["deploymentID"] == "raspberrypi-3f9a1c-20260601T210000Z"  # the first capture
+    assert row["deploymentID"] == "raspberrypi-a5f23d-20260601T210000Z"  # the first capture
     assert {m["deploymentID"] for m in read_csv(out / "media.csv")} == {row["deploymentID"]}
     descriptor = json.loads((out / "datapackage.json").read_text())
-    assert descriptor["name"] == "raspberrypi-3f9a1c-20260601t210000z"
+    assert descriptor["name"] == "raspberrypi-a5f23d-20260601t210000z"

@@ -9,8 +9,12 @@ import pytest
 import requests
 
 from appliance import config as config_module
+from appliance import control
 from appliance.config import Config
+from appliance.exc import ControlError, Stopped
+from appliance.loop import Request
 from appliance.runtime import Appliance
+from appliance.web.actions import ACTION_TIMEOUT_S
 from boot.systemd import Notifier
 
 
@@ -101,3 +105,19 @@ def test_the_uptime_counts_from_the_start_it_is_given(tmp_path):
     started = time.monotonic() - 100  # preflight began 100 s ago
     with Appliance(config, notifier=Notifier({}), started_monotonic=started) as appliance:
         assert appliance.status.collect().uptime_s >= 100
+
+
+def test_actions_asked_when_the_main_loop_has_stopped_are_answered_at_once_not_left_waiting(appliance):
+    # One waiting in the queue when the loop stops, one asked after (through the control socket,
+    # as `appliance protect` asks while the appliance closes): neither is done, both are told so
+    # at once, instead of holding a server thread ACTION_TIMEOUT_S and the shutdown with it.
+    queued = Request("protect", "0" * 32)
+    appliance.events.put(queued)
+    appliance.loop.request_stop("test over")
+    appliance.run()
+    assert queued.done.is_set() and isinstance(queued.error, Stopped)
+    client = control.connect(appliance.data_dir)
+    started = time.monotonic()
+    with pytest.raises(ControlError, match="^the appliance is stopping: nothing done"):
+        client.protect("0" * 32, True)
+    assert time.monotonic() - started < ACTION_TIMEOUT_S / 3

@@ -494,3 +494,20 @@ def test_the_servers_own_refusals_carry_the_security_headers_and_no_store(live, 
     assert answer.status == status
     assert_every_answer_headers(answer)
     assert answer.headers["cache-control"] == ["no-store"]
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_the_url_of_a_server_on_an_ipv6_address_can_be_opened(store):
+    # web_host = "::1": the URL the log and the start-up line give must be a URL (RFC 3986: an
+    # IPv6 literal in brackets), not "http://::1:8080/".
+    try:
+        reader = IndexReader(store.data_dir)
+        collect = StatusCollector(reader, mode="simulation", started_monotonic=0).collect
+        server = WebServer(make_app(WebDeps(reader, collect)), "::1", 0)
+    except OSError as exc:  # an IPv6 stack without a loopback address (some containers)
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    try:
+        assert server.url == f"http://[::1]:{server.port}/"
+        assert requests.get(server.url, timeout=5).status_code == 200
+    finally:
+        server.stop()

@@ -192,6 +192,8 @@ class WebServer:
         if self.port is None:
             return None
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:  # an IPv6 address: in brackets, or the port reads as part of it (RFC 3986)
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/"
 
     def stop(self) -> None:

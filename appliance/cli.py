@@ -893,6 +893,10 @@ def _command(args, stopping: _Stopping | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except StoreInUse as exc:  # the appliance runs, most likely: one line, with what to do
+        print(f"appliance: {args.command}: {exc.args[0].removesuffix(' (one writer at a time)')} "
+              "(sudo systemctl stop appliance), then run this again", file=sys.stderr)  # fmt: skip
+        return 1
     except (ApplianceError, HardwareError, GPIOZeroError, OSError) as exc:
         log.error("stopped on error: %s", exc)
         return 1

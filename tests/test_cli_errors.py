@@ -138,6 +138,19 @@ def test_check_in_simulation_exits_0_when_the_clock_is_the_only_finding(tmp_path
     assert not re.search(r"^(warning|fatal) ", result.stdout, re.M), result.stdout
 
 
+@pytest.mark.parametrize("command", [["cleanup"], ["clock", "--trust"]])
+def test_a_store_held_by_another_process_is_one_line_saying_to_stop_it(tmp_path, command):
+    store = CaptureStore(tmp_path / "data")  # held by this process, as by a running appliance
+    try:
+        result = appliance_command(*command, "--data-dir", tmp_path / "data")
+    finally:
+        store.close()
+    assert refusal(result, 1) == (
+        f"appliance: {command[0]}: {tmp_path / 'data'} is in use by process {os.getpid()}: stop it first "
+        "(sudo systemctl stop appliance), then run this again"
+    )
+
+
 def test_export_to_a_file_is_refused_naming_a_folder(tmp_path):
     CaptureStore(tmp_path / "data").close()
     config = tmp_path / "appliance.toml"

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import appliance
-from appliance import bench, cli
+from appliance import arguments, bench, cli
 from appliance.store import CaptureStore
 from hw.clock import clock_synced
 
@@ -230,12 +230,12 @@ def test_version_prints_the_version_of_the_status_page():
     )
 
 
-COMMANDS = [name.split() for name, _, _ in cli._commands(cli._parser())]
+COMMANDS = [name.split() for name, _, _ in arguments.commands(arguments.parser())]
 
 
 @pytest.mark.parametrize("command", COMMANDS[1:], ids=" ".join)
 def test_every_command_has_its_own_exit_statuses(command):
-    assert " ".join(command) in cli.EXIT_STATUS
+    assert " ".join(command) in arguments.EXIT_STATUS
 
 
 @pytest.mark.parametrize("command", [[], *COMMANDS[1:]], ids=lambda c: " ".join(["appliance", *c]))
@@ -244,7 +244,7 @@ def test_every_help_is_plain_text_ending_with_the_exit_statuses(command):
     assert result.returncode == 0 and result.stderr == ""
     text = " ".join(result.stdout.split())
     name = " ".join(command) or "appliance"
-    assert text.endswith(f"Exit status: {' '.join(cli.EXIT_STATUS[name].split())}")
+    assert text.endswith(f"Exit status: {' '.join(arguments.EXIT_STATUS[name].split())}")
     assert text.count("Exit status: ") == 1 and re.search(r"Exit status: (0 |that of ).*; 2 ", text)
     assert "`" not in text and ":class:" not in text and ":func:" not in text
     if command:  # a description in whole sentences, above the options

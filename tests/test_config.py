@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance import cli, config
+from appliance import arguments, cli, config
 from appliance.cli import main
 from appliance.exc import ConfigError
 from appliance.store import CaptureStore, IndexReader
@@ -484,7 +484,7 @@ def test_a_reload_checks_the_thresholds_against_the_filesystem_too(stick, tmp_pa
     """SIGHUP applies the cleanup thresholds live: the config it reads is checked against the
     filesystem too (a ConfigError, which the reload logs, keeping the running config)."""
     path = write(tmp_path, f'data_dir = "{stick / "data"}"\n{SMALL}')
-    args = cli._parser().parse_args(["run", "--config", str(path), "--simulate"])
+    args = arguments.parser().parse_args(["run", "--config", str(path), "--simulate"])
     assert cli._load_config(args).capture_min_free_bytes == 25 * MB
     path.write_text(
         path.read_text().replace(

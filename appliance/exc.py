@@ -53,3 +53,9 @@ class Stopped(ApplianceError, OSError):
     """An action asked of the main loop (a :class:`~appliance.loop.Request`: a test shot,
     protecting a capture) came when the loop had stopped, or was still waiting when it stopped:
     nothing was done.  The web API and the control socket answer it with a 503."""
+
+
+class NoStick(ApplianceError, FileNotFoundError):
+    """An offload was asked for and no stick can be written: ``offload_usb_path`` is not set,
+    nothing is mounted there, or what is has not the label ``offload_usb_label`` or is the data
+    directory's own filesystem.  The message says which; the web API answers it with a 409."""

@@ -248,7 +248,7 @@ class Config:
         "none",
         'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
         'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, exit status 0, so '
-        "its data is safe whatever happens to the power; systemd does not restart it), or \"offload\" "
+        'its data is safe whatever happens to the power; systemd does not restart it), or "offload" '
         "(copy the photos to the USB stick now, see offload_usb_path).",
         bounds.one_of(("none", "test_shot", "shutdown", "offload")),
         reload=RESTART,

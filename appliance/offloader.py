@@ -25,12 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw.usb import UsbStick, find_stick, why_not
-
 from appliance.exc import NoStick
 from appliance.loop import Request
 from appliance.offload import CopyResult, copy_run
 from appliance.store import IndexReader
+from hw.usb import UsbStick, find_stick, why_not
 
 log = logging.getLogger(__name__)
 

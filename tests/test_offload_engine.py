@@ -95,7 +95,7 @@ def test_a_second_stick_gets_all_it_lacks_and_the_first_only_what_is_new(usb_sti
     check_package(second, store, [*filled, later])
 
 
-def test_copies_left_unrecorded_by_a_cut_run_are_verified_not_rewritten(usb_sticks, store, filled, deployment):
+def test_copies_a_cut_run_left_unrecorded_are_verified_not_rewritten(usb_sticks, store, filled, deployment):
     stick = usb_sticks("ext4", size_bytes=16 << 20)
     offload(stick, store, deployment, record_into_store=False)  # as if the appliance died before recording
     result, recorded = offload(stick, store, deployment)
@@ -129,7 +129,7 @@ def test_a_stick_pulled_mid_copy_ends_the_run_and_the_next_stick_completes(usb_s
 
 
 @pytest.mark.parametrize("fstype", ["exfat", "ext4"])
-def test_a_full_stick_ends_the_run_and_records_only_what_it_holds(usb_sticks, fstype, store, filled, deployment):
+def test_a_full_stick_ends_the_run_recording_only_what_it_has(usb_sticks, fstype, store, filled, deployment):
     small = usb_sticks(fstype, size_bytes=1536 << 10)  # room for a few of the 290 kB photos
     result, recorded = offload(small, store, deployment)
     assert "full" in result.reason, result.reason
@@ -179,7 +179,8 @@ def test_a_same_named_file_with_other_bytes_is_left_alone_and_reported(usb_stick
     result, recorded = offload(stick, store, deployment)
     assert result.reason == "1 conflicting file(s) on the stick left as they are"
     assert result.errors == [
-        f"media/{theirs.name}: a different file of that name is on the stick; left as it is, capture not copied"
+        f"media/{theirs.name}: a different file of that name is on the stick; left as it is, "
+        "capture not copied"
     ]
     assert theirs.read_bytes() == b"someone else's photo"
     assert result.copied == 5 and filled[2]["id"] not in recorded and len(recorded) == 5

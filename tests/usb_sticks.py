@@ -79,7 +79,9 @@ class Stick:
         if self.fstype == "vfat":
             _run("mkfs.vfat", "-F", "32", "-n", self.label, str(self.image))
         elif self.fstype == "exfat":
-            _run("mkfs.exfat", "-L", self.label, str(self.image))
+            # Its default boundary alignment (1 MiB) leaves no room in an image of a few MiB.
+            small = ["-b", "4096"] if self.size_bytes < 16 << 20 else []
+            _run("mkfs.exfat", *small, "-L", self.label, str(self.image))
         else:
             _run("mkfs.ext4", "-q", "-F", "-L", self.label, str(self.image))
         return self

@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpiozero.exc import GPIOZeroError
-from hw.usb import find_stick, why_not
 
 from appliance import config as config_module
 from appliance import control
@@ -54,8 +53,8 @@ from appliance.exc import (
 from appliance.export import export_camtrap_dp
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
-from appliance.offload import copy_run
-from appliance.offloader import USB, OffloadSettings
+from appliance.offload import copy_run, target_name
+from appliance.offloader import OffloadSettings
 from appliance.reconcile import open_store
 from appliance.runtime import Appliance
 from appliance.store import DB_NAME, IndexReader, unsafe_layout
@@ -65,6 +64,7 @@ from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.clock import SystemClock
 from hw.exc import HardwareError, UnsupportedCameraSize
+from hw.usb import find_stick, why_not
 
 log = logging.getLogger("appliance")
 
@@ -471,7 +471,8 @@ def offload_command(config: config_module.Config, *, dry_run: bool) -> int:
         )
         print(f"appliance: offload: no stick to write: {why}", file=sys.stderr)
         return 2
-    pending, pending_bytes = reader.offload_pending(USB)
+    target = target_name(stick)
+    pending, pending_bytes = reader.offload_pending(target)
     print(f"{stick.path} ({stick.label}, {stick.fstype}, {stick.free_bytes} bytes free): "
           f"{pending} captures, {pending_bytes} bytes to copy")  # fmt: skip
     if dry_run:
@@ -504,9 +505,9 @@ def offload_command(config: config_module.Config, *, dry_run: bool) -> int:
         try:
 
             def record(capture_id: str, sha256: str) -> None:
-                store.record_offloaded(capture_id, USB, sha256, datetime.datetime.now(datetime.UTC))
+                store.record_offloaded(capture_id, target, sha256, datetime.datetime.now(datetime.UTC))
 
-            done = copy_run(stick, reader, data_dir, target=USB, deployment=config, record=record,
+            done = copy_run(stick, reader, data_dir, target=target, deployment=config, record=record,
                             progress=progress and (lambda n, total, _bytes: progress(n, total)))  # fmt: skip
         finally:
             store.close()

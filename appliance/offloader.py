@@ -27,13 +27,14 @@ from pathlib import Path
 
 from appliance.exc import NoStick
 from appliance.loop import Request
-from appliance.offload import CopyResult, copy_run
+from appliance.offload import CopyResult, copy_run, target_name
 from appliance.store import IndexReader
 from hw.usb import UsbStick, find_stick, why_not
 
 log = logging.getLogger(__name__)
 
-# The target's name in the store's offloads table (and in the status, the API and the metrics).
+# The kind of target, as the status, the API and the metrics name it; in the store, each stick is a
+# target of its own, "usb-<filesystem UUID>" (appliance.offload.target_name).
 USB = "usb"
 TARGETS = (USB,)
 # Seconds the end of a run waits for the main loop to record its last verified copies: past them,
@@ -93,7 +94,8 @@ class OffloadStatus:
     was copied to it yet: ``offload_usb_auto`` is off), ``"copying"``, ``"done"`` (the last run
     finished; the stick is still there) or ``"error"`` (it ended early: ``reason``).
 
-    ``pending_captures``, ``pending_bytes``: what is not yet on this target; ``rate_bytes_per_s``
+    ``pending_captures``, ``pending_bytes``: what is not yet on the stick in use (or the last one
+    seen; before any, every capture: each stick is a target of its own); ``rate_bytes_per_s``
     and ``seconds_left``: of the run under way (None otherwise, or before its first copy);
     ``stick``: ``{"path", "label", "fstype", "free_bytes"}`` of the stick in use (None without
     one); ``last_run``: the last :class:`OffloadRun` (None before the first); ``safe_to_remove``:
@@ -160,6 +162,7 @@ class Offloader:
         self._why_not = ""
         self._seen: tuple | None = None  # the stick last found, so that auto-start is once per stick
         self._last_run: OffloadRun | None = None
+        self._last_target = USB  # the store's target of the last stick seen (none yet: all pending)
         self._progress: tuple[float, int] | None = None  # (monotonic start, bytes copied so far)
 
     def configure(self, settings: OffloadSettings) -> None:
@@ -215,6 +218,8 @@ class Offloader:
             if stick is None and self._stick is not None:
                 log.info("USB stick gone from %s: %s", settings.usb_path, reason)
             self._stick, self._why_not = stick, reason
+            if stick is not None:
+                self._last_target = target_name(stick)
             if stick is None:
                 self._seen = None
         return stick
@@ -228,11 +233,11 @@ class Offloader:
         self._worker.start()
 
     def _work(self, stick: UsbStick) -> None:
-        started_at = self._last_run.started_at
+        started_at, target = self._last_run.started_at, target_name(stick)
         requests: list[Request] = []
 
         def record(capture_id: str, sha256: str) -> None:
-            request = Request("offloaded", capture_id, target=USB, sha256=sha256)
+            request = Request("offloaded", capture_id, target=target, sha256=sha256)
             requests.append(request)
             self._submit(request)
 
@@ -241,7 +246,7 @@ class Offloader:
                 stick,
                 self._reader,
                 self._data_dir,
-                target=USB,
+                target=target,
                 deployment=self._config(),
                 record=record,
                 stop=self._stop.is_set,
@@ -294,9 +299,9 @@ class Offloader:
         when the index cannot be read."""
         with self._lock:
             stick, why, last, progress = self._stick, self._why_not, self._last_run, self._progress
-            enabled = bool(self.settings.usb_path)
+            enabled, target = bool(self.settings.usb_path), self._last_target
         copying = self.copying and last is not None and last.finished_at is None
-        pending, pending_bytes = self._reader.offload_pending(USB)
+        pending, pending_bytes = self._reader.offload_pending(target)
         rate = left = None
         if copying and progress is not None:
             elapsed = self._monotonic() - progress[0]

@@ -29,7 +29,8 @@ KILLS = int(os.environ.get("OFFLOAD_TEST_KILLS", "30"))
 
 def offload_config(tmp_path, run_config, mount_point: Path, *extra: str) -> Path:
     config = tmp_path / "offload.toml"
-    lines = [f'offload_usb_path = "{mount_point}"', "offload_check_interval_s = 1", *extra]
+    lines = [f'offload_usb_path = "{mount_point}"', "offload_check_interval_s = 1", "latitude = 52.1",
+             "longitude = 5.2", *extra]
     config.write_text(run_config.read_text() + "\n".join(lines) + "\n")
     return config
 
@@ -50,10 +51,10 @@ def wait_for(url: str, test, what: str, timeout_s: float = 30) -> dict:
 
 
 def offloaded(data_dir: Path) -> dict[str, str]:
-    """``{capture id: sha256}`` of the captures recorded as offloaded to the USB stick."""
+    """``{capture id: sha256}`` of the captures recorded as offloaded to a USB stick (any)."""
     db = sqlite3.connect(f"file:{data_dir / 'captures.db'}?mode=ro", uri=True)
     try:
-        return dict(db.execute("SELECT capture_id, sha256 FROM offloads WHERE target = 'usb'"))
+        return dict(db.execute("SELECT capture_id, sha256 FROM offloads WHERE target LIKE 'usb-%'"))
     finally:
         db.close()
 

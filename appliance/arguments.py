@@ -46,6 +46,11 @@ EXIT_STATUS = {
     "export": "that of its format's command (appliance export camtrap-dp --help); 2 for a bad command line.",
     "export camtrap-dp": "0 written; 1 writing failed; 2 refused: a bad config or command line, "
     "settings the export needs that are not set, an output that is a file or a folder that is not empty.",
+    "offload": "0 every capture is on the stick, checked, and it is safe to remove (with --dry-run: a stick "
+    "is there); 1 the copy ended early (the stick full, read-only, pulled out or failing, a file there "
+    "of other content, an interrupt), or a process holds the store and no appliance answers; 2 "
+    "refused: no stick to write (offload_usb_path not set, nothing mounted there, or without the "
+    "label offload_usb_label), a bad config or command line, or no capture store in the data directory.",
     "import": "0 every file was looked at (skipped files included); 1 it stopped early (free space, the "
     "store, an interrupt); 2 refused: a bad config or command line, or DIR is not a folder.",
 }
@@ -103,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
     capture = subcommands.add_parser(
         "capture", help="take a test shot now (trigger manual) with the running appliance"
     )
+    offload = subcommands.add_parser(
+        "offload", help="copy the photos to the USB stick now, checked (through the appliance when it runs)"
+    )
+    offload.add_argument("--target", choices=["usb"], default="usb", help="where to copy to (default: usb)")
+    offload.add_argument(
+        "--dry-run", action="store_true", help="only say which stick and how much would be copied"
+    )
     bench = subcommands.add_parser("bench", help="measure the capture path and store against baselines")
     bench.add_argument("--data-dir", metavar="DIR",
                        help="folder to measure in, created if missing; on the card, to measure the card "
@@ -152,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
     )
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, clock, protect, unprotect, capture, camtrap_dp, importing):
+    for command in (run, check, cleanup, clock, protect, unprotect, capture, offload, camtrap_dp, importing):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )

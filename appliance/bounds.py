@@ -237,6 +237,19 @@ def time_zone(value):
     return None
 
 
+@_allowing("printable ASCII, 1 to 16 characters (FAT takes 11, exFAT 11, ext4 16)")
+def volume_label(value):
+    """A filesystem label a stick is told by: ``fatlabel``, ``exfatlabel`` and ``e2label`` write
+    it; ext4 keeps 16 bytes, FAT and exFAT 11 characters."""
+    if not value:
+        return 'must not be empty: a stick is written only when it carries this label (e.g. "TRAPDATA")'
+    if len(value) > 16:
+        return "is longer than 16 characters, more than any filesystem's label holds"
+    if not (value.isascii() and value.isprintable()):
+        return "must be printable ASCII (letters, digits, - and _ suit every filesystem)"
+    return None
+
+
 def one_of(choices):
     """A check that passes exactly the values of ``choices``."""
 

@@ -45,6 +45,7 @@ from appliance.exc import (
     ConfigError,
     ControlError,
     ExportError,
+    NoStick,
     StoreError,
     StoreInUse,
     UnknownCapture,
@@ -52,6 +53,8 @@ from appliance.exc import (
 from appliance.export import export_camtrap_dp
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
+from appliance.offload import copy_run, target_name
+from appliance.offloader import OffloadSettings
 from appliance.reconcile import open_store
 from appliance.runtime import Appliance
 from appliance.store import DB_NAME, IndexReader, unsafe_layout
@@ -61,6 +64,7 @@ from boot.preflight import FATAL, OK, WARNING, Check, preflight
 from boot.systemd import Notifier
 from hw.clock import SystemClock
 from hw.exc import HardwareError, UnsupportedCameraSize
+from hw.usb import find_stick, why_not
 
 log = logging.getLogger("appliance")
 
@@ -68,7 +72,7 @@ log = logging.getLogger("appliance")
 # the hint of a command run on a folder that holds no store.
 SERVICE_DATA_DIR = "/var/lib/appliance"
 # The commands that only read or change an existing store, and so never create one.
-STORE_COMMANDS = ("protect", "unprotect", "capture", "cleanup", "export")
+STORE_COMMANDS = ("protect", "unprotect", "capture", "cleanup", "export", "offload")
 
 
 def _load_config(args) -> config_module.Config:
@@ -448,6 +452,75 @@ def capture_command(config: config_module.Config) -> int:
     return 0
 
 
+def offload_command(config: config_module.Config, *, dry_run: bool) -> int:
+    """``appliance offload``: copy what the USB stick lacks to it, each copy checked (see
+    :mod:`appliance.offloader`), through the running appliance (asked on its control socket,
+    then followed) or, when none runs, on the store directly as its one writer; a progress line
+    on a terminal.  With ``dry_run``, say which stick and how much would be copied.  Returns as
+    ``EXIT_STATUS["offload"]`` says."""
+    data_dir = Path(config.data_dir).absolute()
+    settings, reader = OffloadSettings.from_config(config), IndexReader(data_dir)
+    stick = None
+    if settings.usb_path:
+        stick = find_stick(Path(settings.usb_path), settings.usb_label, data_dir)
+    if stick is None:
+        why = (
+            why_not(Path(settings.usb_path), settings.usb_label, data_dir)
+            if settings.usb_path
+            else ("offload_usb_path is not set: set it to the stick's mount point (docs/operating.md)")
+        )
+        print(f"appliance: offload: no stick to write: {why}", file=sys.stderr)
+        return 2
+    target = target_name(stick)
+    pending, pending_bytes = reader.offload_pending(target)
+    print(f"{stick.path} ({stick.label}, {stick.fstype}, {stick.free_bytes} bytes free): "
+          f"{pending} captures, {pending_bytes} bytes to copy")  # fmt: skip
+    if dry_run:
+        return 0
+    progress = _tty_progress(lambda done, total: f"copying: {done}/{total} captures")
+    try:
+        client = control.connect(data_dir)
+    except ControlError as exc:
+        print(f"appliance: offload: {exc}", file=sys.stderr)
+        return 2
+    if client is not None:
+        try:
+            client.offload()
+            while (state := client.offload_status())["state"] == "copying":
+                if progress and pending:
+                    progress(max(0, pending - state["pending_captures"]), pending)
+                time.sleep(0.5)
+        except (ControlError, NoStick) as exc:
+            print(f"appliance: offload: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, NoStick) else 1
+        run = state["last_run"] or {}
+        result = (run.get("copied", 0), run.get("bytes", 0), run.get("skipped", 0), run.get("errors", []),
+                  run.get("reason"), state["safe_to_remove"])  # fmt: skip
+    else:
+        try:
+            store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
+        except StoreInUse as exc:
+            print(f"appliance: offload: {_not_answering(data_dir, exc)}", file=sys.stderr)
+            return 1
+        try:
+
+            def record(capture_id: str, sha256: str) -> None:
+                store.record_offloaded(capture_id, target, sha256, datetime.datetime.now(datetime.UTC))
+
+            done = copy_run(stick, reader, data_dir, target=target, deployment=config, record=record,
+                            progress=progress and (lambda n, total, _bytes: progress(n, total)))  # fmt: skip
+        finally:
+            store.close()
+        result = (done.copied, done.bytes, done.skipped, done.errors, done.reason, done.safe_to_remove)
+    copied, copied_bytes, skipped, errors, reason, safe = result
+    for error in errors:
+        print(f"error    {error}")
+    print(f"{stick.path}: {copied} captures copied ({copied_bytes} bytes), {skipped} already there"
+          f"{'; ended: ' + reason if reason else ''}; "
+          f"{'safe to remove' if safe else 'NOT safe to remove yet'}")  # fmt: skip
+    return 0 if safe and not reason and not errors else 1
+
+
 def _label(ref: str | int, row: dict | None = None) -> str:
     """A capture as the commands name it: ``#3 <id>`` when its row is known, else as given."""
     if row is not None:
@@ -660,6 +733,8 @@ def _command(args, stopping: _Stopping | None = None) -> int:
             return protect(config, args.ids, args.command == "protect")
         if args.command == "capture":
             return capture_command(config)
+        if args.command == "offload":
+            return offload_command(config, dry_run=args.dry_run)
         return run(
             config, duration_s=args.duration_s, reload_config=lambda: _load_config(args), stopping=stopping
         )

@@ -248,8 +248,9 @@ class Config:
         "none",
         'What holding the button does, besides the capture of the press: "none", "test_shot" (one '
         'more capture, trigger "manual"), or "shutdown" (stop the appliance cleanly, exit status 0, so '
-        "its data is safe whatever happens to the power; systemd does not restart it).",
-        bounds.one_of(("none", "test_shot", "shutdown")),
+        'its data is safe whatever happens to the power; systemd does not restart it), or "offload" '
+        "(copy the photos to the USB stick now, see offload_usb_path).",
+        bounds.one_of(("none", "test_shot", "shutdown", "offload")),
         reload=RESTART,
     )
     timelapse_interval_s: float = _setting(
@@ -371,6 +372,40 @@ class Config:
         "Seconds between disk-space checks (monotonic clock).",
         bounds.between(1, 3600),
         reload=RESTART,
+        kind=float,
+    )
+    offload_usb_path: str = _setting(
+        "",
+        'Mount point of a USB stick to copy the photos to, e.g. "/media/appliance-usb" (the installer '
+        "mounts a stick labelled offload_usb_label there); each copy is read back and checked against "
+        'its SHA-256 before it counts as offloaded; "": no USB offload.',
+        bounds.path_or_empty,
+        reload=LIVE,
+    )
+    offload_usb_label: str = _setting(
+        "TRAPDATA",
+        "Filesystem label a stick must carry to be written (so that a random stick never is); FAT "
+        "labels are at most 11 characters, in capitals.",
+        bounds.volume_label,
+        reload=LIVE,
+    )
+    offload_usb_auto: bool = _setting(
+        True,
+        "Start copying by itself when a stick with the label appears at offload_usb_path; false: only "
+        'when asked ("Copy to USB now", appliance offload, a button hold).',
+        reload=LIVE,
+    )
+    offload_delete_after: bool = _setting(
+        False,
+        "Delete each unprotected capture from the card once its copy on the stick is verified (the "
+        '"empty the trap" workflow), as cleanup deletes; false: keep it until cleanup needs the room.',
+        reload=LIVE,
+    )
+    offload_check_interval_s: float = _setting(
+        5.0,
+        "Seconds between two looks for a stick at offload_usb_path (monotonic clock).",
+        bounds.between(1, 3600),
+        reload=LIVE,
         kind=float,
     )
     web_host: str = _setting(
@@ -608,6 +643,7 @@ AREAS = {
     "flash_pin": "Lights",
     "capture_timeout_s": "Capture",
     "cleanup_start_free_percent": "Disk space",
+    "offload_usb_path": "USB offload",
     "web_host": "Status page",
     "deployment_id": "Camtrap DP deployment",
     "import_convert": "Import",

@@ -31,7 +31,7 @@ from pathlib import Path
 import bottle
 
 from appliance.datadir import DataDir
-from appliance.exc import ControlError, UnknownCapture
+from appliance.exc import ControlError, NoStick, UnknownCapture
 from appliance.loop import Request
 from appliance.web.actions import ACTION_TIMEOUT_S, Actions
 from appliance.web.app import ERROR_CODES, plain_error
@@ -50,19 +50,30 @@ CLIENT_TIMEOUT_S = ACTION_TIMEOUT_S + 5
 THREADS = 2
 
 
-def routes(actions: Actions) -> list[tuple[str, str, Callable]]:
-    """Every route of the control app: ``(method, path, handler)``, the web API's actions."""
+def routes(actions: Actions, offload_status: Callable[[], dict]) -> list[tuple[str, str, Callable]]:
+    """Every route of the control app: ``(method, path, handler)``, the web API's actions, and
+    ``GET /api/offload``, the USB target's state as ``/api/status`` gives it under ``offload``
+    (``appliance offload`` follows a run with it)."""
     return [
         ("POST", "/api/capture", actions.capture),
         ("POST", "/api/captures/<capture_id>/<verb:re:protect|unprotect>", actions.protect),
+        ("POST", "/api/offload", actions.offload),
+        ("GET", "/api/offload", offload_status),
     ]
 
 
-def make_app(submit: Callable[[Request], None]) -> bottle.Bottle:
+def _no_offloader() -> dict:
+    raise bottle.HTTPError(404, "this appliance has no offload")
+
+
+def make_app(
+    submit: Callable[[Request], None], offload_status: Callable[[], dict] = _no_offloader
+) -> bottle.Bottle:
     """The control app, a WSGI callable: the routes of :func:`routes` over ``submit`` (the main
-    loop's queue's ``put``), every error in plain text (``"<code> <reason>\\n"``)."""
+    loop's queue's ``put``) and ``offload_status``, every error in plain text (``"<code>
+    <reason>\\n"``)."""
     app = bottle.Bottle()
-    for method, path, handler in routes(Actions(submit)):
+    for method, path, handler in routes(Actions(submit), offload_status):
         app.route(path, method, handler)
     for code in ERROR_CODES:
         app.error(code)(plain_error)
@@ -86,7 +97,14 @@ class ControlChannel:
     appliance runs on without the channel (:attr:`path` is None) and the commands say so.
     """
 
-    def __init__(self, data_dir: Path, submit: Callable[[Request], None], *, threads: int = THREADS):
+    def __init__(
+        self,
+        data_dir: Path,
+        submit: Callable[[Request], None],
+        *,
+        threads: int = THREADS,
+        offload_status: Callable[[], dict] = _no_offloader,
+    ):
         self.path: Path | None = None
         self._files = DataDir(data_dir)
         self._server = None
@@ -100,7 +118,7 @@ class ControlChannel:
             )
             return
         try:
-            self._server = WebServer(make_app(submit), threads=threads, sock=sock)
+            self._server = WebServer(make_app(submit, offload_status), threads=threads, sock=sock)
         except BaseException:
             sock.close()
             self._remove()
@@ -204,11 +222,27 @@ class ControlClient:
         if status != 200:
             raise _refused(status, body)
 
-    def _post(self, path: str) -> tuple[int, str]:
+    def offload(self) -> None:
+        """Start a copy run to the USB stick (nothing new when one is under way).  Raises
+        :class:`~appliance.exc.NoStick` with the reason when there is no stick to write."""
+        status, body = self._post("/api/offload")
+        if status == 409:
+            raise NoStick(_refused(status, body).args[0])
+        if status != 200:
+            raise _refused(status, body)
+
+    def offload_status(self) -> dict:
+        """The USB target's state, as ``/api/status`` gives it under ``offload``."""
+        status, body = self._post("/api/offload", method="GET")
+        if status != 200:
+            raise _refused(status, body)
+        return json.loads(body)
+
+    def _post(self, path: str, method: str = "POST") -> tuple[int, str]:
         connection = _Connection(self._files, self._timeout_s)
         try:
             try:
-                connection.request("POST", path)
+                connection.request(method, path)
             except OSError as exc:
                 raise _connect_error(self.path, exc) from exc
             try:

@@ -32,6 +32,20 @@ class UnknownCapture(StoreError, KeyError):
         super().__init__("no such capture")
 
 
+class OffloadMismatch(StoreError, ValueError):
+    """A copy of a capture was to be recorded as offloaded (verified on a target) with a SHA-256
+    that is not the one the index holds for it: the copy is not the photo, and nothing was
+    recorded.  ``capture_id``, ``target``: which; ``expected``, ``found``: the two SHA-256s (hex;
+    ``expected`` None when the index holds none)."""
+
+    def __init__(self, capture_id: str, target: str, expected: str | None, found: str):
+        self.capture_id, self.target, self.expected, self.found = capture_id, target, expected, found
+        super().__init__(
+            f"the copy of capture {capture_id} on {target} has SHA-256 {found}, not the {expected} "
+            "the index holds: not recorded as offloaded"
+        )
+
+
 class NotCaptured(ApplianceError, OSError):
     """A capture asked for (a test shot from the status page) was not stored: the camera failed,
     the store could not write it, or capturing is paused for space.  The status page says which."""
@@ -53,3 +67,9 @@ class Stopped(ApplianceError, OSError):
     """An action asked of the main loop (a :class:`~appliance.loop.Request`: a test shot,
     protecting a capture) came when the loop had stopped, or was still waiting when it stopped:
     nothing was done.  The web API and the control socket answer it with a 503."""
+
+
+class NoStick(ApplianceError, FileNotFoundError):
+    """An offload was asked for and no stick can be written: ``offload_usb_path`` is not set,
+    nothing is mounted there, or what is has not the label ``offload_usb_label`` or is the data
+    directory's own filesystem.  The message says which; the web API answers it with a 409."""

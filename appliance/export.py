@@ -125,7 +125,7 @@ def _bool(value) -> str:
     return "true" if value else "false"
 
 
-def _csv_chunks(fields: tuple[str, ...], rows) -> Iterator[bytes]:
+def csv_chunks(fields: tuple[str, ...], rows) -> Iterator[bytes]:
     """The CSV text of ``rows`` (dicts; missing fields empty) as UTF-8 chunks of a few rows."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fields, restval="")
@@ -237,8 +237,7 @@ class Package:
             self.close()
             raise
         self.deployment_id = config.deployment_id or default_deployment_id(config.camera_id, self.start)
-        # Data Package names: lower-case letters, digits, "-", "_" and ".".
-        self.name = re.sub(r"[^a-z0-9._-]+", "-", self.deployment_id.lower()).strip("-") or "appliance"
+        self.name = package_name(self.deployment_id)
         self.created = now or datetime.datetime.now(datetime.UTC)
         self.captures = self.events = self.bytes = 0
         self.skipped: list[str] = []
@@ -281,7 +280,7 @@ class Package:
         consumed in that order.  ``progress(done, total)`` is called per capture, as the photos
         (or, with ``media="none"``, the media rows) are produced."""
         yield Member("datapackage.json", iter([json.dumps(self._descriptor(), indent=2).encode() + b"\n"]))
-        yield Member("deployments.csv", _csv_chunks(DEPLOYMENT_FIELDS, [self._deployment()]))
+        yield Member("deployments.csv", csv_chunks(DEPLOYMENT_FIELDS, [self._deployment()]))
         if self.media != "none":
             for done, capture in enumerate(self._snapshot.captures(self.since, self.until), 1):
                 if progress:
@@ -299,109 +298,151 @@ class Package:
                     member.photo = photo
                     yield member
                 self.bytes += capture["bytes"]
-        yield Member("media.csv", _csv_chunks(MEDIA_FIELDS, self._media_rows(progress)))
-        yield Member("observations.csv", _csv_chunks(OBSERVATION_FIELDS, self._observations()))
+        yield Member("media.csv", csv_chunks(MEDIA_FIELDS, self._media_rows(progress)))
+        yield Member("observations.csv", csv_chunks(OBSERVATION_FIELDS, self._observations()))
 
     def _media_rows(self, progress) -> Iterator[dict]:
         for capture in self._snapshot.captures(self.since, self.until, self.skipped):
             self.captures += 1
             if progress and self.media == "none":
                 progress(self.captures, self.total)
-            metadata = json.loads(capture["metadata"] or "{}")
-            exif = metadata.get("exif")
-            yield {
-                "mediaID": capture["id"],
-                "deploymentID": self.deployment_id,
-                "captureMethod": capture["capture_method"] or "",
-                "timestamp": _stamp(capture["captured_at"]),
-                "filePath": f"media/{capture['id']}.jpg",
-                "filePublic": "false",
-                # An imported photo keeps the name it had.
-                "fileName": metadata.get("import", {}).get("name") or f"{capture['id']}.jpg",
-                "fileMediatype": "image/jpeg",
-                "exifData": json.dumps(exif, default=str) if exif else "",
-                "favorite": _bool(capture["protected"]),
-            }
+            yield media_row(capture, self.deployment_id)
 
     def _observations(self) -> Iterator[dict]:
         for event_id, first, last in self._snapshot.events(self.since, self.until, self.skipped):
             self.events += 1
-            yield {
-                "observationID": event_id,
-                "deploymentID": self.deployment_id,
-                "eventID": event_id,
-                "eventStart": _stamp(first),
-                "eventEnd": _stamp(last),
-                "observationLevel": "event",
-                "observationType": "unclassified",
-            }
+            yield observation_row(event_id, _stamp(first), _stamp(last), self.deployment_id)
 
     def _deployment(self) -> dict:
-        config = self.config
-        return {
-            "deploymentID": self.deployment_id,
-            "locationID": config.location_id,
-            "locationName": config.location_name,
-            "latitude": config.latitude,
-            "longitude": config.longitude,
-            "coordinateUncertainty": config.coordinate_uncertainty_m,
-            "deploymentStart": _timestamp(self.start),
-            "deploymentEnd": _timestamp(self.end),
-            "setupBy": config.setup_by,
-            "cameraID": config.camera_id,
-            "cameraModel": config.camera_model,
-            "cameraHeight": config.camera_height_m,
-            "cameraTilt": config.camera_tilt_deg,
-            "cameraHeading": config.camera_heading_deg,
-            "timestampIssues": _bool(self.span["clock_issues"]),
-            "baitUse": _bool(config.bait_use),
-            "featureType": config.feature_type,
-            "habitat": config.habitat,
-        }
+        return deployment_row(
+            self.config, self.deployment_id, self.start, self.end, self.span["clock_issues"]
+        )
 
     def _descriptor(self) -> dict:
-        config = self.config
-        resources = [
-            {
-                "name": name,
-                "path": f"{name}.csv",
-                "profile": "tabular-data-resource",
-                "format": "csv",
-                "mediatype": "text/csv",
-                "encoding": "utf-8",
-                "schema": f"{SCHEMA_URL}{name}-table-schema.json",
-            }
-            for name in ("deployments", "media", "observations")
-        ]
-        title = config.project_title or self.deployment_id
-        descriptor = {
-            "resources": resources,
-            "profile": f"{SCHEMA_URL}camtrap-dp-profile.json",
-            "name": self.name,
-            "created": _timestamp(self.created.astimezone(datetime.UTC).replace(microsecond=0)),
-            "title": title,
-            "contributors": [
-                {"title": name, "role": "contact" if i == 0 else "contributor"}
-                for i, name in enumerate(config.contributors)
-            ],
-            "sources": [{"title": "camtrap-appliance", "version": __version__}],
-            "project": {
-                "title": title,
-                "samplingDesign": config.sampling_design,
-                "captureMethod": self.span["capture_methods"] or ["activityDetection"],
-                "individualAnimals": False,
-                "observationLevel": ["event"],
-            },
-            "spatial": {"type": "Point", "coordinates": [config.longitude, config.latitude]},
-            "temporal": {"start": self.start.date().isoformat(), "end": self.end.date().isoformat()},
-            "taxonomic": [],
+        return descriptor(
+            self.config, self.deployment_id, self.start, self.end, self.span["capture_methods"], self.created
+        )
+
+
+def package_name(deployment_id: str) -> str:
+    """The Data Package ``name`` of a deployment: lower-case letters, digits, "-", "_" and "."."""
+    return re.sub(r"[^a-z0-9._-]+", "-", deployment_id.lower()).strip("-") or "appliance"
+
+
+def media_row(capture: dict, deployment_id: str) -> dict:
+    """The ``media.csv`` row (:data:`MEDIA_FIELDS`) of ``capture`` (a row of the captures table),
+    its photo at ``media/<id>.jpg``."""
+    metadata = json.loads(capture["metadata"] or "{}")
+    exif = metadata.get("exif")
+    return {
+        "mediaID": capture["id"],
+        "deploymentID": deployment_id,
+        "captureMethod": capture["capture_method"] or "",
+        "timestamp": _stamp(capture["captured_at"]),
+        "filePath": f"media/{capture['id']}.jpg",
+        "filePublic": "false",
+        # An imported photo keeps the name it had.
+        "fileName": metadata.get("import", {}).get("name") or f"{capture['id']}.jpg",
+        "fileMediatype": "image/jpeg",
+        "exifData": json.dumps(exif, default=str) if exif else "",
+        "favorite": _bool(capture["protected"]),
+    }
+
+
+def observation_row(event_id: str, start: str, end: str, deployment_id: str) -> dict:
+    """The ``observations.csv`` row (:data:`OBSERVATION_FIELDS`) of one event (a trigger's burst)
+    from ``start`` to ``end`` (timestamps as the table writes them): event-level, unclassified."""
+    return {
+        "observationID": event_id,
+        "deploymentID": deployment_id,
+        "eventID": event_id,
+        "eventStart": start,
+        "eventEnd": end,
+        "observationLevel": "event",
+        "observationType": "unclassified",
+    }
+
+
+def deployment_row(
+    config: Config, deployment_id: str, start: datetime.datetime, end: datetime.datetime, clock_issues: bool
+) -> dict:
+    """The ``deployments.csv`` row (:data:`DEPLOYMENT_FIELDS`) of the deployment from ``start`` to
+    ``end`` (aware datetimes), from the deployment settings of ``config``; ``clock_issues``: some
+    photo was taken with an unsynchronised clock."""
+    return {
+        "deploymentID": deployment_id,
+        "locationID": config.location_id,
+        "locationName": config.location_name,
+        "latitude": config.latitude,
+        "longitude": config.longitude,
+        "coordinateUncertainty": config.coordinate_uncertainty_m,
+        "deploymentStart": _timestamp(start),
+        "deploymentEnd": _timestamp(end),
+        "setupBy": config.setup_by,
+        "cameraID": config.camera_id,
+        "cameraModel": config.camera_model,
+        "cameraHeight": config.camera_height_m,
+        "cameraTilt": config.camera_tilt_deg,
+        "cameraHeading": config.camera_heading_deg,
+        "timestampIssues": _bool(clock_issues),
+        "baitUse": _bool(config.bait_use),
+        "featureType": config.feature_type,
+        "habitat": config.habitat,
+    }
+
+
+def descriptor(
+    config: Config,
+    deployment_id: str,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    capture_methods: list[str],
+    created: datetime.datetime,
+) -> dict:
+    """The ``datapackage.json`` of the deployment from ``start`` to ``end`` (aware datetimes) whose
+    photos were taken by ``capture_methods`` (Camtrap DP's terms, e.g. ``["activityDetection"]``;
+    empty: that one), made at ``created``."""
+    resources = [
+        {
+            "name": name,
+            "path": f"{name}.csv",
+            "profile": "tabular-data-resource",
+            "format": "csv",
+            "mediatype": "text/csv",
+            "encoding": "utf-8",
+            "schema": f"{SCHEMA_URL}{name}-table-schema.json",
         }
-        if config.data_license:
-            descriptor["licenses"] = [
-                {"name": config.data_license, "scope": "data"},
-                {"name": config.media_license, "scope": "media"},
-            ]
-        return descriptor
+        for name in ("deployments", "media", "observations")
+    ]
+    title = config.project_title or deployment_id
+    package = {
+        "resources": resources,
+        "profile": f"{SCHEMA_URL}camtrap-dp-profile.json",
+        "name": package_name(deployment_id),
+        "created": _timestamp(created.astimezone(datetime.UTC).replace(microsecond=0)),
+        "title": title,
+        "contributors": [
+            {"title": name, "role": "contact" if i == 0 else "contributor"}
+            for i, name in enumerate(config.contributors)
+        ],
+        "sources": [{"title": "camtrap-appliance", "version": __version__}],
+        "project": {
+            "title": title,
+            "samplingDesign": config.sampling_design,
+            "captureMethod": capture_methods or ["activityDetection"],
+            "individualAnimals": False,
+            "observationLevel": ["event"],
+        },
+        "spatial": {"type": "Point", "coordinates": [config.longitude, config.latitude]},
+        "temporal": {"start": start.date().isoformat(), "end": end.date().isoformat()},
+        "taxonomic": [],
+    }
+    if config.data_license:
+        package["licenses"] = [
+            {"name": config.data_license, "scope": "data"},
+            {"name": config.media_license, "scope": "media"},
+        ]
+    return package
 
 
 def _check_outdir(outdir: Path) -> None:

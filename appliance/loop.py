@@ -21,7 +21,7 @@ import schedule
 
 from appliance import exif, thumbnails
 from appliance.cleanup import Cleanup
-from appliance.exc import NotCaptured, StoreError, UnknownCapture
+from appliance.exc import NoStick, NotCaptured, OffloadMismatch, StoreError, UnknownCapture
 from appliance.store import CaptureStore, CorruptDatabaseError, IndexGoneError, new_id
 from boot.systemd import Notifier
 from hw.camera import Camera
@@ -47,15 +47,22 @@ CLOCK_JUMP_S = 60.0
 class Request:
     """An action asked for by another thread (the web server), done by the main loop, which alone
     writes: ``action`` is ``"capture"`` (a test shot, trigger ``manual``), ``"protect"`` or
-    ``"unprotect"`` (``capture_id``).  The asker waits on :attr:`done`, then reads :attr:`result`
-    (the ids captured; None for the others) or :attr:`error`, the exception that stopped it:
-    :class:`~appliance.exc.UnknownCapture` (no capture has that id),
+    ``"unprotect"`` (``capture_id``), ``"offload"`` (start a copy run to the USB stick now) or
+    ``"offloaded"`` (record that ``capture_id`` has a verified copy, of SHA-256 ``sha256``, on
+    ``target``; with ``offload_delete_after``, the capture is then deleted from the card, as
+    cleanup deletes, unless protected).  The asker waits on :attr:`done`, then reads
+    :attr:`result` (the ids captured; None for the others) or :attr:`error`, the exception that
+    stopped it: :class:`~appliance.exc.UnknownCapture` (no capture has that id),
+    :class:`~appliance.exc.NoStick` (no stick to offload to),
+    :class:`~appliance.exc.OffloadMismatch` (the copy's SHA-256 is not the capture's),
     :class:`~appliance.exc.NotCaptured` (the test shot was not stored), the
     :class:`~appliance.exc.StoreError` or ``sqlite3.Error`` the store raised, or
     :class:`~appliance.exc.Stopped` (the loop had stopped: the appliance answers it)."""
 
     action: str
     capture_id: str | None = None
+    target: str | None = None
+    sha256: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: list[str] | None = None
     error: Exception | None = None
@@ -177,6 +184,11 @@ class MainLoop:
         self._reload_requested = False
         self._next_ping = -math.inf
         self.on_reload: Callable[[], None] | None = None  # run by the loop after request_reload()
+        # Starts a copy run to the USB stick (a Request "offload"); raises NoStick when none is there.
+        self.on_offload: Callable[[], None] | None = None
+        # offload_delete_after (as now, a reload included): a capture recorded as offloaded is
+        # deleted from the card.
+        self.delete_offloaded: Callable[[], bool] = lambda: False
 
     def configure(self, settings: LoopSettings) -> None:
         """Take ``settings`` from the next capture on (a config reload)."""
@@ -258,9 +270,15 @@ class MainLoop:
                 request.result = [row["id"] for row in self.burst(TriggerEvent("manual", time.monotonic()))]
                 if not request.result:
                     request.error = NotCaptured("the capture failed; see the status page")
+            elif request.action == "offloaded":
+                self._offloaded(request)
+            elif request.action == "offload":
+                if self.on_offload is None:
+                    raise NoStick("offload_usb_path is not set")
+                self.on_offload()
             else:
                 self._store.set_protected(request.capture_id, request.action == "protect")
-        except UnknownCapture as exc:
+        except (UnknownCapture, NoStick, OffloadMismatch) as exc:
             request.error = exc
         except (StoreError, sqlite3.Error) as exc:
             log.error("%s asked from the status page failed: %s", request.action, exc)
@@ -269,6 +287,17 @@ class MainLoop:
                 self._stop_fatal(exc)
         finally:
             request.done.set()
+
+    def _offloaded(self, request: Request) -> None:
+        at = datetime.datetime.now(datetime.UTC)
+        self._store.record_offloaded(request.capture_id, request.target, request.sha256, at)
+        if self.delete_offloaded():
+            # Read on the writer's own connection: the row as the record just left it.
+            row = self._store.db.execute(
+                "SELECT protected FROM captures WHERE id = ?", [request.capture_id]
+            ).fetchone()
+            if row is not None and not row[0]:
+                self._store.delete([{"id": request.capture_id}])
 
     def _keepalive(self, now: float) -> float:
         """Send ``WATCHDOG=1`` when due; returns the seconds until the next is due (inf: never).

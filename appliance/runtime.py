@@ -29,6 +29,7 @@ from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.control import ControlChannel
 from appliance.exc import ConfigError, Stopped
 from appliance.loop import Health, LoopSettings, MainLoop, Request, guarded
+from appliance.offloader import Offloader, OffloadSettings
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
 from appliance.status import StatusCollector
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
@@ -107,6 +108,7 @@ class Appliance:
         ("timelapse", TimelapseSettings),
         ("lights", LightsSettings),
         ("cleanup", Policy),
+        ("offloader", OffloadSettings),
     )
 
     def __init__(
@@ -174,6 +176,11 @@ class Appliance:
             self.store, Policy.from_config(config), interval_s=config.cleanup_interval_s, clock=self.clock
         )
         self.reader = IndexReader(self.data_dir)
+        self.offloader = Offloader(
+            self.reader, self.data_dir, OffloadSettings.from_config(config), submit=self._submit,
+            config=self.current_config,
+        )  # fmt: skip
+        stack.callback(self.offloader.close)  # before the store closes: a run under way stops
         pin_factory = make_pin_factory(config.simulate)
         self.gate = TriggerGate(GateSettings.from_config(config))
         self.lights = Lights(LightsSettings.from_config(config), pin_factory=pin_factory)
@@ -193,6 +200,7 @@ class Appliance:
             probes=self.probes,
             lights=self.lights,
             clock=self.clock,
+            offloader=self.offloader,
         )
         self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port, sock=self._listener)
         stack.callback(self.server.stop)
@@ -211,6 +219,8 @@ class Appliance:
         )
         if self._read_config is not None:
             self.loop.on_reload = self._reread
+        self.loop.on_offload = self.offloader.start
+        self.loop.delete_offloaded = lambda: self.offloader.settings.delete_after
         self.triggers = Triggers(
             self.events,
             button_pin=config.button_pin or None,
@@ -237,7 +247,9 @@ class Appliance:
             source.start()
             stack.callback(source.stop)
         # Registered last, so closed first: no command is taken once the parts start closing.
-        self.control = stack.enter_context(ControlChannel(self.data_dir, self._submit))
+        self.control = stack.enter_context(
+            ControlChannel(self.data_dir, self._submit, offload_status=self._offload_json)
+        )
         # Before the first capture (and before the status page is announced), not a second later.
         guarded("cleanup", self.cleanup.tick)()
         guarded("disk sample", self._sample_disk)()  # the status page's plot has a point at once
@@ -255,6 +267,8 @@ class Appliance:
             Job("clock check", CLOCK_CHECK_INTERVAL_S, self.clock.tick),
             Job("timelapse", 1, self.timelapse.tick),
             Job("disk sample", DISK_SAMPLE_INTERVAL_S, self._sample_disk),
+            # Every second: the offloader keeps offload_check_interval_s itself (a reload changes it).
+            Job("USB offload", 1, self.offloader.tick),
         ]
         if self.config.uv_pin:
             jobs.append(Job("UV light", UV_CHECK_INTERVAL_S, self._switch_uv))
@@ -306,6 +320,9 @@ class Appliance:
         log.info("config reloaded: %s", ", ".join(sorted(done.applied)) or "nothing changed")
         if done.restart:
             log.warning("config: %s changed, which takes a restart", ", ".join(sorted(done.restart)))
+
+    def _offload_json(self) -> dict:
+        return self.offloader.status().to_json()
 
     def _send_status(self) -> None:
         self.notifier.status(self.status.systemd_line())
@@ -364,6 +381,7 @@ class Appliance:
             "none": None,
             "test_shot": lambda: self.events.put(TriggerEvent("manual", time.monotonic())),
             "shutdown": lambda: self.loop.request_stop("button held: clean stop; the data is safe"),
+            "offload": lambda: self._submit(Request("offload")),
         }[name]
 
     def _busy(self) -> bool:

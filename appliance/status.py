@@ -23,6 +23,7 @@ from appliance import __version__
 from appliance.cleanup import Cleanup, CleanupStatus, free_percent
 from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED, ClockStatus, TrustedClock
 from appliance.loop import Health
+from appliance.offloader import ERROR, Offloader, OffloadStatus
 from appliance.reconcile import Reconciliation
 from appliance.store import IndexReader
 from hw import system
@@ -44,7 +45,8 @@ UNSYNCHRONISED_REASON = (
 @dataclass(frozen=True)
 class Problem:
     """Something wrong now: ``area`` (``"camera"``, ``"storage"``, ``"space"``, ``"power and
-    temperature"`` or ``"clock"``), ``reason`` (one line, for a person) and ``stops_capturing``:
+    temperature"``, ``"clock"`` or ``"offload"``), ``reason`` (one line, for a person) and
+    ``stops_capturing``:
     whether the appliance is not capturing because of it (a red banner, ``/healthz`` 503), or
     only warns (a yellow banner, ``/healthz`` still 200)."""
 
@@ -86,7 +88,9 @@ class Status:
     ``last_cleanup_run`` (the index's row of it, a dict), ``uptime_s`` (seconds, one decimal),
     ``captures``, ``disk`` (None when unknown), the hardware parts' states, ``uv_light_on``,
     ``clock``, ``latest`` (the newest captures as :func:`capture_json` gives them, newest first)
-    and ``actions`` (whether the web page takes actions: set by the web app, which alone knows).
+    ``actions`` (whether the web page takes actions: set by the web app, which alone knows) and
+    ``offload``, one :class:`~appliance.offloader.OffloadStatus` per offload target (none when the
+    offloader is not running).
     A part that is not running is None.
     """
 
@@ -106,6 +110,7 @@ class Status:
     clock: ClockStatus | None = None
     latest: tuple[dict, ...] = ()
     actions: bool = False
+    offload: tuple[OffloadStatus, ...] = ()
 
     @property
     def level(self) -> str:
@@ -140,21 +145,32 @@ class Status:
         for key in ("camera", "triggers", "system", "uv_light_on", "clock"):
             if getattr(self, key) is not None:
                 out[key] = _plain(getattr(self, key))
+        out["offload"] = [target.to_json() for target in self.offload]
         out["latest"] = list(self.latest)
         return out
 
     def systemd_line(self) -> str:
         """One line for systemd's ``STATUS=`` (shown by ``systemctl status``): captures of the last
-        24 h and in all, free space in GB, and the cleanup's state."""
-        return _systemd_line(self.captures, self.disk, self.cleanup)
+        24 h and in all, free space in GB, the cleanup's state, and each offload target's
+        state but ``"off"`` (with "safe to remove" when it is)."""
+        return _systemd_line(self.captures, self.disk, self.cleanup, self.offload)
 
 
-def _systemd_line(captures: "CaptureCounts", disk: "Disk | None", cleanup: CleanupStatus | None) -> str:
+def _systemd_line(
+    captures: "CaptureCounts",
+    disk: "Disk | None",
+    cleanup: CleanupStatus | None,
+    offload: tuple[OffloadStatus, ...] = (),
+) -> str:
     free = f"{disk.free_bytes / 1e9:.1f} GB free" if disk else "free space unknown"
-    return (
+    line = (
         f"{captures.last_24h} captures in the last 24 h, {captures.total} in all; "
         f"{free}; cleanup {cleanup.state if cleanup else 'ok'}"
     )
+    for target in offload:
+        if target.state != "off":
+            line += f"; {target.target} {target.state}{', safe to remove' if target.safe_to_remove else ''}"
+    return line
 
 
 def _plain(value):
@@ -218,6 +234,8 @@ class StatusCollector:
     :param lights: the :class:`~hw.lights.Lights` (whether the UV light is on).
     :param clock: the :class:`~appliance.clocktrust.TrustedClock`; a clock not trusted is a
         warning (``"clock"``), and captures are then counted by time since boot.
+    :param offloader: the :class:`~appliance.offloader.Offloader`; a copy run that ended in an
+        error is a warning (``"offload"``).
     :param disk_usage: ``disk_usage(path)`` as :func:`hw.system.disk_usage` (None when unknown),
         for the data directory's filesystem.
     :param monotonic: the clock of the uptime, in seconds (for tests).
@@ -240,6 +258,7 @@ class StatusCollector:
         probes: Probes | None = None,
         lights: Lights | None = None,
         clock: TrustedClock | None = None,
+        offloader: Offloader | None = None,
         disk_usage: Callable[[Path], object] = system.disk_usage,
         monotonic: Callable[[], float] = time.monotonic,
     ):
@@ -254,6 +273,7 @@ class StatusCollector:
         self._probes = probes
         self._lights = lights
         self._clock = clock
+        self._offloader = offloader
         self._disk_usage = disk_usage
         self._monotonic = monotonic
 
@@ -264,10 +284,11 @@ class StatusCollector:
         probed = self._probes.status() if self._probes else None
         clock = self._clock.status() if self._clock else None
         counts = self._counts(clock, synced=probed is None or probed.clock_synced is not False)
+        offload = (self._offloader.status(),) if self._offloader else ()
         return Status(
             version=__version__,
             mode=self._mode,
-            problems=self._problems(cleanup, camera, probed, clock),
+            problems=self._problems(cleanup, camera, probed, clock, offload),
             startup_check=self._reconciliation.status() if self._reconciliation else None,
             cleanup=cleanup,
             last_cleanup_run=self._reader.last_cleanup_run(),
@@ -280,6 +301,7 @@ class StatusCollector:
             uv_light_on=self._lights.uv_on if self._lights else None,
             clock=clock,
             latest=tuple(capture_json(row) for row in self._reader.latest(LATEST_COUNT)),
+            offload=offload,
         )
 
     def systemd_line(self) -> str:
@@ -288,7 +310,8 @@ class StatusCollector:
         nor read the newest captures."""
         cleanup = self._cleanup.status() if self._cleanup else None
         counts = self._counts(self._clock.status() if self._clock else None, synced=True)
-        return _systemd_line(counts, self._disk(counts, cleanup), cleanup)
+        offload = (self._offloader.status(),) if self._offloader else ()
+        return _systemd_line(counts, self._disk(counts, cleanup), cleanup, offload)
 
     def _counts(self, clock: ClockStatus | None, *, synced: bool) -> CaptureCounts:
         # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
@@ -302,6 +325,7 @@ class StatusCollector:
         camera: CameraStatus | None,
         probed: SystemStatus | None,
         clock: ClockStatus | None,
+        offload: tuple[OffloadStatus, ...] = (),
     ) -> tuple[Problem, ...]:
         # By area, in the order found; a later finding of the same area replaces the reason.
         found = {area: Problem(area, reason, True) for area, reason in self._health.problems().items()}
@@ -319,6 +343,10 @@ class StatusCollector:
             clock is not None and clock.state == UNSYNCHRONISED
         ):
             found["clock"] = Problem("clock", UNSYNCHRONISED_REASON, False)
+        for target in offload:
+            if target.state == ERROR:
+                reason = f"the last copy to the {target.target.upper()} stick ended early: {target.reason}"
+                found["offload"] = Problem("offload", reason, False)
         return tuple(found.values())
 
     def _disk(self, counts: CaptureCounts, cleanup: CleanupStatus | None) -> Disk | None:

@@ -18,6 +18,10 @@ readonly CONFIG=/etc/appliance/appliance.toml
 readonly BOOT_CONFIG=/boot/firmware/appliance.toml
 # The web_port default (docs/configuration.md).
 readonly WEB_PORT=8080
+# Where a USB stick labelled USB_LABEL is mounted (offload_usb_path, offload_usb_label).
+readonly USB_PATH=/media/appliance-usb
+readonly USB_LABEL=TRAPDATA
+readonly USB_RULE=/etc/udev/rules.d/90-appliance-usb.rules
 
 usage() {
   cat <<EOF
@@ -29,7 +33,9 @@ Installs the appliance from this checkout ($SRC) and starts it:
   2. the venv $VENV, made with --system-site-packages so that it sees the OS's
      python3-picamera2 and python3-lgpio;
   3. the package, installed into that venv with pip (again on every run, to pick up changes);
-  4. the unit $UNIT_DIR/$UNIT_NAME, copied from systemd/ when it differs;
+  4. the unit $UNIT_DIR/$UNIT_NAME, copied from systemd/ when it differs, and the udev rule
+     $USB_RULE, which mounts a USB stick labelled $USB_LABEL (FAT32, exFAT or ext4) at
+     $USB_PATH for the appliance's user (set offload_usb_path = "$USB_PATH" to use it);
   5. $CONFIG, written with every default (commented) when no config exists;
      an existing config is never changed;
   6. systemctl daemon-reload (when the unit changed), enable, and start (or restart, when the
@@ -261,6 +267,36 @@ else
   install -m 0644 "$SRC/systemd/$UNIT_NAME" "$unit.tmp"
   mv -f "$unit.tmp" "$unit"
 fi
+
+# The USB stick: Raspberry Pi OS Lite has no automounter.  udev asks systemd-mount for a mount
+# bound to the device (--no-block: udev must not wait), so pulling the stick out stops the mount;
+# FAT and exFAT take the owner from the options, with flush (FAT) so that each file reaches the
+# stick when closed; ext4 keeps owners (see docs/operating.md); nofail everywhere, and no fsck.
+usb_uid=$(awk -F: -v name="$USER_NAME" '$1 == name { print $3 }' "$ROOT/etc/passwd")
+usb_gid=$(awk -F: -v name="$USER_NAME" '$1 == name { print $4 }' "$ROOT/etc/passwd")
+[[ -n $usb_uid && -n $usb_gid ]] || die "user $USER_NAME has no entry in $ROOT/etc/passwd"
+usb_mount() { # FSTYPE OPTIONS: the rule's line for a stick of that filesystem
+  printf '%s\n' "ACTION==\"add\", SUBSYSTEM==\"block\", ENV{ID_FS_LABEL}==\"$USB_LABEL\", ENV{ID_FS_TYPE}==\"$1\", RUN{program}+=\"/usr/bin/systemd-mount --no-block --collect --fsck=no --type=$1 --options=$2 \$devnode $USB_PATH\""
+}
+usb_rule=$stage/usb.rules
+{
+  printf '# Written by systemd/install.sh: mount a USB stick labelled %s at %s (docs/operating.md).\n' \
+    "$USB_LABEL" "$USB_PATH"
+  usb_mount vfat "uid=$usb_uid,gid=$usb_gid,umask=0077,shortname=mixed,utf8,flush,noatime,nofail"
+  usb_mount exfat "uid=$usb_uid,gid=$usb_gid,umask=0077,noatime,nofail"
+  usb_mount ext4 "noatime,nofail"
+} >"$usb_rule"
+rule=$ROOT$USB_RULE
+if cmp -s "$usb_rule" "$rule"; then
+  say "udev rule $rule: already up to date"
+else
+  say "installing udev rule $rule (a stick labelled $USB_LABEL is mounted at $USB_PATH)"
+  mkdir -p "$(dirname "$rule")" "$ROOT$USB_PATH"
+  install -m 0644 "$usb_rule" "$rule.tmp"
+  mv -f "$rule.tmp" "$rule"
+  if [[ -z $ROOT ]] && command -v udevadm >/dev/null; then udevadm control --reload; fi
+fi
+mkdir -p "$ROOT$USB_PATH"
 
 # --- 5. config ----------------------------------------------------------------------------------
 

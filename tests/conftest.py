@@ -16,6 +16,7 @@ import pytest
 import schedule
 import webtest
 from picamera2_wheel import WheelUnavailable, download_picamera2_wheel
+from usb_sticks import FSTYPES, Sticks, missing_tools
 from web_client import HOST, METADATA, OLD_DAY, TOKEN, app_over, shoot
 
 from appliance import thumbnails
@@ -147,6 +148,35 @@ def tmpfs(tmp_path):
     yield mount
     for mount_point in mounted:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def usb_sticks(tmp_path):
+    """``usb_sticks(fstype="vfat", *, size_bytes=64 MiB, label="TRAPDATA", mount_point=None,
+    mount=True)``: real FAT32 (fusefat), exFAT (exfat-fuse) or ext4 (loop) sticks in image files
+    (see tests/usb_sticks.py: ``pull()``, ``remount_read_only()``, ``unmount()``, ``files()``),
+    all unmounted and detached after the test, whatever happened.  Skips where the tools (or
+    root) are missing, except under CI, where it fails."""
+    sticks = Sticks(tmp_path / "sticks")
+    make = sticks.__call__
+
+    def checked(fstype: str = "vfat", **options):
+        missing = missing_tools(fstype)
+        if missing:
+            reason = f"cannot make a {fstype} stick here: missing {', '.join(missing)}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        return make(fstype, **options)
+
+    yield checked
+    sticks.cleanup()
+
+
+@pytest.fixture(params=FSTYPES)
+def stick_fstype(request) -> str:
+    """Each stick filesystem in turn: "vfat" (FAT32), "exfat", "ext4"."""
+    return request.param
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ TARGETED = {
     "import_ratio": (">=", 0.8),
     "zip_ratio": ("<=", 1.5),
     "zip_peak_mib": ("<=", 4.0),
+    "offload_ratio": (">=", 0.75),
 }
 # Small enough for a few seconds: the start-up's large index is the web's largest, 3,000 here.
 # Set in bench.plan, which every figure reads when it runs.
@@ -43,6 +44,7 @@ SMALL = {
     "SYNTHETIC_SIZE_PX": (1014, 760),
     "TRANSFER_PHOTOS": 10,
     "RECOVERY_PHOTOS": 300,
+    "OFFLOAD_PHOTOS": 4,
 }
 
 
@@ -135,6 +137,26 @@ def test_the_bench_table_gives_each_figure_its_target_and_verdict(tmp_path, shor
     verdict_lines = [line for line in lines if line.rstrip().endswith(("PASS", "MISS"))]
     assert len(verdict_lines) == len(TARGETED) + len(ROUTES)
     assert any(line.split()[-3:-1] == ["<=", "1.2"] and "start-up" in line for line in verdict_lines)
+
+
+def test_the_offload_figure_copies_to_a_fat32_image_against_a_bare_copy(short_run):
+    offload = short_run[1]["offload"]
+    assert (offload["photos"], offload["stick"]) == (4, "FAT32 image by fusefat")
+    assert offload["ratio"] == pytest.approx(offload["offload_mb_per_s"] / offload["bare_mb_per_s"], rel=0.1)
+
+
+def test_the_offload_figure_is_na_saying_why_without_the_fat_tools(tmp_path, short_run, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mkfs.vfat, fusefat, fusermount
+    figures = bench.offload_figures(tmp_path, b"")
+    assert figures == {"offload": {"ratio": None, "na": "needs mkfs.vfat, fusefat, fusermount (Debian: "
+                                                         "dosfstools, fusefat, fuse)"}}  # fmt: skip
+    measured = copy.deepcopy(short_run[2]) | figures
+    measured["verdicts"] = bench.verdicts(measured)
+    assert measured["verdicts"]["offload_ratio"]["verdict"] == "n/a"
+    monkeypatch.setattr(bench, "measure", lambda *args: measured)
+    assert main(["bench", "--data-dir", str(tmp_path)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "offload:" in line]
+    assert "n/a (needs mkfs.vfat, fusefat, fusermount" in line and line.rstrip().endswith("n/a")
 
 
 def test_a_photo_that_is_not_a_jpeg_is_refused_before_measuring(tmp_path, capsys):

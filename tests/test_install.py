@@ -33,10 +33,13 @@ VENV = Path("opt/appliance/venv")
 UNIT_PATH = Path("etc/systemd/system/appliance.service")
 WANTS_LINK = Path("etc/systemd/system/multi-user.target.wants/appliance.service")
 CONFIG = Path("etc/appliance/appliance.toml")
+USB_RULE = Path("etc/udev/rules.d/90-appliance-usb.rules")
+USB_PATH = Path("media/appliance-usb")
 
 # What the install would change on this machine without --root.
 REAL_ACCOUNT_FILES = ["/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"]
-REAL_PATHS = ["/opt/appliance", "/etc/appliance", f"/{UNIT_PATH}", f"/{WANTS_LINK}", str(REPO / "build")]
+REAL_PATHS = ["/opt/appliance", "/etc/appliance", f"/{UNIT_PATH}", f"/{WANTS_LINK}", f"/{USB_RULE}",
+              f"/{USB_PATH}", str(REPO / "build")]  # fmt: skip
 
 
 @dataclass
@@ -176,6 +179,36 @@ def test_creates_a_venv_that_sees_the_system_packages_with_the_package_installed
 def test_installs_the_unit_unchanged_and_enables_it(first_run):
     assert (first_run.root / UNIT_PATH).read_bytes() == UNIT.read_bytes()
     assert os.readlink(first_run.root / WANTS_LINK) == f"/{UNIT_PATH}"
+
+
+def test_installs_a_udev_rule_that_mounts_a_labelled_stick_for_the_appliance_user(first_run):
+    rule = (first_run.root / USB_RULE).read_text()
+    passwd = (first_run.root / "etc/passwd").read_text().splitlines()
+    uid, gid = next(line.split(":")[2:4] for line in passwd if line.startswith("appliance:"))
+    lines = [line for line in rule.splitlines() if not line.startswith("#")]
+    by_type = {fstype: next(line for line in lines if f'ENV{{ID_FS_TYPE}}=="{fstype}"' in line)
+               for fstype in ("vfat", "exfat", "ext4")}  # fmt: skip
+    assert len(lines) == 3
+    for fstype, line in by_type.items():
+        assert line.startswith('ACTION=="add", SUBSYSTEM=="block", ENV{ID_FS_LABEL}=="TRAPDATA", ')
+        command = line.split('RUN{program}+="')[1].rstrip('"').split()
+        assert command[0] == "/usr/bin/systemd-mount" and "--no-block" in command
+        assert command[-2:] == ["$devnode", "/media/appliance-usb"]
+        options = dict(o.partition("=")[::2] for o in command[-3].removeprefix("--options=").split(","))
+        assert "nofail" in options and "noatime" in options
+        if fstype != "ext4":  # FAT and exFAT have no owners: the mount gives them to the appliance
+            assert (options["uid"], options["gid"], options["umask"]) == (uid, gid, "0077")
+    assert "flush" in by_type["vfat"]
+    assert (first_run.root / USB_PATH).is_dir()
+
+
+def test_the_udev_rule_asks_systemd_mount_for_what_it_accepts(first_run):
+    # systemd-mount parses its command line before it needs a device: --help after the same
+    # options proves each is one it knows (an unknown option fails with exit status 1).
+    line = (first_run.root / USB_RULE).read_text().splitlines()[1]
+    command = line.split('RUN{program}+="')[1].rstrip('"').split()
+    result = subprocess.run([*command[:-2], "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_writes_a_config_when_there_is_none(first_run):

@@ -15,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance import __version__
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import TRUSTED, TrustedClock
+from appliance.config import Config
 from appliance.loop import Health
+from appliance.offloader import Offloader, OffloadSettings
 from appliance.reconcile import Reconciliation
 from appliance.status import (
     UNSYNCHRONISED_REASON,
@@ -78,7 +80,7 @@ def parts(store, tmp_path, monkeypatch):
     thermal-zone file (51.7 °C) and a vcgencmd that reports nothing wrong (the kernel's clock
     synchronised), a trusted clock, the cleanup (its disk: ``parts.free`` bytes free of DISK) and
     the start-up check."""
-    parts = types.SimpleNamespace(simulated=SimulatedCamera(size_px=(64, 48)), free=DISK.free)
+    parts = types.SimpleNamespace(simulated=SimulatedCamera(size_px=(64, 48)), free=DISK.free, requests=[])
     monkeypatch.setattr("hw.clock.clock_synced", lambda: True)
     parts.health = Health()
     parts.camera = RecoveringCamera(lambda: parts.simulated, max_failures=3)
@@ -101,6 +103,13 @@ def parts(store, tmp_path, monkeypatch):
     parts.disk_usage = disk_usage
     parts.cleanup = Cleanup(store, Policy(), disk_usage=disk_usage, clock=parts.clock)
     parts.reconciliation = Reconciliation()
+    parts.offloader = Offloader(
+        IndexReader(store.data_dir),
+        store.data_dir,
+        OffloadSettings(),
+        submit=parts.requests.append,
+        config=Config,
+    )
     return parts
 
 
@@ -119,6 +128,7 @@ def collector_of(store, parts, **options) -> StatusCollector:
             "probes": parts.probes,
             "lights": parts.lights,
             "clock": parts.clock,
+            "offloader": parts.offloader,
             "disk_usage": parts.disk_usage,
         }
         | options,

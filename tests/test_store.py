@@ -35,7 +35,7 @@ from hw.clock import ManualClock
 
 YEAR = datetime.timedelta(days=365)
 # The columns a photo found without its row gets only once indexed, and those that differ.
-NOT_RECOVERED = ("seq", "boot_id", "since_boot_s")
+NOT_RECOVERED = ("seq", "boot_id", "since_boot_s", "offloaded")
 DIFFERENT = ("id", "media_path", "captured_at", "clock_synced", "trigger", "recovered",
              "capture_method", "event_id")  # fmt: skip
 
@@ -96,7 +96,7 @@ def test_schema_is_created_by_migrations(store):
         "m001_captures", "m002_time_honesty_and_recovery", "m003_in_flight", "m004_cleanup",
         "m005_capture_method_and_event", "m006_counts_for_the_status_page",
         "m007_content_hash_lookup", "m008_resumable_full_check", "m009_time_you_can_trust",
-        "m010_free_space_ledger", "m011_activity_at_a_glance",
+        "m010_free_space_ledger", "m011_activity_at_a_glance", "m012_offloads",
     ]  # fmt: skip
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -104,7 +104,7 @@ def test_schema_is_created_by_migrations(store):
     assert {
         "id", "seq", "captured_at", "clock_synced", "boot_id", "since_boot_s", "trigger",
         "media_path", "thumbnail_path", "bytes", "width", "height", "sha256", "protected",
-        "recovered", "metadata", "capture_method", "event_id",
+        "recovered", "metadata", "capture_method", "event_id", "offloaded",
     } == columns  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """One writer of the index: no code outside appliance/store/ writes the tables ``captures``,
-``counters``, ``in_flight``, ``activity_hours`` or ``disk_hours``, and the writes reconciliation
+``counters``, ``in_flight``, ``activity_hours``, ``disk_hours``, ``offloads`` or
+``offload_targets``, and the writes reconciliation
 asks of the store keep its rules."""
 
 import ast
@@ -13,7 +14,7 @@ from appliance.store import CaptureStore, capture_row
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("appliance", "hw", "boot")
 STORE = ROOT / "appliance" / "store"
-TABLES = r"[`\"\[]?(?:captures|counters|in_flight|activity_hours|disk_hours)\b"
+TABLES = r"[`\"\[]?(?:captures|counters|in_flight|activity_hours|disk_hours|offloads|offload_targets)\b"
 WRITE_SQL = re.compile(
     rf"\b(?:INSERT\s+(?:OR\s+\w+\s+)?INTO\s+{TABLES}|REPLACE\s+INTO\s+{TABLES}"
     rf"|UPDATE\s+(?:OR\s+\w+\s+)?{TABLES}[`\"\]]?\s+SET\b|DELETE\s+FROM\s+{TABLES})",
@@ -21,7 +22,7 @@ WRITE_SQL = re.compile(
 )
 # sqlite-utils Table methods that write.
 WRITE_METHODS = {"insert", "insert_all", "update", "upsert", "upsert_all", "delete", "delete_where"}
-WRITTEN = {"captures", "counters", "in_flight", "activity_hours", "disk_hours"}
+WRITTEN = {"captures", "counters", "in_flight", "activity_hours", "disk_hours", "offloads", "offload_targets"}
 
 
 def _table_named(node: ast.expr) -> str | None:
@@ -71,8 +72,9 @@ def test_only_the_store_package_writes_captures_counters_and_in_flight():
             for line, what in writes_outside_the_store(path.read_text()):
                 offences.append(f"{rel}:{line}: {what}")
     assert not offences, (
-        "only appliance/store/ writes the tables captures, counters, in_flight, activity_hours and "
-        "disk_hours; add a CaptureStore method and call it instead:\n" + "\n".join(offences)
+        "only appliance/store/ writes the tables captures, counters, in_flight, activity_hours, "
+        "disk_hours, offloads and offload_targets; add a CaptureStore method and call it instead:\n"
+        + "\n".join(offences)
     )
 
 
@@ -86,6 +88,9 @@ def test_only_the_store_package_writes_captures_counters_and_in_flight():
         'db.table("captures").insert_all(rows)',
         'db["disk_hours"].insert(row)',
         'db.execute("INSERT INTO activity_hours VALUES (?, ?, 1)", [h, t])',
+        'db.execute("INSERT OR IGNORE INTO offloads (capture_id, target) VALUES (?, ?)", [i, t])',
+        'db["offloads"].delete_where("target = ?", ["usb"])',
+        'db.execute("UPDATE offload_targets SET captures = 0")',
     ],
 )
 def test_the_scan_finds_each_kind_of_write(source):

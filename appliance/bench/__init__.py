@@ -65,6 +65,7 @@ from appliance.bench.index import _grow_index as _grow_index  # the tests build 
 from appliance.bench.ingest import field_figures, ingest_figures, thumbnail_figures
 from appliance.bench.latency import latency_figures, recovery_figures
 from appliance.bench.measuring import _progress
+from appliance.bench.offload import offload_figures
 from appliance.bench.photo import synthetic_photo
 from appliance.bench.report import print_table, verdict, verdicts
 from appliance.bench.startup import startup_figures
@@ -81,6 +82,7 @@ __all__ = [
     "field_figures",
     "ingest_figures",
     "latency_figures",
+    "offload_figures",
     "main",
     "measure",
     "plan",
@@ -125,6 +127,8 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
     figures["field"] = field_figures(data_dir, figures["ingest"])
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= transfer_figures(Path(scratch), photo)
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
+        figures |= offload_figures(Path(scratch), photo)
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= cleanup_figures(Path(scratch))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:

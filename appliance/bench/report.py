@@ -45,6 +45,7 @@ def verdicts(figures: dict) -> dict:
         "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", plan.SELECT_RATIO_TARGET),
         "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", plan.IMPORT_RATIO_TARGET),
         "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", plan.EXPORT_RATIO_TARGET),
+        "offload_ratio": verdict(figures["offload"]["ratio"], ">=", plan.OFFLOAD_RATIO_TARGET),
         "zip_peak_mib": verdict(
             round(figures["transfer"]["zip_peak_bytes"] / 2**20, 2),
             "<=",
@@ -76,6 +77,7 @@ def print_table(figures: dict, photo_name: str) -> None:
     _print_startup(figures)
     _print_field(figures)
     _print_transfer(figures)
+    _print_offload(figures)
     _print_cleanup(figures)
     _print_web(figures)
     print(f"({figures['bench_s']:.0f} s)")
@@ -206,6 +208,20 @@ def _print_field(figures: dict) -> None:
     print(
         f"    {field['bytes_per_capture'] / 1e6:.2f} MB per capture; {field['free_bytes'] / 1e9:.1f} GB free,"
         f" cleanup starts below {field['cleanup_start_free_bytes'] / 1e9:.1f} GB (default config)"
+    )
+
+
+def _print_offload(figures: dict) -> None:
+    offload = figures["offload"]
+    if offload["ratio"] is None:
+        _line("offload: verified copy / bare copy to a FAT32 stick", f"n/a ({offload['na']})",
+              "offload_ratio", figures)  # fmt: skip
+        return
+    _line(f"offload: verified copy / bare copy ({offload['photos']} photos)", f"{offload['ratio']:.2f}",
+          "offload_ratio", figures)  # fmt: skip
+    print(
+        f"    {offload['stick']}: offload {offload['offload_mb_per_s']:,.1f} MB/s, "
+        f"bare copy (write, fsync) {offload['bare_mb_per_s']:,.1f} MB/s"
     )
 
 

@@ -31,8 +31,8 @@ The WAL is checkpointed with ``TRUNCATE`` periodically and on close, so it stays
 
 One writer, :class:`CaptureStore`, owned by the main loop; readers (the web page) use
 :class:`IndexReader`, which opens its own read-only connection for each query.  No code outside
-this package writes the tables ``captures``, ``counters``, ``in_flight``, ``activity_hours`` or
-``disk_hours`` (``tests/test_store_writers.py`` checks it).
+this package writes the tables ``captures``, ``counters``, ``in_flight``, ``activity_hours``,
+``disk_hours``, ``offloads`` or ``offload_targets`` (``tests/test_store_writers.py`` checks it).
 
 The package, by concept: :mod:`~appliance.store.paths` (names in the data directory, the capture
 id and the shards), :mod:`~appliance.store.durable` (publishing and setting aside files),

@@ -3,6 +3,7 @@ for each query (the web page, the status page, import), and a :class:`Snapshot` 
 transaction that sees the index as it was when it opened (an export)."""
 
 import datetime
+import heapq
 import json
 import sqlite3
 from pathlib import Path
@@ -12,6 +13,16 @@ import sqlite_utils
 from appliance.store.paths import DB_NAME
 from appliance.store.schema import clock_anchor, iso_utc
 from hw.clock import Timestamp
+
+# The captures not yet offloaded to a target, oldest first, in one index range per value of
+# protected (0 or 1): those offloaded nowhere, and those offloaded elsewhere but not to it
+# (arguments: protected, the target for the second, after_seq, limit).
+PENDING_SQL = "SELECT * FROM captures WHERE protected = ? AND {} AND seq > ? ORDER BY seq LIMIT ?"
+NOT_OFFLOADED = "offloaded = 0"
+OFFLOADED_ELSEWHERE = (
+    "offloaded = 1 AND NOT EXISTS (SELECT 1 FROM offloads "
+    "WHERE offloads.capture_id = captures.id AND offloads.target = ?)"
+)
 
 
 class IndexReader:
@@ -167,6 +178,49 @@ class IndexReader:
             return list(
                 db["captures"].rows_where(" AND ".join(where), args, order_by="seq DESC", limit=limit)
             )
+
+    def pending_offload(self, target: str, *, after_seq: int = 0, limit: int = 100) -> list[dict]:
+        """Up to ``limit`` captures not yet offloaded to ``target`` (no row of ``offloads`` for
+        it, migration m012), with ``seq`` above ``after_seq``, oldest (lowest ``seq``) first, as
+        dicts of all columns (as :meth:`page` returns them).  The next batch is
+        ``after_seq=<the last seq of this one>``.
+
+        Those offloaded nowhere are read by the index on (``protected``, ``offloaded``, ``seq``):
+        O(log n + limit) whatever the size of the index.  Captures offloaded to another target but
+        not to this one are looked for only when there are any (the counters of m012 say so in
+        O(1)); that search walks the captures offloaded anywhere from ``after_seq`` on, so a first
+        batch for a second target costs O(captures offloaded elsewhere) once.  An index not yet
+        opened by this version has no offloads: every capture is pending."""
+        with self._db() as db:
+            if not db["offloads"].exists():
+                return list(db["captures"].rows_where("seq > ?", [after_seq], order_by="seq", limit=limit))
+            queries = [(NOT_OFFLOADED, [])]
+            (offloaded,) = db.execute("SELECT value FROM counters WHERE name = 'offloaded'").fetchone()
+            here = db.execute("SELECT captures FROM offload_targets WHERE target = ?", [target]).fetchone()
+            if offloaded > (here[0] if here else 0):
+                queries.append((OFFLOADED_ELSEWHERE, [target]))
+            # One ordered index range per value of protected (0 or 1) and of offloaded, merged.
+            ranges = [
+                db.query(PENDING_SQL.format(where), [protected, *args, after_seq, limit])
+                for where, args in queries
+                for protected in (0, 1)
+            ]
+            merged = heapq.merge(*ranges, key=lambda row: row["seq"])
+            return [row for _, row in zip(range(limit), merged, strict=False)]
+
+    def offload_pending(self, target: str) -> tuple[int, int]:
+        """``(captures, bytes)`` in the index not yet offloaded to ``target``: the photos a copy to
+        it would write and their size in bytes.  O(1): from counters kept by triggers
+        (migration m012); an index not yet opened by this version counts every capture."""
+        with self._db() as db:
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+            if not db["offload_targets"].exists():
+                (total,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM captures").fetchone()
+                return counters["captures"], total
+            done = db.execute(
+                "SELECT captures, bytes FROM offload_targets WHERE target = ?", [target]
+            ).fetchone() or (0, 0)
+        return counters["captures"] - done[0], counters["capture_bytes"] - done[1]
 
     def snapshot(self) -> "Snapshot":
         """A :class:`Snapshot` of the index as it is now (close it, or use it in a ``with``)."""

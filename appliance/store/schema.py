@@ -259,6 +259,56 @@ def m011_activity_at_a_glance(db: sqlite_utils.Database) -> None:
     )
 
 
+@_migration
+def m012_offloads(db: sqlite_utils.Database) -> None:
+    # What each capture has been copied to and verified on (appliance.offload): one row per capture
+    # and target, written only once the copy read back from the target hashed to the capture's
+    # sha256 (CaptureStore.record_offloaded), deleted with the capture (the trigger below, in the
+    # same transaction as whatever deletes it).
+    db.execute(
+        "CREATE TABLE offloads (capture_id TEXT NOT NULL, target TEXT NOT NULL, sha256 TEXT NOT NULL, "
+        "offloaded_at TEXT NOT NULL, PRIMARY KEY (capture_id, target))"
+    )
+    # 1 once a verified copy exists on any target: cleanup deletes the oldest unprotected offloaded
+    # captures first, and this index makes "the oldest unprotected (not) offloaded" an index search.
+    db["captures"].add_column("offloaded", int, not_null_default=0)
+    db["captures"].create_index(["protected", "offloaded", "seq"])
+    # The status page's "photos and bytes not yet on target T" without counting a million rows:
+    # the bytes of every capture and the number offloaded anywhere (counters), and per target the
+    # captures and bytes offloaded to it (offload_targets), each kept by SQLite triggers in the
+    # same transaction as the change, whatever the code path.
+    db.execute(
+        "CREATE TABLE offload_targets (target TEXT PRIMARY KEY, captures INTEGER NOT NULL, "
+        "bytes INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    (total,) = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM captures").fetchone()
+    db["counters"].insert_all([{"name": "capture_bytes", "value": total}, {"name": "offloaded", "value": 0}])
+    db.execute(
+        "CREATE TRIGGER captures_bytes_in AFTER INSERT ON captures BEGIN "
+        "UPDATE counters SET value = value + NEW.bytes WHERE name = 'capture_bytes'; "
+        "UPDATE counters SET value = value + NEW.offloaded WHERE name = 'offloaded'; END"
+    )
+    db.execute(
+        "CREATE TRIGGER captures_offloaded AFTER UPDATE OF offloaded ON captures "
+        "WHEN NEW.offloaded != OLD.offloaded BEGIN "
+        "UPDATE counters SET value = value + NEW.offloaded - OLD.offloaded WHERE name = 'offloaded'; END"
+    )
+    db.execute(
+        "CREATE TRIGGER captures_bytes_out AFTER DELETE ON captures BEGIN "
+        "UPDATE counters SET value = value - OLD.bytes WHERE name = 'capture_bytes'; "
+        "UPDATE counters SET value = value - OLD.offloaded WHERE name = 'offloaded'; "
+        "UPDATE offload_targets SET captures = captures - 1, bytes = bytes - OLD.bytes "
+        "WHERE target IN (SELECT target FROM offloads WHERE capture_id = OLD.id); "
+        "DELETE FROM offloads WHERE capture_id = OLD.id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER offloads_counted_in AFTER INSERT ON offloads BEGIN "
+        "INSERT INTO offload_targets (target, captures, bytes) VALUES (NEW.target, 1, "
+        "(SELECT bytes FROM captures WHERE id = NEW.capture_id)) "
+        "ON CONFLICT (target) DO UPDATE SET captures = captures + 1, bytes = bytes + excluded.bytes; END"
+    )
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from appliance.datadir import DataDir, UnsafePath
-from appliance.exc import StoreError, StoreInUse, UnknownCapture
+from appliance.exc import OffloadMismatch, StoreError, StoreInUse, UnknownCapture
 from appliance.store import salvage
 from appliance.store.paths import (
     CLEAN_MARKER,
@@ -59,6 +59,10 @@ DISK_HOURS_MAX_ROWS = 500
 # The counters a full check keeps (m003, m008): whether one is under way, the next shard it looks
 # at, and how many shards it could not read (see appliance.reconcile).
 FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
+
+# Cleanup's choice among the unprotected captures by whether they are offloaded (arguments:
+# offloaded 0 or 1, the highest seq), in the index on (protected, offloaded, seq).
+OLDEST_BY_OFFLOAD = "protected = 0 AND offloaded = ? AND seq <= ?"
 
 
 def _index_operation(method):
@@ -551,7 +555,7 @@ class CaptureStore:
         except OSError as exc:
             self._remove_unindexed(media, thumb)
             raise StoreError(f"capture not stored: {exc}") from exc
-        return row
+        return row | {"offloaded": 0}  # the column's default (m012): offloaded nowhere yet
 
     def _remove_unindexed(self, *rels: str) -> None:
         for rel in rels:
@@ -600,14 +604,21 @@ class CaptureStore:
         self.last_seq = last_seq
 
     @_index_operation
-    def oldest_unprotected(self, limit: int, *, up_to_seq: int | None = None) -> list[dict]:
+    def oldest_unprotected(
+        self, limit: int, *, up_to_seq: int | None = None, offloaded: bool | None = None
+    ) -> list[dict]:
         """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first, only those with a
-        ``seq`` of at most ``up_to_seq`` when given.  Uses the index on (``protected``, ``seq``):
-        the cost does not grow with the number of captures."""
+        ``seq`` of at most ``up_to_seq`` when given, and only those offloaded (verified on some
+        target, see :meth:`record_offloaded`) or only those not, when ``offloaded`` is given.
+        Uses the index on (``protected``, ``seq``), or with ``offloaded`` the one on
+        (``protected``, ``offloaded``, ``seq``): the cost does not grow with the number of
+        captures."""
+        where = "protected = 0 AND seq <= ?" if offloaded is None else OLDEST_BY_OFFLOAD
+        args = [] if offloaded is None else [int(offloaded)]
         return list(
             self.db["captures"].rows_where(
-                "protected = 0 AND seq <= ?",
-                [up_to_seq if up_to_seq is not None else 2**63 - 1],
+                where,
+                [*args, up_to_seq if up_to_seq is not None else 2**63 - 1],
                 order_by="seq",
                 limit=limit,
                 select="id, seq, captured_at, media_path, thumbnail_path, bytes",
@@ -808,6 +819,32 @@ class CaptureStore:
                 "DELETE FROM disk_hours WHERE hour_start_s < ? OR id <= (SELECT MAX(id) FROM disk_hours) - ?",
                 [hour - DISK_HOURS_KEPT_S, DISK_HOURS_MAX_ROWS],
             ).rowcount
+
+    @_index_operation
+    def record_offloaded(self, capture_id: str, target: str, sha256: str, at: datetime.datetime) -> None:
+        """Record that a copy of capture ``capture_id`` on ``target`` (a target's name, such as
+        ``"usb"``) was read back and hashed to ``sha256`` (hex) at ``at`` (aware): in one
+        transaction, its row of ``offloads`` and ``captures.offloaded = 1`` (which lets cleanup
+        delete it before captures that exist nowhere else).  Idempotent: recording the same
+        capture and target again changes nothing (the first time is kept).
+
+        Raises :class:`~appliance.exc.UnknownCapture` (a ``KeyError``) for an id not in the index
+        (deleted meanwhile, say), and :class:`~appliance.exc.OffloadMismatch` (a ``ValueError``)
+        when ``sha256`` is not the SHA-256 the index holds for the capture (or it holds none):
+        then nothing is recorded."""
+        sha256 = sha256.lower()
+        with self.db.atomic():
+            row = self.db.execute("SELECT sha256 FROM captures WHERE id = ?", [capture_id]).fetchone()
+            if row is None:
+                raise UnknownCapture(capture_id)
+            if row[0] != sha256:
+                raise OffloadMismatch(capture_id, target, row[0], sha256)
+            self.db.execute(
+                "INSERT OR IGNORE INTO offloads (capture_id, target, sha256, offloaded_at) "
+                "VALUES (?, ?, ?, ?)",
+                [capture_id, target, sha256, iso_utc(at)],
+            )
+            self.db.execute("UPDATE captures SET offloaded = 1 WHERE id = ? AND offloaded = 0", [capture_id])
 
     @_index_operation
     def set_protected(self, capture_id: str, protected: bool) -> None:

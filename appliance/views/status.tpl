@@ -21,6 +21,30 @@
 % end
 </dd>
 % end
+% for target in status.offload:
+% if target.state != "off":
+% name = target.target.upper() + " stick"
+% if target.safe_to_remove:
+<p class="banner ok"><strong>{{name}}:</strong> copy done and checked: safe to remove.</p>
+% elif target.state == "copying":
+<p class="banner warning"><strong>{{name}}:</strong> copying, do not remove it{{!"" if target.seconds_left is None else " (about %d min left)" % (target.seconds_left // 60 + 1)}}.</p>
+% end
+<dt>{{name}}</dt><dd>{{target.state}}{{(": " + target.reason) if target.reason else ""}}; {{target.pending_captures}} photos ({{"%.1f" % (target.pending_bytes / 1e6)}} MB) not on it yet
+% if target.rate_bytes_per_s:
+<br>{{"%.1f" % (target.rate_bytes_per_s / 1e6)}} MB/s
+% end
+% run = target.last_run
+% if run and run.finished_at:
+<br>last copy {{!when(run.started_at)}}: {{run.copied}} copied, {{run.skipped}} already there{{", %d errors" % len(run.errors) if run.errors else ""}}{{(", ended: " + run.reason) if run.reason else ""}}
+% end
+% if logged_in and target.state != "copying":
+<form method="post" action="/offload"><button>Copy to USB now</button></form>
+% elif actions_on and target.state != "copying":
+<br><a href="/login">Log in to copy to the stick now</a>
+% end
+</dd>
+% end
+% end
 % cleanup = status.cleanup
 <dt>Cleanup</dt><dd>{{cleanup.state if cleanup else "ok"}}{{(": " + cleanup.reason) if cleanup and cleanup.reason else ""}}
 % run = status.last_cleanup_run

@@ -1,6 +1,7 @@
 """The actions the web asks of the main loop, which alone writes: a test shot (``POST
-/api/capture``) and protecting or unprotecting a capture (``POST /api/captures/<id>/protect``,
-``/unprotect``, and the same under ``/captures/<id>/`` for the page's form).
+/api/capture``), protecting or unprotecting a capture (``POST /api/captures/<id>/protect``,
+``/unprotect``, and the same under ``/captures/<id>/`` for the page's form), and a copy to the USB
+stick now (``POST /api/offload``, and ``POST /offload`` for the page's "Copy to USB now").
 
 Each is handed to the main loop as a :class:`~appliance.loop.Request` and waited for; the error it
 comes back with is answered by its type (:data:`ACTION_ERRORS`).  Who may ask is the route
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import bottle
 
-from appliance.exc import UnknownCapture
+from appliance.exc import NoStick, UnknownCapture
 from appliance.loop import Request
 from appliance.web.auth import ACTIONS_OFF
 from appliance.web.request import capture_id as valid_id
@@ -21,7 +22,7 @@ from appliance.web.request import see_other
 ACTION_TIMEOUT_S = 15
 # The status an action's error (Request.error) answers with, by its type (the first that matches);
 # any other error: 503, the appliance cannot do it now.
-ACTION_ERRORS = ((UnknownCapture, 404),)
+ACTION_ERRORS = ((UnknownCapture, 404), (NoStick, 409))
 
 
 def error_status(error: Exception) -> int:
@@ -70,6 +71,19 @@ class Actions:
         capture's page."""
         self._protect(capture_id, verb)
         see_other(f"/captures/{capture_id}")
+
+    def offload(self) -> dict:
+        """``POST /api/offload``: start a copy run to the USB stick now (nothing new when one is
+        under way); ``{"offload": "started"}``, or 409 with the reason when no stick can be
+        written (none mounted at ``offload_usb_path``, or without the label).  Its progress is in
+        ``/api/status`` under ``offload``."""
+        self.ask(Request("offload"))
+        return {"offload": "started"}
+
+    def offload_form(self):
+        """``POST /offload`` (the status page's "Copy to USB now"): a 303 back to the status page."""
+        self.ask(Request("offload"))
+        see_other("/")
 
     def _protect(self, capture_id: str, verb: str) -> bool:
         self.ask(Request(verb, valid_id(capture_id)))

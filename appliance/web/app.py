@@ -104,6 +104,7 @@ def routes(views: Views) -> list[tuple[str, str, Callable, dict]]:
         ("GET", "/captures", pages.gallery, {"cache": REVALIDATE}),
         ("GET", "/captures/<capture_id>", pages.capture, {"cache": REVALIDATE}),
         ("POST", f"/captures/{protect}", actions.protect_form, action),
+        ("POST", "/offload", actions.offload_form, action),
         ("GET", "/login", login.form, {}),
         ("POST", "/login", login.login, {"apply": [auth.actions_enabled, auth.same_origin]}),
         ("POST", "/logout", login.logout, {"apply": [auth.same_origin]}),
@@ -114,6 +115,7 @@ def routes(views: Views) -> list[tuple[str, str, Callable, dict]]:
         ("GET", "/api/captures/<capture_id>", api.capture, {}),
         ("POST", "/api/capture", actions.capture, action),
         ("POST", f"/api/captures/{protect}", actions.protect, action),
+        ("POST", "/api/offload", actions.offload, action),
         ("GET", "/healthz", api.healthz, {}),
         ("GET", "/metrics", views.metrics.metrics, {}),
         # The export and the files

@@ -6,6 +6,7 @@ import bottle
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from appliance.offloader import STATES
 from appliance.status import Status
 from appliance.store import IndexReader
 from hw.triggers import SOURCES, UNGATED
@@ -70,8 +71,41 @@ class _Collector:
         failures = CounterMetricFamily("appliance_camera_failures", "Camera failures since start-up.")
         failures.add_metric([], status.camera.total_failures if status.camera else 0)
         yield failures
+        yield from _offload_metrics(status)
         temperature = status.system.cpu_temperature_c if status.system else None
         if temperature is not None:
             gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
             gauge.add_metric([], temperature)
             yield gauge
+
+
+def _offload_metrics(status: Status):
+    """Per offload target: its state (one series per state, 1 for the one it is in), what is
+    pending, the rate of the run under way, and whether the stick is safe to remove."""
+    if not status.offload:
+        return
+    state = GaugeMetricFamily(
+        "appliance_offload_state",
+        "The offload target's state (1 for the one it is in).",
+        labels=["target", "state"],
+    )
+    pending = GaugeMetricFamily(
+        "appliance_offload_pending", "Captures not yet on the target.", labels=["target"]
+    )
+    pending_bytes = GaugeMetricFamily(
+        "appliance_offload_pending_bytes", "Bytes of the captures not yet on the target.", labels=["target"]
+    )
+    rate = GaugeMetricFamily(
+        "appliance_offload_rate_bytes_per_second", "Copy rate of the run under way.", labels=["target"]
+    )
+    safe = GaugeMetricFamily(
+        "appliance_offload_safe_to_remove", "1 when the stick may be pulled out now.", labels=["target"]
+    )
+    for target in status.offload:
+        for name in STATES:
+            state.add_metric([target.target, name], 1 if target.state == name else 0)
+        pending.add_metric([target.target], target.pending_captures)
+        pending_bytes.add_metric([target.target], target.pending_bytes)
+        rate.add_metric([target.target], target.rate_bytes_per_s or 0)
+        safe.add_metric([target.target], 1 if target.safe_to_remove else 0)
+    yield from (state, pending, pending_bytes, rate, safe)

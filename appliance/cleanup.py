@@ -13,7 +13,11 @@ the disk usage, the policy and the recent capture rate) are separate from the wo
   ``cleanup_stop_free_bytes`` (raised by as much as the headroom raised the start): the gap between
   start and stop is the hysteresis that keeps cleanup from running after every capture.
 - It deletes the **oldest unprotected** captures first, by ``seq`` (the capture order, never the
-  wall clock), in batches sized to the card's speed (at most :data:`BATCH_SIZE`), for about
+  wall clock); with an offload target set (``offload_usb_path``), the oldest unprotected captures
+  already copied and verified there (:meth:`~appliance.store.CaptureStore.record_offloaded`)
+  before the oldest of the others (``cleanup_prefer_offloaded``), or never those others
+  (``cleanup_keep_unoffloaded``: capturing pauses at ``capture_min_free_bytes`` instead, with a
+  banner asking for a USB stick); in batches sized to the card's speed (at most :data:`BATCH_SIZE`), for about
   :data:`TICK_BUDGET_S` per scheduler tick, so that triggers are served while a backlog is
   cleaned.  Protected captures are
   never deleted.  This follows Frigate's ``frigate/storage.py`` (oldest first, protected spared),
@@ -42,6 +46,7 @@ years neither skips cleanup nor runs it in a loop.  Each run is recorded in ``cl
 import dataclasses
 import datetime
 import errno
+import itertools
 import logging
 import shutil
 import sqlite3
@@ -96,12 +101,22 @@ class Policy:
     headroom_hours: float = 24.0
     max_capture_age_days: float = 0.0  # 0: no age limit
     capture_min_free_bytes: int = 256 << 20
+    prefer_offloaded: bool = True
+    keep_unoffloaded: bool = False
+    # Whether an offload target is set (offload_usb_path); without one the two above do nothing.
+    offload_target: bool = False
+    stick_label: str = "TRAPDATA"  # offload_usb_label, for the banner
 
     @classmethod
     def from_config(cls, config) -> "Policy":
-        return cls(
-            **{f.name: getattr(config, _CONFIG_KEYS.get(f.name, f.name)) for f in dataclasses.fields(cls)}
-        )
+        # getattr with a default: the offload settings may be absent from an older Config.
+        derived = {
+            "offload_target": bool(getattr(config, "offload_usb_path", "")),
+            "stick_label": getattr(config, "offload_usb_label", "TRAPDATA"),
+        }
+        read = {f.name: getattr(config, _CONFIG_KEYS.get(f.name, f.name)) for f in dataclasses.fields(cls)
+                if f.name not in derived}  # fmt: skip
+        return cls(**read, **derived)
 
 
 _CONFIG_KEYS = {
@@ -109,6 +124,8 @@ _CONFIG_KEYS = {
     "start_free_bytes": "cleanup_start_free_bytes",
     "stop_free_percent": "cleanup_stop_free_percent",
     "stop_free_bytes": "cleanup_stop_free_bytes",
+    "prefer_offloaded": "cleanup_prefer_offloaded",
+    "keep_unoffloaded": "cleanup_keep_unoffloaded",
 }
 
 
@@ -257,6 +274,7 @@ class Cleanup:
         self._blocked = False  # after a batch whose files would not go, until a retry frees some
         self._paused_reason: str | None = None
         self._only_protected = False
+        self._kept_unoffloaded = False  # only captures that exist nowhere else are left to delete
         self._capture_cost = 0  # free space the last capture took, in bytes
         self._free_before_capture: int | None = None
         self._next_shard = 0  # for the orphan temporary files, a shard per check
@@ -309,7 +327,7 @@ class Cleanup:
         oldest = newest = None
         chosen: set[str] = set()
         if decision.bytes_to_free > 0:
-            for row in self._store.iter_oldest_unprotected():
+            for row in self._iter_candidates():
                 if freed >= decision.bytes_to_free:
                     break
                 oldest, newest = oldest or row, row
@@ -353,13 +371,23 @@ class Cleanup:
                 _size(free),
                 _size(self._expected_capture_bytes()),
                 _size(self.policy.capture_min_free_bytes),
-                "; only protected captures are left" if self._only_protected else "",
+                "; only protected captures are left"
+                if self._only_protected
+                else "; the others exist only on this card (cleanup_keep_unoffloaded)"
+                if self._kept_unoffloaded
+                else "",
             )
             self._next_check = self._monotonic()  # clean now rather than at the next interval
         self._paused_reason = (
             f"capturing paused for space: {_size(free)} free, the floor is "
             f"{_size(self.policy.capture_min_free_bytes)}"
         )
+        if self._kept_unoffloaded:
+            self._paused_reason += (
+                "; the photos left exist only on this card (cleanup_keep_unoffloaded): plug in a USB "
+                f"stick labelled {self.policy.stick_label} to copy them, and cleanup makes room once "
+                "they are verified on it"
+            )
         self.state = "paused"
         return self._paused_reason
 
@@ -488,9 +516,17 @@ class Cleanup:
             wanted = decision.bytes_to_free if allowance is None else min(decision.bytes_to_free, allowance)
             if wanted <= 0:
                 break  # the rest is another writer's doing: capturing pauses instead
-            rows = self._store.oldest_unprotected(self._batch)
+            rows = self._candidates(self._batch)
             if not rows:
-                if not self._only_protected:  # once, until space is back above the stop
+                if self._keeps_unoffloaded() and self._store.oldest_unprotected(1, offloaded=False):
+                    if not self._kept_unoffloaded:  # once, until space is back above the stop
+                        log.warning(
+                            "cleanup: only captures not yet offloaded are left to delete, and "
+                            "cleanup_keep_unoffloaded keeps them; %s",
+                            decision.reason,
+                        )
+                        self._kept_unoffloaded = True
+                elif not self._only_protected:  # once, until space is back above the stop
                     log.warning("cleanup: only protected captures remain; %s", decision.reason)
                     self._only_protected = True
                 break
@@ -506,9 +542,37 @@ class Cleanup:
             if decision.bytes_to_free > 0 and self._monotonic() >= deadline:
                 return  # the rest at the next tick: triggers come first
         if decision.bytes_to_free == 0:
-            self._only_protected = False
+            self._only_protected = self._kept_unoffloaded = False
             self._store.ensure_reserve()
         self._finish_run("space")
+
+    def _iter_candidates(self):
+        """:meth:`_candidates`, all of them, read lazily (for :meth:`plan`)."""
+        policy, store = self.policy, self._store
+        if not policy.offload_target or not (policy.prefer_offloaded or policy.keep_unoffloaded):
+            return store.iter_oldest_unprotected()
+        if policy.keep_unoffloaded:
+            return store.iter_oldest_unprotected(offloaded=True)
+        return itertools.chain(
+            store.iter_oldest_unprotected(offloaded=True), store.iter_oldest_unprotected(offloaded=False)
+        )
+
+    def _keeps_unoffloaded(self) -> bool:
+        return self.policy.offload_target and self.policy.keep_unoffloaded
+
+    def _candidates(self, limit: int) -> list[dict]:
+        """Up to ``limit`` captures cleanup may delete for space, in the order it deletes them:
+        the oldest unprotected; with an offload target set, those offloaded first (or only)."""
+        policy = self.policy
+        if not policy.offload_target:
+            return self._store.oldest_unprotected(limit)
+        if policy.keep_unoffloaded:
+            return self._store.oldest_unprotected(limit, offloaded=True)
+        if policy.prefer_offloaded:
+            return self._store.oldest_unprotected(limit, offloaded=True) or self._store.oldest_unprotected(
+                limit, offloaded=False
+            )
+        return self._store.oldest_unprotected(limit)
 
     def _expiry_cutoff(self) -> datetime.datetime | None:
         """Captures taken before this are past ``max_capture_age_days``; None when nothing
@@ -523,7 +587,9 @@ class Cleanup:
         cutoff = self._expiry_cutoff()
         # Only ever from the oldest end of the capture order (see CaptureStore.expiry_bound).
         while cutoff is not None and (bound := self._store.expiry_bound(cutoff, self._batch)) is not None:
-            rows = self._store.oldest_unprotected(self._batch, up_to_seq=bound)
+            # Never one that exists nowhere else, with cleanup_keep_unoffloaded.
+            offloaded = True if self._keeps_unoffloaded() else None
+            rows = self._store.oldest_unprotected(self._batch, up_to_seq=bound, offloaded=offloaded)
             if not rows or not self._delete("age", rows):
                 break
             if self._monotonic() >= deadline:

@@ -367,6 +367,20 @@ class Config:
         bounds.byte_count("at most half of the data filesystem"),
         reload=LIVE,
     )
+    cleanup_prefer_offloaded: bool = _setting(
+        True,
+        "With an offload target set (offload_usb_path), cleanup deletes the oldest unprotected "
+        "captures already copied and verified there first, then the oldest of the others; false: "
+        "the oldest unprotected first, copied or not.",
+        reload=LIVE,
+    )
+    cleanup_keep_unoffloaded: bool = _setting(
+        False,
+        "With an offload target set (offload_usb_path), cleanup never deletes a capture that exists "
+        "nowhere else (not yet copied and verified there): when only such captures are left to "
+        "delete, capturing pauses at capture_min_free_bytes with a banner asking for a USB stick.",
+        reload=LIVE,
+    )
     cleanup_interval_s: float = _setting(
         60.0,
         "Seconds between disk-space checks (monotonic clock).",

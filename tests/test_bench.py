@@ -27,6 +27,8 @@ TARGETED = {
     "startup_ratio": ("<=", 1.2),
     "captures_per_minute": (">=", 30),
     "select_ratio_1m_vs_1k": ("<=", 1.5),
+    "select_offloaded_ratio_1m_vs_1k": ("<=", 1.5),
+    "select_pending_ratio_1m_vs_1k": ("<=", 1.5),
     "import_ratio": (">=", 0.8),
     "zip_ratio": ("<=", 1.5),
     "zip_peak_mib": ("<=", 4.0),
@@ -121,6 +123,36 @@ def test_the_cleanup_figures_use_the_index_and_time_both_deletions(short_run):
     assert set(figures["select_batch_ms"]) == {"1000", "3000"}
     assert "USING INDEX idx_captures_protected_seq" in figures["select_plan"]
     assert figures["delete_s"] > 0 and figures["unlink_s"] > 0 and figures["delete_vs_unlink"] > 0
+
+
+def test_the_offload_choices_are_timed_at_each_size_and_use_the_index(short_run):
+    figures = short_run[1]
+    for name in ("select_offloaded", "select_pending"):
+        by_size = figures[f"{name}_batch_ms"]
+        assert set(by_size) == {"1000", "3000"} and all(ms > 0 for ms in by_size.values())
+        assert figures[f"{name}_ratio_1m_vs_1k"] == round(by_size["3000"] / by_size["1000"], 2)
+        assert "USING INDEX idx_captures_protected_offloaded_seq" in figures[f"{name}_plan"]
+
+
+def test_the_synthetic_index_has_the_last_week_pending_and_the_rest_offloaded(tmp_path):
+    from appliance.store import CaptureStore, IndexReader
+    from appliance.store.synthetic import OFFLOAD_TARGET, OFFLOADED_BEFORE_S
+
+    now = datetime.datetime(2026, 6, 1, 12, tzinfo=datetime.UTC)
+    store = CaptureStore(tmp_path)
+    try:
+        bench._grow_index(store, 3_000, total=3_000, now=now)
+    finally:
+        store.close()
+    reader = IndexReader(tmp_path)
+    cutoff = iso_utc(now - datetime.timedelta(seconds=OFFLOADED_BEFORE_S))
+    rows = reader.latest(3_000)
+    pending = [row for row in rows if row["captured_at"] >= cutoff]
+    assert 0 < len(pending) < len(rows)
+    assert all(row["offloaded"] == (row["captured_at"] < cutoff) for row in rows)
+    assert reader.offload_pending(OFFLOAD_TARGET) == (len(pending), sum(row["bytes"] for row in pending))
+    first = reader.pending_offload(OFFLOAD_TARGET, limit=5)
+    assert [row["seq"] for row in first] == sorted(row["seq"] for row in pending)[:5]
 
 
 def test_the_bench_table_gives_each_figure_its_target_and_verdict(tmp_path, short_run, monkeypatch, capsys):

@@ -1,4 +1,5 @@
 import contextlib
+import dataclasses
 import datetime
 import errno
 import io
@@ -18,6 +19,7 @@ from appliance.cleanup import Cleanup, Policy, decide
 from appliance.cli import main
 from appliance.exif import Identity
 from appliance.loop import LoopSettings, MainLoop
+from appliance.status import StatusCollector
 from appliance.store import CaptureStore, IndexReader
 from hw.camera import SimulatedCamera
 from hw.clock import ManualClock
@@ -585,3 +587,87 @@ def test_one_busy_file_does_not_stop_cleanup(store, photo, faulty_disk):
         cleanup.tick()
     assert first < 20 and len(remaining(store)) < first  # the second check deleted more
     assert busy.exists() and rows[0]["id"] in store.in_flight()
+
+
+# With an offload target: what is safe goes first.
+
+OFFLOAD = Policy(**vars(BARE) | {"start_free_percent": 16, "stop_free_percent": 20, "offload_target": True})
+ON_STICK = datetime.datetime(2026, 6, 1, 12, tzinfo=datetime.UTC)
+
+
+def offloaded(store, rows, indexes):
+    for i in indexes:
+        store.record_offloaded(rows[i]["id"], "usb", rows[i]["sha256"], ON_STICK)
+
+
+@pytest.mark.parametrize(
+    ("policy", "deleted"),
+    [
+        (OFFLOAD, [2, 5, 7, 0, 1]),  # the offloaded ones first, oldest first, then the oldest others
+        (dataclasses.replace(OFFLOAD, prefer_offloaded=False), [0, 1, 2, 3, 4]),
+        (dataclasses.replace(OFFLOAD, offload_target=False), [0, 1, 2, 3, 4]),  # no target: as before
+    ],
+    ids=["prefer-offloaded", "oldest-first", "no-target"],
+)
+def test_under_pressure_offloaded_captures_go_first(store, photo, policy, deleted):
+    rows = fill(store, photo, 12)
+    store.set_protected(rows[9]["id"], True)
+    offloaded(store, rows, (2, 5, 7, 9))  # 9 is protected: never deleted, offloaded or not
+    # 100 photos' room with 27 free before these 12: 15 % free, 5 photos to go to reach 20 %.
+    disk = FakeDisk(store, total=100 * len(photo), base_free=27 * len(photo))
+    Cleanup(store, policy, disk_usage=disk).tick()
+    assert remaining(store) == [r["id"] for i, r in enumerate(rows) if i not in deleted]
+
+
+def test_keeping_what_exists_nowhere_else_pauses_capturing_with_a_banner_for_a_stick(store, photo, caplog):
+    rows = fill(store, photo, 8)
+    offloaded(store, rows, (1, 4))
+    disk = FakeDisk(store, total=100 * len(photo), base_free=9 * len(photo))  # 1 photo free
+    ticker = Ticker()
+    policy = dataclasses.replace(
+        OFFLOAD, keep_unoffloaded=True, capture_min_free_bytes=4 * len(photo), stick_label="FIELD01"
+    )
+    cleanup = Cleanup(store, policy, disk_usage=disk, monotonic=ticker, interval_s=60)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            cleanup.tick()
+            ticker.now += 61
+            assert cleanup.capture_pause() is not None
+    # The two offloaded ones went; none of the others, though 3 % free is far below the floor.
+    assert remaining(store) == [r["id"] for i, r in enumerate(rows) if i not in (1, 4)]
+    assert caplog.text.count("cleanup_keep_unoffloaded keeps them") == 1
+    assert "only protected captures remain" not in caplog.text
+    problems = (
+        StatusCollector(IndexReader(store.data_dir), mode="simulation", started_monotonic=0, cleanup=cleanup)
+        .collect()
+        .problem_reasons()
+    )
+    assert problems["space"].startswith("capturing paused for space")
+    assert "plug in a USB stick labelled FIELD01" in problems["space"]
+
+    # A stick came: the copies are verified, cleanup deletes them, and capturing resumes.
+    offloaded(store, rows, (0, 2, 3, 5))
+    ticker.now += 61
+    cleanup.tick()
+    assert cleanup.capture_pause() is None and cleanup.state == "ok"
+    assert remaining(store) == [rows[6]["id"], rows[7]["id"]]
+
+
+def test_keeping_what_exists_nowhere_else_spares_it_from_age_expiry_too(store, photo):
+    old = ManualClock(datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC))
+    rows = fill(store, photo, 4, old)
+    offloaded(store, rows, (0, 2))
+    policy = dataclasses.replace(OFFLOAD, keep_unoffloaded=True, max_capture_age_days=30)
+    now = ManualClock(datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC))
+    disk = FakeDisk(store, total=100 * len(photo), base_free=100 * len(photo))  # no pressure
+    Cleanup(store, policy, disk_usage=disk, clock=now).tick()
+    assert remaining(store) == [rows[1]["id"], rows[3]["id"]]
+
+
+def test_the_offload_settings_reach_the_policy(tmp_path):
+    from appliance.config import Config
+
+    config = Config(cleanup_prefer_offloaded=False, cleanup_keep_unoffloaded=True)
+    policy = Policy.from_config(config)
+    assert (policy.prefer_offloaded, policy.keep_unoffloaded) == (False, True)
+    assert policy.offload_target is bool(getattr(config, "offload_usb_path", ""))

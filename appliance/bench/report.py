@@ -1,6 +1,7 @@
 """The figures against their targets (the verdicts), and the table ``appliance bench`` prints."""
 
 from appliance.bench import plan
+from appliance.bench.cleanup import OFFLOAD_CHOICES
 
 
 def verdict(value: float | None, compare: str, target: float) -> dict:
@@ -43,6 +44,12 @@ def verdicts(figures: dict) -> dict:
             figures["field"]["captures_per_minute"], ">=", figures["field"]["rate_limit_per_minute"]
         ),
         "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", plan.SELECT_RATIO_TARGET),
+        "select_offloaded_ratio_1m_vs_1k": verdict(
+            figures["select_offloaded_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_RATIO_TARGET
+        ),
+        "select_pending_ratio_1m_vs_1k": verdict(
+            figures["select_pending_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_RATIO_TARGET
+        ),
         "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", plan.IMPORT_RATIO_TARGET),
         "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", plan.EXPORT_RATIO_TARGET),
         "offload_ratio": verdict(figures["offload"]["ratio"], ">=", plan.OFFLOAD_RATIO_TARGET),
@@ -253,6 +260,15 @@ def _print_cleanup(figures: dict) -> None:
         f"  plan: {figures['select_plan']}\n  ratio {plan.INDEX_SIZES[-1]:,} / {plan.INDEX_SIZES[0]:,}: "
         f"{figures['select_ratio_1m_vs_1k']}   target <= {check['target']:g}  {check['verdict']}"
     )
+    for name, what in OFFLOAD_CHOICES:
+        print(f"offload: choosing a batch of {what} (least of {plan.SELECT_RUNS}, sizes interleaved)")
+        for size, ms in figures[f"{name}_batch_ms"].items():
+            print(f"  {size:>9,} captures   {ms:8.3f} ms")
+        check = figures["verdicts"][f"{name}_ratio_1m_vs_1k"]
+        print(
+            f"  plan: {figures[f'{name}_plan']}\n  ratio {plan.INDEX_SIZES[-1]:,} / {plan.INDEX_SIZES[0]:,}: "
+            f"{figures[f'{name}_ratio_1m_vs_1k']}   target <= {check['target']:g}  {check['verdict']}"
+        )
     print(f"cleanup: deleting {plan.DELETED:,} captures (photo + thumbnail each)")
     print(f"  through the store  {figures['delete_s']:8.3f} s   (rows, files, folder fsyncs, in batches)")
     print(f"  bare os.unlink     {figures['unlink_s']:8.3f} s   (the same number of files, no fsync)")

@@ -19,6 +19,11 @@ from appliance.store.writer import CaptureStore
 RECENT_CAPTURES, RECENT_INTERVAL_S, NEWEST_AGE_S = 720, 120, 30
 HISTORY_S = 90 * 86400
 METADATA = json.dumps({"ExposureTime": 10000, "AnalogueGain": 1.0})
+# A stick visit a week: the captures taken more than this many seconds before ``now`` are
+# offloaded to OFFLOAD_TARGET (all but the newest week: about 93 % of the largest index, 26 % of
+# the smallest, whose history is mostly its last day).
+OFFLOADED_BEFORE_S = 7 * 86400
+OFFLOAD_TARGET = "usb"
 
 # One statement per batch, so that SQLite, not Python, makes the rows.  MATERIALIZED: without it
 # SQLite flattens the CTE and evaluates randomblob() once per use of the id, giving a row whose
@@ -45,6 +50,15 @@ SELECT id, seq, strftime('%Y-%m-%dT%H:%M:%f', julianday(:now) - age_s / 86400.0)
 FROM rows
 """
 
+# The rows of a batch taken before the cutoff, as CaptureStore.record_offloaded records them (one
+# statement each, for speed): the offloads rows, whose trigger counts them per target, then the
+# column cleanup chooses by, whose trigger counts the captures offloaded anywhere.
+_OFFLOAD = (
+    "INSERT INTO offloads (capture_id, target, sha256, offloaded_at) SELECT id, :target, sha256, :at "
+    "FROM captures WHERE seq BETWEEN :first AND :last AND captured_at < :cutoff",
+    "UPDATE captures SET offloaded = 1 WHERE seq BETWEEN :first AND :last AND captured_at < :cutoff",
+)
+
 
 def grow(
     store: CaptureStore,
@@ -61,8 +75,13 @@ def grow(
     (seq 1 to ``total``) ending at ``now`` (aware): the newest :data:`RECENT_CAPTURES` one every
     :data:`RECENT_INTERVAL_S`, the others spread evenly back to :data:`HISTORY_S` before ``now``.
     Triggers are mixed (6 in 10 motion, 2 timelapse, 1 button, 1 manual), one capture in 1,000 is
-    protected, and every row has its thumbnail path (the files are not written).
+    protected, and every row has its thumbnail path (the files are not written).  Those taken
+    more than :data:`OFFLOADED_BEFORE_S` before ``now`` are offloaded to :data:`OFFLOAD_TARGET`
+    (verified an hour before ``now``), counted by the store's triggers as
+    :meth:`CaptureStore.record_offloaded` records them.
     """
+    cutoff = iso_utc(now - datetime.timedelta(seconds=OFFLOADED_BEFORE_S))
+    offloaded_at = iso_utc(now - datetime.timedelta(hours=1))
     spread_s = (HISTORY_S - 86400) / max(1, total - RECENT_CAPTURES)
     while store.last_seq < rows:
         last = min(rows, store.last_seq + 50_000)
@@ -75,6 +94,12 @@ def grow(
                     "spread_s": spread_s, "metadata": METADATA,
                 },
             )  # fmt: skip
+            for statement in _OFFLOAD:
+                store.db.execute(
+                    statement,
+                    {"first": store.last_seq + 1, "last": last, "cutoff": cutoff, "target": OFFLOAD_TARGET,
+                     "at": offloaded_at},
+                )  # fmt: skip
             store.db["counters"].update("last_seq", {"value": last})
         store.last_seq = last
         progress(f"building the index: {store.last_seq:,} captures")

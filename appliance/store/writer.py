@@ -705,10 +705,11 @@ class CaptureStore:
             bound = seq
         return bound
 
-    def iter_oldest_unprotected(self):
-        """:meth:`oldest_unprotected`, all of them, read lazily (for ``cleanup --dry-run``)."""
+    def iter_oldest_unprotected(self, *, offloaded: bool | None = None):
+        """:meth:`oldest_unprotected`, all of them (only those offloaded, or only those not, when
+        ``offloaded`` is given), read lazily (for ``cleanup --dry-run``)."""
         return self.db["captures"].rows_where(
-            "protected = 0",
+            "protected = 0" + ("" if offloaded is None else f" AND offloaded = {int(offloaded)}"),
             order_by="seq",
             select="id, seq, captured_at, media_path, thumbnail_path, bytes",
         )

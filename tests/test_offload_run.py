@@ -29,8 +29,13 @@ KILLS = int(os.environ.get("OFFLOAD_TEST_KILLS", "30"))
 
 def offload_config(tmp_path, run_config, mount_point: Path, *extra: str) -> Path:
     config = tmp_path / "offload.toml"
-    lines = [f'offload_usb_path = "{mount_point}"', "offload_check_interval_s = 1", "latitude = 52.1",
-             "longitude = 5.2", *extra]
+    lines = [
+        f'offload_usb_path = "{mount_point}"',
+        "offload_check_interval_s = 1",
+        "latitude = 52.1",
+        "longitude = 5.2",
+        *extra,
+    ]
     config.write_text(run_config.read_text() + "\n".join(lines) + "\n")
     return config
 

@@ -473,8 +473,9 @@ def offload_command(config: config_module.Config, *, dry_run: bool) -> int:
         return 2
     target = target_name(stick)
     pending, pending_bytes = reader.offload_pending(target)
-    print(f"{stick.path} ({stick.label}, {stick.fstype}, {stick.free_bytes} bytes free): "
-          f"{pending} captures, {pending_bytes} bytes to copy")  # fmt: skip
+    free = f"{stick.free_bytes / 1e9:.1f} GB free" if stick.free_bytes >= 0 else "free space not told"
+    print(f"{stick.path} ({stick.label}, {stick.fstype}, {free}): "
+          f"{pending} captures, {pending_bytes / 1e6:.1f} MB to copy")  # fmt: skip
     if dry_run:
         return 0
     progress = _tty_progress(lambda done, total: f"copying: {done}/{total} captures")

@@ -292,12 +292,7 @@ class MainLoop:
         at = datetime.datetime.now(datetime.UTC)
         self._store.record_offloaded(request.capture_id, request.target, request.sha256, at)
         if self.delete_offloaded():
-            # Read on the writer's own connection: the row as the record just left it.
-            row = self._store.db.execute(
-                "SELECT protected FROM captures WHERE id = ?", [request.capture_id]
-            ).fetchone()
-            if row is not None and not row[0]:
-                self._store.delete([{"id": request.capture_id}])
+            self._store.delete_unless_protected(request.capture_id)
 
     def _keepalive(self, now: float) -> float:
         """Send ``WATCHDOG=1`` when due; returns the seconds until the next is due (inf: never).

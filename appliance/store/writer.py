@@ -641,6 +641,15 @@ class CaptureStore:
             self.db.conn.executemany("INSERT INTO in_flight (id, reason) VALUES (?, 'delete')", ids)
         return self._remove_files([row["id"] for row in rows])
 
+    def delete_unless_protected(self, capture_id: str) -> int:
+        """Delete the capture ``capture_id`` as :meth:`delete` does, unless it is protected or
+        gone (``offload_delete_after``: a capture verified on a stick leaves the card).  Returns
+        the bytes freed (0 when it was kept)."""
+        row = self.db.execute("SELECT protected FROM captures WHERE id = ?", [capture_id]).fetchone()
+        if row is None or row[0]:
+            return 0
+        return self.delete([{"id": capture_id}])[0]
+
     @_index_operation
     def retry_deletions(self) -> tuple[int, list[str]]:
         """Try again to remove the files of captures whose deletion did not finish.  Returns as

@@ -39,6 +39,8 @@ ACTIONS = [
     f"/api/captures/{UNKNOWN_ID}/unprotect",
     f"/captures/{UNKNOWN_ID}/protect",
     f"/captures/{UNKNOWN_ID}/unprotect",
+    "/api/offload",
+    "/offload",
 ]
 
 

@@ -255,16 +255,19 @@ class Offloader:
         except Exception as exc:  # a bug, not the stick: said on the page rather than lost on a thread
             log.exception("USB offload failed")
             result = CopyResult(0, 0, 0, [f"the copy failed: {exc}"], f"the copy failed: {exc}", False)
-        errors, unrecorded = list(result.errors), 0
+        errors, unrecorded, failed = list(result.errors), 0, 0
         deadline = time.monotonic() + RECORD_WAIT_S
         for request in requests:  # the loop takes them in order: the last done, all are
             if not request.done.wait(max(0.0, deadline - time.monotonic())):
                 unrecorded += 1
             elif request.error is not None:
+                failed += 1
                 errors.append(f"{request.capture_id}: not recorded: {request.error}")
         if unrecorded:
             errors.append(f"{unrecorded} verified copies not recorded yet (the appliance was busy)")
-        safe = result.safe_to_remove and not unrecorded
+        # Safe to remove once every verified copy is recorded, as OffloadRun says: one that is not
+        # (busy, or its record failed) is copied or verified again by the next run.
+        safe = result.safe_to_remove and not unrecorded and not failed
         run = OffloadRun(
             started_at,
             _now(),

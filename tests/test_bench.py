@@ -131,7 +131,8 @@ def test_the_offload_choices_are_timed_at_each_size_and_use_the_index(short_run)
         by_size = figures[f"{name}_batch_ms"]
         assert set(by_size) == {"1000", "3000"} and all(ms > 0 for ms in by_size.values())
         assert figures[f"{name}_ratio_1m_vs_1k"] == round(by_size["3000"] / by_size["1000"], 2)
-        assert "USING INDEX idx_captures_protected_offloaded_seq" in figures[f"{name}_plan"]
+        index = {"select_offloaded": "unprotected_offloaded", "select_pending": "unoffloaded"}[name]
+        assert f"USING INDEX idx_captures_{index}_seq" in figures[f"{name}_plan"]
 
 
 def test_the_synthetic_index_has_the_last_week_pending_and_the_rest_offloaded(tmp_path):
@@ -187,7 +188,7 @@ def test_the_offload_figure_is_na_saying_why_without_the_fat_tools(tmp_path, sho
     assert measured["verdicts"]["offload_ratio"]["verdict"] == "n/a"
     monkeypatch.setattr(bench, "measure", lambda *args: measured)
     assert main(["bench", "--data-dir", str(tmp_path)]) == 0
-    [line] = [line for line in capsys.readouterr().out.splitlines() if "offload:" in line]
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "offload: verified copy" in line]
     assert "n/a (needs mkfs.vfat, fusefat, fusermount" in line and line.rstrip().endswith("n/a")
 
 

@@ -159,18 +159,45 @@ def plan(store: CaptureStore, sql: str, args: list) -> str:
     return " | ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall())
 
 
-@pytest.mark.parametrize("offloaded", [0, 1])
-def test_cleanups_choice_by_offload_is_an_index_search(store, offloaded):
-    sql = f"SELECT id FROM captures WHERE {OLDEST_BY_OFFLOAD} ORDER BY seq LIMIT 50"
-    found = plan(store, sql, [offloaded, 9])
-    assert "USING INDEX idx_captures_protected_offloaded_seq" in found
+@pytest.mark.parametrize(
+    ("offloaded", "index"),
+    [(1, "idx_captures_unprotected_offloaded_seq"), (0, "idx_captures_unoffloaded_seq")],
+)
+def test_cleanups_choice_by_offload_is_an_index_search(store, offloaded, index):
+    sql = f"SELECT id FROM {OLDEST_BY_OFFLOAD[offloaded]} ORDER BY seq LIMIT 50"
+    found = plan(store, sql, [9])
+    assert f"USING INDEX {index}" in found
     assert "SCAN" not in found and "TEMP B-TREE" not in found
 
 
-@pytest.mark.parametrize(("where", "args"), [(NOT_OFFLOADED, []), (OFFLOADED_ELSEWHERE, ["usb"])])
-def test_the_pending_search_is_an_index_search(store, where, args):
-    found = plan(store, PENDING_SQL.format(where), [0, *args, 0, 50])
-    assert "USING INDEX idx_captures_protected_offloaded_seq" in found
+@pytest.mark.parametrize(
+    ("where", "args", "index"),
+    [
+        (NOT_OFFLOADED, [], "idx_captures_unoffloaded_seq"),
+        (OFFLOADED_ELSEWHERE, ["usb"], "idx_captures_offloaded_seq"),
+    ],
+)
+def test_the_pending_search_is_an_index_search(store, where, args, index):
+    found = plan(store, PENDING_SQL.format(where), [*args, 0, 50])
+    assert f"USING INDEX {index}" in found
     assert "SCAN" not in found and "TEMP B-TREE" not in found
     if args:  # the target's record of each capture: one lookup by primary key
         assert "USING PRIMARY KEY" in found or "sqlite_autoindex_offloads_1" in found
+
+
+def test_protecting_a_capture_that_is_not_offloaded_touches_no_offload_index(store):
+    """On a full card the user protects and unprotects photos: m012 must not make that write more
+    (its indexes are partial, on offloaded, and the cleanup one leaves out what is not offloaded)."""
+    names = [row[0] for row in store.db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'captures' "
+        "AND sql LIKE '%offloaded%'"
+    )]  # fmt: skip
+    assert sorted(names) == [
+        "idx_captures_offloaded_seq", "idx_captures_unoffloaded_seq", "idx_captures_unprotected_offloaded_seq"
+    ]  # fmt: skip
+    for (sql,) in store.db.execute(
+        f"SELECT sql FROM sqlite_master WHERE type = 'index' AND name IN ({','.join('?' * len(names))})",
+        names,
+    ):
+        assert "protected" not in sql.split("ON")[1].split("WHERE")[0]  # protected is no key column
+        assert "offloaded = 1" in sql or "offloaded = 0" in sql and "protected" not in sql

@@ -45,7 +45,7 @@ def test_api_status_gives_every_field(client, captures, hardware, store):
     status = app.get("/api/status", status=200).json
     assert status.keys() == {
         "version", "mode", "level", "problems", "startup_check", "cleanup", "uptime_s", "captures",
-        "disk", "actions", "camera", "triggers", "system", "uv_light_on", "latest",
+        "disk", "actions", "camera", "triggers", "system", "uv_light_on", "offload", "latest",
     }  # fmt: skip
     assert status["version"] == __version__ and status["mode"] == "simulation"
     assert status["level"] == "ok" and status["problems"] == {}

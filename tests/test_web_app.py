@@ -71,7 +71,7 @@ def test_the_route_table_guards_every_action_and_only_the_actions(views):
     assert guarded == {(method, path) for method, path, *_ in table if method == "POST"} - {
         ("POST", "/login"), ("POST", "/logout")
     }  # fmt: skip
-    assert len(guarded) == 3  # a test shot, and protect/unprotect from the API and from the page
+    assert len(guarded) == 5  # a test shot, protect/unprotect and copy to USB, from the API and the page
     options = {(method, path): options for method, path, _, options in table}
     assert options["POST", "/login"]["apply"] == [views.auth.actions_enabled, views.auth.same_origin]
     assert options["POST", "/logout"]["apply"] == [views.auth.same_origin]

@@ -43,9 +43,9 @@ def _offload_plans(store: CaptureStore) -> dict:
 
     return {
         "select_offloaded_plan": explain(
-            f"SELECT id FROM captures WHERE {OLDEST_BY_OFFLOAD} ORDER BY seq LIMIT 500", [1, 2**62]
+            f"SELECT id FROM {OLDEST_BY_OFFLOAD[1]} ORDER BY seq LIMIT 500", [2**62]
         ),
-        "select_pending_plan": explain(PENDING_SQL.format(NOT_OFFLOADED), [0, 0, 50]),
+        "select_pending_plan": explain(PENDING_SQL.format(NOT_OFFLOADED), [0, 50]),
     }
 
 

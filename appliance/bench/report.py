@@ -45,10 +45,10 @@ def verdicts(figures: dict) -> dict:
         ),
         "select_ratio_1m_vs_1k": verdict(figures["select_ratio_1m_vs_1k"], "<=", plan.SELECT_RATIO_TARGET),
         "select_offloaded_ratio_1m_vs_1k": verdict(
-            figures["select_offloaded_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_RATIO_TARGET
+            figures["select_offloaded_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_SELECT_RATIO_TARGET
         ),
         "select_pending_ratio_1m_vs_1k": verdict(
-            figures["select_pending_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_RATIO_TARGET
+            figures["select_pending_ratio_1m_vs_1k"], "<=", plan.OFFLOAD_SELECT_RATIO_TARGET
         ),
         "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", plan.IMPORT_RATIO_TARGET),
         "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", plan.EXPORT_RATIO_TARGET),

@@ -17,11 +17,11 @@ from hw.clock import Timestamp
 # The captures not yet offloaded to a target, oldest first, in one index range per value of
 # protected (0 or 1): those offloaded nowhere, and those offloaded elsewhere but not to it
 # (arguments: protected, the target for the second, after_seq, limit).
-PENDING_SQL = "SELECT * FROM captures WHERE protected = ? AND {} AND seq > ? ORDER BY seq LIMIT ?"
-NOT_OFFLOADED = "offloaded = 0"
+PENDING_SQL = "SELECT * FROM {} AND seq > ? ORDER BY seq LIMIT ?"
+NOT_OFFLOADED = "captures INDEXED BY idx_captures_unoffloaded_seq WHERE offloaded = 0"
 OFFLOADED_ELSEWHERE = (
-    "offloaded = 1 AND NOT EXISTS (SELECT 1 FROM offloads "
-    "WHERE offloads.capture_id = captures.id AND offloads.target = ?)"
+    "captures INDEXED BY idx_captures_offloaded_seq WHERE offloaded = 1 AND NOT EXISTS "
+    "(SELECT 1 FROM offloads WHERE offloads.capture_id = captures.id AND offloads.target = ?)"
 )
 
 
@@ -185,8 +185,8 @@ class IndexReader:
         dicts of all columns (as :meth:`page` returns them).  The next batch is
         ``after_seq=<the last seq of this one>``.
 
-        Those offloaded nowhere are read by the index on (``protected``, ``offloaded``, ``seq``):
-        O(log n + limit) whatever the size of the index.  Captures offloaded to another target but
+        Those offloaded nowhere are read by m012's partial index of them on ``seq``: O(log n +
+        limit) whatever the size of the index.  Captures offloaded to another target but
         not to this one are looked for only when there are any (the counters of m012 say so in
         O(1)); that search walks the captures offloaded anywhere from ``after_seq`` on, so a first
         batch for a second target costs O(captures offloaded elsewhere) once.  An index not yet
@@ -199,11 +199,9 @@ class IndexReader:
             here = db.execute("SELECT captures FROM offload_targets WHERE target = ?", [target]).fetchone()
             if offloaded > (here[0] if here else 0):
                 queries.append((OFFLOADED_ELSEWHERE, [target]))
-            # One ordered index range per value of protected (0 or 1) and of offloaded, merged.
+            # One ordered range per partial index of m012 (offloaded 0, offloaded 1), merged.
             ranges = [
-                db.query(PENDING_SQL.format(where), [protected, *args, after_seq, limit])
-                for where, args in queries
-                for protected in (0, 1)
+                db.query(PENDING_SQL.format(source), [*args, after_seq, limit]) for source, args in queries
             ]
             merged = heapq.merge(*ranges, key=lambda row: row["seq"])
             return [row for _, row in zip(range(limit), merged, strict=False)]

@@ -269,10 +269,18 @@ def m012_offloads(db: sqlite_utils.Database) -> None:
         "CREATE TABLE offloads (capture_id TEXT NOT NULL, target TEXT NOT NULL, sha256 TEXT NOT NULL, "
         "offloaded_at TEXT NOT NULL, PRIMARY KEY (capture_id, target))"
     )
-    # 1 once a verified copy exists on any target: cleanup deletes the oldest unprotected offloaded
-    # captures first, and this index makes "the oldest unprotected (not) offloaded" an index search.
+    # 1 once a verified copy exists on any target.  Partial indexes on seq make "not offloaded
+    # anywhere, oldest first" (the copy's queue), "offloaded somewhere" (the search for a second
+    # target) and "the oldest unprotected offloaded" (what cleanup deletes first) index searches.
+    # Partial, and none on protected alone: protecting a capture that is not offloaded (the card
+    # full, the user keeping photos) writes no more index pages than before this migration.
     db["captures"].add_column("offloaded", int, not_null_default=0)
-    db["captures"].create_index(["protected", "offloaded", "seq"])
+    db.execute("CREATE INDEX idx_captures_unoffloaded_seq ON captures (seq) WHERE offloaded = 0")
+    db.execute("CREATE INDEX idx_captures_offloaded_seq ON captures (seq) WHERE offloaded = 1")
+    db.execute(
+        "CREATE INDEX idx_captures_unprotected_offloaded_seq ON captures (seq) "
+        "WHERE protected = 0 AND offloaded = 1"
+    )
     # The status page's "photos and bytes not yet on target T" without counting a million rows:
     # the bytes of every capture and the number offloaded anywhere (counters), and per target the
     # captures and bytes offloaded to it (offload_targets), each kept by SQLite triggers in the

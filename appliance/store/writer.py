@@ -60,9 +60,14 @@ DISK_HOURS_MAX_ROWS = 500
 # at, and how many shards it could not read (see appliance.reconcile).
 FULL_CHECK_COUNTERS = ("full_check_pending", "full_check_shard", "full_check_skipped")
 
-# Cleanup's choice among the unprotected captures by whether they are offloaded (arguments:
-# offloaded 0 or 1, the highest seq), in the index on (protected, offloaded, seq).
-OLDEST_BY_OFFLOAD = "protected = 0 AND offloaded = ? AND seq <= ?"
+# Cleanup's choice among the unprotected captures by whether they are offloaded (argument: the
+# highest seq), by offloaded (1 or 0): literal, so that SQLite may use m012's partial indexes.
+# INDEXED BY: the planner, without statistics, would rather walk (protected, seq) and filter.
+OLDEST_BY_OFFLOAD = {
+    1: "captures INDEXED BY idx_captures_unprotected_offloaded_seq WHERE protected = 0 AND offloaded = 1 "
+    "AND seq <= ?",
+    0: "captures INDEXED BY idx_captures_unoffloaded_seq WHERE protected = 0 AND offloaded = 0 AND seq <= ?",
+}
 
 
 def _index_operation(method):
@@ -610,18 +615,16 @@ class CaptureStore:
         """Up to ``limit`` unprotected captures, oldest (lowest ``seq``) first, only those with a
         ``seq`` of at most ``up_to_seq`` when given, and only those offloaded (verified on some
         target, see :meth:`record_offloaded`) or only those not, when ``offloaded`` is given.
-        Uses the index on (``protected``, ``seq``), or with ``offloaded`` the one on
-        (``protected``, ``offloaded``, ``seq``): the cost does not grow with the number of
-        captures."""
-        where = "protected = 0 AND seq <= ?" if offloaded is None else OLDEST_BY_OFFLOAD
-        args = [] if offloaded is None else [int(offloaded)]
+        Uses the index on (``protected``, ``seq``), or with ``offloaded`` m012's partial indexes
+        on ``seq``: the cost does not grow with the number of captures."""
+        source = "captures WHERE protected = 0 AND seq <= ?"
+        if offloaded is not None:
+            source = OLDEST_BY_OFFLOAD[int(offloaded)]
         return list(
-            self.db["captures"].rows_where(
-                where,
-                [*args, up_to_seq if up_to_seq is not None else 2**63 - 1],
-                order_by="seq",
-                limit=limit,
-                select="id, seq, captured_at, media_path, thumbnail_path, bytes",
+            self.db.query(
+                f"SELECT id, seq, captured_at, media_path, thumbnail_path, bytes FROM {source} "
+                "ORDER BY seq LIMIT ?",
+                [up_to_seq if up_to_seq is not None else 2**63 - 1, limit],
             )
         )
 

@@ -435,7 +435,8 @@ def test_a_store_that_cannot_be_closed_cleanly_makes_the_stop_exit_1(tmpfs, run_
     process = start(card / "data", run_config, "--trigger-interval-s", "60")
     status_url(process)
     # Something else fills the card to the last byte.
-    with open(card / "filler", "wb") as filler, contextlib.suppress(OSError):
+    # Unbuffered: a write cut short by ENOSPC leaves nothing for close() to flush (and fail on).
+    with open(card / "filler", "wb", buffering=0) as filler, contextlib.suppress(OSError):
         while True:
             filler.write(b"\0" * 65536)
             filler.flush()

@@ -155,7 +155,7 @@ def test_a_full_disk_is_reported_and_capturing_resumes_when_space_returns(tiny_f
     store = CaptureStore(tiny_fs)
     loop, events = make_loop(store)
     filler = tiny_fs / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):  # take the card's space
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # take the card's space
         while True:
             f.write(b"\0" * 65536)
             f.flush()

@@ -399,10 +399,7 @@ def protect(config: config_module.Config, refs: list[str | int], protected: bool
         if client is not None:
             mark = client.protect
         else:
-            try:
-                store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
-            except StoreInUse as exc:
-                print(f"appliance: {command}: {_not_answering(data_dir, exc)}", file=sys.stderr)
+            if (store := _open_beside(command, data_dir, config)) is None:
                 return 1
             stack.callback(store.close)
             mark = store.set_protected
@@ -498,10 +495,7 @@ def offload_command(config: config_module.Config, *, dry_run: bool) -> int:
         result = (run.get("copied", 0), run.get("bytes", 0), run.get("skipped", 0), run.get("errors", []),
                   run.get("reason"), state["safe_to_remove"])  # fmt: skip
     else:
-        try:
-            store, _ = open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)
-        except StoreInUse as exc:
-            print(f"appliance: offload: {_not_answering(data_dir, exc)}", file=sys.stderr)
+        if (store := _open_beside("offload", data_dir, config)) is None:
             return 1
         try:
 
@@ -529,13 +523,21 @@ def _label(ref: str | int, row: dict | None = None) -> str:
     return f"#{ref}" if isinstance(ref, int) else ref
 
 
-def _not_answering(data_dir: Path, exc: StoreInUse) -> str:
-    return (
-        f"{data_dir} is in use by process {exc.holder}, which does not answer on "
-        f"{data_dir / control.SOCKET_NAME}: an appliance starting or stopping (try again in a "
-        "moment), one running without its control channel (its log says why) or of an older "
-        "version, or another command; nothing done"
-    )
+def _open_beside(command: str, data_dir: Path, config: config_module.Config):
+    """The capture store of ``data_dir``, opened by ``command`` when no appliance answered on its
+    control socket; None, with the reason on standard error, when a process holds it all the
+    same (an appliance starting or stopping, say)."""
+    try:
+        return open_store(data_dir, thumbnail_max_px=config.thumbnail_max_px)[0]
+    except StoreInUse as exc:
+        print(
+            f"appliance: {command}: {data_dir} is in use by process {exc.holder}, which does not answer "
+            f"on {data_dir / control.SOCKET_NAME}: an appliance starting or stopping (try again in a "
+            "moment), one running without its control channel (its log says why) or of an older "
+            "version, or another command; nothing done",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _no_store(args, config: config_module.Config) -> str | None:

@@ -120,6 +120,40 @@ def path_or_empty(value):
     return None if value == "" else kernel_path(value)
 
 
+_RCLONE_REMOTE = re.compile(r"[\w.][\w. -]*:[^\n]*")
+_RATE = r"(?:off|\d+(?:\.\d+)?[bkmgtp]?i?)(?::(?:off|\d+(?:\.\d+)?[bkmgtp]?i?))?"
+_BWLIMIT = re.compile(rf"{_RATE}|(?:(?:(?:mon|tue|wed|thu|fri|sat|sun)-)?\d\d:\d\d,{_RATE}(?: +|$))+")
+
+
+@_allowing(
+    '"", a remote of the rclone config file and a path ("fleet:camtrap-2026/"), or an absolute '
+    "local folder; no connection string (credentials go in the config file)"
+)
+def rclone_remote(value):
+    if value == "":
+        return None
+    if value.startswith("/"):
+        return kernel_path(value)
+    if value.startswith(":") or "," in value.partition(":")[0]:
+        return (
+            "must name a remote of the rclone config file, not a connection string: put the "
+            "credentials in offload_rclone_config"
+        )
+    if not _RCLONE_REMOTE.fullmatch(value):
+        return 'must be "<remote>:<path>" (a remote of the rclone config file), or an absolute folder'
+    return None
+
+
+@_allowing(
+    'rclone\'s --bwlimit: "" none, a rate ("1M", "512k", "1M:off" upload:download) or a '
+    'timetable ("08:00,512k 23:00,off")'
+)
+def bwlimit(value):
+    if value == "" or _BWLIMIT.fullmatch(value.strip().lower()):
+        return None
+    return 'must be rclone\'s --bwlimit: a rate such as "1M" or "512k", or a timetable "08:00,512k 23:00,off"'
+
+
 @_allowing(f"{kernel_path.allowed}, not empty, that is a folder or can be created as one")
 def data_folder(value):
     """The data directory: a folder, or a path where one can be made (nothing on the way to it is a

@@ -103,7 +103,8 @@ class Policy:
     capture_min_free_bytes: int = 256 << 20
     prefer_offloaded: bool = True
     keep_unoffloaded: bool = False
-    # Whether an offload target is set (offload_usb_path); without one the two above do nothing.
+    # Whether an offload target is set (offload_usb_path or offload_remote); without one the two
+    # above do nothing.
     offload_target: bool = False
     stick_label: str = "TRAPDATA"  # offload_usb_label, for the banner
 
@@ -111,7 +112,9 @@ class Policy:
     def from_config(cls, config) -> "Policy":
         # getattr with a default: the offload settings may be absent from an older Config.
         derived = {
-            "offload_target": bool(getattr(config, "offload_usb_path", "")),
+            "offload_target": bool(
+                getattr(config, "offload_usb_path", "") or getattr(config, "offload_remote", "")
+            ),
             "stick_label": getattr(config, "offload_usb_label", "TRAPDATA"),
         }
         read = {f.name: getattr(config, _CONFIG_KEYS.get(f.name, f.name)) for f in dataclasses.fields(cls)

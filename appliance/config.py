@@ -369,16 +369,17 @@ class Config:
     )
     cleanup_prefer_offloaded: bool = _setting(
         True,
-        "With an offload target set (offload_usb_path), cleanup deletes the oldest unprotected "
-        "captures already copied and verified there first, then the oldest of the others; false: "
-        "the oldest unprotected first, copied or not.",
+        "With an offload target set (offload_usb_path or offload_remote), cleanup deletes the "
+        "oldest unprotected captures already copied and verified there first, then the oldest of "
+        "the others; false: the oldest unprotected first, copied or not.",
         reload=LIVE,
     )
     cleanup_keep_unoffloaded: bool = _setting(
         False,
-        "With an offload target set (offload_usb_path), cleanup never deletes a capture that exists "
-        "nowhere else (not yet copied and verified there): when only such captures are left to "
-        "delete, capturing pauses at capture_min_free_bytes with a banner asking for a USB stick.",
+        "With an offload target set (offload_usb_path or offload_remote), cleanup never deletes a "
+        "capture that exists nowhere else (not yet copied and verified there): when only such "
+        "captures are left to delete, capturing pauses at capture_min_free_bytes with a banner "
+        "asking for a USB stick.",
         reload=LIVE,
     )
     cleanup_interval_s: float = _setting(
@@ -419,6 +420,55 @@ class Config:
         5.0,
         "Seconds between two looks for a stick at offload_usb_path (monotonic clock).",
         bounds.between(1, 3600),
+        reload=LIVE,
+        kind=float,
+    )
+    offload_remote: str = _setting(
+        "",
+        'Where to upload the photos with rclone, as "<remote>:<path>" of offload_rclone_config, e.g. '
+        '"fleet:camtrap-2026/" (an S3 bucket and folder), or an absolute folder (a NAS); one folder per '
+        "deployment there, as on a USB stick. Each upload counts as offloaded only once the remote's "
+        'own hash of it (or, without one, its bytes read back) matches the photo; "": no upload.',
+        bounds.rclone_remote,
+        reload=LIVE,
+    )
+    offload_rclone_config: str = _setting(
+        "",
+        "The rclone config file that defines offload_remote and holds its credentials (readable by "
+        "root and the appliance's user only: preflight warns otherwise); \"\": rclone's own "
+        "(~/.config/rclone/rclone.conf of the appliance's user).",
+        bounds.path_or_empty,
+        reload=LIVE,
+    )
+    offload_bwlimit: str = _setting(
+        "",
+        'Bandwidth limit of the uploads, in rclone\'s --bwlimit syntax: "1M" (1 MiB/s), "512k", or a '
+        'timetable "08:00,256k 20:00,off"; "": no limit.',
+        bounds.bwlimit,
+        reload=LIVE,
+    )
+    offload_windows: tuple[str, ...] = _setting(
+        (),
+        'Local times of day when uploading is allowed, e.g. ["22:00-06:00"] on a solar unit; a '
+        "window whose end is before its start spans midnight; [] means always. An upload under way "
+        "when a window closes stops after the file in flight.",
+        bounds.time_windows,
+        reload=LIVE,
+        kind=list,
+    )
+    offload_interval_s: float = _setting(
+        300.0,
+        "Seconds between two looks for captures to upload to offload_remote while everything is "
+        "uploaded (monotonic clock); new captures wait at most this long.",
+        bounds.between(5, 86400),
+        reload=LIVE,
+        kind=float,
+    )
+    offload_retry_max_s: float = _setting(
+        1800.0,
+        "After a failed upload (the remote unreachable, a credential refused...), the wait before "
+        "the next try doubles from 15 s up to this many seconds.",
+        bounds.between(5, 86400),
         reload=LIVE,
         kind=float,
     )
@@ -658,6 +708,7 @@ AREAS = {
     "capture_timeout_s": "Capture",
     "cleanup_start_free_percent": "Disk space",
     "offload_usb_path": "USB offload",
+    "offload_remote": "Remote offload (rclone)",
     "web_host": "Status page",
     "deployment_id": "Camtrap DP deployment",
     "import_convert": "Import",

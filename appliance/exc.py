@@ -73,3 +73,14 @@ class NoStick(ApplianceError, FileNotFoundError):
     """An offload was asked for and no stick can be written: ``offload_usb_path`` is not set,
     nothing is mounted there, or what is has not the label ``offload_usb_label`` or is the data
     directory's own filesystem.  The message says which; the web API answers it with a 409."""
+
+
+class RemoteTrouble(ApplianceError, ConnectionError):
+    """rclone could not do what was asked of a remote (:mod:`appliance.rclone`): ``kind`` says
+    what went wrong (one of :data:`appliance.rclone.KINDS`: ``"unreachable"``, ``"credentials
+    refused"``, ``"no bucket"``, ``"timed out"``, ``"full"``...), the message is one line with
+    the credentials replaced by ``***``."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)

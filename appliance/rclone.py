@@ -129,15 +129,27 @@ class Rclone:
         default (``~/.config/rclone/rclone.conf`` of the appliance's user).
     :param bwlimit: rclone's ``--bwlimit`` (``"1M"``, ``"512k:off"``, a timetable); "" none.
     :param binary: the rclone program.
+    :param connect_timeout_s: seconds to wait for a connection (``--contimeout``).
+    :param io_timeout_s: seconds without data that end a transfer (``--timeout``): a link that
+        stalls mid-file fails after this long.
     """
 
-    def __init__(self, config_path: str = "", *, bwlimit: str = "", binary: str = "rclone"):
+    def __init__(
+        self,
+        config_path: str = "",
+        *,
+        bwlimit: str = "",
+        binary: str = "rclone",
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        io_timeout_s: float = IO_TIMEOUT_S,
+    ):
         self.config_path, self.bwlimit, self.binary = config_path, bwlimit, binary
+        self.connect_timeout_s, self.io_timeout_s = connect_timeout_s, io_timeout_s
         self._secrets: tuple[str, ...] | None = None
 
     def _argv(self, args: list[str]) -> list[str]:
-        argv = [self.binary, "--ask-password=false", "--contimeout", f"{CONNECT_TIMEOUT_S}s"]
-        argv += ["--timeout", f"{IO_TIMEOUT_S}s", "--low-level-retries", "2", "--retries", "1"]
+        argv = [self.binary, "--ask-password=false", "--contimeout", f"{self.connect_timeout_s:g}s"]
+        argv += ["--timeout", f"{self.io_timeout_s:g}s", "--low-level-retries", "2", "--retries", "1"]
         # A bucket that is not there is a state to report, not one to make: rclone would otherwise
         # create a misspelt bucket and upload into it, where nobody looks.
         argv.append("--s3-no-check-bucket")

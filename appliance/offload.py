@@ -250,58 +250,73 @@ class _Deployment:
 
     def _write_sums(self, done) -> None:
         old = _read_text(self.folder, SUMS_NAME)
-        listed = {line[66:] for line in old.splitlines()}
-        new = "".join(
-            f"{sha}  media/{row['id']}.jpg\n" for row, sha in done if f"media/{row['id']}.jpg" not in listed
-        )
+        new = sums_lines(old, done)
         if new:
             _publish(self.folder, SUMS_NAME, [old.encode(), new.encode()])
 
     def _write_tables(self, done) -> int:
-        deployment = self.deployment_id
-        old_media = list(csv.DictReader(io.StringIO(_read_text(self.folder, "media.csv"))))
-        have = {row["mediaID"] for row in old_media}
-        new_media = [export.media_row(row, deployment) for row, _ in done if row["id"] not in have]
-        media = [row for row in old_media if row.get("deploymentID") == deployment] + new_media
-        if not media:
-            return 0
-        events: dict[str, tuple[str, str]] = {}
-        for row, _ in done:
-            if row["id"] in have:
-                continue
-            event, stamp = row["event_id"] or row["id"], export._stamp(row["captured_at"])
-            first, last = events.get(event, (stamp, stamp))
-            events[event] = (min(first, stamp, key=_moment), max(last, stamp, key=_moment))
-        observations = []
-        for row in csv.DictReader(io.StringIO(_read_text(self.folder, "observations.csv"))):
-            if row["eventID"] in events:  # a burst cut in two by a run: one event again
-                first, last = events.pop(row["eventID"])
-                row["eventStart"] = min(row["eventStart"], first, key=_moment)
-                row["eventEnd"] = max(row["eventEnd"], last, key=_moment)
-            observations.append(row)
-        observations += [export.observation_row(e, f, la, deployment) for e, (f, la) in events.items()]
-        old_deployment = list(csv.DictReader(io.StringIO(_read_text(self.folder, "deployments.csv"))))
-        clock_issues = any(row["clock_synced"] == 0 for row, _ in done) or any(
-            row.get("timestampIssues") == "true" for row in old_deployment
-        )
-        stamps = sorted((row["timestamp"] for row in media), key=_moment)
-        config = self.config
-        start = _moment(config.deployment_start or stamps[0])
-        end = _moment(config.deployment_end or stamps[-1])
-        methods = sorted({row["captureMethod"] for row in media if row["captureMethod"]})
-        now = datetime.datetime.now(datetime.UTC)
-        descriptor = export.descriptor(config, deployment, start, end, methods, now)
-        files = {
-            "deployments.csv": export.csv_chunks(
-                export.DEPLOYMENT_FIELDS,
-                [export.deployment_row(config, deployment, start, end, clock_issues)],
-            ),
-            "media.csv": export.csv_chunks(export.MEDIA_FIELDS, media),
-            "observations.csv": export.csv_chunks(export.OBSERVATION_FIELDS, observations),
-            # Last: a package whose descriptor is there has all its tables.
-            "datapackage.json": iter([json.dumps(descriptor, indent=2).encode() + b"\n"]),
-        }
+        files = tables(self.config, self.deployment_id, lambda name: _read_text(self.folder, name), done)
         return sum(_publish(self.folder, name, chunks) for name, chunks in files.items())
+
+
+def sums_lines(old: str, done: list[tuple[dict, str]]) -> str:
+    """The lines to add to a deployment's ``SHA256SUMS`` whose text is ``old`` for the verified
+    copies ``done`` (``(capture row, sha256)``): one ``"<sha256>  media/<id>.jpg"`` line per photo
+    not yet listed ("" when none), in the format ``sha256sum -c`` reads."""
+    listed = {line[66:] for line in old.splitlines()}
+    return "".join(
+        f"{sha}  media/{row['id']}.jpg\n" for row, sha in done if f"media/{row['id']}.jpg" not in listed
+    )
+
+
+def tables(config: Config, deployment: str, read: Callable[[str], str], done: list[tuple[dict, str]]) -> dict:
+    """The Camtrap DP tables of the deployment ``deployment`` on a target, covering what they
+    listed before and the verified copies ``done`` (``(capture row, sha256)``): ``read(name)``
+    gives a table's text as the target holds it ("" when it has none).  Returns ``{file name:
+    iterator of bytes}`` in the order to write them (``datapackage.json`` last: a package whose
+    descriptor is there has all its tables); ``{}`` when there is no media to list.  The rows
+    already there are kept (their captures may be gone from the card), a burst cut in two by
+    runs is one event again."""
+    old_media = list(csv.DictReader(io.StringIO(read("media.csv"))))
+    have = {row["mediaID"] for row in old_media}
+    new_media = [export.media_row(row, deployment) for row, _ in done if row["id"] not in have]
+    media = [row for row in old_media if row.get("deploymentID") == deployment] + new_media
+    if not media:
+        return {}
+    events: dict[str, tuple[str, str]] = {}
+    for row, _ in done:
+        if row["id"] in have:
+            continue
+        event, stamp = row["event_id"] or row["id"], export._stamp(row["captured_at"])
+        first, last = events.get(event, (stamp, stamp))
+        events[event] = (min(first, stamp, key=_moment), max(last, stamp, key=_moment))
+    observations = []
+    for row in csv.DictReader(io.StringIO(read("observations.csv"))):
+        if row["eventID"] in events:  # a burst cut in two by a run: one event again
+            first, last = events.pop(row["eventID"])
+            row["eventStart"] = min(row["eventStart"], first, key=_moment)
+            row["eventEnd"] = max(row["eventEnd"], last, key=_moment)
+        observations.append(row)
+    observations += [export.observation_row(e, f, la, deployment) for e, (f, la) in events.items()]
+    old_deployment = list(csv.DictReader(io.StringIO(read("deployments.csv"))))
+    clock_issues = any(row["clock_synced"] == 0 for row, _ in done) or any(
+        row.get("timestampIssues") == "true" for row in old_deployment
+    )
+    stamps = sorted((row["timestamp"] for row in media), key=_moment)
+    start = _moment(config.deployment_start or stamps[0])
+    end = _moment(config.deployment_end or stamps[-1])
+    methods = sorted({row["captureMethod"] for row in media if row["captureMethod"]})
+    now = datetime.datetime.now(datetime.UTC)
+    descriptor = export.descriptor(config, deployment, start, end, methods, now)
+    return {
+        "deployments.csv": export.csv_chunks(
+            export.DEPLOYMENT_FIELDS,
+            [export.deployment_row(config, deployment, start, end, clock_issues)],
+        ),
+        "media.csv": export.csv_chunks(export.MEDIA_FIELDS, media),
+        "observations.csv": export.csv_chunks(export.OBSERVATION_FIELDS, observations),
+        "datapackage.json": iter([json.dumps(descriptor, indent=2).encode() + b"\n"]),
+    }
 
 
 def _moment(stamp: str) -> datetime.datetime:

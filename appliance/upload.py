@@ -1,0 +1,360 @@
+"""Offload to an rclone remote: upload the captures the remote lacks, verify each by the remote's
+own hash of it (or by reading it back), and keep a Camtrap DP package per deployment there.
+
+What lands under ``offload_remote`` is what lands on a USB stick (:mod:`appliance.offload`): one
+folder per deployment, named by :func:`~appliance.offload.folder_name`, holding ``media/<capture
+id>.jpg``, the four Camtrap DP files and ``SHA256SUMS``.
+
+The protocol (docs/design.md, "Offload"), batch by batch of at most :data:`BATCH_CAPTURES` captures
+(:data:`BATCH_BYTES`), oldest first:
+
+1. Each photo is read once from the card: its SHA-256 must be the one the index holds (a photo that
+   rotted on the card is reported, not sent), and the hash the remote will be asked for (the first
+   of :data:`HASH_PREFERENCE` it reports: MD5 on S3, SHA-1 or SHA-256 on others) is computed from
+   the same bytes.  A symbolic link to it named ``<id>.jpg`` goes into a staging folder (photos
+   are never written again once stored, so rclone sends those very bytes).
+2. Resuming: the first batch of a run, and each batch after one where some were found, asks the
+   remote for its hashes of the batch first: a photo already there with the right hash (sent by a
+   run cut short before recording it) is not sent again.  So a link that comes back re-sends at
+   most the files that were in flight.
+3. ``rclone copy`` sends the rest: on an object store (``BucketBased``) straight to their final
+   keys, where an upload appears whole or not at all; on a file-like backend (a folder, SFTP,
+   WebDAV) into ``.incoming/`` and then moved into ``media/`` (a rename on the server), so that no
+   torn file ever stands under a final name.
+4. The remote's own hash of each (``rclone hashsum``; with ``--download`` when the backend reports
+   none, i.e. read back) is compared with the local one: only a match counts as verified.
+5. As on a stick, every :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size and
+   at the end, the tables and ``SHA256SUMS`` are uploaded (the CSVs and sums first, then
+   ``datapackage.json``) and verified the same way, and only then are the verified captures
+   handed to ``record``: whatever the store records as offloaded is on the remote, with the right
+   hash, and listed in its tables.
+
+Nothing is kept beside the store: what is pending is what the index says is not yet offloaded to
+the target (:func:`remote_target`), so a restart or a power cut loses nothing.
+"""
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance import export
+from appliance import rclone as rc
+from appliance.config import Config
+from appliance.datadir import DataDir
+from appliance.exc import RemoteTrouble
+from appliance.offload import (
+    CHECKPOINT_FACTOR,
+    SUMS_NAME,
+    TABLES,
+    CopyResult,
+    deployment_id,
+    folder_name,
+    sums_lines,
+    tables,
+)
+from appliance.store import IndexReader
+
+log = logging.getLogger(__name__)
+
+# A batch: what one rclone copy sends.  100 photos of a few hundred kB keep rclone's start-up and
+# the verification's round trips small against the transfer (appliance bench, "remote offload").
+BATCH_CAPTURES = 100
+BATCH_BYTES = 32 << 20
+# Backstops on one rclone call; a stalled link fails much sooner, on rclone's own --timeout.
+COPY_TIMEOUT_S = 3600
+CHECK_TIMEOUT_S = 600
+# The hash asked of the remote, best first (rclone's names); none of them: the file is read back.
+HASH_PREFERENCE = ("sha256", "sha1", "md5")
+INCOMING = ".incoming"
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class UploadResult(CopyResult):
+    """What an upload run did: as :class:`~appliance.offload.CopyResult` (``copied`` photos sent
+    and verified, their ``bytes``, ``skipped``: already on the remote or deleted meanwhile,
+    ``errors``, ``reason`` why it ended early), and ``kind``: the
+    :data:`appliance.rclone.KINDS` entry of the trouble that ended it (None when it finished,
+    or ended for another reason).  ``safe_to_remove`` is never set: there is nothing to pull."""
+
+    kind: str | None = None
+
+
+def remote_target(remote: str) -> str:
+    """The offload target an rclone remote is recorded as in the store: ``"rclone:<remote>"``
+    (``"rclone:fleet:camtrap-2026/"``)."""
+    return f"rclone:{remote}"
+
+
+def join(remote: str, *parts: str) -> str:
+    """``remote`` (``"fleet:bucket/a/"``, ``"fleet:"``, ``"/mnt/nas"``) and path ``parts`` as one
+    rclone path."""
+    base = remote if remote.endswith((":", "/")) else remote + "/"
+    return base + "/".join(part.strip("/") for part in parts if part)
+
+
+class _Place:
+    """The deployment's folder on the remote: its tables as the remote holds them (read once per
+    run, then kept up to date here) and the copies verified since they were last uploaded."""
+
+    def __init__(self, remote: rc.Rclone, root: str, config: Config, deployment: str, staging: Path):
+        self.remote, self.config, self.deployment_id = remote, config, deployment
+        self.folder = join(root, folder_name(deployment))
+        self.staging = staging
+        self.features = remote.features(root)
+        usable = [h for h in HASH_PREFERENCE if h in self.features.hashes]
+        self.hash_type = usable[0] if usable else "sha256"
+        self.read_back = not usable
+        # A file-like backend that can rename: upload under .incoming/, then move into place.
+        self.via_incoming = not self.features.bucket_based and self.features.move
+        self.text = {}
+        for name in (*TABLES, SUMS_NAME):
+            data = remote.cat(join(self.folder, name), timeout_s=CHECK_TIMEOUT_S)
+            self.text[name] = (data or b"").decode("utf-8", errors="replace")
+        self.tables_bytes = sum(len(text) for text in self.text.values())
+        self.since_checkpoint = 0
+        self.verified: list[tuple[dict, str]] = []
+        if self.via_incoming:  # what a run cut short left half-sent
+            with contextlib.suppress(RemoteTrouble):
+                remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+
+    def hashes(self, sub: str, names: list[str], stop) -> dict[str, str]:
+        return self.remote.hashes(
+            join(self.folder, sub),
+            self.hash_type,
+            names,
+            download=self.read_back,
+            timeout_s=CHECK_TIMEOUT_S,
+            stop=stop,
+        )
+
+    def send(self, source: Path, sub: str, names: list[str], stop) -> None:
+        """Upload ``names`` from the local folder ``source`` into ``sub`` of the deployment's
+        folder (see the module docstring, step 3).  Raises RemoteTrouble."""
+        if not names:
+            return
+        final = join(self.folder, sub)
+        if not self.via_incoming:
+            self.remote.copy(source, final, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
+            return
+        incoming = join(self.folder, INCOMING, sub or "tables")
+        self.remote.copy(source, incoming, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
+        if sub:
+            self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S)
+            return
+        # rclone moves no folder into one that holds it: the tables go one by one.
+        for name in names:
+            args = ["moveto", join(incoming, name), join(final, name)]
+            self.remote.run(args, timeout_s=CHECK_TIMEOUT_S)
+
+    def checkpoint(self, stop) -> tuple[list[tuple[dict, str]], str | None]:
+        """Upload the tables and SHA256SUMS covering what is verified and check them; returns
+        the copies now listed there, to be recorded, and why the tables are missing (None when
+        they are uploaded).  Raises RemoteTrouble (nothing is then to be recorded)."""
+        done = self.verified
+        missing = export.missing_settings(self.config)
+        files: dict[str, bytes] = {}
+        if not missing:
+            built = tables(self.config, self.deployment_id, self.text.get, done)
+            files = {name: b"".join(chunks) for name, chunks in built.items()}
+        new_sums = sums_lines(self.text[SUMS_NAME], done)
+        if new_sums:
+            files[SUMS_NAME] = (self.text[SUMS_NAME] + new_sums).encode()
+        folder = self.staging / "tables"
+        folder.mkdir(exist_ok=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        # The descriptor last: a package whose descriptor is there has all its tables.
+        first = [name for name in files if name != "datapackage.json"]
+        last = [name for name in files if name == "datapackage.json"]
+        for names in (first, last):
+            self.send(folder, "", names, stop)
+        expected = {name: hashlib.new(self.hash_type, data).hexdigest() for name, data in files.items()}
+        found = self.hashes("", list(files), stop) if files else {}
+        wrong = sorted(name for name in files if found.get(name) != expected[name])
+        if wrong:
+            raise RemoteTrouble(rc.FAILED, f"the remote's hash of {', '.join(wrong)} is not the one uploaded")
+        for name, data in files.items():
+            self.text[name] = data.decode("utf-8", errors="replace")
+        self.tables_bytes = sum(len(text) for text in self.text.values())
+        self.verified, self.since_checkpoint = [], 0
+        why = f"Camtrap DP tables not written: set {', '.join(missing)} in the config" if missing else None
+        return done, why
+
+
+def _read_card(card: DataDir, capture: dict, hash_type: str) -> tuple[str | None, str | None]:
+    """``(sha256, hash_type's hash)`` of the capture's photo as read from the card; ``(None,
+    None)`` when it is gone (deleted by cleanup since it was listed).  Raises OSError."""
+    sha = hashlib.sha256()
+    other = hashlib.new(hash_type) if hash_type != "sha256" else sha
+    try:
+        photo = card.open_read(capture["media_path"])
+    except FileNotFoundError:
+        return None, None
+    with photo:
+        while chunk := photo.read(CHUNK_BYTES):
+            sha.update(chunk)
+            if other is not sha:
+                other.update(chunk)
+    return sha.hexdigest(), other.hexdigest()
+
+
+def upload_run(
+    remote: rc.Rclone,
+    root: str,
+    reader: IndexReader,
+    data_dir,
+    *,
+    target: str,
+    deployment: Config,
+    record: Callable[[str, str], None],
+    stop: threading.Event,
+    progress: Callable[[int, int, int], None] | None = None,
+    batch: int = BATCH_CAPTURES,
+) -> UploadResult:
+    """Upload every capture ``reader.pending_offload(target)`` lists (oldest first, including
+    those taken while the run goes on) to the deployment's folder under ``root`` (an rclone path,
+    ``offload_remote``) with ``remote``, verifying each (see the module docstring).
+    ``record(capture_id, sha256)`` is called for each verified upload once the remote's tables
+    list it; the caller hands it to the store's one writer.  ``stop`` set ends the run at once
+    (the rclone call under way is killed; reason ``"stopped"``).  ``progress(done, total,
+    bytes)`` is called after each batch.  ``data_dir``: the data directory (only read).
+
+    Returns an :class:`UploadResult`: never raises for trouble with the remote (``reason`` and
+    ``kind`` say it) or the card's photos; raises ``sqlite3`` errors of the index as the reader
+    does."""
+    result = UploadResult()
+    total, _ = reader.offload_pending(target)
+    card = DataDir(data_dir)
+    done = written = 0
+    with tempfile.TemporaryDirectory(prefix="appliance-upload-") as staging_name:
+        staging = Path(staging_name)
+        media = staging / "media"
+        media.mkdir()
+        place = None
+        try:
+            place = _Place(remote, root, deployment, deployment_id(deployment, reader), staging)
+            after_seq, look_first = 0, True
+            while not stop.is_set():
+                captures = _next_batch(reader, target, after_seq, batch)
+                if not captures:
+                    break
+                after_seq = captures[-1]["seq"]
+                found_there, size = _upload_batch(captures, card, place, media, look_first, stop, result)
+                look_first = found_there > 0
+                written += size
+                place.since_checkpoint += size
+                done += len(captures)
+                if progress:
+                    progress(done, max(total, done), written)
+                if place.since_checkpoint > CHECKPOINT_FACTOR * place.tables_bytes:
+                    _checkpoint(place, record, result, stop)
+            if stop.is_set():
+                raise RemoteTrouble(rc.STOPPED, "stopped")
+            _checkpoint(place, record, result, stop)
+            if place.via_incoming:
+                with contextlib.suppress(RemoteTrouble):
+                    remote.run(["rmdirs", join(place.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+        except RemoteTrouble as trouble:
+            result.reason, result.kind = str(trouble), trouble.kind
+            log.warning("upload to %s ended: %s", root, trouble)
+            if place is not None and place.verified and trouble.kind not in (rc.STOPPED, rc.UNREACHABLE):
+                try:  # what is verified may still be listed and recorded (a quota hit by a photo)
+                    _checkpoint(place, record, result, None)
+                except RemoteTrouble as again:
+                    log.warning("upload to %s: tables not updated: %s", root, again)
+    if result.reason is None and result.errors and not result.copied and not result.skipped:
+        result.reason, result.kind = result.errors[0], rc.FAILED
+    return result
+
+
+def _next_batch(reader: IndexReader, target: str, after_seq: int, limit: int) -> list[dict]:
+    """The next pending captures after ``after_seq``: at most ``limit``, and at most
+    :data:`BATCH_BYTES` (at least one)."""
+    captures, size = [], 0
+    for capture in reader.pending_offload(target, after_seq=after_seq, limit=limit):
+        if captures and size + capture["bytes"] > BATCH_BYTES:
+            break
+        captures.append(capture)
+        size += capture["bytes"]
+    return captures
+
+
+def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_first: bool, stop, result):
+    """Steps 1 to 4 of the protocol for one batch; returns ``(found already there, bytes sent)``.
+    Raises RemoteTrouble when the remote fails (other than for single files)."""
+    for link in media.iterdir():
+        link.unlink()
+    local: dict[str, tuple[dict, str, str]] = {}  # name: (capture, sha256, the remote's hash type's hash)
+    for capture in captures:
+        name = f"{capture['id']}.jpg"
+        try:
+            sha, digest = _read_card(card, capture, place.hash_type)
+        except OSError as exc:
+            result.errors.append(f"capture {capture['id']}: cannot read its photo on the card: {exc}")
+            continue
+        if sha is None:
+            result.skipped += 1
+            continue
+        if sha != capture["sha256"]:
+            result.errors.append(
+                f"capture {capture['id']}: its photo on the card differs from its recorded "
+                "SHA-256; not uploaded"
+            )
+            continue
+        (media / name).symlink_to(card.root / capture["media_path"])
+        local[name] = (capture, sha, digest)
+    found_there = 0
+    to_send = list(local)
+    if look_first and to_send:
+        there = place.hashes("media", to_send, stop)
+        already = [name for name in to_send if there.get(name) == local[name][2]]
+        for name in already:
+            capture, sha, _ = local[name]
+            place.verified.append((capture, sha))
+            result.skipped += 1
+        found_there = len(already)
+        to_send = [name for name in to_send if name not in already]
+    if not to_send:
+        return found_there, 0
+    try:
+        place.send(media, "media", to_send, stop)
+    except RemoteTrouble as trouble:
+        # One file failing (deleted from the card meanwhile, say) fails the copy: check the others.
+        if trouble.kind != rc.FAILED:
+            raise
+        log.info("upload: some files of a batch failed (%s): checking the others", trouble)
+    there = place.hashes("media", to_send, stop)
+    sent = 0
+    for name in to_send:
+        capture, sha, digest = local[name]
+        size = capture["bytes"]
+        if there.get(name) == digest:
+            place.verified.append((capture, sha))
+            result.copied += 1
+            result.bytes += size
+            sent += size
+        elif not (card.root / capture["media_path"]).exists():
+            result.skipped += 1  # deleted from the card while it was being sent
+        elif name in there:
+            result.errors.append(
+                f"media/{name}: the remote's {place.hash_type} of it differs from the photo's"
+            )
+        else:
+            result.errors.append(f"media/{name}: not on the remote after the upload")
+    return found_there, sent
+
+
+def _checkpoint(place: _Place, record, result: UploadResult, stop) -> None:
+    if not place.verified:
+        return
+    done, why = place.checkpoint(stop)
+    if why and why not in result.errors:
+        result.errors.append(why)
+    for capture, sha in done:
+        record(capture["id"], sha)

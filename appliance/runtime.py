@@ -29,7 +29,7 @@ from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.control import ControlChannel
 from appliance.exc import ConfigError, Stopped
 from appliance.loop import Health, LoopSettings, MainLoop, Request, guarded
-from appliance.offloader import Offloader, OffloadSettings
+from appliance.offloader import Offloader, OffloadSettings, Uploader, UploadSettings
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
 from appliance.status import StatusCollector
 from appliance.store import CHECKPOINT_INTERVAL_S, IndexReader
@@ -109,6 +109,7 @@ class Appliance:
         ("lights", LightsSettings),
         ("cleanup", Policy),
         ("offloader", OffloadSettings),
+        ("uploader", UploadSettings),
     )
 
     def __init__(
@@ -181,6 +182,11 @@ class Appliance:
             config=self.current_config,
         )  # fmt: skip
         stack.callback(self.offloader.close)  # before the store closes: a run under way stops
+        self.uploader = Uploader(
+            self.reader, self.data_dir, UploadSettings.from_config(config), submit=self._submit,
+            config=self.current_config,
+        )  # fmt: skip
+        stack.callback(self.uploader.close)
         pin_factory = make_pin_factory(config.simulate)
         self.gate = TriggerGate(GateSettings.from_config(config))
         self.lights = Lights(LightsSettings.from_config(config), pin_factory=pin_factory)
@@ -201,6 +207,7 @@ class Appliance:
             lights=self.lights,
             clock=self.clock,
             offloader=self.offloader,
+            uploader=self.uploader,
         )
         self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port, sock=self._listener)
         stack.callback(self.server.stop)
@@ -269,6 +276,8 @@ class Appliance:
             Job("disk sample", DISK_SAMPLE_INTERVAL_S, self._sample_disk),
             # Every second: the offloader keeps offload_check_interval_s itself (a reload changes it).
             Job("USB offload", 1, self.offloader.tick),
+            # Every second: the uploader keeps offload_interval_s and its back-off itself.
+            Job("remote offload", 1, self.uploader.tick),
         ]
         if self.config.uv_pin:
             jobs.append(Job("UV light", UV_CHECK_INTERVAL_S, self._switch_uv))

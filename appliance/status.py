@@ -23,7 +23,7 @@ from appliance import __version__
 from appliance.cleanup import Cleanup, CleanupStatus, free_percent
 from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED, ClockStatus, TrustedClock
 from appliance.loop import Health
-from appliance.offloader import ERROR, Offloader, OffloadStatus
+from appliance.offloader import ERROR, REMOTE_FAILURES, Offloader, OffloadStatus, Uploader
 from appliance.reconcile import Reconciliation
 from appliance.store import IndexReader
 from hw import system
@@ -236,6 +236,8 @@ class StatusCollector:
         warning (``"clock"``), and captures are then counted by time since boot.
     :param offloader: the :class:`~appliance.offloader.Offloader`; a copy run that ended in an
         error is a warning (``"offload"``).
+    :param uploader: the :class:`~appliance.offloader.Uploader`; an upload run that failed (the
+        remote unreachable, a credential refused...) is a warning (``"upload"``).
     :param disk_usage: ``disk_usage(path)`` as :func:`hw.system.disk_usage` (None when unknown),
         for the data directory's filesystem.
     :param monotonic: the clock of the uptime, in seconds (for tests).
@@ -259,6 +261,7 @@ class StatusCollector:
         lights: Lights | None = None,
         clock: TrustedClock | None = None,
         offloader: Offloader | None = None,
+        uploader: Uploader | None = None,
         disk_usage: Callable[[Path], object] = system.disk_usage,
         monotonic: Callable[[], float] = time.monotonic,
     ):
@@ -274,6 +277,7 @@ class StatusCollector:
         self._lights = lights
         self._clock = clock
         self._offloader = offloader
+        self._uploader = uploader
         self._disk_usage = disk_usage
         self._monotonic = monotonic
 
@@ -284,7 +288,7 @@ class StatusCollector:
         probed = self._probes.status() if self._probes else None
         clock = self._clock.status() if self._clock else None
         counts = self._counts(clock, synced=probed is None or probed.clock_synced is not False)
-        offload = (self._offloader.status(),) if self._offloader else ()
+        offload = self._offload()
         return Status(
             version=__version__,
             mode=self._mode,
@@ -310,8 +314,11 @@ class StatusCollector:
         nor read the newest captures."""
         cleanup = self._cleanup.status() if self._cleanup else None
         counts = self._counts(self._clock.status() if self._clock else None, synced=True)
-        offload = (self._offloader.status(),) if self._offloader else ()
+        offload = self._offload()
         return _systemd_line(counts, self._disk(counts, cleanup), cleanup, offload)
+
+    def _offload(self) -> tuple[OffloadStatus, ...]:
+        return tuple(part.status() for part in (self._offloader, self._uploader) if part is not None)
 
     def _counts(self, clock: ClockStatus | None, *, synced: bool) -> CaptureCounts:
         # Counted by time since boot while the wall clock cannot be trusted (appliance.clocktrust).
@@ -347,6 +354,9 @@ class StatusCollector:
             if target.state == ERROR:
                 reason = f"the last copy to the {target.target.upper()} stick ended early: {target.reason}"
                 found["offload"] = Problem("offload", reason, False)
+            elif target.state in REMOTE_FAILURES:
+                reason = f"the upload to {target.remote} failed ({target.state}): {target.reason}"
+                found["upload"] = Problem("upload", reason, False)
         return tuple(found.values())
 
     def _disk(self, counts: CaptureCounts, cleanup: CleanupStatus | None) -> Disk | None:

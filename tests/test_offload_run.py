@@ -41,7 +41,9 @@ def offload_config(tmp_path, run_config, mount_point: Path, *extra: str) -> Path
 
 
 def usb(url: str) -> dict:
-    (target,) = requests.get(url + "api/status", timeout=5).json()["offload"]
+    (target,) = [
+        t for t in requests.get(url + "api/status", timeout=5).json()["offload"] if t["target"] == "usb"
+    ]
     return target
 
 

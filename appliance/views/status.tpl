@@ -22,7 +22,20 @@
 </dd>
 % end
 % for target in status.offload:
-% if target.state != "off":
+% if target.state != "off" and target.target == "remote":
+<dt>Upload to {{target.remote}}</dt><dd>{{target.state}}{{(": " + target.reason) if target.reason else ""}}; {{target.pending_captures}} photos ({{"%.1f" % (target.pending_bytes / 1e6)}} MB) not uploaded yet
+% if target.rate_bytes_per_s:
+<br>{{"%.2f" % (target.rate_bytes_per_s / 1e6)}} MB/s{{!"" if target.seconds_left is None else ", about %d min left" % (target.seconds_left // 60 + 1)}}
+% end
+% run = target.last_run
+% if run and run.finished_at:
+<br>last upload {{!when(run.started_at)}}: {{run.copied}} sent and verified, {{run.skipped}} already there{{", %d errors" % len(run.errors) if run.errors else ""}}
+% end
+% if target.next_try_at and target.state != "waiting":
+<br>next {{"try" if target.state not in ("done", "ready") else "look"}} {{!when(target.next_try_at)}}
+% end
+</dd>
+% elif target.state != "off":
 % name = target.target.upper() + " stick"
 % if target.safe_to_remove:
 <p class="banner ok"><strong>{{name}}:</strong> copy done and checked: safe to remove.</p>

@@ -464,6 +464,15 @@ class Config:
         reload=LIVE,
         kind=float,
     )
+    offload_io_timeout_s: float = _setting(
+        60.0,
+        "Seconds without data after which an upload to offload_remote is given up (rclone's "
+        '--timeout): a link that stalls mid-file is "timed out" after this long, and tried again '
+        "later; a slow but moving link never is.",
+        bounds.between(1, 3600),
+        reload=LIVE,
+        kind=float,
+    )
     offload_retry_max_s: float = _setting(
         1800.0,
         "After a failed upload (the remote unreachable, a credential refused...), the wait before "

@@ -408,6 +408,7 @@ class UploadSettings:
     bwlimit: str = ""
     windows: tuple[str, ...] = ()
     interval_s: float = 300.0
+    io_timeout_s: float = 60.0
     retry_max_s: float = 1800.0
 
     def __post_init__(self):
@@ -421,6 +422,7 @@ class UploadSettings:
             bwlimit=config.offload_bwlimit,
             windows=tuple(config.offload_windows),
             interval_s=config.offload_interval_s,
+            io_timeout_s=config.offload_io_timeout_s,
             retry_max_s=config.offload_retry_max_s,
         )
 
@@ -523,7 +525,9 @@ class Uploader:
     def _work(self, settings: UploadSettings) -> None:
         started_at, target = self._last_run.started_at, remote_target(settings.remote)
         record, requests = _recorder(target, self._submit)
-        remote = rc.Rclone(settings.rclone_config, bwlimit=settings.bwlimit)
+        remote = rc.Rclone(
+            settings.rclone_config, bwlimit=settings.bwlimit, io_timeout_s=settings.io_timeout_s
+        )
         try:
             result = upload_run(
                 remote,

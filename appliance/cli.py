@@ -36,7 +36,7 @@ from pathlib import Path
 from gpiozero.exc import GPIOZeroError
 
 from appliance import config as config_module
-from appliance import control
+from appliance import control, rclone
 from appliance.arguments import parser
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
@@ -60,7 +60,7 @@ from appliance.runtime import Appliance
 from appliance.store import DB_NAME, IndexReader, unsafe_layout
 from appliance.web import listen, port_holder
 from boot.journal import configure_logging
-from boot.preflight import FATAL, OK, WARNING, Check, preflight
+from boot.preflight import FATAL, OK, WARNING, Check, check_rclone, preflight
 from boot.systemd import Notifier
 from hw.clock import SystemClock
 from hw.exc import HardwareError, UnsupportedCameraSize
@@ -161,6 +161,9 @@ def _preflight(config: config_module.Config) -> list[Check]:
     )
     if not any(check.level == FATAL for check in checks):
         checks.append(_check_layout(Path(config.data_dir)))
+    if config.offload_remote:
+        rclone_config = config.offload_rclone_config or rclone.default_config_path()
+        checks.append(check_rclone(config.offload_remote, Path(rclone_config)))
     return checks
 
 

@@ -135,6 +135,43 @@ def check_camera(simulate: bool) -> Check:
     )
 
 
+def check_rclone(remote: str, config_path: Path, binary: str = "rclone") -> Check:
+    """The remote offload can run: rclone is installed and, for a remote of its config file
+    (``"fleet:bucket/"``, not a local folder), ``config_path`` exists, defines the remote, and is
+    readable by its owner and group root alone: its credentials are secrets, so a config file that
+    the group or anyone may read is a warning (``chmod 600``)."""
+    if shutil.which(binary) is None:
+        return Check(
+            "remote offload", WARNING, "offload_remote is set and rclone is not installed: apt install rclone"
+        )
+    if remote.startswith("/"):
+        return Check("remote offload", OK, f"rclone, to the folder {remote}")
+    name = remote.partition(":")[0]
+    try:
+        info = os.stat(config_path)
+        text = Path(config_path).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return Check(
+            "remote offload",
+            WARNING,
+            f"the rclone config file {config_path} cannot be read ({exc.strerror}): "
+            "set offload_rclone_config",
+        )
+    if info.st_mode & 0o044:
+        return Check(
+            "remote offload",
+            WARNING,
+            f"the rclone config file {config_path} holds credentials and is readable by "
+            f"{'anyone' if info.st_mode & 0o004 else 'its group'} (mode {info.st_mode & 0o777:o}): "
+            f"chmod 600 {config_path}",
+        )
+    if f"[{name}]" not in (line.strip() for line in text.splitlines()):
+        return Check(
+            "remote offload", WARNING, f"the rclone config file {config_path} has no remote [{name}]"
+        )
+    return Check("remote offload", OK, f"rclone, remote [{name}] of {config_path}")
+
+
 def preflight(
     data_dir: Path, *, data_mount: str = "", min_free_bytes: int = 0, simulate: bool = True
 ) -> list[Check]:

@@ -32,7 +32,8 @@ Installs the appliance from this checkout ($SRC) and starts it:
      (each group is created if missing);
   2. the venv $VENV, made with --system-site-packages so that it sees the OS's
      python3-picamera2 and python3-lgpio;
-  3. the package, installed into that venv with pip (again on every run, to pick up changes);
+  3. the package, installed into that venv with pip (again on every run, to pick up changes),
+     and Debian's rclone (apt-get install rclone) for the remote offload when it is missing;
   4. the unit $UNIT_DIR/$UNIT_NAME, copied from systemd/ when it differs, and the udev rule
      $USB_RULE, which mounts a USB stick labelled $USB_LABEL (FAT32, exFAT or ext4) at
      $USB_PATH for the appliance's user (set offload_usb_path = "$USB_PATH" to use it);
@@ -252,6 +253,18 @@ else
   else
     say "package $DIST_NAME $version: installed"
   fi
+fi
+
+# rclone, for the remote offload (offload_remote): Debian's package, as the docs say. Not having it
+# stops nothing else, so a failed install (no network yet) is said, not fatal.
+if command -v rclone >/dev/null; then
+  say "rclone: already installed ($(rclone version 2>/dev/null | head -n 1))"
+elif [[ -n $ROOT ]]; then
+  say "rclone: not installed; with --root nothing is installed (on the trap: apt install rclone)"
+elif DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rclone >/dev/null; then
+  say "rclone: installed (apt-get install rclone), for offload_remote"
+else
+  say "rclone: could not be installed (no network?); the remote offload needs it: apt install rclone"
 fi
 
 # --- 4. unit ------------------------------------------------------------------------------------

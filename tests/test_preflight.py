@@ -9,6 +9,7 @@ from boot.preflight import (
     check_data_dir,
     check_free_space,
     check_mount,
+    check_rclone,
     preflight,
 )
 
@@ -77,3 +78,30 @@ def test_camera_check_lists_the_cameras_libcamera_sees(fake_picamera2):
 def test_a_data_dir_reached_through_a_symlink_counts_where_it_points(tiny_fs, tmp_path):
     (tmp_path / "data").symlink_to(tiny_fs)
     assert check_mount(tmp_path / "data", str(tiny_fs)).level == OK
+
+
+def rclone_config(tmp_path, mode: int, text: str = "[fleet]\ntype = s3\nsecret_access_key = s3cr3t\n"):
+    path = tmp_path / "rclone.conf"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_an_rclone_config_the_group_or_anyone_may_read_is_a_warning_naming_the_fix(tmp_path):
+    assert check_rclone("fleet:bucket/", rclone_config(tmp_path, 0o600)).level == OK
+    for mode, who in ((0o640, "its group"), (0o644, "anyone")):
+        check = check_rclone("fleet:bucket/", rclone_config(tmp_path, mode))
+        assert check.level == WARNING
+        assert (
+            f"readable by {who}" in check.reason and f"chmod 600 {tmp_path / 'rclone.conf'}" in check.reason
+        )
+    missing = check_rclone("other:bucket/", rclone_config(tmp_path, 0o600))
+    assert missing.level == WARNING and "has no remote [other]" in missing.reason
+    gone = check_rclone("fleet:bucket/", tmp_path / "none.conf")
+    assert gone.level == WARNING and "set offload_rclone_config" in gone.reason
+    assert check_rclone("/mnt/nas/traps", tmp_path / "none.conf").level == OK  # a folder needs no config
+
+
+def test_a_remote_without_rclone_installed_is_a_warning_saying_how_to_install_it(tmp_path):
+    check = check_rclone("fleet:bucket/", rclone_config(tmp_path, 0o600), binary="no-such-rclone")
+    assert check.level == WARNING and "apt install rclone" in check.reason

@@ -412,7 +412,8 @@ class Config:
     )
     offload_delete_after: bool = _setting(
         False,
-        "Delete each unprotected capture from the card once its copy on the stick is verified (the "
+        "Delete each unprotected capture from the card once its copy on the stick (or on "
+        "offload_remote) is verified (the "
         '"empty the trap" workflow), as cleanup deletes; false: keep it until cleanup needs the room.',
         reload=LIVE,
     )

@@ -36,6 +36,7 @@ the target (:func:`remote_target`), so a restart or a power cut loses nothing.
 import contextlib
 import hashlib
 import logging
+import os
 import tempfile
 import threading
 from collections.abc import Callable
@@ -307,7 +308,7 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
                 "SHA-256; not uploaded"
             )
             continue
-        (media / name).symlink_to(card.root / capture["media_path"])
+        (media / name).symlink_to(os.path.abspath(card.root / capture["media_path"]))
         local[name] = (capture, sha, digest)
     found_there = 0
     to_send = list(local)

@@ -200,7 +200,7 @@ class LocalSource:
     def folders(self) -> list[str]:
         """The deployment folders (paths relative to the root, "" for the root), in name order:
         each folder within :data:`FIND_DEPTH` levels holding the four tables.  A deployment
-        folder's own subfolders, and hidden folders, are not searched."""
+        folder's own subfolders, hidden folders and symbolic links to folders are not searched."""
         found = []
 
         def walk(path: Path, name: str, depth: int) -> None:

@@ -67,6 +67,14 @@ REMOTE_PHOTO_TIMEOUT_S = 30
 # Listing a remote and fetching the tables.
 REMOTE_LIST_TIMEOUT_S = 300
 CHUNK_BYTES = 1 << 20
+# The columns the merge reads, which Camtrap DP 1.0 requires of each table.
+REQUIRED_COLUMNS = {
+    "deployments.csv": ("deploymentID", "latitude", "longitude", "deploymentStart", "deploymentEnd"),
+    "media.csv": ("mediaID", "deploymentID", "timestamp", "filePath"),
+    "observations.csv": ("observationID", "deploymentID", "eventStart", "eventEnd"),
+}
+# A mediaID the package can name a photo file by.
+_FILE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 # What an rclone remote looks like ("name:path"), as opposed to a local path.
 _REMOTE = re.compile(r"^[\w][\w.\- ]*:")
 
@@ -149,11 +157,11 @@ def _shown(root: str, name: str) -> str:
 
 
 def _rows(text: str, table: str, where: str) -> list[dict]:
-    rows = list(csv.DictReader(io.StringIO(text)))
-    key = {"deployments.csv": "deploymentID", "media.csv": "mediaID", "observations.csv": "observationID"}
-    if rows and key[table] not in rows[0]:
-        raise MergeRefused(f"{where}/{table}: has no {key[table]} column: not a Camtrap DP table")
-    return rows
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [column for column in REQUIRED_COLUMNS[table] if column not in (reader.fieldnames or ())]
+    if missing:
+        raise MergeRefused(f"{where}/{table}: has no {', '.join(missing)} column: not a Camtrap DP table")
+    return list(reader)
 
 
 def read_folder(name: str, files: dict[str, bytes], where: str) -> Folder:
@@ -257,9 +265,8 @@ class LocalSource:
             except FileNotFoundError:
                 problems.append(f"{_shown(self.root, photo.source)}: missing (media.csv lists it)")
                 target.unlink(missing_ok=True)
-                continue
-            if _check(photo, digest.hexdigest(), _shown(self.root, photo.source), problems):
-                copied += 1
+            else:
+                copied += _check(photo, digest.hexdigest(), _shown(self.root, photo.source), problems)
             if progress:
                 progress("copying", n, len(photos))
         return copied, size
@@ -369,7 +376,10 @@ def _check(photo: Photo, digest: str, where: str, problems: list[str]) -> bool:
 
 
 def _moment(stamp: str) -> datetime.datetime:
-    return export.parse_time(stamp)
+    try:
+        return export.parse_time(stamp)
+    except ValueError:
+        raise MergeRefused(f"{stamp!r} is not an ISO 8601 time: not a Camtrap DP table") from None
 
 
 def _same_value(key: str, a: str, b: str) -> bool:
@@ -442,7 +452,11 @@ def combine(
                     f"{where}/media.csv: media {media_id} names deployment {dep!r}, which its "
                     "deployments.csv lacks: not a whole package"
                 )
-            sha = folder.sums.get(row.get("filePath", "").removeprefix("./"))
+            path = row["filePath"].removeprefix("./")
+            if "://" not in path and (path.startswith(("/", "~")) or ".." in path.split("/")):
+                raise MergeRefused(f"{where}/media.csv: media {media_id} has filePath {path!r}, not a "
+                                   "path inside its folder: not a Camtrap DP table")  # fmt: skip
+            sha = folder.sums.get(path)
             if media_id in media_rows:
                 kept = media_rows[media_id]
                 differ = _differing(kept, row, export.MEDIA_FIELDS)
@@ -456,7 +470,6 @@ def combine(
                         "separately"
                     )
                 continue
-            path = row.get("filePath", "")
             media_rows[media_id], media_from[media_id] = dict(row), where
             photo_of[media_id] = Photo(media_id, posixpath.join(folder.name, path), None, sha)
         for row in folder.observations:
@@ -511,6 +524,9 @@ def combine(
         if media == "none":
             row["filePath"] = photo.source
             continue
+        if not _FILE_ID.fullmatch(row["mediaID"]):
+            raise MergeRefused(f"{media_from[row['mediaID']]}/media.csv: mediaID {row['mediaID']!r} cannot "
+                               "name a file: merge with --media none")  # fmt: skip
         suffix = posixpath.splitext(path)[1] or ".jpg"
         photo.target = f"media/{folder_name(row['deploymentID'])}/{row['mediaID']}{suffix}"
         row["filePath"] = photo.target

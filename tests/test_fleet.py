@@ -370,6 +370,19 @@ def test_combine_merges_an_event_cut_in_two_and_notes_a_project_that_differs(fle
         f"the package has stick-a/{fleet.traps['a'].deployment}'s"
     ]
     assert merged.descriptor["project"]["title"] == "Ridge mammals"
+    # Rows that would lead outside the package, or outside their folder: refused.
+    media = folders[0].media[0]
+    kept = dict(media)
+    media["mediaID"] = "../../outside"
+    with pytest.raises(
+        MergeRefused, match="mediaID '../../outside' cannot name a file: merge with --media none"
+    ):
+        combine(folders)
+    assert combine(folders, media="none").media[0]["filePath"] == f"{folders[0].name}/{media['filePath']}"
+    media["filePath"] = "../../../etc/passwd"
+    with pytest.raises(MergeRefused, match="filePath '../../../etc/passwd', not a path inside its folder"):
+        combine(folders, media="none")
+    media.update(kept)
     folders[1].deployments[0]["deploymentID"] = "x"
     with pytest.raises(MergeRefused, match="names deployment"):
         combine(folders)

@@ -51,6 +51,12 @@ EXIT_STATUS = {
     "of other content, an interrupt), or a process holds the store and no appliance answers; 2 "
     "refused: no stick to write (offload_usb_path not set, nothing mounted there, or without the "
     "label offload_usb_label), a bad config or command line, or no capture store in the data directory.",
+    "fleet": "that of its action's command (appliance fleet merge --help); 2 for a bad command line.",
+    "fleet merge": "0 merged; 1 it failed: the remote could not be read (unreachable, credentials refused, "
+    "timed out), a photo is missing or differs from its SHA256SUMS, or writing failed; 2 refused: a bad "
+    "command line, a source without deployment folders or an unknown remote, two folders holding one "
+    "deployment or photo differently, --media link from a remote, an output that is a file or a folder "
+    "that is not empty. Nothing is written unless it exits 0.",
     "import": "0 every file was looked at (skipped files included); 1 it stopped early (free space, the "
     "store, an interrupt); 2 refused: a bad config or command line, or DIR is not a folder.",
 }
@@ -142,6 +148,36 @@ def parser() -> argparse.ArgumentParser:
     )
     camtrap_dp.add_argument("--media", choices=MEDIA_MODES, default="copy",
                             help="copy the photos (default), hard-link them, or write none")  # fmt: skip
+    fleet = subcommands.add_parser("fleet", help="work on the packages of many traps (runs on any computer)")
+    fleet_actions = fleet.add_subparsers(dest="action", required=True)
+    merge = fleet_actions.add_parser(
+        "merge", help="merge the traps' offloaded deployment folders into one Camtrap DP package"
+    )
+    merge.add_argument(
+        "source",
+        metavar="REMOTE_OR_FOLDER",
+        help="a folder holding the deployment folders (searched 3 levels deep, e.g. a folder "
+        "of USB stick copies), or an rclone remote, name:path (e.g. fleet:camtrap-2026/)",
+    )
+    merge.add_argument("outdir", type=Path, metavar="OUTDIR", help="new or empty folder to write")
+    merge.add_argument(
+        "--since",
+        type=_iso_time,
+        metavar="ISO",
+        help="first photo time included, e.g. 2026-05-01 or 2026-05-01T18:00+02:00 (no offset: UTC)",
+    )
+    merge.add_argument("--until", type=_iso_time, metavar="ISO", help="photo time excluded (same forms)")
+    merge.add_argument(
+        "--media",
+        choices=MEDIA_MODES,
+        default="copy",
+        help="copy the photos, each checked against its SHA256SUMS (default), link to "
+        "them (a local folder only), or write none (filePath then names the photo "
+        "in the source)",
+    )
+    merge.add_argument("--rclone-config", metavar="PATH",
+                       help="the rclone config file naming the remote (default: rclone's own, "
+                            "~/.config/rclone/rclone.conf)")  # fmt: skip
     importing = subcommands.add_parser(
         "import",
         help="index a folder of photos from an earlier unit or another camera (stop the appliance first)",

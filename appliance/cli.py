@@ -2,8 +2,9 @@
 and repairs the data directory, ``appliance cleanup`` applies the disk-space policy now,
 ``appliance protect``/``unprotect`` keep captures from cleanup or not and ``appliance capture``
 takes a test shot (through the running appliance when it runs, :mod:`appliance.control`),
-``appliance export camtrap-dp`` writes a Camtrap DP data package, ``appliance import`` indexes a
-folder of photos from elsewhere, and ``appliance config`` prints or checks config files.
+``appliance export camtrap-dp`` writes a Camtrap DP data package, ``appliance fleet merge`` makes
+one of the packages many traps offloaded, ``appliance import`` indexes a folder of photos from
+elsewhere, and ``appliance config`` prints or checks config files.
 
 ``run`` is preflight, the running appliance (:class:`~appliance.runtime.Appliance`, which builds
 and closes the parts), signals and the main loop; the other commands open what they need.
@@ -45,16 +46,21 @@ from appliance.exc import (
     ConfigError,
     ControlError,
     ExportError,
+    MergeFailed,
+    MergeRefused,
     NoStick,
+    RemoteTrouble,
     StoreError,
     StoreInUse,
     UnknownCapture,
 )
 from appliance.export import export_camtrap_dp
+from appliance.fleet import merge
 from appliance.importer import import_photos
 from appliance.loop import MainLoop
 from appliance.offload import copy_run, target_name
 from appliance.offloader import OffloadSettings
+from appliance.rclone import NO_BUCKET, NOT_CONFIGURED, Rclone
 from appliance.reconcile import open_store
 from appliance.runtime import Appliance
 from appliance.store import DB_NAME, IndexReader, unsafe_layout
@@ -595,6 +601,70 @@ def export(config: config_module.Config, args) -> int:
     return 0
 
 
+# What to do when a remote cannot be read, by RemoteTrouble.kind (appliance.rclone.KINDS).
+_REMOTE_FIX = {
+    "unreachable": "check the address (endpoint) in the rclone config and the network, then run this again",
+    "credentials refused": "check the key in the rclone config, and that it may list and read the bucket",
+    "no bucket": "check the bucket and path after the remote's name (rclone lsd REMOTE: lists them)",
+    "timed out": "the remote is slow or the link stalled: run this again",
+    "not configured": "name a remote of the rclone config (rclone listremotes), or give --rclone-config PATH",
+    "rclone missing": "install it: apt install rclone",
+}
+
+
+def fleet_command(args) -> int:
+    """``appliance fleet merge``: merge the deployment folders under a folder or remote into one
+    package (:func:`appliance.fleet.merge`) and print a one-line summary, and a line per note.
+    Returns 0, 1 (a remote that cannot be read, photos missing or differing, writing failed) or 2
+    (refused), as ``EXIT_STATUS["fleet merge"]`` says; nothing is written unless 0."""
+    if args.rclone_config and not Path(args.rclone_config).is_file():
+        print(f"appliance: fleet merge: --rclone-config {args.rclone_config}: no such file: name the "
+              "rclone config file that holds the remote", file=sys.stderr)  # fmt: skip
+        return 2
+    tty = sys.stderr.isatty()
+    stages = {"reading": "deployment folders read", "copying": "photos copied"}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if tty and (done == total or done % 10 == 0):
+            end = "\n" if done == total else ""
+            print(f"\r{stages[stage]}: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    try:
+        summary = merge(
+            args.source,
+            args.outdir,
+            media=args.media,
+            since=args.since,
+            until=args.until,
+            rclone=Rclone(args.rclone_config or ""),
+            progress=progress,
+        )
+    except MergeRefused as exc:
+        print(f"appliance: fleet merge: {exc}", file=sys.stderr)
+        return 2
+    except MergeFailed as exc:
+        for line in exc.problems:
+            print(f"appliance: fleet merge: {line}", file=sys.stderr)
+        print(f"appliance: fleet merge: {exc}: nothing written to {args.outdir}; copy those photos again "
+              "from the trap or its stick, or merge with --media none", file=sys.stderr)  # fmt: skip
+        return 1
+    except RemoteTrouble as exc:
+        fix = _REMOTE_FIX.get(exc.kind, "run this again; rclone's words above say what failed")
+        print(f"appliance: fleet merge: {args.source}: {exc.kind}: {exc}: {fix}", file=sys.stderr)
+        return 2 if exc.kind in (NOT_CONFIGURED, NO_BUCKET) else 1
+    except OSError as exc:  # writing the package failed (nothing left of it)
+        print(f"appliance: fleet merge: writing {args.outdir} failed: {exc}", file=sys.stderr)
+        return 1
+    for note in summary.notes:
+        print(f"note: {note}")
+    print(
+        f"{args.outdir}: {summary.deployments} deployments from {summary.folders} folders, {summary.media} "
+        f"photos ({summary.photos} {'linked' if args.media == 'link' else 'copied'}, {summary.bytes} bytes), "
+        f"{summary.observations} observations"
+    )
+    return 0
+
+
 def import_command(config: config_module.Config, args) -> int:
     """``appliance import``: import (or with ``--dry-run`` only look at) the photos of a folder,
     listing each skipped file with its reason, then a summary.  Ctrl-C (or SIGTERM) ends it after
@@ -714,6 +784,9 @@ def _command(args, stopping: _Stopping | None = None) -> int:
         return bench_main(args.data_dir, args.json, photo=args.photo, captures=args.captures)
     if args.command == "config":
         return config_command(args)
+    if args.command == "fleet":  # reads no config: it runs on any computer, on many traps' packages
+        configure_logging("WARNING")
+        return fleet_command(args)
     configure_logging(args.log_level)
     try:
         config = _load_config(args)

@@ -84,3 +84,20 @@ class RemoteTrouble(ApplianceError, ConnectionError):
     def __init__(self, kind: str, message: str):
         self.kind = kind
         super().__init__(message)
+
+
+class MergeRefused(ApplianceError, ValueError):
+    """``appliance fleet merge`` cannot merge what it was given (:mod:`appliance.fleet`): no
+    deployment folder there, a deployment, photo or event that two folders hold differently, an
+    output folder that is not empty, links asked into a remote.  The message names the folders;
+    nothing has been written."""
+
+
+class MergeFailed(ApplianceError, OSError):
+    """``appliance fleet merge`` could not copy the photos as they were offloaded: ``problems``,
+    one line each, names every photo missing from its folder or differing from its folder's
+    ``SHA256SUMS``.  Nothing has been written."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} photo(s) missing or not as their SHA256SUMS says")

@@ -459,7 +459,10 @@ def combine(
             sha = folder.sums.get(path)
             if media_id in media_rows:
                 kept = media_rows[media_id]
-                differ = _differing(kept, row, export.MEDIA_FIELDS)
+                # A photo protected on the trap between two sticks is the same photo: a favourite.
+                differ = _differing(kept, row, [key for key in export.MEDIA_FIELDS if key != "favorite"])
+                if row.get("favorite") == "true":
+                    kept["favorite"] = "true"
                 other = photo_of[media_id].sha256
                 if not differ and sha and other and sha != other:
                     differ = [f"photo (SHA-256 {other[:12]}... / {sha[:12]}...)"]

@@ -223,7 +223,9 @@ def test_two_sticks_of_one_trap_make_one_deployment(tmp_path, tmpfs, burst_dir):
             photos[0].read_bytes(), None, timestamp=clock.now(), trigger="motion", event_id="e1"
         )
         offload(tmpfs("16m", "stick-1"), store, config)
-        # The burst goes on after the first stick was pulled: the next stick holds the whole event.
+        # The burst goes on after the first stick was pulled: the next stick holds the whole event,
+        # and the first photo, protected meanwhile, as a favourite.
+        store.set_protected(first["id"], True)
         clock.wall += datetime.timedelta(seconds=2)
         second = store.add(
             photos[1].read_bytes(), None, timestamp=clock.now(), trigger="motion", event_id="e1"
@@ -239,7 +241,9 @@ def test_two_sticks_of_one_trap_make_one_deployment(tmp_path, tmpfs, burst_dir):
     valid(out)
     (deployment,) = read_csv(out / "deployments.csv")
     assert deployment["deploymentEnd"] == "2026-06-01T21:00:02+00:00"  # the later stick's
-    assert sorted(r["mediaID"] for r in read_csv(out / "media.csv")) == sorted([first["id"], second["id"]])
+    media = {r["mediaID"]: r for r in read_csv(out / "media.csv")}
+    assert sorted(media) == sorted([first["id"], second["id"]])
+    assert (media[first["id"]]["favorite"], media[second["id"]]["favorite"]) == ("true", "false")
     (event,) = read_csv(out / "observations.csv")
     assert (event["eventStart"], event["eventEnd"]) == (
         "2026-06-01T21:00:00+00:00",

@@ -78,6 +78,8 @@ _SIGNS = (
             "storagefull",
             "disk quota",
             "entitytoolarge",
+            # rclone's local backend before it writes a file (it preallocates the whole file).
+            "file too big for remaining disk space",
         ),
     ),
     (TIMEOUT, ("i/o timeout", "deadline exceeded", "timeout awaiting", "handshake timeout", "timed out")),

@@ -155,7 +155,6 @@ class Rclone:
     ):
         self.config_path, self.bwlimit, self.binary = config_path, bwlimit, binary
         self.connect_timeout_s, self.io_timeout_s = connect_timeout_s, io_timeout_s
-        self._secrets: tuple[str, ...] | None = None
 
     def _argv(self, args: list[str]) -> list[str]:
         argv = [self.binary, "--ask-password=false", "--contimeout", f"{self.connect_timeout_s:g}s"]
@@ -253,10 +252,9 @@ class Rclone:
 
     def redact(self, text: str) -> str:
         """``text`` with every secret value of the config file, and any signature or credential
-        of a signed URL, replaced by ``***``."""
-        if self._secrets is None:
-            self._secrets = tuple(sorted(config_secrets(self.config_path), key=len, reverse=True))
-        for secret in self._secrets:
+        of a signed URL, replaced by ``***``.  The file is read at each call: rclone reads it
+        at each run, so a key pair replaced in it while the appliance runs is the one in use."""
+        for secret in sorted(config_secrets(self.config_path), key=len, reverse=True):
             text = text.replace(secret, "***")
         return _SIGNED.sub(r"\1***", text)
 
@@ -369,7 +367,8 @@ def classify(said: str) -> str:
 def config_secrets(config_path: str) -> set[str]:
     """The secret values in the rclone config file ``config_path`` ("": rclone's default): each
     ``key = value`` whose key names a secret (``secret_access_key``, ``pass``, ``token``...), and
-    each ``access_key_id``.  An unreadable or missing file gives none."""
+    each ``access_key_id``; not the switches among them (``env_auth = false``), whose words are
+    in messages for other reasons.  An unreadable or missing file gives none."""
     path = Path(config_path or default_config_path())
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -379,7 +378,7 @@ def config_secrets(config_path: str) -> set[str]:
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         value = value.strip()
-        if sep and _SECRET_KEY.search(key) and len(value) >= 4:
+        if sep and _SECRET_KEY.search(key) and len(value) >= 4 and value.lower() not in ("true", "false"):
             found.add(value)
     return found
 

@@ -198,6 +198,8 @@ class Rclone:
                 raise RemoteTrouble(
                     NOT_INSTALLED, f"{self.binary} is not installed: apt install rclone"
                 ) from None
+            except OSError as exc:  # not executable, say
+                raise RemoteTrouble(NOT_INSTALLED, f"{self.binary} cannot be run ({exc.strerror})") from None
             deadline = time.monotonic() + timeout_s
             ended = None
             try:

@@ -12,12 +12,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import pytest
-import requests
 from test_export import validate
 
 from appliance import config as config_module
@@ -395,59 +393,20 @@ def test_combine_merges_an_event_cut_in_two_and_notes_a_project_that_differs(fle
 # --- From a real S3 server -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def _moto(tmp_path_factory):
-    """A moto S3 server on a free port of 127.0.0.1 and an rclone config naming it ``fleet``
+@pytest.fixture
+def s3(s3_server, tmp_path):
+    """The real S3 server of tests/s3_server.py with an rclone config naming it ``fleet``
     (``.rclone``: an :class:`~appliance.rclone.Rclone` of it; ``.config``: the file)."""
-    binary = Path(sys.executable).with_name("moto_server")
-    if not binary.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{binary} not found: install moto[server]")
-        pytest.skip(f"{binary} not found: pip install 'moto[server]'")
-    if shutil.which("rclone") is None:
-        pytest.skip("rclone not installed: apt install rclone")
-    folder = tmp_path_factory.mktemp("moto")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with open(folder / "moto.log", "wb") as log:
-        server = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except requests.ConnectionError:
-                assert time.monotonic() < deadline, (folder / "moto.log").read_text()
-                time.sleep(0.1)
-        config = folder / "rclone.conf"
-        config.write_text(
-            "[fleet]\ntype = s3\nprovider = Other\naccess_key_id = fleetkey\n"
-            f"secret_access_key = fleetsecret\nendpoint = http://127.0.0.1:{port}\nregion = us-east-1\n"
-            "force_path_style = true\n"
-        )
-        config.chmod(0o600)
-
-        def make_bucket(name: str) -> None:
-            # Not through Rclone: it always passes --s3-no-check-bucket, with which mkdir makes none.
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder)}  # no AWS_CA_BUNDLE
-            subprocess.run(["rclone", "--config", str(config), "mkdir", f"fleet:{name}"], env=env, check=True,
-                           capture_output=True, timeout=30)  # fmt: skip
-
-        rclone = Rclone(str(config), io_timeout_s=10)
-        yield types.SimpleNamespace(port=port, config=config, rclone=rclone, make_bucket=make_bucket)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    config = s3_server.rclone_config(tmp_path / "rclone.conf")
+    rclone = Rclone(str(config), io_timeout_s=10)
+    return types.SimpleNamespace(server=s3_server, config=config, rclone=rclone)
 
 
-def test_a_fleet_uploaded_to_s3_merges_as_from_the_sticks(fleet, _moto):
-    _moto.make_bucket("camtrap-2026")
-    bucket = "fleet:camtrap-2026"
-    _moto.rclone.run(["copy", str(fleet.dumps), f"{bucket}/2026"], timeout_s=120)
+def test_a_fleet_uploaded_to_s3_merges_as_from_the_sticks(fleet, s3, s3_bucket):
+    bucket = f"fleet:{s3_bucket}"
+    s3.rclone.run(["copy", str(fleet.dumps), f"{bucket}/2026"], timeout_s=120)
     remote, local = fleet.tmp_path / "from-s3", fleet.tmp_path / "from-sticks"
-    result = appliance_command("fleet", "merge", f"{bucket}/2026/", remote, "--rclone-config", _moto.config)
+    result = appliance_command("fleet", "merge", f"{bucket}/2026/", remote, "--rclone-config", s3.config)
     assert (result.returncode, result.stderr) == (0, ""), result.stderr
     assert result.stdout.startswith(f"{remote}: 3 deployments from 3 folders, 9 photos (9 copied, ")
     valid(remote)
@@ -462,21 +421,21 @@ def test_a_fleet_uploaded_to_s3_merges_as_from_the_sticks(fleet, _moto):
     rotten.write_bytes(b"not the photo")
     name = f"{a.rows[0]['id']}.jpg"
     shutil.copy(rotten, fleet.tmp_path / name)
-    _moto.rclone.copy(fleet.tmp_path, f"{bucket}/2026/stick-a/{a.deployment}/media", [name], timeout_s=60)
+    s3.rclone.copy(fleet.tmp_path, f"{bucket}/2026/stick-a/{a.deployment}/media", [name], timeout_s=60)
     out = fleet.tmp_path / "rotten-merge"
-    result = appliance_command("fleet", "merge", f"{bucket}/2026", out, "--rclone-config", _moto.config)
+    result = appliance_command("fleet", "merge", f"{bucket}/2026", out, "--rclone-config", s3.config)
     assert result.returncode == 1 and not out.exists()
     assert f"{bucket}/2026/stick-a/{a.deployment}/media/{name}: its SHA-256 " in result.stderr
     # A photo gone from the remote is named too.
-    _moto.rclone.run(["deletefile", f"{bucket}/2026/stick-a/{a.deployment}/media/{name}"], timeout_s=30)
-    result = appliance_command("fleet", "merge", f"{bucket}/2026", out, "--rclone-config", _moto.config)
+    s3.rclone.run(["deletefile", f"{bucket}/2026/stick-a/{a.deployment}/media/{name}"], timeout_s=30)
+    result = appliance_command("fleet", "merge", f"{bucket}/2026", out, "--rclone-config", s3.config)
     assert result.returncode == 1 and not out.exists()
     assert f"{bucket}/2026/stick-a/{a.deployment}/media/{name}: missing (media.csv lists it)" in result.stderr
 
 
-def test_a_remote_that_cannot_be_read_says_why_and_what_to_do(fleet, _moto, tmp_path):
+def test_a_remote_that_cannot_be_read_says_why_and_what_to_do(fleet, s3, tmp_path):
     out = tmp_path / "out"
-    config = ["--rclone-config", _moto.config]
+    config = ["--rclone-config", s3.config]
     result = appliance_command("fleet", "merge", "fleet:no-such-bucket/", out, *config)
     assert result.returncode == 2 and "fleet:no-such-bucket/: no bucket: " in result.stderr
     assert "check the bucket and path" in result.stderr
@@ -488,9 +447,9 @@ def test_a_remote_that_cannot_be_read_says_why_and_what_to_do(fleet, _moto, tmp_
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     down = tmp_path / "down.conf"
-    down.write_text(_moto.config.read_text().replace(f":{_moto.port}", f":{closed}"))
+    down.write_text(s3.config.read_text().replace(s3.server.endpoint, f"http://127.0.0.1:{closed}"))
     result = appliance_command("fleet", "merge", "fleet:bucket/", out, "--rclone-config", down)
     assert result.returncode == 1, result.stderr
     assert "fleet:bucket/: unreachable: " in result.stderr and "check the address" in result.stderr
-    assert "fleetsecret" not in result.stderr
+    assert s3.server.credentials.secret_access_key not in result.stderr
     assert result.stderr.count("\n") == 1 and not out.exists()

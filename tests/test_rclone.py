@@ -285,6 +285,18 @@ def test_without_rclone_it_says_to_install_it(config, source):
     assert str(caught) == "/nonexistent/rclone is not installed: apt install rclone"
 
 
+def test_an_rclone_that_cannot_be_run_is_said_not_raised(config, source, tmp_path):
+    folder, files = source
+    binary = tmp_path / "rclone"
+    binary.write_text("not a program")  # not executable
+    caught = trouble(
+        lambda: Rclone(str(config), binary=str(binary)).copy(folder, "fleet:b/d", files, timeout_s=60)
+    )
+    assert (
+        caught.kind == rclone.NOT_INSTALLED and str(caught) == f"{binary} cannot be run (Permission denied)"
+    )
+
+
 # --- Bandwidth ----------------------------------------------------------------------------------
 
 

@@ -263,7 +263,8 @@ def upload_run(
                     remote.run(["rmdirs", join(place.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
         except RemoteTrouble as trouble:
             result.reason, result.kind = str(trouble), trouble.kind
-            log.warning("upload to %s ended: %s", root, trouble)
+            level = logging.INFO if trouble.kind == rc.STOPPED else logging.WARNING
+            log.log(level, "upload to %s ended: %s", root, trouble)
             if place is not None and place.verified and trouble.kind not in (rc.STOPPED, rc.UNREACHABLE):
                 try:  # what is verified may still be listed and recorded (a quota hit by a photo)
                     _checkpoint(place, record, result, None)

@@ -230,6 +230,30 @@ def test_the_remote_offload_figure_is_na_saying_why_without_moto_or_rclone(
     assert line.rstrip().endswith("n/a")
 
 
+def test_the_s3_server_of_the_remote_offload_figure_is_stopped_on_ctrl_c(tmp_path, monkeypatch):
+    import subprocess
+
+    from appliance.bench import remote
+
+    started = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupted(*args):
+        assert started[0].poll() is None  # the server runs while the runs are timed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(remote, "_upload", interrupted)
+    monkeypatch.setattr(bench.plan, "REMOTE_OFFLOAD_PHOTOS", 2)
+    with pytest.raises(KeyboardInterrupt):
+        remote.remote_offload_figures(tmp_path, bench.synthetic_photo((64, 48)))
+    assert "moto_server" in started[0].args[0] and started[0].poll() is not None
+
+
 def test_a_photo_that_is_not_a_jpeg_is_refused_before_measuring(tmp_path, capsys):
     photo = tmp_path / "photo.jpg"
     photo.write_text("not a photo")

@@ -239,10 +239,10 @@ def _print_offload(figures: dict) -> None:
 def _print_remote_offload(figures: dict) -> None:
     remote = figures["remote_offload"]
     if remote["ratio"] is None:
-        _line("remote offload: upload_run / bare rclone copy", f"n/a ({remote['na']})",
+        _line("remote offload: upload / bare rclone copy", f"n/a ({remote['na']})",
               "remote_offload_ratio", figures)  # fmt: skip
         return
-    _line(f"remote offload: upload_run / bare rclone copy ({remote['photos']} photos)",
+    _line(f"remote offload: upload / bare rclone copy ({remote['photos']} photos)",
           f"{remote['ratio']:.2f}", "remote_offload_ratio", figures)  # fmt: skip
     print(
         f"    {remote['server']}: upload, verified and listed {remote['offload_mb_per_s']:,.1f} MB/s, "

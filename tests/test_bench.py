@@ -3,6 +3,7 @@ import copy
 import datetime
 import io
 import json
+import sys
 
 import pytest
 
@@ -33,6 +34,7 @@ TARGETED = {
     "zip_ratio": ("<=", 1.5),
     "zip_peak_mib": ("<=", 4.0),
     "offload_ratio": (">=", 0.75),
+    "remote_offload_ratio": (">=", 0.8),
 }
 # Small enough for a few seconds: the start-up's large index is the web's largest, 3,000 here.
 # Set in bench.plan, which every figure reads when it runs.
@@ -47,6 +49,7 @@ SMALL = {
     "TRANSFER_PHOTOS": 10,
     "RECOVERY_PHOTOS": 300,
     "OFFLOAD_PHOTOS": 4,
+    "REMOTE_OFFLOAD_PHOTOS": 6,
 }
 
 
@@ -190,6 +193,65 @@ def test_the_offload_figure_is_na_saying_why_without_the_fat_tools(tmp_path, sho
     assert main(["bench", "--data-dir", str(tmp_path)]) == 0
     [line] = [line for line in capsys.readouterr().out.splitlines() if "offload: verified copy" in line]
     assert "n/a (needs mkfs.vfat, fusefat, fusermount" in line and line.rstrip().endswith("n/a")
+
+
+def test_the_remote_offload_figure_uploads_to_a_local_s3_server_against_a_bare_rclone_copy(short_run):
+    remote = short_run[1]["remote_offload"]
+    assert (remote["photos"], remote["server"]) == (6, "moto (S3) on 127.0.0.1")
+    assert remote["ratio"] == pytest.approx(remote["offload_mb_per_s"] / remote["bare_mb_per_s"], rel=0.1)
+    assert short_run[1]["verdicts"]["remote_offload_ratio"]["verdict"] in ("PASS", "MISS")
+
+
+def test_the_remote_offload_sends_at_most_its_bytes_of_a_large_photo(monkeypatch):
+    from appliance.bench.remote import photo_count
+
+    assert photo_count(300_000) == 200 and photo_count(4_650_000) == 43
+    assert photo_count(10**10) == 1
+    monkeypatch.setattr(bench.plan, "REMOTE_OFFLOAD_PHOTOS", 6)
+    assert photo_count(300_000) == 6
+
+
+def test_the_remote_offload_figure_is_na_saying_why_without_moto_or_rclone(
+    tmp_path, short_run, monkeypatch, capsys
+):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no moto_server, no rclone
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # nor moto_server beside it
+    figures = bench.remote_offload_figures(tmp_path, b"")
+    why = "needs moto_server (pip install 'moto[server]') and rclone (apt install rclone)"
+    assert figures == {"remote_offload": {"ratio": None, "na": why}}
+    assert list(tmp_path.iterdir()) == []  # nothing stored, nothing started
+    measured = copy.deepcopy(short_run[2]) | figures
+    measured["verdicts"] = bench.verdicts(measured)
+    assert measured["verdicts"]["remote_offload_ratio"]["verdict"] == "n/a"
+    monkeypatch.setattr(bench, "measure", lambda *args: measured)
+    assert main(["bench", "--data-dir", str(tmp_path)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "remote offload:" in line]
+    assert "n/a (needs moto_server (pip install 'moto[server]') and rclone" in line
+    assert line.rstrip().endswith("n/a")
+
+
+def test_the_s3_server_of_the_remote_offload_figure_is_stopped_on_ctrl_c(tmp_path, monkeypatch):
+    import subprocess
+
+    from appliance.bench import remote
+
+    started = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupted(*args):
+        assert started[0].poll() is None  # the server runs while the runs are timed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(remote, "_upload", interrupted)
+    monkeypatch.setattr(bench.plan, "REMOTE_OFFLOAD_PHOTOS", 2)
+    with pytest.raises(KeyboardInterrupt):
+        remote.remote_offload_figures(tmp_path, bench.synthetic_photo((64, 48)))
+    assert "moto_server" in started[0].args[0] and started[0].poll() is not None
 
 
 def test_a_photo_that_is_not_a_jpeg_is_refused_before_measuring(tmp_path, capsys):

@@ -41,10 +41,16 @@ Import and export (issue 9), with :data:`plan.TRANSFER_PHOTOS` distinct copies o
   their CRC-32, which every ZIP writer must; and the peak of Python's allocations while streaming
   (``tracemalloc``), which must not depend on the size of the package.
 
+Offload (issues 18 and 19), with distinct copies of the photo: the verified copy to a USB stick
+(a FAT32 image) against a bare copy to it (:mod:`~appliance.bench.offload`), and the verified
+upload to an rclone remote (moto's S3 on 127.0.0.1) against a bare ``rclone copy`` to it
+(:mod:`~appliance.bench.remote`).
+
 One module per concept: :mod:`~appliance.bench.plan` (how much is measured, and the targets),
 :mod:`~appliance.bench.cleanup`, :mod:`~appliance.bench.web`, :mod:`~appliance.bench.ingest`
 (ingest, thumbnails, field figures), :mod:`~appliance.bench.latency` (idle and recovering),
-:mod:`~appliance.bench.startup`, :mod:`~appliance.bench.transfer`, what they share
+:mod:`~appliance.bench.startup`, :mod:`~appliance.bench.transfer`,
+:mod:`~appliance.bench.offload`, :mod:`~appliance.bench.remote`, what they share
 (:mod:`~appliance.bench.measuring`, :mod:`~appliance.bench.photo`, :mod:`~appliance.bench.index`)
 and :mod:`~appliance.bench.report` (verdicts and the table).  This one runs them in order
 (:func:`measure`) and is the command (:func:`main`).  Importing it touches no disk.
@@ -67,6 +73,7 @@ from appliance.bench.latency import latency_figures, recovery_figures
 from appliance.bench.measuring import _progress
 from appliance.bench.offload import offload_figures
 from appliance.bench.photo import synthetic_photo
+from appliance.bench.remote import remote_offload_figures
 from appliance.bench.report import print_table, verdict, verdicts
 from appliance.bench.startup import startup_figures
 from appliance.bench.transfer import transfer_figures
@@ -88,6 +95,7 @@ __all__ = [
     "plan",
     "print_table",
     "recovery_figures",
+    "remote_offload_figures",
     "startup_figures",
     "synthetic_photo",
     "thumbnail_figures",
@@ -129,6 +137,8 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
         figures |= transfer_figures(Path(scratch), photo)
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= offload_figures(Path(scratch), photo)
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
+        figures |= remote_offload_figures(Path(scratch), photo)
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= cleanup_figures(Path(scratch))
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:

@@ -53,6 +53,9 @@ def verdicts(figures: dict) -> dict:
         "import_ratio": verdict(figures["transfer"]["import_ratio"], ">=", plan.IMPORT_RATIO_TARGET),
         "zip_ratio": verdict(figures["transfer"]["zip_ratio"], "<=", plan.EXPORT_RATIO_TARGET),
         "offload_ratio": verdict(figures["offload"]["ratio"], ">=", plan.OFFLOAD_RATIO_TARGET),
+        "remote_offload_ratio": verdict(
+            figures["remote_offload"]["ratio"], ">=", plan.REMOTE_OFFLOAD_RATIO_TARGET
+        ),
         "zip_peak_mib": verdict(
             round(figures["transfer"]["zip_peak_bytes"] / 2**20, 2),
             "<=",
@@ -85,6 +88,7 @@ def print_table(figures: dict, photo_name: str) -> None:
     _print_field(figures)
     _print_transfer(figures)
     _print_offload(figures)
+    _print_remote_offload(figures)
     _print_cleanup(figures)
     _print_web(figures)
     print(f"({figures['bench_s']:.0f} s)")
@@ -229,6 +233,20 @@ def _print_offload(figures: dict) -> None:
     print(
         f"    {offload['stick']}: offload {offload['offload_mb_per_s']:,.1f} MB/s, "
         f"bare copy (write, fsync) {offload['bare_mb_per_s']:,.1f} MB/s"
+    )
+
+
+def _print_remote_offload(figures: dict) -> None:
+    remote = figures["remote_offload"]
+    if remote["ratio"] is None:
+        _line("remote offload: upload / bare rclone copy", f"n/a ({remote['na']})",
+              "remote_offload_ratio", figures)  # fmt: skip
+        return
+    _line(f"remote offload: upload / bare rclone copy ({remote['photos']} photos)",
+          f"{remote['ratio']:.2f}", "remote_offload_ratio", figures)  # fmt: skip
+    print(
+        f"    {remote['server']}: upload, verified and listed {remote['offload_mb_per_s']:,.1f} MB/s, "
+        f"bare rclone copy {remote['bare_mb_per_s']:,.1f} MB/s"
     )
 
 

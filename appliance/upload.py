@@ -34,6 +34,7 @@ Nothing is kept beside the store: what is pending is what the index says is not 
 the target (:func:`remote_target`), so a restart or a power cut loses nothing.
 """
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -41,6 +42,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,15 @@ BATCH_BYTES = 256 << 20
 # Backstops on one rclone call; a stalled link fails much sooner, on rclone's own --timeout.
 COPY_TIMEOUT_S = 3600
 CHECK_TIMEOUT_S = 600
+# Verified uploads are recorded (the tables uploaded first) once the photos sent since the last
+# time are CHECKPOINT_FACTOR times the tables' size and at least CHECKPOINT_MIN_BYTES, or after
+# CHECKPOINT_MAX_S seconds, and at the end of a run: each checkpoint costs two rclone calls with
+# their round trips, and what a cut run leaves unrecorded is found by the next run's first look.
+CHECKPOINT_MIN_BYTES = 64 << 20
+CHECKPOINT_MAX_S = 120.0
+# On an object store, a folder of up to this many photos is verified by one listing (a page of up to
+# 1,000 objects, each with its MD5) rather than a request per photo.
+LIST_MAX_OBJECTS = 1000
 # The hash asked of the remote, best first (rclone's names); none of them: the file is read back.
 HASH_PREFERENCE = ("sha256", "sha1", "md5")
 INCOMING = ".incoming"
@@ -133,7 +144,10 @@ class _Place:
             self.text[name] = data.decode("utf-8", errors="replace")
         self.tables_bytes = sum(len(text) for text in self.text.values())
         self.since_checkpoint = 0
+        self.checkpointed_at = time.monotonic()
         self.verified: list[tuple[dict, str]] = []
+        # About how many photos media/ holds: what its table lists, and what this run adds.
+        self.media_count = max(0, self.text["media.csv"].count("\n") - 1)
         if self.via_incoming and f"{INCOMING}/" in there:  # what a run cut short left half-sent
             with contextlib.suppress(RemoteTrouble):
                 remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
@@ -156,14 +170,24 @@ class _Place:
             raise RemoteTrouble(rc.FAILED, "rclone lsjson gave no JSON list") from None
 
     def hashes(self, sub: str, names: list[str], stop) -> dict[str, str]:
+        """The remote's hashes of ``names`` in ``sub``: on an object store, from one listing
+        while the folder is small (the tables' folder always is), else one request per name (or
+        read back, without hashes)."""
+        small = sub == "" or self.media_count + len(names) <= LIST_MAX_OBJECTS
         return self.remote.hashes(
             join(self.folder, sub),
             self.hash_type,
             names,
             download=self.read_back,
+            listing=self.features.bucket_based and not self.read_back and small,
             timeout_s=CHECK_TIMEOUT_S,
             stop=stop,
         )
+
+    def due(self) -> bool:
+        """Whether the verified uploads are to be recorded now (see :data:`CHECKPOINT_MIN_BYTES`)."""
+        enough = max(CHECKPOINT_FACTOR * self.tables_bytes, CHECKPOINT_MIN_BYTES)
+        return self.since_checkpoint > enough or time.monotonic() - self.checkpointed_at > CHECKPOINT_MAX_S
 
     def send(self, source: Path, sub: str, names: list[str], stop) -> None:
         """Upload ``names`` from the local folder ``source`` into ``sub`` of the deployment's
@@ -201,11 +225,8 @@ class _Place:
         folder.mkdir(exist_ok=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
-        # The descriptor last: a package whose descriptor is there has all its tables.
-        first = [name for name in files if name != "datapackage.json"]
-        last = [name for name in files if name == "datapackage.json"]
-        for names in (first, last):
-            self.send(folder, "", names, stop)
+        # One call; moved into place one by one on a file-like backend, the descriptor last.
+        self.send(folder, "", sorted(files, key=lambda name: name == "datapackage.json"), stop)
         expected = {name: hashlib.new(self.hash_type, data).hexdigest() for name, data in files.items()}
         found = self.hashes("", list(files), stop) if files else {}
         wrong = sorted(name for name in files if found.get(name) != expected[name])
@@ -214,7 +235,7 @@ class _Place:
         for name, data in files.items():
             self.text[name] = data.decode("utf-8", errors="replace")
         self.tables_bytes = sum(len(text) for text in self.text.values())
-        self.verified, self.since_checkpoint = [], 0
+        self.verified, self.since_checkpoint, self.checkpointed_at = [], 0, time.monotonic()
         why = f"Camtrap DP tables not written: set {', '.join(missing)} in the config" if missing else None
         return done, why
 
@@ -284,7 +305,7 @@ def upload_run(
                 done += len(captures)
                 if progress:
                     progress(done, max(total, done), written)
-                if place.since_checkpoint > CHECKPOINT_FACTOR * place.tables_bytes:
+                if place.due():
                     _checkpoint(place, record, result, stop)
             if stop.is_set():
                 raise RemoteTrouble(rc.STOPPED, "stopped")
@@ -320,48 +341,48 @@ def _next_batch(reader: IndexReader, target: str, after_seq: int, limit: int) ->
 
 def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_first: bool, stop, result):
     """Steps 1 to 4 of the protocol for one batch; returns ``(found already there, bytes sent)``.
-    Raises RemoteTrouble when the remote fails (other than for single files)."""
+    The photos are hashed on the card while rclone sends them, unless the remote is to be asked
+    first what it has (``look_first``), which needs their hashes before.  Raises RemoteTrouble
+    when the remote fails (other than for single files)."""
     for link in media.iterdir():
         link.unlink()
-    local: dict[str, tuple[dict, str, str]] = {}  # name: (capture, sha256, the remote's hash type's hash)
+    present = []
     for capture in captures:
-        name = f"{capture['id']}.jpg"
-        try:
-            sha, digest = _read_card(card, capture, place.hash_type)
-        except OSError as exc:
-            result.errors.append(f"capture {capture['id']}: cannot read its photo on the card: {exc}")
-            continue
-        if sha is None:
+        path = os.path.abspath(card.root / capture["media_path"])
+        if not os.path.exists(path):  # deleted by cleanup since it was listed
             result.skipped += 1
             continue
-        if sha != capture["sha256"]:
-            result.errors.append(
-                f"capture {capture['id']}: its photo on the card differs from its recorded "
-                "SHA-256; not uploaded"
-            )
-            continue
-        (media / name).symlink_to(os.path.abspath(card.root / capture["media_path"]))
-        local[name] = (capture, sha, digest)
+        (media / f"{capture['id']}.jpg").symlink_to(path)
+        present.append(capture)
     found_there = 0
-    to_send = list(local)
-    if look_first and to_send:
-        there = place.hashes("media", to_send, stop)
-        already = [name for name in to_send if there.get(name) == local[name][2]]
+    if look_first:
+        local = _hash_on_card(present, card, place.hash_type, result)
+        there = place.hashes("media", list(local), stop) if local else {}
+        already = [name for name, (_, _, digest) in local.items() if there.get(name) == digest]
         for name in already:
-            capture, sha, _ = local[name]
+            capture, sha, _ = local.pop(name)
             place.verified.append((capture, sha))
             result.skipped += 1
         found_there = len(already)
-        to_send = [name for name in to_send if name not in already]
+        to_send = list(local)
+        _send(place, media, to_send, stop)
+    else:
+        to_send = [f"{capture['id']}.jpg" for capture in present]
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-send") as pool:
+            sending = pool.submit(_send, place, media, to_send, stop)
+            local = _hash_on_card(present, card, place.hash_type, result)  # hashlib frees the GIL
+            sending.result()
+        # Sent but not to be counted (rotten or unreadable on the card): not left under a final name.
+        stray = [name for name in to_send if name not in local and (media / name).exists()]
+        if stray:
+            with contextlib.suppress(RemoteTrouble):
+                place.remote.run(
+                    ["delete", "--files-from-raw", _write_names(place.staging / "stray.txt", stray),
+                     join(place.folder, "media")], timeout_s=CHECK_TIMEOUT_S, stop=stop,
+                )  # fmt: skip
+        to_send = [name for name in to_send if name in local]
     if not to_send:
         return found_there, 0
-    try:
-        place.send(media, "media", to_send, stop)
-    except RemoteTrouble as trouble:
-        # One file failing (deleted from the card meanwhile, say) fails the copy: check the others.
-        if trouble.kind != rc.FAILED:
-            raise
-        log.info("upload: some files of a batch failed (%s): checking the others", trouble)
     there = place.hashes("media", to_send, stop)
     sent = 0
     for name in to_send:
@@ -369,6 +390,7 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
         size = capture["bytes"]
         if there.get(name) == digest:
             place.verified.append((capture, sha))
+            place.media_count += 1
             result.copied += 1
             result.bytes += size
             sent += size
@@ -381,6 +403,47 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
         else:
             result.errors.append(f"media/{name}: not on the remote after the upload")
     return found_there, sent
+
+
+def _send(place: _Place, media: Path, names: list[str], stop) -> None:
+    """``place.send`` of a batch: one file failing (deleted from the card meanwhile, say) fails
+    rclone's copy, and the others are checked all the same."""
+    if not names:
+        return
+    try:
+        place.send(media, "media", names, stop)
+    except RemoteTrouble as trouble:
+        if trouble.kind != rc.FAILED:
+            raise
+        log.info("upload: some files of a batch failed (%s): checking the others", trouble)
+
+
+def _hash_on_card(captures, card: DataDir, hash_type: str, result) -> dict[str, tuple[dict, str, str]]:
+    """``{name: (capture, sha256, hash_type's hash)}`` of the photos as read from the card, those
+    whose SHA-256 is the one the index holds; the others are reported in ``result``."""
+    local = {}
+    for capture in captures:
+        try:
+            sha, digest = _read_card(card, capture, hash_type)
+        except OSError as exc:
+            result.errors.append(f"capture {capture['id']}: cannot read its photo on the card: {exc}")
+            continue
+        if sha is None:
+            result.skipped += 1
+            continue
+        if sha != capture["sha256"]:
+            result.errors.append(
+                f"capture {capture['id']}: its photo on the card differs from its recorded "
+                "SHA-256; not uploaded"
+            )
+            continue
+        local[f"{capture['id']}.jpg"] = (capture, sha, digest)
+    return local
+
+
+def _write_names(path: Path, names: list[str]) -> str:
+    path.write_text("".join(f"{name}\n" for name in names))
+    return str(path)
 
 
 def _checkpoint(place: _Place, record, result: UploadResult, stop) -> None:

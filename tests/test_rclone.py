@@ -89,6 +89,20 @@ def test_hashes_with_download_read_every_file_back(s3_server, s3_bucket, config,
     assert sorted(r.path for r in gets) == sorted(f"/{s3_bucket}/dep/{n}" for n in files)
 
 
+def test_hashes_by_listing_ask_one_listing_and_no_object(s3_server, s3_bucket, config, source):
+    folder, files = source
+    remote = Rclone(str(config))
+    remote.copy(folder, f"fleet:{s3_bucket}/dep", files, timeout_s=60)
+    before = len(s3_server.requests())
+    top = ["a.jpg", "b.jpg", "absent.jpg"]
+    listed = remote.hashes(f"fleet:{s3_bucket}/dep", "md5", top, listing=True, timeout_s=60)
+    assert listed == {name: hashlib.md5(files[name]).hexdigest() for name in ("a.jpg", "b.jpg")}
+    asked = s3_server.requests()[before:]
+    # One listing (and rclone's look whether "dep" is a file), no request for any object in it.
+    assert [r.method for r in asked if r.method == "GET"] == ["GET"]
+    assert not [r for r in asked if r.path.startswith(f"/{s3_bucket}/dep/")], asked
+
+
 def test_hashes_leave_out_what_the_remote_lacks(s3_bucket, config, source):
     folder, files = source
     remote = Rclone(str(config))

@@ -8,27 +8,33 @@ id>.jpg``, the four Camtrap DP files and ``SHA256SUMS``.
 The protocol (docs/design.md, "Offload"), batch by batch of at most :data:`BATCH_CAPTURES` captures
 (:data:`BATCH_BYTES`), oldest first:
 
-1. Each photo is read once from the card: its SHA-256 must be the one the index holds (a photo that
-   rotted on the card is reported, not sent), and the hash the remote will be asked for (the first
-   of :data:`HASH_PREFERENCE` it reports: MD5 on S3, SHA-1 or SHA-256 on others) is computed from
-   the same bytes.  A symbolic link to it named ``<id>.jpg`` goes into a staging folder (photos
-   are never written again once stored, so rclone sends those very bytes).
+1. A symbolic link named ``<id>.jpg`` to each photo goes into a staging folder, and each photo
+   is read once from the card: its SHA-256 must be the one the index holds, and the hash the
+   remote will be asked for (the first of :data:`HASH_PREFERENCE` it reports: MD5 on S3, SHA-1
+   or SHA-256 on others) is computed from the same bytes (photos are never written again once
+   stored, so rclone sends those very bytes).  The reading happens while rclone sends the batch
+   (step 3); a photo that rotted on the card is reported, not counted, and removed from the
+   remote again.
 2. Resuming: the first batch of a run (unless the deployment's folder has no ``media/`` yet), and
    each batch after one where some were found, asks the remote for its hashes of the batch
-   first: a photo already there with the right hash (sent by a run cut short before recording
-   it) is not sent again.  So a link that comes back re-sends at most the files that were in
-   flight.
+   first (the photos read before, then): a photo already there with the right hash (sent by a
+   run cut short before recording it) is not sent again.  So a link that comes back re-sends
+   at most the files that were in flight.
 3. ``rclone copy`` sends the rest: on an object store (``BucketBased``) straight to their final
    keys, where an upload appears whole or not at all; on a file-like backend (a folder, SFTP,
    WebDAV) into ``.incoming/`` and then moved into ``media/`` (a rename on the server), so that no
    torn file ever stands under a final name.
-4. The remote's own hash of each (``rclone hashsum``; with ``--download`` when the backend reports
-   none, i.e. read back) is compared with the local one: only a match counts as verified.
-5. As on a stick, every :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size and
-   at the end, the tables and ``SHA256SUMS`` are uploaded (the CSVs and sums first, then
-   ``datapackage.json``) and verified the same way, and only then are the verified captures
-   handed to ``record``: whatever the store records as offloaded is on the remote, with the right
-   hash, and listed in its tables.
+4. The remote's own hash of each (``rclone hashsum``: on an object store from one listing while
+   the folder holds at most :data:`LIST_MAX_OBJECTS` photos, else one request per photo; with
+   ``--download`` when the backend reports none, i.e. read back) is compared with the local one:
+   only a match counts as verified.
+5. As on a stick, once the photos verified since the last time are
+   :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size and at least
+   :data:`CHECKPOINT_MIN_BYTES` (or :data:`CHECKPOINT_MAX_S` have passed), and at the end, the
+   tables and ``SHA256SUMS`` are uploaded (moved into place one by one on a file-like backend,
+   ``datapackage.json`` last) and verified the same way, and only then are the verified
+   captures handed to ``record``: whatever the store records as offloaded is on the remote,
+   with the right hash, and listed in its tables.
 
 Nothing is kept beside the store: what is pending is what the index says is not yet offloaded to
 the target (:func:`remote_target`), so a restart or a power cut loses nothing.

@@ -78,6 +78,8 @@ _SIGNS = (
             "storagefull",
             "disk quota",
             "entitytoolarge",
+            # rclone's local backend before it writes a file (it preallocates the whole file).
+            "file too big for remaining disk space",
         ),
     ),
     (TIMEOUT, ("i/o timeout", "deadline exceeded", "timeout awaiting", "handshake timeout", "timed out")),
@@ -101,6 +103,14 @@ _SIGNS = (
 _SECRET_KEY = re.compile(r"(secret|pass|token|key|auth|credential|sas_url|session)", re.IGNORECASE)
 # Secrets that may appear in a message whatever the config says (signed URLs, S3's headers).
 _SIGNED = re.compile(r"((?:X-Amz-)?(?:Credential|Signature|Security-Token)=)[^&\s,]+", re.IGNORECASE)
+# The start of each of rclone's log records: "2026/12/03 16:57:00 ERROR : ".
+_STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (?:\w+ *: )?")
+# What S3 errors add that says nothing to a person ("status code: 403, request id: X, host id: Y").
+_NOISE = re.compile(r",? *request id: *[^,\s]*,? *(host id: *\S*)?", re.IGNORECASE)
+# What rclone puts before an error it repeats ("a.jpg: Failed to copy: ", "Attempt 1/1 failed
+# with 2 errors and: ", "Failed to copy with 2 errors: last error was: ").
+_REPEATED = re.compile(r"^(?:.*?: )?(?:Failed to \w+(?: with \d+ errors?: last error was)?|Attempt \d+/\d+ "
+                       r"failed with \d+ errors? and): ")  # fmt: skip
 # Bytes kept of what rclone prints: a hashsum of a batch is a few tens of kB, the tables a few MB.
 MAX_STDOUT_BYTES = 64 << 20
 STDERR_LINES = 4
@@ -145,7 +155,6 @@ class Rclone:
     ):
         self.config_path, self.bwlimit, self.binary = config_path, bwlimit, binary
         self.connect_timeout_s, self.io_timeout_s = connect_timeout_s, io_timeout_s
-        self._secrets: tuple[str, ...] | None = None
 
     def _argv(self, args: list[str]) -> list[str]:
         argv = [self.binary, "--ask-password=false", "--contimeout", f"{self.connect_timeout_s:g}s"]
@@ -219,19 +228,33 @@ class Rclone:
             return out.read()
 
     def _message(self, command: str, status: int, said: str) -> str:
-        lines = [line.strip() for line in said.splitlines() if line.strip()]
-        # rclone's log lines begin "2026/12/03 16:57:00 ERROR : "; the words after are what matter.
-        lines = [re.sub(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\w+ *: )?", "", line) for line in lines]
-        wanted = [line for line in lines if "error" in line.lower() or "failed" in line.lower()] or lines
-        text = "; ".join(line[:LINE_MAX_CHARS] for line in wanted[-STDERR_LINES:])
+        # rclone's log records begin "2026/12/03 16:57:00 ERROR : "; the words after are what
+        # matter.  A failed request's record goes on over more lines, and the reason is there
+        # ("RequestError: send request failed" / "caused by: ... connection refused").
+        records: list[str] = []
+        for line in said.splitlines():
+            line = line.strip()
+            stamp = _STAMP.match(line)
+            if stamp or not records:
+                records.append(line[stamp.end() :] if stamp else line)
+            elif line:
+                records[-1] += " " + line
+        records = [_NOISE.sub("", record).strip() for record in records if record.strip()]
+        wanted = [r for r in records if "error" in r.lower() or "failed" in r.lower()] or records
+        # rclone says the same error for each file, each try and at the end: the last one says it.
+        distinct: dict[str, str] = {}
+        for record in reversed(wanted):
+            distinct.setdefault(_REPEATED.sub("", record), record)
+        wanted = list(reversed(distinct.values()))
+        # Filtered before being cut: a secret cut in two would no longer be found whole.
+        text = "; ".join(self.redact(record)[:LINE_MAX_CHARS] for record in wanted[-STDERR_LINES:])
         return self.redact(f"rclone {command} failed (exit status {status}): {text or 'no message'}")
 
     def redact(self, text: str) -> str:
         """``text`` with every secret value of the config file, and any signature or credential
-        of a signed URL, replaced by ``***``."""
-        if self._secrets is None:
-            self._secrets = tuple(sorted(config_secrets(self.config_path), key=len, reverse=True))
-        for secret in self._secrets:
+        of a signed URL, replaced by ``***``.  The file is read at each call: rclone reads it
+        at each run, so a key pair replaced in it while the appliance runs is the one in use."""
+        for secret in sorted(config_secrets(self.config_path), key=len, reverse=True):
             text = text.replace(secret, "***")
         return _SIGNED.sub(r"\1***", text)
 
@@ -344,7 +367,8 @@ def classify(said: str) -> str:
 def config_secrets(config_path: str) -> set[str]:
     """The secret values in the rclone config file ``config_path`` ("": rclone's default): each
     ``key = value`` whose key names a secret (``secret_access_key``, ``pass``, ``token``...), and
-    each ``access_key_id``.  An unreadable or missing file gives none."""
+    each ``access_key_id``; not the switches among them (``env_auth = false``), whose words are
+    in messages for other reasons.  An unreadable or missing file gives none."""
     path = Path(config_path or default_config_path())
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -354,7 +378,7 @@ def config_secrets(config_path: str) -> set[str]:
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         value = value.strip()
-        if sep and _SECRET_KEY.search(key) and len(value) >= 4:
+        if sep and _SECRET_KEY.search(key) and len(value) >= 4 and value.lower() not in ("true", "false"):
             found.add(value)
     return found
 

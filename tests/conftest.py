@@ -2,8 +2,11 @@ import contextlib
 import datetime
 import errno
 import importlib
+import itertools
 import os
 import queue
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,6 +19,7 @@ import pytest
 import schedule
 import webtest
 from picamera2_wheel import WheelUnavailable, download_picamera2_wheel
+from s3_server import S3Server
 from usb_sticks import FSTYPES, Sticks, missing_tools
 from web_client import HOST, METADATA, OLD_DAY, TOKEN, app_over, shoot
 
@@ -171,6 +175,48 @@ def usb_sticks(tmp_path):
 
     yield checked
     sticks.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rclone_binary() -> str:
+    """The path of Debian's ``rclone``.  Skips without it, except under CI, where it fails."""
+    found = shutil.which("rclone")
+    if found is None:
+        reason = "rclone is not installed: apt install rclone"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+_BUCKET_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def s3_module_server(tmp_path_factory):
+    """One S3 server (tests/s3_server.py) for a whole test module: starting one takes half a
+    second.  Tests use :func:`s3_server`."""
+    server = S3Server(tmp_path_factory.mktemp("s3-server"))
+    with server.start():
+        yield server
+
+
+@pytest.fixture
+def s3_server(s3_module_server) -> S3Server:
+    """The module's real S3 server (moto) on 127.0.0.1, running and answering when the test
+    starts, whatever the test before did to it (paused, stopped); ``.endpoint``,
+    ``.credentials``, ``.rclone_config(path)``, ``.make_bucket(name)``, ``.pause()``,
+    ``.resume()``, ``.stop()``, ``.start()``, ``.requests(method, prefix)``.  Each test makes
+    its own buckets (:func:`s3_bucket`): a restart empties the server."""
+    s3_module_server.resume()
+    return s3_module_server.start()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A new, empty bucket on :func:`s3_server`, named for the test."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
+    return s3_server.make_bucket(f"{name}-{next(_BUCKET_NUMBERS)}")
 
 
 @pytest.fixture(params=FSTYPES)

@@ -292,10 +292,14 @@ class Rclone:
 
     def move(self, source: str, destination: str, names: Iterable[str], *, timeout_s: float) -> None:
         """Move the files ``names`` from the folder ``source`` to the folder ``destination`` on the
-        same remote (a rename on the server where it can).  Raises :class:`RemoteTrouble`."""
+        same remote (a rename on the server where it can), each replacing whatever the destination
+        holds under its name.  Raises :class:`RemoteTrouble`."""
         with _listing(names) as listing:
-            args = ["move", "--files-from-raw", listing, "--no-traverse", source, destination]
-            self.run(args, timeout_s=timeout_s)
+            # --ignore-times: without it, a file of the same size there (and the same time, or a
+            # backend without times such as WebDAV) counts as the same: rclone deletes the source
+            # and keeps the old file.
+            args = ["move", "--files-from-raw", listing, "--no-traverse", "--ignore-times"]
+            self.run([*args, source, destination], timeout_s=timeout_s)
 
     def hashes(
         self,

@@ -147,9 +147,10 @@ class _Place:
         if sub:
             self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S)
             return
-        # rclone moves no folder into one that holds it: the tables go one by one.
+        # rclone moves no folder into one that holds it: the tables go one by one, each replacing
+        # the one there even when of the same size (see Rclone.move).
         for name in names:
-            args = ["moveto", join(incoming, name), join(final, name)]
+            args = ["moveto", "--ignore-times", join(incoming, name), join(final, name)]
             self.remote.run(args, timeout_s=CHECK_TIMEOUT_S)
 
     def checkpoint(self, stop) -> tuple[list[tuple[dict, str]], str | None]:

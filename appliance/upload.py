@@ -102,11 +102,11 @@ class _Place:
     """The deployment's folder on the remote: its tables as the remote holds them (read once per
     run, then kept up to date here) and the copies verified since they were last uploaded."""
 
-    def __init__(self, remote: rc.Rclone, root: str, config: Config, deployment: str, staging: Path):
+    def __init__(self, remote: rc.Rclone, root: str, config: Config, deployment: str, staging: Path, stop):
         self.remote, self.config, self.deployment_id = remote, config, deployment
         self.folder = join(root, folder_name(deployment))
         self.staging = staging
-        self.features = remote.features(root)
+        self.features = remote.features(root, stop=stop)
         usable = [h for h in HASH_PREFERENCE if h in self.features.hashes]
         self.hash_type = usable[0] if usable else "sha256"
         self.read_back = not usable
@@ -114,14 +114,14 @@ class _Place:
         self.via_incoming = not self.features.bucket_based and self.features.move
         self.text = {}
         for name in (*TABLES, SUMS_NAME):
-            data = remote.cat(join(self.folder, name), timeout_s=CHECK_TIMEOUT_S)
+            data = remote.cat(join(self.folder, name), timeout_s=CHECK_TIMEOUT_S, stop=stop)
             self.text[name] = (data or b"").decode("utf-8", errors="replace")
         self.tables_bytes = sum(len(text) for text in self.text.values())
         self.since_checkpoint = 0
         self.verified: list[tuple[dict, str]] = []
         if self.via_incoming:  # what a run cut short left half-sent
             with contextlib.suppress(RemoteTrouble):
-                remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+                remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S, stop=stop)
 
     def hashes(self, sub: str, names: list[str], stop) -> dict[str, str]:
         return self.remote.hashes(
@@ -145,13 +145,13 @@ class _Place:
         incoming = join(self.folder, INCOMING, sub or "tables")
         self.remote.copy(source, incoming, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
         if sub:
-            self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S)
+            self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
             return
         # rclone moves no folder into one that holds it: the tables go one by one, each replacing
         # the one there even when of the same size (see Rclone.move).
         for name in names:
             args = ["moveto", "--ignore-times", join(incoming, name), join(final, name)]
-            self.remote.run(args, timeout_s=CHECK_TIMEOUT_S)
+            self.remote.run(args, timeout_s=CHECK_TIMEOUT_S, stop=stop)
 
     def checkpoint(self, stop) -> tuple[list[tuple[dict, str]], str | None]:
         """Upload the tables and SHA256SUMS covering what is verified and check them; returns
@@ -239,7 +239,7 @@ def upload_run(
         media.mkdir()
         place = None
         try:
-            place = _Place(remote, root, deployment, deployment_id(deployment, reader), staging)
+            place = _Place(remote, root, deployment, deployment_id(deployment, reader), staging, stop)
             after_seq, look_first = 0, True
             while not stop.is_set():
                 captures = _next_batch(reader, target, after_seq, batch)
@@ -260,7 +260,8 @@ def upload_run(
             _checkpoint(place, record, result, stop)
             if place.via_incoming:
                 with contextlib.suppress(RemoteTrouble):
-                    remote.run(["rmdirs", join(place.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+                    args = ["rmdirs", join(place.folder, INCOMING)]
+                    remote.run(args, timeout_s=CHECK_TIMEOUT_S, stop=stop)
         except RemoteTrouble as trouble:
             result.reason, result.kind = str(trouble), trouble.kind
             log.warning("upload to %s ended: %s", root, trouble)

@@ -431,3 +431,23 @@ def test_a_server_paused_mid_upload_times_out_and_the_next_run_sends_only_what_d
         resent += [name] if sent and tried[row["id"]] else []
     assert len(resent) <= 4  # at most the 4 in flight when the link stalled are sent twice
     check_package(remote, store, rows, tmp_path)
+
+
+def test_a_stop_ends_the_run_at_once_even_while_the_remote_does_not_answer(
+    s3_server, s3_bucket, store, filled, deployment, tmp_path
+):
+    remote = s3_remote(s3_server, s3_bucket, tmp_path / "rclone.conf")
+    stop, ended = threading.Event(), []
+    s3_server.pause()  # the first look at the remote hangs
+    run = threading.Thread(target=lambda: ended.append(upload(remote, store, deployment, stop=stop)))
+    try:
+        run.start()
+        time.sleep(1)
+        stop.set()
+        run.join(3)
+        assert not run.is_alive(), "the run did not stop within 3 s"
+    finally:
+        s3_server.resume()
+        run.join(60)
+    result, recorded = ended[0]
+    assert (result.kind, result.reason, recorded) == (rc.STOPPED, "stopped", [])

@@ -472,6 +472,15 @@ class Config:
         reload=LIVE,
         kind=float,
     )
+    offload_io_timeout_s: float = _setting(
+        60.0,
+        "Seconds without any data moving after which an upload (or a look at the remote) counts as "
+        'stalled and ends as "timed out", to be tried again later (rclone\'s --timeout); more on a '
+        "link that stalls for long and recovers (GSM, satellite).",
+        bounds.between(1, 3600),
+        reload=LIVE,
+        kind=float,
+    )
     web_host: str = _setting(
         "",
         'Address the status page listens on: "0.0.0.0" every interface, "127.0.0.1" this machine '

@@ -401,7 +401,7 @@ class UploadSettings:
     """The remote offload settings (see docs/configuration.md): ``remote`` (``offload_remote``,
     "" off), ``rclone_config``, ``bwlimit``, ``windows`` (local times of day, as
     :class:`~hw.triggers.ActiveWindows` takes them; none: always), ``interval_s`` and
-    ``retry_max_s`` (seconds).  Raises ``ValueError`` for a bad window."""
+    ``retry_max_s``, ``io_timeout_s`` (seconds).  Raises ``ValueError`` for a bad window."""
 
     remote: str = ""
     rclone_config: str = ""
@@ -409,6 +409,7 @@ class UploadSettings:
     windows: tuple[str, ...] = ()
     interval_s: float = 300.0
     retry_max_s: float = 1800.0
+    io_timeout_s: float = rc.IO_TIMEOUT_S
 
     def __post_init__(self):
         ActiveWindows(self.windows)
@@ -422,6 +423,7 @@ class UploadSettings:
             windows=tuple(config.offload_windows),
             interval_s=config.offload_interval_s,
             retry_max_s=config.offload_retry_max_s,
+            io_timeout_s=config.offload_io_timeout_s,
         )
 
 
@@ -523,7 +525,9 @@ class Uploader:
     def _work(self, settings: UploadSettings) -> None:
         started_at, target = self._last_run.started_at, remote_target(settings.remote)
         record, requests = _recorder(target, self._submit)
-        remote = rc.Rclone(settings.rclone_config, bwlimit=settings.bwlimit)
+        remote = rc.Rclone(
+            settings.rclone_config, bwlimit=settings.bwlimit, io_timeout_s=settings.io_timeout_s
+        )
         try:
             result = upload_run(
                 remote,

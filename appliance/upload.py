@@ -246,10 +246,12 @@ def upload_run(
                 if not captures:
                     break
                 after_seq = captures[-1]["seq"]
-                found_there, size = _upload_batch(captures, card, place, media, look_first, stop, result)
-                look_first = found_there > 0
+                found, size = _upload_batch(captures, card, place, media, look_first, stop, result)
+                look_first = found > 0
                 written += size
-                place.since_checkpoint += size
+                # Found there counts as sent: a run after cut ones records them at the next
+                # checkpoint, not only at its end, which a run cut again never reaches.
+                place.since_checkpoint += found + size
                 done += len(captures)
                 if progress:
                     progress(done, max(total, done), written)
@@ -288,8 +290,8 @@ def _next_batch(reader: IndexReader, target: str, after_seq: int, limit: int) ->
 
 
 def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_first: bool, stop, result):
-    """Steps 1 to 4 of the protocol for one batch; returns ``(found already there, bytes sent)``.
-    Raises RemoteTrouble when the remote fails (other than for single files)."""
+    """Steps 1 to 4 of the protocol for one batch; returns ``(bytes found already there, bytes
+    sent)``.  Raises RemoteTrouble when the remote fails (other than for single files)."""
     for link in media.iterdir():
         link.unlink()
     local: dict[str, tuple[dict, str, str]] = {}  # name: (capture, sha256, the remote's hash type's hash)
@@ -311,7 +313,7 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             continue
         (media / name).symlink_to(card.root / capture["media_path"])
         local[name] = (capture, sha, digest)
-    found_there = 0
+    found = 0
     to_send = list(local)
     if look_first and to_send:
         there = place.hashes("media", to_send, stop)
@@ -320,10 +322,10 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             capture, sha, _ = local[name]
             place.verified.append((capture, sha))
             result.skipped += 1
-        found_there = len(already)
+        found = sum(local[name][0]["bytes"] for name in already)
         to_send = [name for name in to_send if name not in already]
     if not to_send:
-        return found_there, 0
+        return found, 0
     try:
         place.send(media, "media", to_send, stop)
     except RemoteTrouble as trouble:
@@ -349,7 +351,7 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             )
         else:
             result.errors.append(f"media/{name}: not on the remote after the upload")
-    return found_there, sent
+    return found, sent
 
 
 def _checkpoint(place: _Place, record, result: UploadResult, stop) -> None:

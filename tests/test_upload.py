@@ -258,6 +258,23 @@ def _files(remote: Remote) -> list[Path]:
     return [path for path in remote.folder.rglob("*") if path.is_file()] if remote.folder else []
 
 
+def test_a_run_after_a_cut_one_records_what_it_finds_there_at_its_first_checkpoint(
+    s3_server, s3_bucket, store, filled, deployment, tmp_path
+):
+    remote = s3_remote(s3_server, s3_bucket, tmp_path / "rclone.conf")
+    upload(remote, store, deployment, record_into_store=False)  # all sent, none recorded
+    stop = threading.Event()
+
+    def cut_after_two_batches(done, total, written):
+        if done == 4:
+            stop.set()
+
+    # Cut again before its end: what it found there by then is recorded all the same.
+    result, recorded = upload(remote, store, deployment, batch=2, stop=stop, progress=cut_after_two_batches)
+    assert (result.kind, result.copied) == (rc.STOPPED, 0)
+    assert recorded == [row["id"] for row in filled[:2]]
+
+
 def test_a_photo_rotted_on_the_card_is_reported_and_neither_uploaded_nor_recorded(
     remote, store, filled, deployment, tmp_path
 ):

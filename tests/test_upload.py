@@ -275,6 +275,7 @@ def test_a_run_after_a_cut_one_records_what_it_finds_there_at_its_first_checkpoi
     assert recorded == [row["id"] for row in filled[:2]]
 
 
+@pytest.mark.parametrize("remote", ["s3"], indirect=True)  # the card's side: the same for all
 def test_a_photo_rotted_on_the_card_is_reported_and_neither_uploaded_nor_recorded(
     remote, store, filled, deployment, tmp_path
 ):
@@ -308,6 +309,7 @@ class DeletingRclone(rc.Rclone):
         return super().copy(source, destination, names, **kwargs)
 
 
+@pytest.mark.parametrize("remote", ["s3", "local"], indirect=True)  # straight to media/, and via .incoming/
 def test_a_capture_deleted_while_it_is_sent_is_skipped_and_the_others_are_recorded(
     remote, store, filled, deployment, tmp_path
 ):

@@ -42,13 +42,17 @@ PREFIX = f"traps/{DEPLOYMENT}/"  # the deployment's folder in the bucket
 
 def start(data_dir: Path, config: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
     """``appliance run --simulate`` in a process group of its own (its rclone with it: a kill of
-    the group is a power cut), its log appended to ``log`` (or dropped)."""
+    the group is a power cut), its log appended to ``log`` (or dropped), its temporary files
+    (an upload's staging folder, which a kill leaves behind) beside ``data_dir``."""
+    temp = data_dir.parent / "tmp"
+    temp.mkdir(parents=True, exist_ok=True)
     stderr = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "appliance", "run", "--simulate", "--host", "127.0.0.1", "--port", "0",
              "--data-dir", str(data_dir), "--config", str(config), *args],
             stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+            env=os.environ | {"TMPDIR": str(temp)},
         )  # fmt: skip
     finally:
         if log:

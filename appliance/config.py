@@ -467,9 +467,9 @@ class Config:
     )
     offload_io_timeout_s: float = _setting(
         60.0,
-        "Seconds without data after which an upload to offload_remote is given up (rclone's "
-        '--timeout): a link that stalls mid-file is "timed out" after this long, and tried again '
-        "later; a slow but moving link never is.",
+        "Seconds without any data moving after which an upload (or a look at the remote) counts as "
+        'stalled and ends as "timed out", to be tried again later (rclone\'s --timeout); more on a '
+        "link that stalls for long and recovers (GSM, satellite).",
         bounds.between(1, 3600),
         reload=LIVE,
         kind=float,

@@ -401,15 +401,15 @@ class UploadSettings:
     """The remote offload settings (see docs/configuration.md): ``remote`` (``offload_remote``,
     "" off), ``rclone_config``, ``bwlimit``, ``windows`` (local times of day, as
     :class:`~hw.triggers.ActiveWindows` takes them; none: always), ``interval_s`` and
-    ``retry_max_s`` (seconds).  Raises ``ValueError`` for a bad window."""
+    ``retry_max_s``, ``io_timeout_s`` (seconds).  Raises ``ValueError`` for a bad window."""
 
     remote: str = ""
     rclone_config: str = ""
     bwlimit: str = ""
     windows: tuple[str, ...] = ()
     interval_s: float = 300.0
-    io_timeout_s: float = 60.0
     retry_max_s: float = 1800.0
+    io_timeout_s: float = rc.IO_TIMEOUT_S
 
     def __post_init__(self):
         ActiveWindows(self.windows)
@@ -422,8 +422,8 @@ class UploadSettings:
             bwlimit=config.offload_bwlimit,
             windows=tuple(config.offload_windows),
             interval_s=config.offload_interval_s,
-            io_timeout_s=config.offload_io_timeout_s,
             retry_max_s=config.offload_retry_max_s,
+            io_timeout_s=config.offload_io_timeout_s,
         )
 
 

@@ -260,9 +260,11 @@ class Rclone:
             text = text.replace(secret, "***")
         return _SIGNED.sub(r"\1***", text)
 
-    def features(self, remote: str, *, timeout_s: float = 60) -> Features:
+    def features(
+        self, remote: str, *, timeout_s: float = 60, stop: threading.Event | None = None
+    ) -> Features:
         """What ``remote`` can do (see :class:`Features`).  Raises :class:`RemoteTrouble`."""
-        said = self.run(["backend", "features", remote], timeout_s=timeout_s)
+        said = self.run(["backend", "features", remote], timeout_s=timeout_s, stop=stop)
         try:
             answer = json.loads(said)
             flags = answer.get("Features") or {}
@@ -292,12 +294,24 @@ class Rclone:
                 args.append("--no-check-dest")
             self.run([*args, os.fspath(source), destination], timeout_s=timeout_s, stop=stop)
 
-    def move(self, source: str, destination: str, names: Iterable[str], *, timeout_s: float) -> None:
+    def move(
+        self,
+        source: str,
+        destination: str,
+        names: Iterable[str],
+        *,
+        timeout_s: float,
+        stop: threading.Event | None = None,
+    ) -> None:
         """Move the files ``names`` from the folder ``source`` to the folder ``destination`` on the
-        same remote (a rename on the server where it can).  Raises :class:`RemoteTrouble`."""
+        same remote (a rename on the server where it can), each replacing whatever the destination
+        holds under its name.  Raises :class:`RemoteTrouble`."""
         with _listing(names) as listing:
-            args = ["move", "--files-from-raw", listing, "--no-traverse", source, destination]
-            self.run(args, timeout_s=timeout_s)
+            # --ignore-times: without it, a file of the same size there (and the same time, or a
+            # backend without times such as WebDAV) counts as the same: rclone deletes the source
+            # and keeps the old file.
+            args = ["move", "--files-from-raw", listing, "--no-traverse", "--ignore-times"]
+            self.run([*args, source, destination], timeout_s=timeout_s, stop=stop)
 
     def hashes(
         self,
@@ -337,11 +351,11 @@ class Rclone:
                 found[name] = digest
         return found
 
-    def cat(self, path: str, *, timeout_s: float) -> bytes | None:
+    def cat(self, path: str, *, timeout_s: float, stop: threading.Event | None = None) -> bytes | None:
         """The bytes of the file ``path`` on the remote; None when there is none (or it is empty).  Raises
         :class:`RemoteTrouble`."""
         try:
-            said = self.run(["cat", path], timeout_s=timeout_s)
+            said = self.run(["cat", path], timeout_s=timeout_s, stop=stop)
         except RemoteTrouble as trouble:
             if trouble.kind in (NO_BUCKET, FAILED):
                 return None

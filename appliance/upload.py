@@ -129,7 +129,7 @@ class _Place:
         self.remote, self.config, self.deployment_id = remote, config, deployment
         self.folder = join(root, folder_name(deployment))
         self.staging = staging
-        self.features = remote.features(root)
+        self.features = remote.features(root, stop=stop)
         usable = [h for h in HASH_PREFERENCE if h in self.features.hashes]
         self.hash_type = usable[0] if usable else "sha256"
         self.read_back = not usable
@@ -156,7 +156,7 @@ class _Place:
         self.media_count = max(0, self.text["media.csv"].count("\n") - 1)
         if self.via_incoming and f"{INCOMING}/" in there:  # what a run cut short left half-sent
             with contextlib.suppress(RemoteTrouble):
-                remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+                remote.run(["purge", join(self.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S, stop=stop)
 
     def _listing(self, stop) -> set[str]:
         """The names in the deployment's folder (not below it), folders with a ``/`` after;
@@ -207,12 +207,13 @@ class _Place:
         incoming = join(self.folder, INCOMING, sub or "tables")
         self.remote.copy(source, incoming, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
         if sub:
-            self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S)
+            self.remote.move(incoming, final, names, timeout_s=COPY_TIMEOUT_S, stop=stop)
             return
-        # rclone moves no folder into one that holds it: the tables go one by one.
+        # rclone moves no folder into one that holds it: the tables go one by one, each replacing
+        # the one there even when of the same size (see Rclone.move).
         for name in names:
-            args = ["moveto", join(incoming, name), join(final, name)]
-            self.remote.run(args, timeout_s=CHECK_TIMEOUT_S)
+            args = ["moveto", "--ignore-times", join(incoming, name), join(final, name)]
+            self.remote.run(args, timeout_s=CHECK_TIMEOUT_S, stop=stop)
 
     def checkpoint(self, stop) -> tuple[list[tuple[dict, str]], str | None]:
         """Upload the tables and SHA256SUMS covering what is verified and check them; returns
@@ -304,26 +305,33 @@ def upload_run(
                 if not captures:
                     break
                 after_seq = captures[-1]["seq"]
-                found_there, size = _upload_batch(captures, card, place, media, look_first, stop, result)
-                look_first = found_there > 0
+                found, size = _upload_batch(captures, card, place, media, look_first, stop, result)
+                look_first = found > 0
                 written += size
-                place.since_checkpoint += size
+                # Found there counts as sent: a run after cut ones records them at the next
+                # checkpoint, not only at its end, which a run cut again never reaches.
+                place.since_checkpoint += found + size
                 done += len(captures)
                 if progress:
                     progress(done, max(total, done), written)
-                if place.due():
+                if found or place.due():  # found: what cut runs sent is recorded at once
                     _checkpoint(place, record, result, stop)
             if stop.is_set():
                 raise RemoteTrouble(rc.STOPPED, "stopped")
             _checkpoint(place, record, result, stop)
             if place.via_incoming:
                 with contextlib.suppress(RemoteTrouble):
-                    remote.run(["rmdirs", join(place.folder, INCOMING)], timeout_s=CHECK_TIMEOUT_S)
+                    args = ["rmdirs", join(place.folder, INCOMING)]
+                    remote.run(args, timeout_s=CHECK_TIMEOUT_S, stop=stop)
         except RemoteTrouble as trouble:
             result.reason, result.kind = str(trouble), trouble.kind
             level = logging.INFO if trouble.kind == rc.STOPPED else logging.WARNING
             log.log(level, "upload to %s ended: %s", root, trouble)
-            if place is not None and place.verified and trouble.kind not in (rc.STOPPED, rc.UNREACHABLE):
+            if (
+                place is not None
+                and place.verified
+                and trouble.kind not in (rc.STOPPED, rc.UNREACHABLE, rc.TIMEOUT)
+            ):
                 try:  # what is verified may still be listed and recorded (a quota hit by a photo)
                     _checkpoint(place, record, result, None)
                 except RemoteTrouble as again:
@@ -346,8 +354,8 @@ def _next_batch(reader: IndexReader, target: str, after_seq: int, limit: int) ->
 
 
 def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_first: bool, stop, result):
-    """Steps 1 to 4 of the protocol for one batch; returns ``(found already there, bytes sent)``.
-    The photos are hashed on the card while rclone sends them, unless the remote is to be asked
+    """Steps 1 to 4 of the protocol for one batch; returns ``(bytes found already there, bytes
+    sent)``.  The photos are hashed on the card while rclone sends them, unless the remote is to be asked
     first what it has (``look_first``), which needs their hashes before.  Raises RemoteTrouble
     when the remote fails (other than for single files)."""
     for link in media.iterdir():
@@ -365,11 +373,11 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
         local = _hash_on_card(present, card, place.hash_type, result)
         there = place.hashes("media", list(local), stop) if local else {}
         already = [name for name, (_, _, digest) in local.items() if there.get(name) == digest]
+        found_there = sum(local[name][0]["bytes"] for name in already)
         for name in already:
             capture, sha, _ = local.pop(name)
             place.verified.append((capture, sha))
             result.skipped += 1
-        found_there = len(already)
         to_send = list(local)
         _send(place, media, to_send, stop)
     else:

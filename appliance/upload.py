@@ -29,8 +29,8 @@ The protocol (docs/design.md, "Offload"), batch by batch of at most :data:`BATCH
    ``--download`` when the backend reports none, i.e. read back) is compared with the local one:
    only a match counts as verified.
 5. As on a stick, once the photos verified since the last time are
-   :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size and at least
-   :data:`CHECKPOINT_MIN_BYTES` (or :data:`CHECKPOINT_MAX_S` have passed), and at the end, the
+   :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size (at once when some were
+   found there already, sent by a cut run), and at the end, the
    tables and ``SHA256SUMS`` are uploaded (moved into place one by one on a file-like backend,
    ``datapackage.json`` last) and verified the same way, and only then are the verified
    captures handed to ``record``: whatever the store records as offloaded is on the remote,
@@ -48,7 +48,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +81,6 @@ BATCH_BYTES = 256 << 20
 # Backstops on one rclone call; a stalled link fails much sooner, on rclone's own --timeout.
 COPY_TIMEOUT_S = 3600
 CHECK_TIMEOUT_S = 600
-# Verified uploads are recorded (the tables uploaded first) once the photos sent since the last
-# time are CHECKPOINT_FACTOR times the tables' size and at least CHECKPOINT_MIN_BYTES, or after
-# CHECKPOINT_MAX_S seconds, and at the end of a run: each checkpoint costs two rclone calls with
-# their round trips, and what a cut run leaves unrecorded is found by the next run's first look.
-CHECKPOINT_MIN_BYTES = 64 << 20
-CHECKPOINT_MAX_S = 120.0
 # On an object store, a folder of up to this many photos is verified by one listing (a page of up to
 # 1,000 objects, each with its MD5) rather than a request per photo.
 LIST_MAX_OBJECTS = 1000
@@ -150,7 +143,6 @@ class _Place:
             self.text[name] = data.decode("utf-8", errors="replace")
         self.tables_bytes = sum(len(text) for text in self.text.values())
         self.since_checkpoint = 0
-        self.checkpointed_at = time.monotonic()
         self.verified: list[tuple[dict, str]] = []
         # About how many photos media/ holds: what its table lists, and what this run adds.
         self.media_count = max(0, self.text["media.csv"].count("\n") - 1)
@@ -191,9 +183,9 @@ class _Place:
         )
 
     def due(self) -> bool:
-        """Whether the verified uploads are to be recorded now (see :data:`CHECKPOINT_MIN_BYTES`)."""
-        enough = max(CHECKPOINT_FACTOR * self.tables_bytes, CHECKPOINT_MIN_BYTES)
-        return self.since_checkpoint > enough or time.monotonic() - self.checkpointed_at > CHECKPOINT_MAX_S
+        """Whether the verified uploads are to be recorded now: the photos sent (or found) since
+        the last time are :data:`~appliance.offload.CHECKPOINT_FACTOR` times the tables' size."""
+        return self.since_checkpoint > CHECKPOINT_FACTOR * self.tables_bytes
 
     def send(self, source: Path, sub: str, names: list[str], stop) -> None:
         """Upload ``names`` from the local folder ``source`` into ``sub`` of the deployment's
@@ -242,7 +234,7 @@ class _Place:
         for name, data in files.items():
             self.text[name] = data.decode("utf-8", errors="replace")
         self.tables_bytes = sum(len(text) for text in self.text.values())
-        self.verified, self.since_checkpoint, self.checkpointed_at = [], 0, time.monotonic()
+        self.verified, self.since_checkpoint = [], 0
         why = f"Camtrap DP tables not written: set {', '.join(missing)} in the config" if missing else None
         return done, why
 

@@ -295,8 +295,9 @@ def test_a_photo_rotted_on_the_card_is_reported_and_neither_uploaded_nor_recorde
 
 
 class DeletingRclone(rc.Rclone):
-    """rclone, and the capture ``victim`` deleted from the store (its row and its photo, as cleanup
-    does) just as the first copy of media starts."""
+    """rclone, and the photo of the capture ``victim`` deleted from the card (unlinked, as
+    cleanup does; from the thread that sends, while the run hashes the batch) just as the first
+    copy of media starts."""
 
     def __init__(self, *args, store, victim, **kwargs):
         super().__init__(*args, **kwargs)
@@ -304,7 +305,7 @@ class DeletingRclone(rc.Rclone):
 
     def copy(self, source, destination, names, **kwargs):
         if not self.done and "/media" in destination:
-            self.store.delete([self.victim])
+            (self.store.data_dir / self.victim["media_path"]).unlink()
             self.done = True
         return super().copy(source, destination, names, **kwargs)
 
@@ -334,7 +335,7 @@ class OverwritingRclone(rc.Rclone):
     def hashes(self, folder, hash_type, names, **kwargs):
         if folder.endswith("/media"):
             self.media_looks += 1
-            if self.media_looks == 2:  # the first is the look for what a cut run left
+            if self.media_looks == 1:  # a new folder: no first look for what a cut run left
                 self.remote.put(f"media/{self.name}", self.data)
         return super().hashes(folder, hash_type, names, **kwargs)
 
@@ -349,7 +350,7 @@ def test_an_object_replaced_on_the_remote_before_it_is_verified_is_not_recorded(
         str(remote.config), remote=remote, name=f"{victim['id']}.jpg", data=bytes(rotten)
     )
     result, recorded = upload(remote, store, deployment, rclone=rclone)
-    assert rclone.media_looks == 2
+    assert rclone.media_looks == 1
     assert result.copied == 5 and victim["id"] not in recorded and len(recorded) == 5
     hash_type = {"s3": "md5", "local": "sha256", "webdav": "sha256"}[remote.kind]
     assert result.errors == [

@@ -210,12 +210,19 @@ class Rclone:
                     if time.monotonic() > deadline:
                         ended = TIMEOUT
                         break
+                    if _link_lost(err.fileno()):
+                        ended = "link lost"
+                        break
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         process.wait(0.1)
             finally:
                 if process.poll() is None:
                     process.kill()
                     process.wait()
+            if ended == "link lost":  # what rclone said so far is the reason
+                err.seek(0)
+                said = err.read(1 << 20).decode("utf-8", errors="replace")
+                raise RemoteTrouble(classify(said), self._message(args[0], -9, said))
             if ended == STOPPED:
                 raise RemoteTrouble(STOPPED, "stopped")
             if ended == TIMEOUT:
@@ -361,6 +368,19 @@ class Rclone:
                 return None
             raise
         return said or None  # rclone cat of a missing object prints nothing and exits 0
+
+
+def _link_lost(fd: int) -> bool:
+    """Whether rclone, still running, has given up on a file for a timeout or a lost link (an
+    ``ERROR`` record, written once its low-level retries are spent): the other files of the call
+    would each wait out the same timeouts, hours on a batch, so the call is ended at once and the
+    run tried again later.  ``fd``: rclone's stderr file, read without moving the offset it
+    shares with rclone."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return False
+    said = os.pread(fd, min(size, 1 << 20), 0).decode("utf-8", errors="replace")
+    return " ERROR : " in said and classify(said) in (TIMEOUT, UNREACHABLE)
 
 
 @contextlib.contextmanager

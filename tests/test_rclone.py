@@ -238,6 +238,20 @@ def test_a_link_stalled_mid_copy_times_out_by_rclone_s_own_timeout(s3_server, s3
     assert s3_server.requests("PUT", f"/{s3_bucket}/dep/") == []  # nothing answered while paused
 
 
+def test_a_batch_to_a_stalled_link_ends_at_its_first_file_given_up(s3_server, s3_bucket, config, tmp_path):
+    """Twenty files to a server that stops answering: rclone would wait out its timeouts and
+    retries for each file in turn (about 70 s here); the call ends at the first file it gives up,
+    as "timed out", with the rest left for the next run."""
+    names = list(make_files(tmp_path, {f"p{n:02}.jpg": 200_000 for n in range(20)}))
+    remote = Rclone(str(config), io_timeout_s=1, connect_timeout_s=1)
+    s3_server.pause()
+    started = time.monotonic()
+    caught = trouble(lambda: remote.copy(tmp_path, f"fleet:{s3_bucket}/dep", names, timeout_s=600))
+    took = time.monotonic() - started
+    assert caught.kind == rclone.TIMEOUT and "took longer than" not in str(caught), str(caught)
+    assert took < 30, took
+
+
 def test_a_run_longer_than_its_limit_is_ended_and_timed_out(s3_server, s3_bucket, config, source):
     folder, files = source
     s3_server.pause()

@@ -71,12 +71,12 @@ from appliance.store import IndexReader
 
 log = logging.getLogger(__name__)
 
-# A batch: what one rclone copy sends.  Each batch costs about five rclone start-ups, each with its
-# round trips (the copy, the hashsum, and while the tables are small a checkpoint's two copies and
-# hashsum): 100 photos of a few hundred kB, or 55 of a 12 MP camera's 4.65 MB, keep them small
-# against the transfer (appliance bench, "remote offload").  Photos are linked, not read into
-# memory: the bound is on the time between verifications (4 minutes at 1 MB/s).
-BATCH_CAPTURES = 100
+# A batch: what one rclone copy sends.  Each batch costs two rclone start-ups with their round
+# trips (the copy and the hashsum; a checkpoint two more): 250 photos of a few hundred kB, or 55 of
+# a 12 MP camera's 4.65 MB, keep them small against the transfer (appliance bench, "remote
+# offload").  Photos are linked, not read into memory: the bound is on the time between
+# verifications (4 minutes at 1 MB/s).
+BATCH_CAPTURES = 250
 BATCH_BYTES = 256 << 20
 # Backstops on one rclone call; a stalled link fails much sooner, on rclone's own --timeout.
 COPY_TIMEOUT_S = 3600
@@ -114,6 +114,23 @@ def join(remote: str, *parts: str) -> str:
     return base + "/".join(part.strip("/") for part in parts if part)
 
 
+# rclone backend features by (binary, config file, its modification time, remote): they do not
+# change while the config file does not, and asking costs an rclone start-up per run.
+_FEATURES: dict[tuple, rc.Features] = {}
+
+
+def _features(remote: rc.Rclone, root: str, stop) -> rc.Features:
+    config = remote.config_path or str(rc.default_config_path())
+    try:
+        stamp = os.stat(config).st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (remote.binary, config, stamp, root.partition(":")[0] if ":" in root else "")
+    if key not in _FEATURES:
+        _FEATURES[key] = remote.features(root, stop=stop)
+    return _FEATURES[key]
+
+
 class _Place:
     """The deployment's folder on the remote: its tables as the remote holds them (read once per
     run, then kept up to date here) and the copies verified since they were last uploaded."""
@@ -122,7 +139,7 @@ class _Place:
         self.remote, self.config, self.deployment_id = remote, config, deployment
         self.folder = join(root, folder_name(deployment))
         self.staging = staging
-        self.features = remote.features(root, stop=stop)
+        self.features = _features(remote, root, stop)
         usable = [h for h in HASH_PREFERENCE if h in self.features.hashes]
         self.hash_type = usable[0] if usable else "sha256"
         self.read_back = not usable
@@ -347,9 +364,7 @@ def _next_batch(reader: IndexReader, target: str, after_seq: int, limit: int) ->
 
 def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_first: bool, stop, result):
     """Steps 1 to 4 of the protocol for one batch; returns ``(bytes found already there, bytes
-    sent)``.  The photos are hashed on the card while rclone sends them, unless the remote is to be asked
-    first what it has (``look_first``), which needs their hashes before.  Raises RemoteTrouble
-    when the remote fails (other than for single files)."""
+    sent)``.  Raises RemoteTrouble when the remote fails (other than for single files)."""
     for link in media.iterdir():
         link.unlink()
     present = []
@@ -360,9 +375,13 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             continue
         (media / f"{capture['id']}.jpg").symlink_to(path)
         present.append(capture)
+    # The hashes the store holds (SHA-256; MD5 since m013) need no reading; others are read from
+    # the card: before a first look, which needs them, else while rclone sends.
+    local = {f"{c['id']}.jpg": (c, c["sha256"], _stored(c, place.hash_type)) for c in present}
+    unknown = [local.pop(f"{c['id']}.jpg")[0] for c in present if _stored(c, place.hash_type) is None]
     found_there = 0
     if look_first:
-        local = _hash_on_card(present, card, place.hash_type, result)
+        local |= _hash_on_card(unknown, card, place.hash_type, result)
         there = place.hashes("media", list(local), stop) if local else {}
         already = [name for name, (_, _, digest) in local.items() if there.get(name) == digest]
         found_there = sum(local[name][0]["bytes"] for name in already)
@@ -370,24 +389,18 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             capture, sha, _ = local.pop(name)
             place.verified.append((capture, sha))
             result.skipped += 1
-        to_send = list(local)
+        to_send, rotten = list(local), []
         _send(place, media, to_send, stop)
     else:
         to_send = [f"{capture['id']}.jpg" for capture in present]
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="upload-send") as pool:
             sending = pool.submit(_send, place, media, to_send, stop)
-            local = _hash_on_card(present, card, place.hash_type, result)  # hashlib frees the GIL
+            local |= _hash_on_card(unknown, card, place.hash_type, result)  # hashlib frees the GIL
             sending.result()
-        # Sent but not to be counted (rotten or unreadable on the card): not left under a final name.
-        stray = [name for name in to_send if name not in local and (media / name).exists()]
-        if stray:
-            with contextlib.suppress(RemoteTrouble):
-                place.remote.run(
-                    ["delete", "--files-from-raw", _write_names(place.staging / "stray.txt", stray),
-                     join(place.folder, "media")], timeout_s=CHECK_TIMEOUT_S, stop=stop,
-                )  # fmt: skip
+        rotten = [name for name in to_send if name not in local]  # sent, then found rotten or unreadable
         to_send = [name for name in to_send if name in local]
     if not to_send:
+        _remove_stray(place, media, rotten, stop)
         return found_there, 0
     there = place.hashes("media", to_send, stop)
     sent = 0
@@ -402,13 +415,47 @@ def _upload_batch(captures, card: DataDir, place: _Place, media: Path, look_firs
             sent += size
         elif not (card.root / capture["media_path"]).exists():
             result.skipped += 1  # deleted from the card while it was being sent
+        elif not _intact(card, capture):  # the card's photo is not the one stored: not the remote's fault
+            rotten.append(name)
+            result.errors.append(
+                f"capture {capture['id']}: its photo on the card differs from its recorded "
+                "SHA-256; not uploaded"
+            )
         elif name in there:
             result.errors.append(
                 f"media/{name}: the remote's {place.hash_type} of it differs from the photo's"
             )
         else:
             result.errors.append(f"media/{name}: not on the remote after the upload")
+    _remove_stray(place, media, rotten, stop)
     return found_there, sent
+
+
+def _stored(capture: dict, hash_type: str) -> str | None:
+    """The capture's ``hash_type`` hash as the store holds it (hashed from the bytes stored),
+    None when it holds none."""
+    return {"sha256": capture["sha256"], "md5": capture.get("md5")}.get(hash_type)
+
+
+def _intact(card: DataDir, capture: dict) -> bool:
+    """Whether the capture's photo on the card still hashes to its recorded SHA-256."""
+    try:
+        sha, _ = _read_card(card, capture, "sha256")
+    except OSError:
+        return False
+    return sha in (None, capture["sha256"])
+
+
+def _remove_stray(place: _Place, media: Path, rotten: list[str], stop) -> None:
+    """Remove from the remote what was sent and is not to be counted: photos found rotten on the
+    card (after or while sending), so that no wrong photo stands under a final name."""
+    names = [name for name in rotten if (media / name).exists()]
+    if names:
+        with contextlib.suppress(RemoteTrouble):
+            place.remote.run(
+                ["delete", "--files-from-raw", _write_names(place.staging / "stray.txt", names),
+                 join(place.folder, "media")], timeout_s=CHECK_TIMEOUT_S, stop=stop,
+            )  # fmt: skip
 
 
 def _send(place: _Place, media: Path, names: list[str], stop) -> None:

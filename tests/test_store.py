@@ -35,7 +35,8 @@ from hw.clock import ManualClock
 
 YEAR = datetime.timedelta(days=365)
 # The columns a photo found without its row gets only once indexed, and those that differ.
-NOT_RECOVERED = ("seq", "boot_id", "since_boot_s", "offloaded")
+# md5 (m013): hashed for a capture; NULL for a recovered photo, whose upload hashes it then.
+NOT_RECOVERED = ("seq", "boot_id", "since_boot_s", "offloaded", "md5")
 DIFFERENT = ("id", "media_path", "captured_at", "clock_synced", "trigger", "recovered",
              "capture_method", "event_id")  # fmt: skip
 
@@ -97,6 +98,7 @@ def test_schema_is_created_by_migrations(store):
         "m005_capture_method_and_event", "m006_counts_for_the_status_page",
         "m007_content_hash_lookup", "m008_resumable_full_check", "m009_time_you_can_trust",
         "m010_free_space_ledger", "m011_activity_at_a_glance", "m012_offloads",
+        "m013_md5",
     ]  # fmt: skip
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -104,7 +106,7 @@ def test_schema_is_created_by_migrations(store):
     assert {
         "id", "seq", "captured_at", "clock_synced", "boot_id", "since_boot_s", "trigger",
         "media_path", "thumbnail_path", "bytes", "width", "height", "sha256", "protected",
-        "recovered", "metadata", "capture_method", "event_id", "offloaded",
+        "recovered", "metadata", "capture_method", "event_id", "offloaded", "md5",
     } == columns  # fmt: skip
 
 
@@ -134,6 +136,7 @@ def test_a_capture_and_a_recovered_photo_get_their_rows_from_one_builder(store, 
     )  # fmt: skip
     assert list(recovered) == list(RECOVERED_COLUMNS) == [c for c in row if c not in NOT_RECOVERED]
     assert (recovered["recovered"], recovered["capture_method"], recovered["metadata"]) == (1, None, "{}")
+    assert row["md5"] == hashlib.md5(photo).hexdigest()
     assert {k: v for k, v in row.items() if k in RECOVERED_COLUMNS and k not in DIFFERENT} == {
         k: v for k, v in recovered.items() if k not in DIFFERENT
     }

@@ -317,6 +317,16 @@ def m012_offloads(db: sqlite_utils.Database) -> None:
     )
 
 
+@_migration
+def m013_md5(db: sqlite_utils.Database) -> None:
+    # The photo's MD5 beside its SHA-256, hashed once from the bytes stored: the hash S3 (and
+    # every object store rclone knows) reports of an object, so an upload is verified against the
+    # capture itself without reading the photo from the card again (appliance.upload).  NULL for
+    # the captures stored before, and for photos the full check finds without their row: the
+    # upload then reads and hashes them.
+    db["captures"].add_column("md5", str)
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 

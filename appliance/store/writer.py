@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -527,21 +528,25 @@ class CaptureStore:
             raise StoreError(f"capture not stored: {exc}") from exc
         capture_id = self._next_id
         media, thumb = media_path(capture_id), thumbnail_path(capture_id)
-        row = {
-            "id": capture_id,
-            "seq": self.last_seq + 1,
-            "boot_id": timestamp.boot_id or None,
-            "since_boot_s": timestamp.since_boot_s,
-        } | capture_row(
-            capture_id,
-            jpeg,
-            trigger=trigger,
-            captured_at=timestamp.wall,
-            clock_synced=timestamp.clock_synced,
-            thumbnail=bool(thumbnail),
-            metadata=metadata,
-            event_id=event_id,
-        )
+        row = (
+            {
+                "id": capture_id,
+                "seq": self.last_seq + 1,
+                "boot_id": timestamp.boot_id or None,
+                "since_boot_s": timestamp.since_boot_s,
+            }
+            | capture_row(
+                capture_id,
+                jpeg,
+                trigger=trigger,
+                captured_at=timestamp.wall,
+                clock_synced=timestamp.clock_synced,
+                thumbnail=bool(thumbnail),
+                metadata=metadata,
+                event_id=event_id,
+            )
+            | {"md5": hashlib.md5(jpeg).hexdigest()}
+        )  # what object stores report (m013)
         try:
             self._make_shard("media", capture_id)
             written = self.files.publish(media, jpeg)

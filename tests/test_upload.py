@@ -276,9 +276,13 @@ def test_a_run_after_a_cut_one_records_what_it_finds_there_at_its_first_checkpoi
 
 
 @pytest.mark.parametrize("remote", ["s3"], indirect=True)  # the card's side: the same for all
+@pytest.mark.parametrize("md5_stored", [True, False], ids=["md5 from capture", "stored before m013"])
 def test_a_photo_rotted_on_the_card_is_reported_and_neither_uploaded_nor_recorded(
-    remote, store, filled, deployment, tmp_path
+    remote, store, filled, deployment, tmp_path, md5_stored
 ):
+    if not md5_stored:  # captures stored before m013 (or recovered ones): the upload hashes the card
+        store.db.execute("UPDATE captures SET md5 = NULL")
+        store.db.conn.commit()
     rotten = filled[2]
     path = store.data_dir / rotten["media_path"]
     data = bytearray(path.read_bytes())

@@ -327,6 +327,11 @@ def m013_md5(db: sqlite_utils.Database) -> None:
     db["captures"].add_column("md5", str)
 
 
+def m013_columns(jpeg: bytes) -> dict:
+    """The columns m013 added, of a capture of the photo ``jpeg``: ``{"md5": hex}``."""
+    return {"md5": hashlib.md5(jpeg).hexdigest()}
+
+
 class NewerDatabaseError(StoreError):
     """The index was written by a newer version of the appliance (it has migrations we do not know)."""
 

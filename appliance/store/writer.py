@@ -7,7 +7,6 @@ import contextlib
 import datetime
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from appliance.store.schema import (
     capture_row,
     clock_anchor,
     iso_utc,
+    m013_columns,
     migrations,
     refuse_newer,
 )
@@ -545,8 +545,8 @@ class CaptureStore:
                 metadata=metadata,
                 event_id=event_id,
             )
-            | {"md5": hashlib.md5(jpeg).hexdigest()}
-        )  # what object stores report (m013)
+            | m013_columns(jpeg)  # the MD5 object stores report
+        )
         try:
             self._make_shard("media", capture_id)
             written = self.files.publish(media, jpeg)

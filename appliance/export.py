@@ -391,18 +391,10 @@ def deployment_row(
     }
 
 
-def descriptor(
-    config: Config,
-    deployment_id: str,
-    start: datetime.datetime,
-    end: datetime.datetime,
-    capture_methods: list[str],
-    created: datetime.datetime,
-) -> dict:
-    """The ``datapackage.json`` of the deployment from ``start`` to ``end`` (aware datetimes) whose
-    photos were taken by ``capture_methods`` (Camtrap DP's terms, e.g. ``["activityDetection"]``;
-    empty: that one), made at ``created``."""
-    resources = [
+def resources() -> list[dict]:
+    """A package's three table resources (``deployments``, ``media``, ``observations``), each a
+    CSV file pointing at its Camtrap DP 1.0.2 table schema."""
+    return [
         {
             "name": name,
             "path": f"{name}.csv",
@@ -414,9 +406,22 @@ def descriptor(
         }
         for name in ("deployments", "media", "observations")
     ]
+
+
+def descriptor(
+    config: Config,
+    deployment_id: str,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    capture_methods: list[str],
+    created: datetime.datetime,
+) -> dict:
+    """The ``datapackage.json`` of the deployment from ``start`` to ``end`` (aware datetimes) whose
+    photos were taken by ``capture_methods`` (Camtrap DP's terms, e.g. ``["activityDetection"]``;
+    empty: that one), made at ``created``."""
     title = config.project_title or deployment_id
     package = {
-        "resources": resources,
+        "resources": resources(),
         "profile": f"{SCHEMA_URL}camtrap-dp-profile.json",
         "name": package_name(deployment_id),
         "created": _timestamp(created.astimezone(datetime.UTC).replace(microsecond=0)),

@@ -579,7 +579,7 @@ def _descriptor(folders: list[Folder], deployments: list[dict], media: list[dict
                 taxonomic.append(taxon)
     title = first.get("title") or project.get("title") or "fleet"
     package = {
-        "resources": resources(),
+        "resources": export.resources(),
         "profile": f"{export.SCHEMA_URL}camtrap-dp-profile.json",
         "name": export.package_name(title),
         "created": created.isoformat(),
@@ -601,23 +601,6 @@ def _comparable(value, key: str):
     if key == "project" and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in ("captureMethod", "observationLevel")}
     return value
-
-
-def resources() -> list[dict]:
-    """The package's three table resources, pointing at the Camtrap DP 1.0.2 table schemas as
-    :func:`appliance.export.descriptor`'s do."""
-    return [
-        {
-            "name": name,
-            "path": f"{name}.csv",
-            "profile": "tabular-data-resource",
-            "format": "csv",
-            "mediatype": "text/csv",
-            "encoding": "utf-8",
-            "schema": f"{export.SCHEMA_URL}{name}-table-schema.json",
-        }
-        for name in ("deployments", "media", "observations")
-    ]
 
 
 # --- Writing the package ----------------------------------------------------------------------

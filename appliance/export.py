@@ -459,6 +459,17 @@ def _check_outdir(outdir: Path) -> None:
         )
 
 
+def publish_folder(work: Path, outdir: Path) -> None:
+    """Put the package built in ``work`` (a private temporary folder beside ``outdir``) in place at
+    ``outdir``, with the mode of the empty folder there (else 0755).  Raises
+    :class:`~appliance.exc.ExportError` when ``outdir`` was filled meanwhile, ``OSError`` when the
+    rename fails (``ENOTEMPTY`` rather than overwrite a folder filled just now)."""
+    _check_outdir(outdir)  # again: it may have been filled meanwhile
+    # mkdtemp's folder is private (0700): give the package the empty folder's mode, or 0755.
+    os.chmod(work, outdir.stat().st_mode & 0o7777 if outdir.exists() else 0o755)
+    os.rename(work, outdir)
+
+
 def _write_member(member: Member, target: Path, link: bool) -> None:
     if member.photo is not None and link:
         try:
@@ -508,11 +519,7 @@ def export_camtrap_dp(
                 (work / "media").mkdir()
             for member in package.members(progress):
                 _write_member(member, work / member.name, link=media == "link")
-            _check_outdir(outdir)  # again: it may have been filled meanwhile
-            # mkdtemp's folder is private (0700): give the package the empty folder's mode, or 0755.
-            os.chmod(work, outdir.stat().st_mode & 0o7777 if outdir.exists() else 0o755)
-            # Replaces an empty folder; fails (ENOTEMPTY) rather than overwrite one filled just now.
-            os.rename(work, outdir)
+            publish_folder(work, outdir)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

@@ -678,9 +678,7 @@ def merge(
                     export.csv_chunks(fields, [{f: row.get(f, "") for f in fields} for row in rows])
                 )
         (work / "datapackage.json").write_text(json.dumps(merged.descriptor, indent=2) + "\n")
-        _check_outdir(outdir)  # again: it may have been filled meanwhile
-        os.chmod(work, outdir.stat().st_mode & 0o7777 if outdir.exists() else 0o755)
-        os.rename(work, outdir)
+        export.publish_folder(work, outdir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

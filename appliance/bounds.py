@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import urllib.parse
 import zoneinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -252,6 +253,55 @@ def listen_host(value):
         ipaddress.ip_address(value)
     except ValueError:
         return 'must be an IP address such as "0.0.0.0" or "127.0.0.1", "localhost", or ""'
+    return None
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?"
+)
+
+
+@_allowing('"", a host name ("broker.lan", "homeassistant.local") or an IP address')
+def network_host(value):
+    if value == "" or _HOST_NAME.fullmatch(value):
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return 'must be a host name such as "broker.lan" or an IP address, without a scheme or port'
+    return None
+
+
+@_allowing('"" (no TLS), "system" (the system\'s CAs), or the absolute path of a CA certificate file')
+def tls_ca(value):
+    if value in ("", "system"):
+        return None
+    if not value.startswith("/"):
+        return (
+            'must be "" (no TLS), "system" (the system\'s CAs), or the absolute path of a CA certificate file'
+        )
+    return kernel_path(value)
+
+
+@_allowing("MQTT topic levels separated by /, none empty, without + # or NUL, at most 200 characters")
+def mqtt_topic(value):
+    if value == "":
+        return None
+    if len(value) > 200 or any(c in value for c in "+#\0") or "" in value.split("/"):
+        return (
+            'must be topic levels separated by "/" ("appliance/trap-7"), none empty (no leading, '
+            "trailing or double /), without the wildcards + and #, at most 200 characters"
+        )
+    return None
+
+
+@_allowing('an http:// or https:// address, or ""')
+def http_url(value):
+    if value == "":
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        return 'must be the page\'s address such as "http://trap-7.local:8080", or ""'
     return None
 
 

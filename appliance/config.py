@@ -508,6 +508,84 @@ class Config:
         bounds.time_zone,
         reload=RESTART,
     )
+    web_url: str = _setting(
+        "",
+        'The status page\'s address as others reach it, e.g. "http://trap-7.local:8080", for the links '
+        'in MQTT messages and Home Assistant; "": http://<host name>.local:<web_port>, or the address it '
+        "listens on when that is one address (as in simulation).",
+        bounds.http_url,
+        reload=RESTART,
+    )
+    mqtt_host: str = _setting(
+        "",
+        "MQTT broker to publish the state, captures and thumbnails to (docs/mqtt.md), a host name or "
+        'IP address; "": no MQTT.',
+        bounds.network_host,
+        reload=RESTART,
+    )
+    mqtt_port: int = _setting(
+        0,
+        "TCP port of the MQTT broker; 0: 1883, or 8883 with mqtt_tls.",
+        bounds.between(0, 65535),
+        reload=RESTART,
+    )
+    mqtt_username: str = _setting(
+        "",
+        'User name at the broker; "": connect anonymously.',
+        bounds.printable(TEXT_MAX_CHARS),
+        reload=RESTART,
+    )
+    mqtt_password_file: str = _setting(
+        "",
+        "File holding mqtt_username's password on its first line, readable only by root and the "
+        "appliance's user (chmod 600: preflight warns otherwise); the password itself never goes in "
+        'the config. "": no password.',
+        bounds.path_or_empty,
+        reload=RESTART,
+    )
+    mqtt_tls: str = _setting(
+        "",
+        'TLS to the broker: "" none, "system" verified with the system\'s CA certificates, or the '
+        "absolute path of the CA certificate that signed the broker's (e.g. a Mosquitto with its own CA).",
+        bounds.tls_ca,
+        reload=RESTART,
+    )
+    mqtt_topic_prefix: str = _setting(
+        "",
+        'Topic under which the trap publishes (<prefix>/state, /captures, ...); "": '
+        "appliance/<camera_id, or the host name>.",
+        bounds.mqtt_topic,
+        reload=RESTART,
+    )
+    mqtt_discovery_prefix: str = _setting(
+        "homeassistant",
+        "Home Assistant's MQTT discovery prefix, under which the trap announces its sensors, photo and "
+        '(with mqtt_commands) buttons; "": no discovery.',
+        bounds.mqtt_topic,
+        reload=RESTART,
+    )
+    mqtt_state_interval_s: float = _setting(
+        60.0,
+        "Seconds between two publications of the state (it is also published at once when its level "
+        "changes: ok, warning, error).",
+        bounds.between(5, 86400),
+        reload=RESTART,
+        kind=float,
+    )
+    mqtt_commands: bool = _setting(
+        False,
+        "Take commands over MQTT (<prefix>/command/capture, /protect, /offload) and show Home "
+        "Assistant's buttons: anyone the broker lets publish there can use them, so limit it with the "
+        "broker's ACL (docs/mqtt.md).",
+        reload=RESTART,
+    )
+    mqtt_keepalive_s: int = _setting(
+        60,
+        "MQTT keep-alive, in seconds: the broker announces the trap offline (its last will) within "
+        "1.5 times this after it dies or its link does.",
+        bounds.between(5, 3600),
+        reload=RESTART,
+    )
 
     # Deployment metadata for `appliance export camtrap-dp`, named after the Camtrap DP terms.
     deployment_id: str = _setting(
@@ -694,6 +772,8 @@ class Config:
             raise ConfigError(
                 "data_license, media_license: set both (Camtrap DP wants one of each) or neither"
             )
+        if self.mqtt_password_file and not self.mqtt_username:
+            raise ConfigError("mqtt_password_file: set mqtt_username too (the password is that user's)")
         if self.cleanup_stop_free_percent < self.cleanup_start_free_percent:
             raise ConfigError(
                 "cleanup_stop_free_percent: must be at least cleanup_start_free_percent "
@@ -720,6 +800,7 @@ AREAS = {
     "offload_usb_path": "USB offload",
     "offload_remote": "Remote offload (rclone)",
     "web_host": "Status page",
+    "mqtt_host": "MQTT and Home Assistant",
     "deployment_id": "Camtrap DP deployment",
     "import_convert": "Import",
 }

@@ -189,6 +189,9 @@ class MainLoop:
         # offload_delete_after (as now, a reload included): a capture recorded as offloaded is
         # deleted from the card.
         self.delete_offloaded: Callable[[], bool] = lambda: False
+        # Told of each stored capture (its index row and thumbnail, or None): the MQTT
+        # telemetry's hand-off, which must not wait (appliance.mqtt.Telemetry.captured).
+        self.on_captured: Callable[[dict, bytes | None], None] | None = None
 
     def configure(self, settings: LoopSettings) -> None:
         """Take ``settings`` from the next capture on (a config reload)."""
@@ -393,6 +396,8 @@ class MainLoop:
         self.health.clear("storage")
         if self._cleanup is not None:
             self._cleanup.captured()
+        if self.on_captured is not None:
+            self.on_captured(row, thumbnail)
         log.info(
             "capture %d (%s, %s, %d bytes) stored %.0f ms after the trigger",
             row["seq"],

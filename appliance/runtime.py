@@ -29,6 +29,7 @@ from appliance.clocktrust import DISTRUSTED, TrustedClock
 from appliance.control import ControlChannel
 from appliance.exc import ConfigError, Stopped
 from appliance.loop import Health, LoopSettings, MainLoop, Request, guarded
+from appliance.mqtt import MqttSettings, Telemetry
 from appliance.offloader import Offloader, OffloadSettings, Uploader, UploadSettings
 from appliance.reconcile import STEP_INTERVAL_S, FullCheck, open_store
 from appliance.status import StatusCollector
@@ -194,6 +195,12 @@ class Appliance:
         self.camera = RecoveringCamera(lambda: make_camera(config), max_failures=config.camera_max_failures)
         stack.callback(self.camera.close)
         self.probes = Probes(self.data_dir)
+        self.mqtt = None
+        if config.mqtt_host:  # started once every part is built (the status page's URL known)
+            self.mqtt = Telemetry(
+                MqttSettings.from_config(config), status=lambda: self.status.collect(), submit=self._submit,
+                data_dir=self.data_dir, latest=self._latest_row,
+            )  # fmt: skip
         self.status = StatusCollector(
             self.reader,
             mode=self.mode,
@@ -208,6 +215,7 @@ class Appliance:
             clock=self.clock,
             offloader=self.offloader,
             uploader=self.uploader,
+            mqtt=self.mqtt,
         )
         self.server = WebServer(self._web_app(), config.web_listen_host, config.web_port, sock=self._listener)
         stack.callback(self.server.stop)
@@ -227,6 +235,8 @@ class Appliance:
         if self._read_config is not None:
             self.loop.on_reload = self._reread
         self.loop.on_offload = self.offloader.start
+        if self.mqtt is not None:
+            self.loop.on_captured = self.mqtt.captured
         self.loop.delete_offloaded = lambda: self.offloader.settings.delete_after
         self.triggers = Triggers(
             self.events,
@@ -253,6 +263,9 @@ class Appliance:
             source = SimulatedTriggerSource(self.triggers, config.simulate_trigger_interval_s)
             source.start()
             stack.callback(source.stop)
+        if self.mqtt is not None:
+            self.mqtt.start(page_url=self._page_url())
+            stack.callback(self.mqtt.close)  # "offline" once the loop has stopped
         # Registered last, so closed first: no command is taken once the parts start closing.
         self.control = stack.enter_context(
             ControlChannel(self.data_dir, self._submit, offload_status=self._offload_json)
@@ -372,6 +385,18 @@ class Appliance:
             config=self.current_config,  # the reloaded one after a SIGHUP
         )
         return make_app(deps)
+
+    def _page_url(self) -> str:
+        # web_url, else the address the page listens on when it is one, else the host's mDNS name.
+        if self.config.web_url:
+            return self.config.web_url
+        if self.server.host in ("0.0.0.0", "::", "", None):
+            return f"http://{socket.gethostname()}.local:{self.server.port}"
+        return self.server.url
+
+    def _latest_row(self) -> dict | None:
+        rows = self.reader.latest(1)
+        return rows[0] if rows else None
 
     def _clock_gap_accepted(self, gap_s: float) -> None:
         # Had the clock been behind before, every capture would now look older than it is.

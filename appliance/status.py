@@ -23,6 +23,7 @@ from appliance import __version__
 from appliance.cleanup import Cleanup, CleanupStatus, free_percent
 from appliance.clocktrust import DISTRUSTED, TRUSTED, UNSYNCHRONISED, ClockStatus, TrustedClock
 from appliance.loop import Health
+from appliance.mqtt import DISCONNECTED, MqttStatus, Telemetry
 from appliance.offloader import ERROR, REMOTE_FAILURES, Offloader, OffloadStatus, Uploader
 from appliance.reconcile import Reconciliation
 from appliance.store import IndexReader
@@ -111,6 +112,7 @@ class Status:
     latest: tuple[dict, ...] = ()
     actions: bool = False
     offload: tuple[OffloadStatus, ...] = ()
+    mqtt: MqttStatus | None = None
 
     @property
     def level(self) -> str:
@@ -142,7 +144,7 @@ class Status:
             "disk": _plain(self.disk),
             "actions": self.actions,
         }
-        for key in ("camera", "triggers", "system", "uv_light_on", "clock"):
+        for key in ("camera", "triggers", "system", "uv_light_on", "clock", "mqtt"):
             if getattr(self, key) is not None:
                 out[key] = _plain(getattr(self, key))
         out["offload"] = [target.to_json() for target in self.offload]
@@ -262,6 +264,7 @@ class StatusCollector:
         clock: TrustedClock | None = None,
         offloader: Offloader | None = None,
         uploader: Uploader | None = None,
+        mqtt: Telemetry | None = None,
         disk_usage: Callable[[Path], object] = system.disk_usage,
         monotonic: Callable[[], float] = time.monotonic,
     ):
@@ -278,6 +281,7 @@ class StatusCollector:
         self._clock = clock
         self._offloader = offloader
         self._uploader = uploader
+        self._mqtt = mqtt
         self._disk_usage = disk_usage
         self._monotonic = monotonic
 
@@ -289,10 +293,11 @@ class StatusCollector:
         clock = self._clock.status() if self._clock else None
         counts = self._counts(clock, synced=probed is None or probed.clock_synced is not False)
         offload = self._offload()
+        mqtt = self._mqtt.status() if self._mqtt else None
         return Status(
             version=__version__,
             mode=self._mode,
-            problems=self._problems(cleanup, camera, probed, clock, offload),
+            problems=self._problems(cleanup, camera, probed, clock, offload, mqtt),
             startup_check=self._reconciliation.status() if self._reconciliation else None,
             cleanup=cleanup,
             last_cleanup_run=self._reader.last_cleanup_run(),
@@ -306,6 +311,7 @@ class StatusCollector:
             clock=clock,
             latest=tuple(capture_json(row) for row in self._reader.latest(LATEST_COUNT)),
             offload=offload,
+            mqtt=mqtt,
         )
 
     def systemd_line(self) -> str:
@@ -333,6 +339,7 @@ class StatusCollector:
         probed: SystemStatus | None,
         clock: ClockStatus | None,
         offload: tuple[OffloadStatus, ...] = (),
+        mqtt: MqttStatus | None = None,
     ) -> tuple[Problem, ...]:
         # By area, in the order found; a later finding of the same area replaces the reason.
         found = {area: Problem(area, reason, True) for area, reason in self._health.problems().items()}
@@ -357,6 +364,10 @@ class StatusCollector:
             elif target.state in REMOTE_FAILURES:
                 reason = f"the upload to {target.remote} failed ({target.state}): {target.reason}"
                 found["upload"] = Problem("upload", reason, False)
+        if mqtt is not None and mqtt.state == DISCONNECTED:
+            found["mqtt"] = Problem(
+                "mqtt", f"not connected to the broker {mqtt.broker}: {mqtt.reason}", False
+            )
         return tuple(found.values())
 
     def _disk(self, counts: CaptureCounts, cleanup: CleanupStatus | None) -> Disk | None:

@@ -57,6 +57,10 @@ EXIT_STATUS = {
     "command line, a source without deployment folders or an unknown remote, two folders holding one "
     "deployment or photo differently, --media link from a remote, an output that is a file or a folder "
     "that is not empty. Nothing is written unless it exits 0.",
+    "mqtt": "that of its action's command (appliance mqtt forget --help); 2 for a bad command line.",
+    "mqtt forget": "0 the trap is gone from the broker and Home Assistant; 1 the broker could not be "
+    "reached, refused the connection or did not take the messages in time; 2 refused: a bad config or "
+    "command line, or mqtt_host not set.",
     "import": "0 every file was looked at (skipped files included); 1 it stopped early (free space, the "
     "store, an interrupt); 2 refused: a bad config or command line, or DIR is not a folder.",
 }
@@ -178,6 +182,13 @@ def parser() -> argparse.ArgumentParser:
     merge.add_argument("--rclone-config", metavar="PATH",
                        help="the rclone config file naming the remote (default: rclone's own, "
                             "~/.config/rclone/rclone.conf)")  # fmt: skip
+    mqtt = subcommands.add_parser("mqtt", help="manage the trap's presence on the MQTT broker")
+    mqtt_actions = mqtt.add_subparsers(dest="action", required=True)
+    forget = mqtt_actions.add_parser(
+        "forget",
+        help="remove the trap from Home Assistant and the broker: empty retained discovery configs, "
+        "state, thumbnail and availability (stop the appliance first, or it announces itself again)",
+    )
     importing = subcommands.add_parser(
         "import",
         help="index a folder of photos from an earlier unit or another camera (stop the appliance first)",
@@ -200,7 +211,19 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="only print what would be imported (runs beside the appliance)"
     )
     default_files = " over ".join(map(str, reversed(config_module.DEFAULT_PATHS)))
-    for command in (run, check, cleanup, clock, protect, unprotect, capture, offload, camtrap_dp, importing):
+    for command in (
+        run,
+        check,
+        cleanup,
+        clock,
+        protect,
+        unprotect,
+        capture,
+        offload,
+        camtrap_dp,
+        forget,
+        importing,
+    ):
         command.add_argument(
             "--config", type=Path, help=f"TOML config file (default: {default_files}, those that exist)"
         )

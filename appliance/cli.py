@@ -37,7 +37,7 @@ from pathlib import Path
 from gpiozero.exc import GPIOZeroError
 
 from appliance import config as config_module
-from appliance import control, rclone
+from appliance import control, mqtt, rclone
 from appliance.arguments import parser
 from appliance.cleanup import Cleanup, Policy
 from appliance.clocktrust import DISTRUSTED, TOLERANCE_S, TRUSTED, UNSYNCHRONISED, TrustedClock
@@ -66,7 +66,7 @@ from appliance.runtime import Appliance
 from appliance.store import DB_NAME, IndexReader, unsafe_layout
 from appliance.web import listen, port_holder
 from boot.journal import configure_logging
-from boot.preflight import FATAL, OK, WARNING, Check, check_rclone, preflight
+from boot.preflight import FATAL, OK, WARNING, Check, check_mqtt, check_rclone, preflight
 from boot.systemd import Notifier
 from hw.clock import SystemClock
 from hw.exc import HardwareError, UnsupportedCameraSize
@@ -170,6 +170,8 @@ def _preflight(config: config_module.Config) -> list[Check]:
     if config.offload_remote:
         rclone_config = config.offload_rclone_config or rclone.default_config_path()
         checks.append(check_rclone(config.offload_remote, Path(rclone_config)))
+    if config.mqtt_host:
+        checks.append(check_mqtt(config.mqtt_password_file, config.mqtt_tls))
     return checks
 
 
@@ -612,6 +614,32 @@ _REMOTE_FIX = {
 }
 
 
+def mqtt_forget(config: config_module.Config) -> int:
+    """``appliance mqtt forget``: clear the trap's retained messages on the broker
+    (:func:`appliance.mqtt.forget`), so that Home Assistant removes its device.  Returns 0 done,
+    1 when the broker could not be reached or took too long, 2 without ``mqtt_host``."""
+    if not config.mqtt_host:
+        print("appliance: mqtt forget: mqtt_host is not set: set it to the broker the trap published to",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    settings = mqtt.MqttSettings.from_config(config)
+    try:
+        cleared = mqtt.forget(settings)
+    except ValueError as exc:  # the password or CA file
+        print(f"appliance: mqtt forget: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, TimeoutError) as exc:
+        print(
+            f"appliance: mqtt forget: {exc}: check mqtt_host, mqtt_port and the credentials", file=sys.stderr
+        )
+        return 1
+    print(
+        f"{settings.device_name} forgotten: {cleared} retained topics cleared on "
+        f"{settings.host}:{settings.port}"
+    )
+    return 0
+
+
 def fleet_command(args) -> int:
     """``appliance fleet merge``: merge the deployment folders under a folder or remote into one
     package (:func:`appliance.fleet.merge`) and print a one-line summary, and a line per note.
@@ -796,6 +824,8 @@ def _command(args, stopping: _Stopping | None = None) -> int:
     log.info("config: %s", args.config or ", ".join(map(str, config_module.default_paths())) or "defaults")
     if args.command == "check":
         return check(config)
+    if args.command == "mqtt":
+        return mqtt_forget(config)
     if reason := _no_store(args, config):
         print(f"appliance: {args.command}: {reason}", file=sys.stderr)
         return 2

@@ -46,7 +46,8 @@ UNSYNCHRONISED_REASON = (
 @dataclass(frozen=True)
 class Problem:
     """Something wrong now: ``area`` (``"camera"``, ``"storage"``, ``"space"``, ``"power and
-    temperature"``, ``"clock"`` or ``"offload"``), ``reason`` (one line, for a person) and
+    temperature"``, ``"clock"``, ``"offload"``, ``"upload"`` or ``"mqtt"``), ``reason`` (one line,
+    for a person) and
     ``stops_capturing``:
     whether the appliance is not capturing because of it (a red banner, ``/healthz`` 503), or
     only warns (a yellow banner, ``/healthz`` still 200)."""
@@ -91,7 +92,8 @@ class Status:
     ``clock``, ``latest`` (the newest captures as :func:`capture_json` gives them, newest first)
     ``actions`` (whether the web page takes actions: set by the web app, which alone knows) and
     ``offload``, one :class:`~appliance.offloader.OffloadStatus` per offload target (none when the
-    offloader is not running).
+    offloader is not running), and ``mqtt``, the :class:`~appliance.mqtt.MqttStatus` (None
+    without ``mqtt_host``).
     A part that is not running is None.
     """
 
@@ -240,6 +242,8 @@ class StatusCollector:
         error is a warning (``"offload"``).
     :param uploader: the :class:`~appliance.offloader.Uploader`; an upload run that failed (the
         remote unreachable, a credential refused...) is a warning (``"upload"``).
+    :param mqtt: the :class:`~appliance.mqtt.Telemetry`; not connected to the broker (after a
+        first try) is a warning (``"mqtt"``).
     :param disk_usage: ``disk_usage(path)`` as :func:`hw.system.disk_usage` (None when unknown),
         for the data directory's filesystem.
     :param monotonic: the clock of the uptime, in seconds (for tests).

@@ -172,6 +172,37 @@ def check_rclone(remote: str, config_path: Path, binary: str = "rclone") -> Chec
     return Check("remote offload", OK, f"rclone, remote [{name}] of {config_path}")
 
 
+def check_mqtt(password_file: str, tls: str) -> Check:
+    """MQTT can connect as configured: the password file (when one is set) can be read, is not
+    empty, and is readable by its owner alone (it is a secret: readable by the group or anyone is
+    a warning, ``chmod 600``), and a TLS CA file (when one is set) can be read.  A warning, not a
+    refusal: capturing goes on without MQTT, and the status page says why it is not connected."""
+    for key, path in (
+        ("mqtt_password_file", password_file),
+        ("mqtt_tls", tls if tls.startswith("/") else ""),
+    ):
+        if not path:
+            continue
+        try:
+            info = os.stat(path)
+            empty = not Path(path).read_bytes().strip()
+        except OSError as exc:
+            return Check("mqtt", WARNING, f"{key}: {path} cannot be read ({exc.strerror}): MQTT stays off")
+        if key == "mqtt_password_file" and empty:
+            return Check("mqtt", WARNING, f"{key}: {path} is empty: write the password on its first line")
+        if key == "mqtt_password_file" and info.st_mode & 0o044:
+            return Check(
+                "mqtt",
+                WARNING,
+                f"{key}: {path} holds a password and is readable by "
+                f"{'anyone' if info.st_mode & 0o004 else 'its group'} (mode {info.st_mode & 0o777:o}): "
+                f"chmod 600 {path}",
+            )
+    return Check(
+        "mqtt", OK, "password and CA files readable" if password_file or tls else "no password, no TLS"
+    )
+
+
 def preflight(
     data_dir: Path, *, data_mount: str = "", min_free_bytes: int = 0, simulate: bool = True
 ) -> list[Check]:

@@ -72,11 +72,33 @@ class _Collector:
         failures.add_metric([], status.camera.total_failures if status.camera else 0)
         yield failures
         yield from _offload_metrics(status)
+        yield from _mqtt_metrics(status)
         temperature = status.system.cpu_temperature_c if status.system else None
         if temperature is not None:
             gauge = GaugeMetricFamily("appliance_cpu_temperature_celsius", "CPU temperature.")
             gauge.add_metric([], temperature)
             yield gauge
+
+
+def _mqtt_metrics(status: Status):
+    """With MQTT on: whether it is connected, the capture events waiting, delivered and dropped."""
+    mqtt = status.mqtt
+    if mqtt is None:
+        return
+    connected = GaugeMetricFamily("appliance_mqtt_connected", "1 when connected to the MQTT broker.")
+    connected.add_metric([], int(mqtt.state == "connected"))
+    yield connected
+    queued = GaugeMetricFamily("appliance_mqtt_queued", "Capture events not yet acknowledged by the broker.")
+    queued.add_metric([], mqtt.queued)
+    yield queued
+    published = CounterMetricFamily("appliance_mqtt_published", "Capture events the broker acknowledged.")
+    published.add_metric([], mqtt.published)
+    yield published
+    dropped = CounterMetricFamily(
+        "appliance_mqtt_dropped", "Capture events dropped while the broker was away (the queue was full)."
+    )
+    dropped.add_metric([], mqtt.dropped)
+    yield dropped
 
 
 def _offload_metrics(status: Status):

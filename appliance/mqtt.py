@@ -23,7 +23,8 @@ bounded queue); the telemetry's own thread gathers the status and publishes, and
 network thread does the socket I/O and reconnects.  So a broker that is away, slow or
 black-holed never delays a capture.  While the broker is away, the state is kept as the latest
 only and capture events wait in a queue of at most ``QUEUE_MAX``, the oldest dropped first (and
-counted).  Nothing happens at import time but importing paho.
+counted).  Nothing happens at import time; paho-mqtt is imported by :func:`make_client`, so that
+an appliance without ``mqtt_host`` never loads it.
 """
 
 import collections
@@ -38,12 +39,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import paho.mqtt.client as paho
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.clocktrust import TRUSTED
 from appliance.loop import Request
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
 
 log = logging.getLogger(__name__)
 
@@ -330,10 +333,12 @@ def read_password(path: str) -> str:
     return password
 
 
-def make_client(settings: MqttSettings, client_id: str) -> paho.Client:
+def make_client(settings: MqttSettings, client_id: str) -> "paho.Client":
     """A paho-mqtt client for ``settings`` (MQTT 3.1.1, clean session, the ``offline`` last
     will retained), not yet connected.  Raises ``ValueError`` naming the setting when the
     password file cannot be read (:func:`read_password`) or the CA file cannot be loaded."""
+    import paho.mqtt.client as paho  # only when MQTT is on
+
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311, clean_session=True
     )
@@ -382,7 +387,7 @@ class Telemetry:
         submit: Callable[[Request], None],
         data_dir: Path,
         latest: Callable[[], dict | None] = lambda: None,
-        client_factory: Callable[[MqttSettings, str], paho.Client] = make_client,
+        client_factory: Callable[[MqttSettings, str], "paho.Client"] = make_client,
     ):
         self.settings = settings
         self._status, self._submit, self._data_dir, self._latest = status, submit, Path(data_dir), latest
@@ -588,7 +593,7 @@ class Telemetry:
             self._publish_state(client, now)
         return 0.05 if busy else 0.2 if waiting else 1.0
 
-    def _announce_to(self, client: paho.Client) -> None:
+    def _announce_to(self, client: "paho.Client") -> None:
         # On each (re)connection: a broker restarted without persistence has forgotten everything.
         client.publish(self.settings.topic("availability"), "online", qos=1, retain=True)
         for topic, config in discovery_configs(self.settings).items():
@@ -609,7 +614,7 @@ class Telemetry:
         except OSError:  # deleted by cleanup meanwhile: the next capture brings one
             return None
 
-    def _send_events(self, client: paho.Client) -> bool:
+    def _send_events(self, client: "paho.Client") -> bool:
         """Hand queued events to paho, at most :data:`INFLIGHT_MAX` unacknowledged; returns
         whether some are still queued or unacknowledged."""
         with self._lock:
@@ -625,7 +630,7 @@ class Telemetry:
         with self._lock:
             return bool(self._inflight or self._events)
 
-    def _publish_state(self, client: paho.Client, now: float) -> None:
+    def _publish_state(self, client: "paho.Client", now: float) -> None:
         status = self._status()
         self._next_level_check = now + min(LEVEL_CHECK_INTERVAL_S, self.settings.state_interval_s)
         if status.level == self._level and now < self._next_state:

@@ -37,6 +37,7 @@ import re
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -208,6 +209,9 @@ class Broker:
                 return
             except ConnectRefused as exc:
                 raise BrokerError(f"mosquitto refused the start probe's connect ({exc}): "
+                                  f"{self._tails()}") from None  # fmt: skip
+            except ssl.SSLError as exc:
+                raise BrokerError(f"the TLS handshake with mosquitto failed ({exc}): "
                                   f"{self._tails()}") from None  # fmt: skip
             except OSError:  # not listening yet
                 if time.monotonic() > deadline:

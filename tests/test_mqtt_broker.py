@@ -7,7 +7,7 @@ import ssl
 import stat
 
 import pytest
-from mqtt_broker import Broker, BrokerError, ConnectRefused, Subscriber
+from mqtt_broker import Broker, BrokerError, ConnectRefused, Subscriber, _probe
 
 
 def test_a_subscriber_gets_a_retained_message_then_live_ones(mqtt_broker):
@@ -49,6 +49,8 @@ def test_the_auth_broker_refuses_a_wrong_password_and_takes_the_written_one(mqtt
         Subscriber(mqtt_broker_auth, user="trap", password=written[:-1] + "x")
     with pytest.raises(ConnectRefused, match="Not authorized"):
         Subscriber(mqtt_broker_auth, user="nobody", password="anything")
+    with pytest.raises(ConnectRefused, match="Not authorized"):
+        _probe(mqtt_broker_auth, user=None)  # anonymous
     with pytest.raises(KeyError, match="nobody"):
         mqtt_broker_auth.password_file("nobody", tmp_path / "nobody.password")
 
@@ -61,6 +63,7 @@ def test_the_acl_keeps_each_user_to_its_topics(mqtt_broker_auth):
     ):
         trap.publish("appliance/other/forged", "denied")
         other.publish("appliance/trap/forged", "denied")
+        watcher.publish("appliance/trap/forged", "denied")
         other.publish("appliance/other/state", "allowed")
         trap.publish("homeassistant/sensor/trap/config", "allowed")
         trap.publish("appliance/trap/state", "allowed")
@@ -71,7 +74,7 @@ def test_the_acl_keeps_each_user_to_its_topics(mqtt_broker_auth):
     allowed = {"appliance/other/state", "homeassistant/sensor/trap/config", "appliance/trap/state"}
     assert watcher.topics() == allowed
     assert other.messages == []  # "other" may not read, not even its own
-    assert mqtt_broker_auth.log().count("Denied PUBLISH") == 2
+    assert mqtt_broker_auth.log().count("Denied PUBLISH") == 3
 
 
 def test_the_tls_broker_is_verified_against_its_ca_and_refused_without_it(mqtt_broker_tls):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import schedule
 import webtest
+from mqtt_broker import Broker, mosquitto_path
 from picamera2_wheel import WheelUnavailable, download_picamera2_wheel
 from s3_server import S3Server
 from usb_sticks import FSTYPES, Sticks, missing_tools
@@ -217,6 +218,47 @@ def s3_bucket(s3_server, request) -> str:
     """A new, empty bucket on :func:`s3_server`, named for the test."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
     return s3_server.make_bucket(f"{name}-{next(_BUCKET_NUMBERS)}")
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    """The path of Debian's ``mosquitto`` (in /usr/sbin, outside a user's PATH).  Skips without
+    it, except under CI, where it fails."""
+    found = mosquitto_path()
+    if found is None:
+        reason = "mosquitto is not installed: apt install mosquitto"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def mqtt_broker(mosquitto_binary, tmp_path) -> Broker:
+    """A fresh real MQTT broker (tests/mqtt_broker.py: mosquitto) on 127.0.0.1 and a free port,
+    anonymous, accepting connects when the test starts, stopped after it: ``.host``, ``.port``,
+    ``.stop()``, ``.start()`` (same port, retained messages kept), ``.kill()``, ``.log()``.
+    A new one for each test, so that no retained message leaks from one test to the next."""
+    with Broker(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def mqtt_broker_auth(mosquitto_binary, tmp_path) -> Broker:
+    """As :func:`mqtt_broker`, refusing anonymous clients: users "trap" (reads and writes
+    ``appliance/trap/#`` and ``homeassistant/#``), "watcher" (reads everything) and "other"
+    (only writes ``appliance/other/#``), their passwords in ``.users``, written to a file by
+    ``.password_file(user, path)``."""
+    with Broker(tmp_path / "mosquitto-auth", auth=True) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mqtt_broker_tls(mosquitto_binary, tmp_path) -> Broker:
+    """As :func:`mqtt_broker`, taking TLS only, with a certificate for 127.0.0.1 signed by a
+    throw-away CA whose certificate is ``.ca_path``."""
+    with Broker(tmp_path / "mosquitto-tls", tls=True) as broker:
+        yield broker
 
 
 @pytest.fixture(params=FSTYPES)

@@ -522,7 +522,10 @@ class Telemetry:
         if keepalive:
             reason = f"no answer from the broker within the keep-alive ({self.settings.keepalive_s} s)"
         else:
-            reason = f"the link to the broker was lost ({reason_code})"
+            detail = (
+                "" if getattr(reason_code, "value", None) == 128 else f" ({reason_code})"
+            )  # "Unspecified"
+            reason = f"the link to the broker was lost{detail}"
         self._disconnected(reason)
 
     def _on_connect_fail(self, client, userdata) -> None:

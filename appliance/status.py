@@ -156,8 +156,9 @@ class Status:
     def systemd_line(self) -> str:
         """One line for systemd's ``STATUS=`` (shown by ``systemctl status``): captures of the last
         24 h and in all, free space in GB, the cleanup's state, and each offload target's
-        state but ``"off"`` (with "safe to remove" when it is)."""
-        return _systemd_line(self.captures, self.disk, self.cleanup, self.offload)
+        state but ``"off"`` (with "safe to remove" when it is), and MQTT's state when it is not
+        connected."""
+        return _systemd_line(self.captures, self.disk, self.cleanup, self.offload, self.mqtt)
 
 
 def _systemd_line(
@@ -165,6 +166,7 @@ def _systemd_line(
     disk: "Disk | None",
     cleanup: CleanupStatus | None,
     offload: tuple[OffloadStatus, ...] = (),
+    mqtt: MqttStatus | None = None,
 ) -> str:
     free = f"{disk.free_bytes / 1e9:.1f} GB free" if disk else "free space unknown"
     line = (
@@ -174,6 +176,8 @@ def _systemd_line(
     for target in offload:
         if target.state != "off":
             line += f"; {target.target} {target.state}{', safe to remove' if target.safe_to_remove else ''}"
+    if mqtt is not None and mqtt.state != "connected":
+        line += f"; MQTT {mqtt.state}"
     return line
 
 
@@ -325,7 +329,8 @@ class StatusCollector:
         cleanup = self._cleanup.status() if self._cleanup else None
         counts = self._counts(self._clock.status() if self._clock else None, synced=True)
         offload = self._offload()
-        return _systemd_line(counts, self._disk(counts, cleanup), cleanup, offload)
+        mqtt = self._mqtt.status() if self._mqtt else None
+        return _systemd_line(counts, self._disk(counts, cleanup), cleanup, offload, mqtt)
 
     def _offload(self) -> tuple[OffloadStatus, ...]:
         return tuple(part.status() for part in (self._offloader, self._uploader) if part is not None)

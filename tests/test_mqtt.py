@@ -310,6 +310,7 @@ def test_a_port_that_never_answers_leaves_capturing_alone_and_the_page_says_why(
             assert "no answer from the broker within the keep-alive (5 s)" in api["problems"]["mqtt"]
             assert api["level"] != "error" and "no answer from the broker" in trap.page()
             assert api["mqtt"]["queued"] > 0  # kept for when it answers
+            assert trap.appliance.status.systemd_line().endswith("; MQTT disconnected")  # systemctl status
 
 
 def test_a_wrong_password_is_shown_with_the_fix_and_never_logged(tmp_path, mqtt_broker_auth, caplog):

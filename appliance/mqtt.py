@@ -530,8 +530,10 @@ class Telemetry:
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._disconnected(
-            f"cannot connect to {self.settings.host}:{self.settings.port} (no broker there, the network "
-            "is down{}); trying again".format(", or TLS failed" if self.settings.tls else "")
+            f"cannot connect to {self.settings.host}:{self.settings.port} (no broker there, a name that "
+            "does not resolve, the network down{}); trying again".format(
+                ", or TLS failed" if self.settings.tls else ""
+            )
         )
 
     def _on_message(self, client, userdata, message) -> None:
@@ -556,17 +558,18 @@ class Telemetry:
     # -- the telemetry's own thread -------------------------------------------------------------
 
     def _run(self) -> None:
-        wait = 1.0
+        wait, failed = 1.0, None
         while not self._stop.is_set():
             self._wake.wait(timeout=wait)
             self._wake.clear()
             if self._stop.is_set():
                 break
             try:
-                wait = self._step()
-            except Exception:  # one failed step must not end the telemetry
-                log.exception("MQTT: publishing failed; trying again")
-                wait = 1.0
+                wait, failed = self._step(), None
+            except Exception as exc:  # one failed step must not end the telemetry
+                if repr(exc) != failed:  # logged once while it fails the same way
+                    log.exception("MQTT: publishing failed; trying again every second")
+                failed, wait = repr(exc), 1.0
 
     def _step(self) -> float:
         # One round; returns the seconds to wait before the next unless woken: short while

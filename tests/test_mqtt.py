@@ -326,6 +326,17 @@ def test_a_wrong_password_is_shown_with_the_fix_and_never_logged(tmp_path, mqtt_
     assert "not-the-password" not in caplog.text and "refused the connection" in caplog.text
 
 
+def test_a_password_file_that_cannot_be_read_leaves_mqtt_off_and_the_page_says_which_setting(
+    tmp_path, mqtt_broker
+):
+    missing = tmp_path / "nowhere.pw"
+    config = trap_config(tmp_path, mqtt_broker, mqtt_username="trap", mqtt_password_file=str(missing))
+    with Running(config) as trap:
+        reason = trap.api()["problems"]["mqtt"]
+        assert "mqtt_password_file: No such file or directory; fix it and restart" in reason
+        trap.wait(lambda: len(trap.captures()) >= 2, what="captures")
+
+
 def test_with_the_right_password_no_secret_reaches_a_log_line_a_payload_or_the_api(
     tmp_path, mqtt_broker_auth, caplog
 ):

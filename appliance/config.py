@@ -581,8 +581,9 @@ class Config:
     )
     mqtt_keepalive_s: int = _setting(
         60,
-        "MQTT keep-alive, in seconds: the broker announces the trap offline (its last will) within "
-        "1.5 times this after it dies or its link does.",
+        "MQTT keep-alive, in seconds: the broker announces the trap offline (its last will) at once "
+        "when its process dies, and about 1.5 times this (Mosquitto: up to a few seconds more) after "
+        "its link dies silently.",
         bounds.between(5, 3600),
         reload=RESTART,
     )

@@ -399,7 +399,7 @@ class Telemetry:
         self._inflight: list[paho.MQTTMessageInfo] = []
         self._thumbnail: bytes | None = None
         self._thumbnail_due = False
-        self._commands: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=100)
+        self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=100)
         self._requests: list[tuple[str, Request]] = []
         self._malformed_logged: set[str] = set()
         self._announce = False
@@ -409,6 +409,7 @@ class Telemetry:
         self._level: str | None = None
         self._next_state = self._next_level_check = 0.0
         self._client: paho.Client | None = None
+        self._off = False
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "Telemetry":
@@ -432,6 +433,7 @@ class Telemetry:
         except ValueError as exc:
             self._set_state(DISCONNECTED, f"{exc}; fix it and restart")
             log.error("MQTT off: %s", self._reason)
+            self._off = True  # nothing is queued for a broker that is never tried
             return
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -447,7 +449,9 @@ class Telemetry:
     def captured(self, row: dict, thumbnail: bytes | None) -> None:
         """Hand a stored capture over for publishing (its event, and its thumbnail as the
         latest); never waits for the network.  Beyond :data:`QUEUE_MAX` waiting events, the
-        oldest is dropped and counted."""
+        oldest is dropped and counted.  Nothing when MQTT could not be set up (:meth:`start`)."""
+        if self._off:
+            return
         event = json.dumps(capture_event(row, self.settings.page_url)).encode()
         with self._lock:
             if len(self._events) >= QUEUE_MAX:
@@ -538,7 +542,7 @@ class Telemetry:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
-            self._commands.append((message.topic, bytes(message.payload)))
+            self._commands.append((message.topic, bytes(message.payload), bool(message.retain)))
         self._wake.set()
 
     def _disconnected(self, reason: str) -> None:
@@ -588,8 +592,8 @@ class Telemetry:
             self._announce_to(client)
             now = time.monotonic()
             self._next_state = now  # the state follows at once
-        for topic, payload in commands:
-            self._command(topic, payload)
+        for topic, payload, retained in commands:
+            self._command(topic, payload, retained)
         busy = self._send_events(client)
         with self._lock:
             thumbnail, self._thumbnail_due = (self._thumbnail if self._thumbnail_due else None), False
@@ -602,7 +606,10 @@ class Telemetry:
     def _announce_to(self, client: "paho.Client") -> None:
         # On each (re)connection: a broker restarted without persistence has forgotten everything.
         client.publish(self.settings.topic("availability"), "online", qos=1, retain=True)
-        for topic, config in discovery_configs(self.settings).items():
+        configs = discovery_configs(self.settings)
+        for topic in discovery_configs(self.settings, commands=True).keys() - configs.keys():
+            client.publish(topic, b"", qos=1, retain=True)  # buttons of a run with mqtt_commands on
+        for topic, config in configs.items():
             client.publish(topic, json.dumps(config), qos=1, retain=True)
         with self._lock:
             thumbnail = self._thumbnail
@@ -647,7 +654,7 @@ class Telemetry:
         payload["mqtt"] = {"dropped": self.status().dropped}
         client.publish(self.settings.topic("state"), json.dumps(payload), qos=1, retain=True)
 
-    def _command(self, topic: str, payload: bytes) -> None:
+    def _command(self, topic: str, payload: bytes, retained: bool = False) -> None:
         name = topic.rpartition("/")[2]
         if not self.settings.commands:
             return  # not subscribed; a message left from before is not obeyed
@@ -655,7 +662,9 @@ class Telemetry:
             text = payload.decode("ascii").strip()
         except UnicodeDecodeError:
             text = None
-        if name not in COMMANDS:
+        if retained:  # it would be done again at every reconnection
+            problem = "a retained message: publish commands without retain"
+        elif name not in COMMANDS:
             problem = f"unknown command {name!r} (commands: {', '.join(COMMANDS)})"
         elif text is None:
             problem = "the payload is not ASCII text"
@@ -692,10 +701,13 @@ class Telemetry:
 
 def forget(settings: MqttSettings, *, timeout_s: float = 10.0) -> int:
     """Remove the trap from the broker: an empty retained message on every discovery config
-    topic (buttons included), on ``state``, ``thumbnail`` and ``availability``, so that Home
-    Assistant removes the device and the broker keeps nothing of it.  Returns the number of
-    topics cleared.  Raises ``ConnectionError`` when the broker cannot be reached or refuses,
-    and ``TimeoutError`` when it does not take the messages within ``timeout_s`` seconds."""
+    topic (buttons included; under ``homeassistant`` when ``discovery_prefix`` is empty, the
+    default, which the trap may have announced itself under before), on ``state``,
+    ``thumbnail`` and ``availability``, so that Home Assistant removes the device and the
+    broker keeps nothing of it.  Returns the number of topics cleared.  Raises
+    ``ConnectionError`` when the broker cannot be reached or refuses, and ``TimeoutError`` when
+    it does not take the messages within ``timeout_s`` seconds."""
+    settings = dataclasses.replace(settings, discovery_prefix=settings.discovery_prefix or "homeassistant")
     client = make_client(settings, f"camtrap-{settings.node_id}-forget-{os.getpid()}")
     client.will_clear()
     connected = threading.Event()

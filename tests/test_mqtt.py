@@ -335,6 +335,7 @@ def test_a_password_file_that_cannot_be_read_leaves_mqtt_off_and_the_page_says_w
         reason = trap.api()["problems"]["mqtt"]
         assert "mqtt_password_file: No such file or directory; fix it and restart" in reason
         trap.wait(lambda: len(trap.captures()) >= 2, what="captures")
+        assert trap.api()["mqtt"]["queued"] == 0  # nothing kept for a broker never tried
 
 
 def test_with_the_right_password_no_secret_reaches_a_log_line_a_payload_or_the_api(
@@ -369,6 +370,8 @@ def test_commands_take_a_photo_protect_and_offload_and_a_malformed_one_is_logged
 ):
     config = trap_config(tmp_path, mqtt_broker, simulate_trigger_interval_s=3600, mqtt_commands=True)
     caplog.set_level(logging.INFO, logger="appliance.mqtt")
+    with Subscriber(mqtt_broker, topics=()) as earlier:  # retained: it would be done at each reconnection
+        earlier.publish(f"{PREFIX}/command/capture", "PRESS", retain=True)
     with Subscriber(mqtt_broker) as broker, Running(config) as trap:
         broker.wait_for(lambda m: m.topic.endswith("/button/trap/take_photo/config"))
         broker.publish(f"{PREFIX}/command/capture", "PRESS")
@@ -380,12 +383,13 @@ def test_commands_take_a_photo_protect_and_offload_and_a_malformed_one_is_logged
         for payload in ("x" * 40, "PRESS", "\xff"):
             broker.publish(f"{PREFIX}/command/protect", payload)
         broker.publish(f"{PREFIX}/command/delete", "PRESS")
-        trap.wait(lambda: trap.api()["mqtt"]["commands_ignored"] == 4, what="4 ignored")
+        trap.wait(lambda: trap.api()["mqtt"]["commands_ignored"] == 5, what="5 ignored")
         trap.wait(lambda: "command offload not done" in caplog.text, what="offload answered")
         assert len(trap.captures()) == 1
     assert "offload_usb_path is not set" in caplog.text  # the loop's answer, as the page's button gets
     ignored = [r for r in caplog.records if "ignored a command" in r.getMessage()]
     assert [r.getMessage().split(" on ")[1].split(":")[0] for r in ignored] == [
+        f"{PREFIX}/command/capture",
         f"{PREFIX}/command/protect",
         f"{PREFIX}/command/delete",
     ]
@@ -393,12 +397,18 @@ def test_commands_take_a_photo_protect_and_offload_and_a_malformed_one_is_logged
 
 def test_commands_are_off_by_default_and_no_button_is_announced(tmp_path, mqtt_broker):
     config = trap_config(tmp_path, mqtt_broker, simulate_trigger_interval_s=3600)
+    button = f"{DISCOVERY}/button/trap/take_photo/config"
+    with Subscriber(mqtt_broker, topics=()) as earlier:  # left by a run with mqtt_commands on
+        earlier.publish(button, json.dumps({"command_topic": f"{PREFIX}/command/capture"}), retain=True)
     with Subscriber(mqtt_broker) as broker, Running(config) as trap:
+        broker.wait_for(lambda m: m.topic == button and m.payload == b"")  # Home Assistant removes it
         broker.wait_for(lambda m: m.topic.endswith("/latest_photo/config"))
         broker.publish(f"{PREFIX}/command/capture", "PRESS")
         time.sleep(1.5)
         assert trap.captures() == [] and trap.api()["mqtt"]["commands"] is False
-        assert not [m for m in broker.messages if "/button/" in m.topic]
+    with Subscriber(mqtt_broker) as later:
+        later.wait_for(lambda m: m.topic.endswith("/latest_photo/config"))
+        assert not [m.topic for m in later.messages if "/button/" in m.topic]
 
 
 def test_forget_clears_every_retained_message_of_the_trap(tmp_path, mqtt_broker):

@@ -8,6 +8,7 @@ them all as a table and exits 1 for a warning, never for a note.  No check raise
 
 import os
 import shutil
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,15 @@ def check_mqtt(password_file: str, tls: str) -> Check:
             empty = not Path(path).read_bytes().strip()
         except OSError as exc:
             return Check("mqtt", WARNING, f"{key}: {path} cannot be read ({exc.strerror}): MQTT stays off")
+        if key == "mqtt_tls":
+            try:
+                ssl.create_default_context(cafile=path)
+            except ssl.SSLError as exc:
+                return Check(
+                    "mqtt",
+                    WARNING,
+                    f"{key}: {path} is not a PEM CA certificate ({exc.reason}): MQTT stays off",
+                )
         if key == "mqtt_password_file" and empty:
             return Check("mqtt", WARNING, f"{key}: {path} is empty: write the password on its first line")
         if key == "mqtt_password_file" and info.st_mode & 0o044:

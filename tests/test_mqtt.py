@@ -469,3 +469,7 @@ def test_preflight_warns_of_a_password_file_others_may_read(tmp_path):
     check = check_mqtt(str(secret), "")
     assert check.level == WARNING and f"chmod 600 {secret}" in check.reason and "s3cret" not in check.reason
     assert check_mqtt(str(tmp_path / "missing"), "").level == WARNING
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("hello\n")
+    check = check_mqtt("", str(not_a_certificate))
+    assert check.level == WARNING and "is not a PEM CA certificate" in check.reason

@@ -636,8 +636,19 @@ class Telemetry:
             self._inflight = [info for info in self._inflight if not info.is_published()]
             room = INFLIGHT_MAX - len(self._inflight)
             batch = [self._events.popleft() for _ in range(min(room, len(self._events)))]
-        for event in batch:
+        from paho.mqtt.enums import MQTTErrorCode  # loaded already: the client is paho's
+
+        for n, event in enumerate(batch):
             info = client.publish(self.settings.topic("captures"), event, qos=1)
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                # paho closed its socket a moment before it told us: it keeps the message and
+                # sends it once reconnected, yet its is_published() would raise for it ever
+                # after (paho-mqtt 2.2), which would stop every event from then on.
+                info.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # not taken by paho: it waits for the next round
+                with self._lock:
+                    self._events.extendleft(reversed(batch[n:]))
+                break
             with self._lock:
                 self._inflight.append(info)
         with self._lock:

@@ -473,3 +473,43 @@ def test_preflight_warns_of_a_password_file_others_may_read(tmp_path):
     not_a_certificate.write_text("hello\n")
     check = check_mqtt("", str(not_a_certificate))
     assert check.level == WARNING and "is not a PEM CA certificate" in check.reason
+
+
+def test_events_published_just_as_the_link_drops_are_delivered_after_it_comes_back(
+    tmp_path, mqtt_broker, monkeypatch
+):
+    # paho closes its socket, then tells the telemetry: an event handed over in between is kept
+    # by paho and sent once reconnected, but its is_published() raises ever after.  A Pi whose
+    # CPU is busy widens that moment; here the news comes a second late.
+    import paho.mqtt.client as paho
+
+    real = paho.Client
+
+    class SlowToNotice(real):
+        @property
+        def on_disconnect(self):
+            return real.on_disconnect.fget(self)
+
+        @on_disconnect.setter
+        def on_disconnect(self, callback):
+            def late(*args):
+                time.sleep(1)
+                callback(*args)
+
+            real.on_disconnect.fset(self, late)
+
+    monkeypatch.setattr(paho, "Client", SlowToNotice)
+    config = trap_config(tmp_path, mqtt_broker, simulate_trigger_interval_s=0.1)
+    with Running(config) as trap:
+        trap.wait(lambda: trap.api()["mqtt"]["published"] >= 3, what="events delivered")
+        mqtt_broker.stop()
+        trap.wait(lambda: trap.api()["mqtt"]["state"] == "disconnected", what="disconnected")
+        mqtt_broker.start()
+        trap.wait(lambda: trap.api()["mqtt"]["state"] == "connected", what="reconnected")
+        # Every event of the outage delivered: nothing stays queued for ever.
+        mark = trap.api()["mqtt"]["published"] + 5
+        status = trap.wait(
+            lambda: (s := trap.api()["mqtt"])["published"] >= mark and s["queued"] < 5 and s,
+            what="events flowing again",
+        )
+    assert status["dropped"] == 0

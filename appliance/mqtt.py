@@ -63,6 +63,10 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
 # Payloads of the commands without an argument: empty, or Home Assistant's button press.
 PRESS = ("", "PRESS")
 COMMANDS = ("capture", "protect", "offload")
+# Commands received and not yet looked at, at most; beyond it the oldest are dropped (and counted).
+COMMANDS_KEPT = 100
+# Commands handed to the main loop and not yet done, at most (they wait before the triggers).
+COMMANDS_WAITING_MAX = 10
 _CAPTURE_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -144,7 +148,9 @@ class MqttStatus:
     ``queued``: capture events not yet acknowledged by the broker; ``dropped``: those dropped
     since start-up because the queue was full; ``published``: capture events the broker
     acknowledged since start-up; ``commands``: whether commands are taken;
-    ``commands_ignored``: malformed commands since start-up.
+    ``commands_ignored``: commands ignored since start-up: malformed, retained, arriving while
+    the same command (or :data:`COMMANDS_WAITING_MAX` commands) still wait for the main loop, or
+    beyond :data:`COMMANDS_KEPT` waiting for the telemetry's thread.
     """
 
     state: str
@@ -399,9 +405,9 @@ class Telemetry:
         self._inflight: list[paho.MQTTMessageInfo] = []
         self._thumbnail: bytes | None = None
         self._thumbnail_due = False
-        self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque(maxlen=100)
+        self._commands: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._requests: list[tuple[str, Request]] = []
-        self._malformed_logged: set[str] = set()
+        self._ignored_logged: set[tuple[str, bool]] = set()
         self._announce = False
         self._connected = False
         self._state, self._reason, self._since = CONNECTING, "", _now_iso()
@@ -542,6 +548,9 @@ class Telemetry:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
+            if len(self._commands) >= COMMANDS_KEPT:  # a flood: the telemetry's thread is behind
+                self._commands.popleft()
+                self._ignored += 1
             self._commands.append((message.topic, bytes(message.payload), bool(message.retain)))
         self._wake.set()
 
@@ -673,6 +682,7 @@ class Telemetry:
             text = payload.decode("ascii").strip()
         except UnicodeDecodeError:
             text = None
+        busy = None
         if retained:  # it would be done again at every reconnection
             problem = "a retained message: publish commands without retain"
         elif name not in COMMANDS:
@@ -683,6 +693,8 @@ class Telemetry:
             problem = "the payload must be a capture id (32 hexadecimal digits)"
         elif name != "protect" and text not in PRESS:
             problem = 'the payload must be empty or "PRESS"'
+        elif busy := self._busy(name, text if name == "protect" else None):
+            problem = busy
         else:
             request = Request(name, capture_id=text if name == "protect" else None)
             self._submit(request)
@@ -692,9 +704,22 @@ class Telemetry:
             return
         with self._lock:
             self._ignored += 1
-        if name not in self._malformed_logged:  # once per command: a flood must not fill the log
-            self._malformed_logged.add(name)
+        key = (name, problem == busy)
+        if key not in self._ignored_logged:  # once per command and kind: a flood must not fill the log
+            self._ignored_logged.add(key)
             log.warning("MQTT: ignored a command on %s: %s (more are counted, not logged)", topic, problem)
+
+    def _busy(self, name: str, capture_id: str | None) -> str | None:
+        # Why a command is not handed to the main loop now, if it is not: each waits in the
+        # loop's queue before the triggers, so the same one is not queued twice, nor more than
+        # COMMANDS_WAITING_MAX in all.
+        with self._lock:
+            waiting = [(n, r.capture_id) for n, r in self._requests if not r.done.is_set()]
+        if (name, capture_id) in waiting:
+            return "the same command still waits for the main loop"
+        if len(waiting) >= COMMANDS_WAITING_MAX:
+            return f"{COMMANDS_WAITING_MAX} commands already wait for the main loop"
+        return None
 
     def _finish_requests(self) -> bool:
         # Logs the outcome of the commands the main loop has done; returns whether some wait.

@@ -513,3 +513,25 @@ def test_events_published_just_as_the_link_drops_are_delivered_after_it_comes_ba
             what="events flowing again",
         )
     assert status["dropped"] == 0
+
+
+def test_a_flood_of_commands_is_not_queued_before_the_triggers_nor_logged_line_by_line(
+    tmp_path, mqtt_broker, caplog
+):
+    # Each command the main loop has not done yet would wait in its queue, before real triggers:
+    # a command arriving while the same one still waits is ignored and counted instead.
+    config = trap_config(tmp_path, mqtt_broker, simulate_trigger_interval_s=3600, mqtt_commands=True)
+    caplog.set_level(logging.INFO, logger="appliance.mqtt")
+    with Subscriber(mqtt_broker, topics=()) as broker, Running(config) as trap:
+        trap.wait(lambda: trap.api()["mqtt"]["state"] == "connected", what="connected")
+        for _ in range(300):
+            broker.publish(f"{PREFIX}/command/capture", "PRESS", qos=0)
+        broker.publish(f"{PREFIX}/command/offload", "PRESS")  # in order after the flood: all in
+        trap.wait(lambda: trap.api()["mqtt"]["commands_ignored"] >= 250, what="the flood ignored")
+        time.sleep(1)
+        assert len(trap.captures()) <= 20 and trap.appliance.events.qsize() <= 2
+    assert len(caplog.records) < 60
+    assert [r.getMessage() for r in caplog.records if "still waits" in r.getMessage()] == [
+        "MQTT: ignored a command on appliance/trap/command/capture: the same command still waits for "
+        "the main loop (more are counted, not logged)"
+    ]

@@ -60,7 +60,7 @@
 % end
 % mqtt = status.mqtt
 % if mqtt:
-<dt>MQTT</dt><dd>{{mqtt.state}} {{"to" if mqtt.state == "connected" else "from"}} {{mqtt.broker}} since {{!when(mqtt.since)}}{{(": " + mqtt.reason) if mqtt.reason else ""}}; {{mqtt.published}} capture events delivered{{", %d waiting" % mqtt.queued if mqtt.queued else ""}}{{", %d dropped while the broker was away" % mqtt.dropped if mqtt.dropped else ""}}{{", %d malformed commands ignored" % mqtt.commands_ignored if mqtt.commands_ignored else ""}}</dd>
+<dt>MQTT</dt><dd>{{mqtt.state}} {{"to" if mqtt.state == "connected" else "from"}} {{mqtt.broker}} since {{!when(mqtt.since)}}{{(": " + mqtt.reason) if mqtt.reason else ""}}; {{mqtt.published}} capture events delivered{{", %d waiting" % mqtt.queued if mqtt.queued else ""}}{{", %d dropped while the broker was away" % mqtt.dropped if mqtt.dropped else ""}}{{", %d commands ignored" % mqtt.commands_ignored if mqtt.commands_ignored else ""}}</dd>
 % end
 % cleanup = status.cleanup
 <dt>Cleanup</dt><dd>{{cleanup.state if cleanup else "ok"}}{{(": " + cleanup.reason) if cleanup and cleanup.reason else ""}}

@@ -60,6 +60,10 @@ LEVEL_CHECK_INTERVAL_S = 5.0
 STOP_TIMEOUT_S = 2.0
 # Reconnection back-off, in seconds: paho-mqtt doubles the wait from the first to the second.
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 60
+# Seconds a connection must last for the back-off to start again from RECONNECT_MIN_S: paho
+# restarts it at each CONNACK, so a broker that drops each connection at once (a client of the
+# same id, a publish its access list denies) would be reconnected to every second, for ever.
+STABLE_S = 60
 # Payloads of the commands without an argument: empty, or Home Assistant's button press.
 PRESS = ("", "PRESS")
 COMMANDS = ("capture", "protect", "offload")
@@ -417,6 +421,8 @@ class Telemetry:
         self._client: paho.Client | None = None
         self._off = False
         self._thread: threading.Thread | None = None
+        self._connected_at: float | None = None
+        self._backoff_s = RECONNECT_MIN_S
 
     def __enter__(self) -> "Telemetry":
         return self
@@ -519,11 +525,18 @@ class Telemetry:
             client.subscribe(self.settings.topic("command/+"), qos=1)
         with self._lock:
             self._connected, self._announce = True, True
+        self._connected_at = time.monotonic()
         self._set_state(CONNECTED, "")
         log.info("MQTT: connected to %s:%d", self.settings.host, self.settings.port)
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        connected_at, self._connected_at = self._connected_at, None
+        if connected_at is not None:  # the first wait after a connection that ended (paho's own
+            # doubling takes over from there)
+            short = time.monotonic() - connected_at < STABLE_S
+            self._backoff_s = min(2 * self._backoff_s, RECONNECT_MAX_S) if short else RECONNECT_MIN_S
+            client.reconnect_delay_set(self._backoff_s, RECONNECT_MAX_S)
         keepalive = getattr(reason_code, "value", None) == 141  # "Keep alive timeout"
         with self._lock:
             refused = not self._connected and self._state == DISCONNECTED

@@ -535,3 +535,42 @@ def test_a_flood_of_commands_is_not_queued_before_the_triggers_nor_logged_line_b
         "MQTT: ignored a command on appliance/trap/command/capture: the same command still waits for "
         "the main loop (more are counted, not logged)"
     ]
+
+
+def test_a_broker_that_drops_each_connection_at_once_is_not_stormed_with_reconnections(tmp_path):
+    # As a broker does that kicks a client out for a publish its access list denies, or for a
+    # second client of the same id: paho waits 1 s after each, since each connection succeeded.
+    connections = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.2)
+
+        def serve():
+            while not done.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    connections.append(time.monotonic())
+                    conn.recv(4096)  # CONNECT
+                    conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                    time.sleep(0.05)
+
+        class Dropping:
+            host, port = "127.0.0.1", server.getsockname()[1]
+
+        done = threading.Event()
+        serving = threading.Thread(target=serve, daemon=True)
+        serving.start()
+        try:
+            with Running(trap_config(tmp_path, Dropping, simulate_trigger_interval_s=3600)) as trap:
+                trap.wait(lambda: connections, what="a first connection")
+                time.sleep(4)
+                assert "the link to the broker was lost" in trap.api()["problems"]["mqtt"]
+        finally:
+            done.set()
+            serving.join()
+    first = connections[0]
+    assert len([t for t in connections if t - first < 4]) <= 2  # not one a second: 2 s, 4 s, 8 s...

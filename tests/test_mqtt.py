@@ -260,6 +260,7 @@ def test_the_broker_away_for_30_s_capturing_goes_on_and_the_queued_events_follow
     tmp_path, mqtt_broker, monkeypatch
 ):
     monkeypatch.setattr(mqtt, "QUEUE_MAX", 40)  # so that 30 s of captures overflow it
+    monkeypatch.setattr(mqtt, "RECONNECT_MAX_S", 4)  # tries at most 4 s apart: back soon after the broker
     config = trap_config(tmp_path, mqtt_broker, simulate_trigger_interval_s=0.25, mqtt_keepalive_s=5)
     with Subscriber(mqtt_broker) as watcher, Running(config) as trap:
         watcher.wait_for(lambda m: m.topic.endswith("/captures"))

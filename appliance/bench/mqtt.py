@@ -21,8 +21,8 @@ state every few seconds, paho's reconnections) weighs on every way alike; what a
 and paho's threads while the next press is captured) weighs on its own way only.  The presses
 follow each other at once, so a hand-off that waited would show in the next press's latency.
 Before each block, the bench waits until the main loop has handed the last capture over (a
-hand-off ends on the loop after the acknowledgement) and, after a block of ``broker_up``, until
-the broker has acknowledged that block's events, so that they weigh on no other way.
+hand-off ends on the loop after the acknowledgement) and the broker has acknowledged every event,
+then :data:`SETTLE_QUIET_S` more, so that what a block set off weighs on no other way.
 
 The events the broker delivered are counted by a paho subscriber with a persistent session
 (subscribed before the run, disconnected during it, so that counting costs nothing while the
@@ -67,6 +67,9 @@ START_TIMEOUT_S = 10
 SETTLE_TIMEOUT_S = 10
 DELIVERY_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 5
+# Seconds the bench waits after the broker acknowledged a block's events, for the rest of the
+# telemetry's round (the thumbnail, the state) to end before another way's block.
+SETTLE_QUIET_S = 0.1
 
 
 def _mosquitto() -> str | None:
@@ -161,12 +164,12 @@ def mqtt_figures(data_dir: Path, photo_dir: Path, presses: int) -> dict:
             if i and ways[i] != ways[i - 1]:  # what a block set off weighs on it alone
                 hooked = sum(hooks[way] is not None for way in ways[:i])
                 _wait(lambda: handed[0] == hooked, SETTLE_TIMEOUT_S, "the main loop to hand the capture over")
-                if ways[i - 1] == "broker_up":
-                    _wait(
-                        lambda: up.status().queued == 0,
-                        SETTLE_TIMEOUT_S,
-                        "the broker to acknowledge the events",
-                    )
+                _wait(
+                    lambda: up.status().queued == 0, SETTLE_TIMEOUT_S, "the broker to acknowledge the events"
+                )
+                # The rest of the telemetry's round (the thumbnail, the state); before every block,
+                # so that each way's first press follows the same pause.
+                time.sleep(SETTLE_QUIET_S)
             loop.on_captured = hooks[ways[i]]
             holed_states.add(holed.status().state)
 

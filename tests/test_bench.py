@@ -3,6 +3,7 @@ import copy
 import datetime
 import io
 import json
+import os
 import sys
 
 import pytest
@@ -35,6 +36,8 @@ TARGETED = {
     "zip_peak_mib": ("<=", 4.0),
     "offload_ratio": (">=", 0.75),
     "remote_offload_ratio": (">=", 0.8),
+    "mqtt_latency_ratio_broker_up": ("<=", 1.2),
+    "mqtt_latency_ratio_black_holed": ("<=", 1.2),
 }
 # Small enough for a few seconds: the start-up's large index is the web's largest, 3,000 here.
 # Set in bench.plan, which every figure reads when it runs.
@@ -50,6 +53,7 @@ SMALL = {
     "RECOVERY_PHOTOS": 300,
     "OFFLOAD_PHOTOS": 4,
     "REMOTE_OFFLOAD_PHOTOS": 6,
+    "MQTT_PRESSES": 5,
 }
 
 
@@ -252,6 +256,24 @@ def test_the_s3_server_of_the_remote_offload_figure_is_stopped_on_ctrl_c(tmp_pat
     with pytest.raises(KeyboardInterrupt):
         remote.remote_offload_figures(tmp_path, bench.synthetic_photo((64, 48)))
     assert "moto_server" in started[0].args[0] and started[0].poll() is not None
+
+
+def test_the_mqtt_figure_times_presses_with_the_broker_up_and_black_holed_against_mqtt_off(short_run):
+    figures = short_run[1]
+    if figures["mqtt_latency_ms"] is None:  # no mosquitto: the bench went on without the figure
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the MQTT figure was not measured: {figures['mqtt_na']}", pytrace=False)
+        pytest.skip(f"the MQTT figure was not measured: {figures['mqtt_na']}")
+    ms, ratio = figures["mqtt_latency_ms"], figures["mqtt_latency_ratio"]
+    assert figures["mqtt_presses"] == 5 and set(ms) == {"off", "broker_up", "black_holed"}
+    assert all(0 < way["p50"] <= way["p99"] for way in ms.values())
+    assert ratio == {way: round(ms[way]["p99"] / ms["off"]["p99"], 2) for way in ("broker_up", "black_holed")}
+    assert figures["mqtt_delivered"] == 5  # every event of the presses with the broker up, no more
+    holed = figures["mqtt_black_holed"]
+    assert holed["connected"] is False and holed["state"] in ("connecting", "disconnected")
+    for way in ("broker_up", "black_holed"):
+        check = figures["verdicts"][f"mqtt_latency_ratio_{way}"]
+        assert check == bench.verdict(ratio[way], "<=", 1.2) and check["verdict"] in ("PASS", "MISS")
 
 
 def test_a_photo_that_is_not_a_jpeg_is_refused_before_measuring(tmp_path, capsys):

@@ -27,6 +27,8 @@ The capture path (issue 8), with one photo (``--photo``, or a synthetic 12 MP on
   photo; the camera's own time is taken off, and the rest compared with one bare durable write of
   the same bytes after each trigger.  Then the same presses while a full check recovers 25,000
   photos without rows beside capturing (issue 15), against the idle figure.
+- MQTT telemetry (issue 20): the same presses with the telemetry's hand-off on the main loop, to a
+  real mosquitto on 127.0.0.1 and to a black-holed broker, each against MQTT off, taking turns.
 - Start-up: from process start to ``READY=1`` of a real ``appliance run --simulate``, with an empty
   index and with the web figures' index of 1,000,000 captures, each after a clean shutdown.
 - Field figures for the card under the data directory: captures per minute the storage sustains
@@ -49,7 +51,7 @@ upload to an rclone remote (moto's S3 on 127.0.0.1) against a bare ``rclone copy
 One module per concept: :mod:`~appliance.bench.plan` (how much is measured, and the targets),
 :mod:`~appliance.bench.cleanup`, :mod:`~appliance.bench.web`, :mod:`~appliance.bench.ingest`
 (ingest, thumbnails, field figures), :mod:`~appliance.bench.latency` (idle and recovering),
-:mod:`~appliance.bench.startup`, :mod:`~appliance.bench.transfer`,
+:mod:`~appliance.bench.mqtt`, :mod:`~appliance.bench.startup`, :mod:`~appliance.bench.transfer`,
 :mod:`~appliance.bench.offload`, :mod:`~appliance.bench.remote`, what they share
 (:mod:`~appliance.bench.measuring`, :mod:`~appliance.bench.photo`, :mod:`~appliance.bench.index`)
 and :mod:`~appliance.bench.report` (verdicts and the table).  This one runs them in order
@@ -71,6 +73,7 @@ from appliance.bench.index import _grow_index as _grow_index  # the tests build 
 from appliance.bench.ingest import field_figures, ingest_figures, thumbnail_figures
 from appliance.bench.latency import latency_figures, recovery_figures
 from appliance.bench.measuring import _progress
+from appliance.bench.mqtt import mqtt_figures, press_count
 from appliance.bench.offload import offload_figures
 from appliance.bench.photo import synthetic_photo
 from appliance.bench.remote import remote_offload_figures
@@ -92,6 +95,7 @@ __all__ = [
     "offload_figures",
     "main",
     "measure",
+    "mqtt_figures",
     "plan",
     "print_table",
     "recovery_figures",
@@ -132,6 +136,9 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
             figures["latency_ms"]["acknowledged"],
         )
         shutil.rmtree(Path(scratch) / "recovery")
+        (Path(scratch) / "mqtt").mkdir()
+        figures |= mqtt_figures(Path(scratch) / "mqtt", photo_dir, press_count(captures))
+        shutil.rmtree(Path(scratch) / "mqtt")
     figures["field"] = field_figures(data_dir, figures["ingest"])
     with tempfile.TemporaryDirectory(dir=data_dir, prefix="appliance-bench-") as scratch:
         figures |= transfer_figures(Path(scratch), photo)

@@ -8,6 +8,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import schedule
@@ -106,17 +107,28 @@ def recovery_figures(data_dir: Path, photo_dir: Path, triggers: int, idle_ms: di
     }
 
 
-def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = False) -> tuple:
+def _presses(
+    data_dir: Path,
+    photo_dir: Path,
+    triggers: int,
+    *,
+    recover: bool = False,
+    before_press: Callable[[int, MainLoop], None] | None = None,
+    bare: bool = True,
+    label: str = "trigger to acknowledgement",
+) -> tuple:
     """The presses of :func:`latency_figures`; with ``recover``, a full check of the store runs
-    beside them.  Returns ``(latencies, camera times, bare writes, full check progress)``, each
-    list in seconds."""
+    beside them.  ``before_press(i, loop)``, when given, runs on the presser's thread before press
+    ``i`` (from 0), while the loop waits for it (to set ``loop.on_captured``, say); without
+    ``bare``, no bare write follows a press.  ``label`` heads the progress line.  Returns
+    ``(latencies, camera times, bare writes, full check progress)``, each list in seconds."""
     defaults = config_module.load()
     jpeg = next(photo_dir.iterdir()).read_bytes()
     camera = _TimedCamera(replay_dir=photo_dir, lores_size_px=defaults.camera_lores_size_px)
     limit_dir = data_dir / "limit"
     limit_dir.mkdir()
     events: queue.Queue = queue.Queue()
-    latency, bare = [], []
+    latency, bare_s = [], []
     failed: list[ApplianceError] = []
     loop_ended = threading.Event()
 
@@ -124,7 +136,9 @@ def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = 
         # On a thread of its own, as a real pin's edge comes on gpiozero's: the loop has the main one.
         try:
             for i in range(triggers):
-                _progress(f"trigger to acknowledgement: {i + 1} of {triggers}")
+                _progress(f"{label}: {i + 1} of {triggers}")
+                if before_press is not None:
+                    before_press(i, loop)
                 edge = time.monotonic()
                 pin.drive_low()
                 deadline = edge + defaults.capture_timeout_s + 30
@@ -141,11 +155,12 @@ def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = 
                 latency.append(acknowledged - edge - camera.capture_s[-1])
                 if row["bytes"] != len(jpeg):
                     raise ApplianceError("bench: the stored photo is not the one written bare")
-                path = limit_dir / f"{i:06d}.jpg"
-                started = time.perf_counter()
-                publish(path, jpeg)
-                bare.append(time.perf_counter() - started)
-                path.unlink()
+                if bare:
+                    path = limit_dir / f"{i:06d}.jpg"
+                    started = time.perf_counter()
+                    publish(path, jpeg)
+                    bare_s.append(time.perf_counter() - started)
+                    path.unlink()
                 if not recover:  # room on a small card; a full check would take the rows for lost
                     (store.data_dir / row["media_path"]).unlink()
                     (store.data_dir / row["thumbnail_path"]).unlink()
@@ -190,4 +205,4 @@ def _presses(data_dir: Path, photo_dir: Path, triggers: int, *, recover: bool = 
     if failed:
         raise failed[0]
     _progress("")
-    return latency, camera.capture_s, bare, report.full_check_progress or 0.0
+    return latency, camera.capture_s, bare_s, report.full_check_progress or 0.0

@@ -33,6 +33,10 @@ def verdicts(figures: dict) -> dict:
         "recovery_latency_ratio": verdict(
             figures["recovery_latency_ratio"], "<=", plan.RECOVERY_LATENCY_TARGET
         ),
+        **{
+            f"mqtt_latency_ratio_{way}": verdict(ratio, "<=", plan.MQTT_LATENCY_RATIO_MAX)
+            for way, ratio in figures["mqtt_latency_ratio"].items()
+        },
         "peak_rss_mib": verdict(
             round(memory["peak_rss_bytes"] / 2**20, 1), "<=", plan.PEAK_RSS_TARGET_BYTES / 2**20
         ),
@@ -83,6 +87,7 @@ def print_table(figures: dict, photo_name: str) -> None:
     _print_ingest(figures)
     _print_thumbnails(figures)
     _print_latency(figures)
+    _print_mqtt(figures)
     _print_memory(figures)
     _print_startup(figures)
     _print_field(figures)
@@ -167,6 +172,29 @@ def _print_latency(figures: dict) -> None:
         f"{latency['acknowledged']['p50']:.1f} / {latency['acknowledged']['p99']:.1f}); "
         f"{figures['recovery_progress'] * 100:.0f} % of the check done by the last press, "
         f"{figures['recovery_photos_per_s']:.0f} photos/s"
+    )
+
+
+def _print_mqtt(figures: dict) -> None:
+    """Trigger to acknowledgement with the MQTT telemetry, broker up and black-holed, against off."""
+    names = {"broker_up": "MQTT broker up", "black_holed": "MQTT black-holed"}
+    if figures["mqtt_latency_ms"] is None:
+        for way, name in names.items():
+            _line(f"{name}: trigger to ack p99 / off", f"n/a ({figures['mqtt_na']})",
+                  f"mqtt_latency_ratio_{way}", figures)  # fmt: skip
+        return
+    for way, name in names.items():
+        _line(f"{name}: trigger to ack p99 / off ({figures['mqtt_presses']} each)",
+              f"{figures['mqtt_latency_ratio'][way]:.2f}", f"mqtt_latency_ratio_{way}", figures)  # fmt: skip
+    ms, holed = figures["mqtt_latency_ms"], figures["mqtt_black_holed"]
+    print(
+        "    ms p50 / p99: "
+        + ", ".join(f"{way.replace('_', ' ')} {ms[way]['p50']:.1f} / {ms[way]['p99']:.1f}" for way in ms)
+    )
+    why = f" ({holed['reason']})" if holed["reason"] else ""
+    print(
+        f"    {figures['mqtt_delivered']} of {figures['mqtt_presses']} capture events delivered by the "
+        f"broker; black-holed: {holed['state']}{why}"
     )
 
 

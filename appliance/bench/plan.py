@@ -68,6 +68,6 @@ REMOTE_OFFLOAD_RATIO_TARGET = 0.8
 # MQTT telemetry (issue 20): trigger-to-acknowledged p99 with the broker up, and with it
 # black-holed, each within 1.2 times the p99 with MQTT off, measured in the same run.  Presses of
 # each way: a tenth of --captures (CI: 50), at most this many; the ways take turns in blocks.
-MQTT_PRESSES = 200
+MQTT_PRESSES = 1000
 MQTT_BLOCK = 5
 MQTT_LATENCY_RATIO_MAX = 1.2

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 from appliance import __version__
 from appliance.clocktrust import TRUSTED
 from appliance.loop import Request
+from appliance.store import CAPTURE_ID
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -71,7 +72,6 @@ COMMANDS = ("capture", "protect", "offload")
 COMMANDS_KEPT = 100
 # Commands handed to the main loop and not yet done, at most (they wait before the triggers).
 COMMANDS_WAITING_MAX = 10
-_CAPTURE_ID = re.compile(r"[0-9a-f]{32}")
 _NODE_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
 # States of :class:`MqttStatus`.
@@ -702,7 +702,7 @@ class Telemetry:
             problem = f"unknown command {name!r} (commands: {', '.join(COMMANDS)})"
         elif text is None:
             problem = "the payload is not ASCII text"
-        elif name == "protect" and not _CAPTURE_ID.fullmatch(text):
+        elif name == "protect" and not CAPTURE_ID.fullmatch(text):
             problem = "the payload must be a capture id (32 hexadecimal digits)"
         elif name != "protect" and text not in PRESS:
             problem = 'the payload must be empty or "PRESS"'

@@ -133,6 +133,10 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--captures", type=int, default=10_000, metavar="N",
                        help="captures in the ingest run (default 10,000; at least 100)")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--quick", action="store_true",
+                       help="largest index 100,000 captures instead of 1,000,000, fewer start-ups, "
+                            "deletions and recoveries: a check that the bench runs (CI), not the "
+                            "figures of a full run")  # fmt: skip
     config = subcommands.add_parser("config", help="print the default config file, or check config files")
     action = config.add_mutually_exclusive_group(required=True)
     action.add_argument("--print-defaults", action="store_true", help="print every setting, commented")

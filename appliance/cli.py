@@ -809,7 +809,9 @@ def _command(args, stopping: _Stopping | None = None) -> int:
         configure_logging("WARNING")
         from appliance.bench import main as bench_main  # a big module, for this command alone
 
-        return bench_main(args.data_dir, args.json, photo=args.photo, captures=args.captures)
+        return bench_main(
+            args.data_dir, args.json, photo=args.photo, captures=args.captures, quick=args.quick
+        )
     if args.command == "config":
         return config_command(args)
     if args.command == "fleet":  # reads no config: it runs on any computer, on many traps' packages

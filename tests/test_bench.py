@@ -54,6 +54,7 @@ SMALL = {
     "OFFLOAD_PHOTOS": 4,
     "REMOTE_OFFLOAD_PHOTOS": 6,
     "MQTT_PRESSES": 5,
+    "QUICK": {"STARTUP_RUNS": 1},  # the short run is a quick one: --quick changes only these
 }
 
 
@@ -69,8 +70,18 @@ def short_run(tmp_path_factory):
         for name, value in SMALL.items():
             patch.setattr(bench.plan, name, value)
         patch.setattr(bench, "measure", lambda *args: measured.append(measure(*args)) or measured[-1])
-        status = main(["bench", "--data-dir", str(data_dir), "--captures", "200", "--json"])
+        status = main(["bench", "--data-dir", str(data_dir), "--captures", "200", "--json", "--quick"])
     return status, json.loads(out.getvalue()), measured[0], data_dir
+
+
+def test_a_quick_run_says_so_and_its_indexes_are_smaller_than_a_full_runs():
+    assert bench.plan.QUICK["INDEX_SIZES"][-1] < bench.plan.INDEX_SIZES[-1]
+    assert bench.plan.QUICK["STARTUP_RUNS"] < bench.plan.STARTUP_RUNS
+
+
+def test_the_short_run_is_a_quick_one_and_leaves_the_plan_as_it_found_it(short_run):
+    _, printed, _, _ = short_run
+    assert printed["quick"] is True and bench.plan.STARTUP_RUNS == 10  # restored after the run
 
 
 def test_the_web_benchmark_measures_each_route_at_both_sizes_with_the_same_last_day(short_run):

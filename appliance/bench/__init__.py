@@ -158,11 +158,17 @@ def measure(data_dir: Path, photo: bytes, captures: int) -> dict:
 
 
 def main(
-    data_dir: str | None, as_json: bool, *, photo: str | None = None, captures: int = plan.CAPTURES
+    data_dir: str | None,
+    as_json: bool,
+    *,
+    photo: str | None = None,
+    captures: int = plan.CAPTURES,
+    quick: bool = False,
 ) -> int:
     """``appliance bench``: measure in ``data_dir`` (default: the temporary folder; created, with
     its parents, when missing) with the JPEG at ``photo`` (default: :func:`synthetic_photo`) and
-    ``captures`` captures; print the figures as a table, or as one JSON object.  Returns 0
+    ``captures`` captures; print the figures as a table, or as one JSON object.  ``quick``: with
+    the smaller indexes of :data:`plan.QUICK` (the figures say ``"quick": true``).  Returns 0
     whatever the verdicts (a measurement, not a test), 1 when the benchmark itself failed, 2 for
     a bad argument: too few captures, a ``photo`` that is not a JPEG the simulated camera can
     replay, a ``data_dir`` that cannot be made a folder."""
@@ -189,11 +195,19 @@ def main(
         else:
             jpeg, photo_name = Path(photo).read_bytes(), photo
         started = time.monotonic()
-        figures = measure(folder, jpeg, captures)
+        full = {name: getattr(plan, name) for name in plan.QUICK}
+        try:
+            for name, value in plan.QUICK.items() if quick else ():
+                setattr(plan, name, value)
+            figures = measure(folder, jpeg, captures)
+        finally:  # for a caller in the same process
+            for name, value in full.items():
+                setattr(plan, name, value)
     except (ApplianceError, OSError, sqlite3.Error) as exc:
         _progress("")
         print(f"appliance: bench: failed: {exc}", file=sys.stderr)
         return 1
+    figures["quick"] = quick
     figures["photo"] = photo_name
     figures["bench_s"] = round(time.monotonic() - started, 1)
     if as_json:
